@@ -10,6 +10,7 @@ The interface (duck-typed, all coroutines so many tasks can share one event loop
     await env.start()                           # create the sandbox / temp dir
     result = await env.execute("ls", timeout=60)  # -> ExecResult, never raises for a failing command
     await env.close()                           # idempotent; removes everything the task created
+    env.abandon()                               # sync best-effort cleanup when the user insists on exiting now
 
 Heavy SDKs (docker, modal) are imported lazily so ``--help`` and the local backend stay fast.
 """
@@ -114,6 +115,10 @@ class Environment(Protocol):
     async def execute(self, command: str, timeout: float) -> ExecResult: ...
 
     async def close(self) -> None: ...
+
+    def abandon(self) -> None:
+        """Synchronous, best-effort, quick cleanup for a second Ctrl-C, when the event loop is not waited on."""
+        ...
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -363,6 +368,12 @@ class LocalEnvironment:
         if self._temp_dir:
             await asyncio.to_thread(shutil.rmtree, self._temp_dir, True)
             self._temp_dir = None
+
+    def abandon(self) -> None:
+        for pgid in self._process_groups:
+            _kill_group(pgid)
+        if self._temp_dir:
+            shutil.rmtree(self._temp_dir, True)
 
 
 async def _pump_fd(read_fd: int, collector: OutputCollector) -> None:
