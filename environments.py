@@ -21,9 +21,8 @@ import asyncio
 import os
 import re
 import secrets
-import shlex
-import signal
 import shutil
+import signal
 import tempfile
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -188,7 +187,9 @@ def truncate_text(text: str, limit: int) -> str:
     return _join_head_tail(text, text, limit, len(text))
 
 
-def finish_output(collector: OutputCollector, cwd_marker: bytes | None, secret_values: tuple[str, ...]) -> tuple[str, str | None]:
+def finish_output(
+    collector: OutputCollector, cwd_marker: bytes | None, secret_values: tuple[str, ...]
+) -> tuple[str, str | None]:
     """Turn what a command printed into its final text, and pull out the cwd its wrapper reported.
 
     Every backend ends here, so they all merge, decode, truncate and redact the same way.
@@ -259,10 +260,7 @@ def command_environ(pass_env: tuple[str, ...] = (), environ: dict[str, str] | No
 # (so the command text is data, never spliced into a script), and on exit reports its $PWD on the original
 # stdout, so the next command can start where this one ended. $1 = marker, $2 = cwd, $3 = command.
 _WRAPPER_SCRIPT = (
-    "exec 9>&1; "
-    "trap 'printf \"\\n%s%s\\n\" \"$1\" \"$PWD\" >&9 2>/dev/null' EXIT; "
-    'cd -- "$2" || exit 1; '
-    'eval "$3"'
+    'exec 9>&1; trap \'printf "\\n%s%s\\n" "$1" "$PWD" >&9 2>/dev/null\' EXIT; cd -- "$2" || exit 1; eval "$3"'
 )
 
 
@@ -403,10 +401,16 @@ def _kill_group(pgid: int) -> None:
 ENV_TYPES = ("local", "docker", "modal")
 
 
-def create_environment(settings: EnvSettings, image: str | None = None, cwd: str | None = None, task_id: str = "") -> Environment:
+def create_environment(
+    settings: EnvSettings, image: str | None = None, cwd: str | None = None, task_id: str = ""
+) -> Environment:
     """A not-yet-started environment for one task; ``image``/``cwd`` override the run's settings."""
     if settings.env_type == "local":
         return LocalEnvironment(settings, cwd=cwd)
+    if settings.env_type == "docker":
+        return DockerEnvironment(settings, image=image, cwd=cwd, task_id=task_id)
+    if settings.env_type == "modal":
+        return ModalEnvironment(settings, image=image, cwd=cwd, task_id=task_id)
     raise EnvError(f"unknown environment {settings.env_type!r}: choose one of {', '.join(ENV_TYPES)}")
 
 
@@ -418,5 +422,8 @@ async def preflight(settings: EnvSettings, images: set[str]) -> None:
         if shutil.which("bash") is None:
             raise EnvError("bash was not found on PATH; the local environment needs it")
         return
-    if settings.env_type not in ENV_TYPES:
-        raise EnvError(f"unknown environment {settings.env_type!r}: choose one of {', '.join(ENV_TYPES)}")
+    if settings.env_type == "docker":
+        return await docker_preflight(settings, images)
+    if settings.env_type == "modal":
+        return await modal_preflight(settings, images)
+    raise EnvError(f"unknown environment {settings.env_type!r}: choose one of {', '.join(ENV_TYPES)}")
