@@ -1,0 +1,317 @@
+"""Messages -> Hermes turns -> records -> JSONL.
+
+Pure functions for the conversion (see the record spec in the README), plus the writer and reader of the
+output file. The writer appends whole lines only, flushed and synced, so a crash loses at most the tasks in
+flight; the reader tolerates the torn last line such a crash can leave. Imports nothing of ours.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+EXIT_REASONS = ("completed", "max_iterations", "api_error", "context_length", "env_error", "timeout", "interrupted")
+RETRYABLE_EXIT_REASONS = frozenset({"api_error", "env_error", "interrupted"})
+"""Records with these endings are dropped and their tasks run again when a run resumes."""
+
+RECORD_KEYS = (
+    "prompt_index",
+    "task_id",
+    "conversations",
+    "completed",
+    "exit_reason",
+    "api_calls",
+    "tool_stats",
+    "usage",
+    "duration_s",
+    "error",
+    "metadata",
+)
+
+HERMES_SYSTEM_TEMPLATE = (
+    "You are a function calling AI model. You are provided with function signatures within <tools> </tools> XML "
+    "tags. You may call one or more functions to assist with the user query. If available tools are not relevant "
+    "in assisting with user query, just respond in natural conversational language. Don't make assumptions about "
+    "what values to plug into functions. After calling & executing the functions, you will be provided with "
+    "function results within <tool_response> </tool_response> XML tags. Here are the available tools:\n"
+    "<tools>\n"
+    "{tools}\n"
+    "</tools>\n"
+    "For each function call return a JSON object, with the following pydantic model json schema for each:\n"
+    "{{'title': 'FunctionCall', 'type': 'object', 'properties': {{'name': {{'title': 'Name', 'type': 'string'}}, "
+    "'arguments': {{'title': 'Arguments', 'type': 'object'}}}}, 'required': ['name', 'arguments']}}\n"
+    "Each function call should be enclosed within <tool_call> </tool_call> XML tags.\n"
+    "Example:\n"
+    "<tool_call>\n"
+    "{{'name': <function-name>,'arguments': <args-dict>}}\n"
+    "</tool_call>"
+)
+
+
+def hermes_system_value(tools: list[dict]) -> str:
+    """The Hermes function-calling system turn for the OpenAI-style ``tools`` sent to the model."""
+    described = [
+        {
+            "name": tool["function"]["name"],
+            "description": tool["function"].get("description", ""),
+            "parameters": tool["function"].get("parameters", {}),
+            "required": None,
+        }
+        for tool in tools
+    ]
+    return HERMES_SYSTEM_TEMPLATE.format(tools=json.dumps(described, ensure_ascii=False))
+
+
+def parse_arguments(raw: str | dict | None) -> dict | None:
+    """Tool-call arguments as an object, or None when they are not a valid JSON object."""
+    if isinstance(raw, dict):
+        return raw
+    try:
+        value = json.loads(raw or "")
+    except (TypeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def reasoning_text(message: dict) -> str | None:
+    """The reasoning a provider returned with an assistant message (``reasoning`` or ``reasoning_content``)."""
+    for key in ("reasoning", "reasoning_content"):
+        value = message.get(key)
+        if isinstance(value, str) and value.strip():
+            return value
+    return None
+
+
+def gpt_value(message: dict) -> str:
+    """One assistant message as a Hermes ``gpt`` value: <think>, content, then <tool_call> blocks."""
+    parts = []
+    reasoning = reasoning_text(message)
+    if reasoning is not None:
+        parts.append(f"<think>\n{reasoning}\n</think>\n")
+    content = message.get("content") or ""
+    tool_calls = message.get("tool_calls") or []
+    parts.append(content + ("\n" if tool_calls and content else ""))
+    for call in tool_calls:
+        function = call.get("function") or {}
+        payload = {"name": function.get("name"), "arguments": parse_arguments(function.get("arguments")) or {}}
+        parts.append(f"<tool_call>\n{json.dumps(payload, ensure_ascii=False)}\n</tool_call>\n")
+    return "".join(parts).rstrip()
+
+
+def tool_response_block(message: dict, name: str | None) -> str:
+    """One tool result as a <tool_response> block; a JSON object content stays an object."""
+    content = message.get("content")
+    if isinstance(content, str):
+        try:
+            parsed = json.loads(content)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            content = parsed
+    payload = {"tool_call_id": message.get("tool_call_id"), "name": name, "content": content}
+    return f"<tool_response>\n{json.dumps(payload, ensure_ascii=False)}\n</tool_response>"
+
+
+def to_hermes(messages: list[dict], tools: list[dict]) -> list[dict]:
+    """OpenAI-style chat messages (system message excluded or not) -> Hermes ``from``/``value`` turns.
+
+    The model's own system message is not part of the trajectory; turn 0 is always the Hermes tool template.
+    Consecutive tool messages (the results of one assistant turn) form one ``tool`` turn.
+    """
+    turns = [{"from": "system", "value": hermes_system_value(tools)}]
+    call_names: dict[str, str | None] = {}
+    pending_tool_blocks: list[str] = []
+
+    def flush_tools() -> None:
+        if pending_tool_blocks:
+            turns.append({"from": "tool", "value": "\n".join(pending_tool_blocks)})
+            pending_tool_blocks.clear()
+
+    for message in messages:
+        role = message.get("role")
+        if role == "tool":
+            name = call_names.get(message.get("tool_call_id"))
+            pending_tool_blocks.append(tool_response_block(message, name))
+            continue
+        flush_tools()
+        if role == "user":
+            turns.append({"from": "human", "value": _text_content(message.get("content"))})
+        elif role == "assistant":
+            for call in message.get("tool_calls") or []:
+                call_names[call.get("id")] = (call.get("function") or {}).get("name")
+            turns.append({"from": "gpt", "value": gpt_value(message)})
+    flush_tools()
+    return turns
+
+
+def _text_content(content: str | list | None) -> str:
+    if isinstance(content, list):  # multi-part content: keep the text parts
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return content or ""
+
+
+def empty_usage() -> dict:
+    return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "reasoning_tokens": 0}
+
+
+def empty_tool_stats() -> dict:
+    return {"terminal": {"count": 0, "success": 0, "failure": 0}}
+
+
+def build_record(
+    *,
+    prompt_index: int,
+    task_id: str,
+    conversations: list[dict],
+    completed: bool,
+    exit_reason: str,
+    api_calls: int,
+    tool_stats: dict,
+    usage: dict,
+    duration_s: float,
+    error: str | None,
+    metadata: dict,
+) -> dict:
+    """A record with every key, always of the same JSON type, so all rows share one schema."""
+    if exit_reason not in EXIT_REASONS:
+        raise ValueError(f"unknown exit_reason {exit_reason!r}")
+    return {
+        "prompt_index": int(prompt_index),
+        "task_id": str(task_id),
+        "conversations": conversations,
+        "completed": bool(completed),
+        "exit_reason": exit_reason,
+        "api_calls": int(api_calls),
+        "tool_stats": {"terminal": {k: int(tool_stats["terminal"][k]) for k in ("count", "success", "failure")}},
+        "usage": {k: int(usage.get(k) or 0) for k in empty_usage()},
+        "duration_s": round(float(duration_s), 3),
+        "error": None if error is None else str(error),
+        "metadata": {
+            "model": str(metadata.get("model")),
+            "env_type": str(metadata.get("env_type")),
+            "image": None if metadata.get("image") is None else str(metadata.get("image")),
+            "timestamp": str(metadata.get("timestamp")),
+        },
+    }
+
+
+def record_line(record: dict) -> bytes:
+    """One record as one UTF-8 JSONL line. Lone surrogates a model may emit become U+FFFD, never invalid UTF-8."""
+    return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8", errors="replace")
+
+
+class JsonlWriter:
+    """Appends whole records, one ``write`` per line, flushed and synced, safe to share between threads.
+
+    ``path`` "-" writes to stdout (no sync: a pipe has nothing to sync).
+    """
+
+    def __init__(self, path: str, sync: bool = True):
+        self.path = path
+        self._lock = threading.Lock()
+        if path == "-":
+            self._fd = os.dup(1)
+            self._sync = False
+        else:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self._sync = sync
+        self.written = 0
+
+    def write(self, record: dict) -> None:
+        data = record_line(record)
+        with self._lock:
+            view = memoryview(data)
+            while view:  # O_APPEND + one buffer: a line is never interleaved with another writer's bytes
+                written = os.write(self._fd, view)
+                view = view[written:]
+            if self._sync:
+                os.fsync(self._fd)
+            self.written += 1
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class ReadResult:
+    records: list[dict]
+    """Every complete, valid record, in file order."""
+    bad_lines: int
+    """Lines that were not a JSON object (a torn last line after a crash, or damage)."""
+
+
+def read_records(path: str) -> ReadResult:
+    """Read an output file, skipping torn or invalid lines instead of failing."""
+    records, bad = [], 0
+    with open(path, "rb") as handle:
+        for raw in handle:
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                bad += 1
+                continue
+            if isinstance(record, dict) and "task_id" in record:
+                records.append(record)
+            else:
+                bad += 1
+    return ReadResult(records, bad)
+
+
+@dataclass
+class CompactResult:
+    done_ids: set[str]
+    """task_ids with a final record kept in the file."""
+    dropped_retryable: int
+    dropped_bad_lines: int
+    dropped_duplicates: int
+
+
+def compact_for_resume(path: str) -> CompactResult:
+    """Rewrite ``path`` atomically keeping one final record per task; retryable and torn records are dropped.
+
+    The new content goes to a temporary file beside it, synced, then renamed over the original, so a crash
+    during compaction leaves either the old file or the new one, never a mix.
+    """
+    result = read_records(path)
+    kept: dict[str, dict] = {}
+    retryable = duplicates = 0
+    for record in result.records:
+        if record.get("exit_reason") in RETRYABLE_EXIT_REASONS:
+            retryable += 1
+            continue
+        if record["task_id"] in kept:
+            duplicates += 1
+        kept[record["task_id"]] = record
+    if retryable or result.bad_lines or duplicates:
+        _atomic_write(path, (record_line(r) for r in kept.values()))
+    return CompactResult(set(kept), retryable, result.bad_lines, duplicates)
+
+
+def _atomic_write(path: str, lines: Iterable[bytes]) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    temp = os.path.join(directory, f".{os.path.basename(path)}.compact-{os.getpid()}")
+    with open(temp, "wb") as handle:
+        for line in lines:
+            handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
