@@ -157,7 +157,7 @@ class ScriptedModelServer:
                     request = json.loads(raw)
                 except ValueError:
                     request = {"_raw": raw.decode("utf-8", "replace")}
-                step = server._next_step(request, dict(self.headers))
+                step = server._next_step(request, {k.lower(): v for k, v in self.headers.items()})
                 wait = step.delay + server.latency
                 if wait:
                     time.sleep(wait)

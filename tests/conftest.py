@@ -1,0 +1,80 @@
+"""Shared test helpers: run the real CLI in a subprocess, and run batches in-process against the scripted server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import mini_swe_runner  # noqa: E402
+import trajectory  # noqa: E402
+from environments import EnvSettings  # noqa: E402
+
+KEY_VARIABLES = {"MINI_SWE_RUNNER_API_KEY", *mini_swe_runner.PROVIDER_KEY_VARIABLES.values()}
+
+
+def clean_environ(**extra: str) -> dict[str, str]:
+    """The test process's environment without any model API key, plus ``extra``."""
+    environ = {k: v for k, v in os.environ.items() if k not in KEY_VARIABLES}
+    environ.update(extra)
+    return environ
+
+
+def run_cli(args: list[str], *, cwd: str | Path | None = None, env: dict | None = None, timeout: float = 120,
+            input: str | None = None) -> subprocess.CompletedProcess:
+    """The real CLI as a user runs it, in a subprocess."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "mini_swe_runner.py"), *args],
+        cwd=cwd, env=env if env is not None else clean_environ(), capture_output=True, text=True, timeout=timeout,
+        input=input, stdin=None if input is not None else subprocess.DEVNULL,
+    )
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def make_config(server, output_file: str | Path, **overrides) -> mini_swe_runner.RunConfig:
+    """A RunConfig for in-process runs: quick retries, quiet, the scripted server as endpoint."""
+    env = overrides.pop("env", None) or EnvSettings(max_output_chars=overrides.pop("max_output_chars", 50_000))
+    values = dict(model="scripted-model", base_url=server.base_url, api_key="sk-test-key-0123456789",
+                  output_file=str(output_file), retry_initial_delay=0.01, retry_max_delay=0.2, quiet=True,
+                  workers=2, env=env)
+    values.update(overrides)
+    return mini_swe_runner.RunConfig(**values)
+
+
+def run_prompts(config: mini_swe_runner.RunConfig, texts: list[str]) -> tuple[mini_swe_runner.RunOutcome, list[dict]]:
+    """Run prompts through the real batch driver; returns the outcome and the records written."""
+    prompts = mini_swe_runner.parse_prompt_lines(texts, "test")
+    outcome = asyncio.run(mini_swe_runner.run_batch(config, prompts))
+    records = read_jsonl(config.output_file) if config.output_file != "-" else []
+    return outcome, records
+
+
+def tool_results(record: dict) -> list[dict]:
+    """Every tool_response payload in a record, in order."""
+    results = []
+    for turn in record["conversations"]:
+        if turn["from"] == "tool":
+            for block in turn["value"].split("</tool_response>"):
+                if "<tool_response>" in block:
+                    results.append(json.loads(block.split("<tool_response>\n", 1)[1].strip()))
+    return results
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    return tmp_path / "out.jsonl"
+
+
+__all__ = ["ROOT", "clean_environ", "run_cli", "read_jsonl", "make_config", "run_prompts", "tool_results", "trajectory"]
