@@ -4,7 +4,6 @@ Data flows one way: CLI flags -> RunConfig -> run_batch -> (environment + model)
 trajectory record -> writer. Everything for humans goes to stderr; stdout carries JSONL only (--output_file -).
 """
 
-from __future__ import annotations
 
 import asyncio
 import hashlib
@@ -1111,7 +1110,7 @@ def main(
     outcome = asyncio.run(run_batch(config, prompts))
     if config.stats_file:
         write_stats(config.stats_file, outcome.summary)
-    if not quiet or outcome.exit_code != EXIT_OK:
+    if outcome.exit_code != EXIT_FATAL and (not quiet or outcome.exit_code != EXIT_OK):
         print(summary_text(outcome.summary, config.output_file), file=sys.stderr)
     if outcome.message:
         print(f"mini-swe-runner: {redact(outcome.message, env_settings.secret_values)}", file=sys.stderr)

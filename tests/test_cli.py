@@ -1,0 +1,256 @@
+"""The real command line, as a user runs it: one task, a batch, piping, and every kind of bad input."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, clean_environ, read_jsonl, run_cli
+from model_server import ScriptedModelServer, http_error, per_conversation, reply, tool_call
+
+import mini_swe_runner
+import trajectory
+
+FINAL = "echo MINI_SWE_AGENT_FINAL_OUTPUT && echo done"
+
+
+def one_line_error(result: subprocess.CompletedProcess, code: int, *needles: str) -> str:
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def server():
+    script = per_conversation(
+        [reply(None, [tool_call("echo hello > hello.txt && cat hello.txt")]), reply(None, [tool_call(FINAL)])]
+    )
+    with ScriptedModelServer(script) as running:
+        yield running
+
+
+def local_args(server, *extra: str) -> list[str]:
+    return ["--base_url", server.base_url, "--model", "test-model", *extra]
+
+
+def test_single_task_writes_one_record_and_keeps_stdout_clean(server, tmp_path):
+    result = run_cli(["--task", "Create hello.txt", *local_args(server)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""  # no stray return value, nothing for humans on stdout
+    [record] = read_jsonl(tmp_path / "trajectories.jsonl")
+    assert record["completed"] and record["prompt_index"] == 0 and record["task_id"].endswith("-0")
+    assert tuple(record) == trajectory.RECORD_KEYS
+    assert record["metadata"]["model"] == "test-model" and record["metadata"]["env_type"] == "local"
+    assert record["metadata"]["image"] is None
+    assert "done: 1 tasks" in result.stderr
+
+
+def test_batch_from_prompts_file(server, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "\n".join(
+            [
+                json.dumps({"prompt": "first", "id": "task-a"}),
+                "",
+                json.dumps({"task": "second", "id": 7}),
+                "plain text prompt",
+                "plain text prompt",
+            ]
+        )
+        + "\n"
+    )
+    output = tmp_path / "out.jsonl"
+    result = run_cli(["--prompts_file", str(prompts), "--output_file", str(output), *local_args(server)])
+    assert result.returncode == 0, result.stderr
+    records = sorted(read_jsonl(output), key=lambda r: r["prompt_index"])
+    assert [r["prompt_index"] for r in records] == [0, 1, 2, 3]
+    assert [r["task_id"] for r in records[:2]] == ["task-a", "7"]
+    assert records[2]["task_id"] != records[3]["task_id"]  # duplicate prompts are distinct tasks
+    assert records[2]["task_id"].endswith("-0") and records[3]["task_id"].endswith("-1")
+    assert all(r["completed"] for r in records)
+
+
+def test_output_to_stdout_pipes_into_another_program(server, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("one\ntwo\nthree\n")
+    consumer = (
+        "import sys, json; rows = [json.loads(line) for line in sys.stdin]; print(len(rows), rows[0]['exit_reason'])"
+    )
+    command = (
+        f"{sys.executable} {ROOT / 'mini_swe_runner.py'} --prompts_file {prompts} --output_file - "
+        f'--base_url {server.base_url} --model m --workers 3 | {sys.executable} -c "{consumer}"'
+    )
+    result = subprocess.run(command, shell=True, capture_output=True, text=True, env=clean_environ(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "3 completed"
+    assert "done: 3 tasks" in result.stderr
+
+
+def test_unknown_flag_is_rejected_before_any_work(tmp_path):
+    with ScriptedModelServer([reply("x")]) as server:
+        result = run_cli(["--task", "x", "--base_url", server.base_url, "--max_iteratoins", "3"], cwd=tmp_path)
+        assert server.requests == []
+    one_line_error(result, 2, "unknown flag --max_iteratoins")
+    assert not (tmp_path / "trajectories.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--max_iterations", "abc"], "--max_iterations takes a whole number"),
+        (["--max_iterations", "0"], "--max_iterations must be at least 1"),
+        (["--max_iterations", "2.5"], "--max_iterations takes a whole number"),
+        (["--workers", "-3"], "--workers must be at least 1"),
+        (["--timeout", "soon"], "--timeout takes a number"),
+        (["--temperature", "hot"], "--temperature takes a number"),
+        (["--env", "kubernetes"], "--env must be one of local, docker, modal"),
+        (["--pull", "sometimes"], "--pull must be missing, always or never"),
+        (["--verbose", "maybe"], "--verbose takes true or false"),
+        (["--shard", "3/2"], "--shard takes I/N"),
+        (["--shard", "0/2"], "--shard takes I/N"),
+        (["--base_url", "ftp://example.com"], "--base_url must be an http(s) URL"),
+    ],
+)
+def test_bad_flag_values_are_one_line_errors(tmp_path, flags, needle):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("x\n")
+    result = run_cli(["--prompts_file", str(prompts), "--base_url", "http://127.0.0.1:9/v1", *flags], cwd=tmp_path)
+    one_line_error(result, 2, needle)
+
+
+def test_task_and_prompts_file_are_exclusive(tmp_path):
+    one_line_error(run_cli(["--base_url", "http://127.0.0.1:9/v1"], cwd=tmp_path), 2, "exactly one of")
+    result = run_cli(["--task", "a", "--prompts_file", "b", "--base_url", "http://127.0.0.1:9/v1"], cwd=tmp_path)
+    one_line_error(result, 2, "exactly one of")
+
+
+def test_verbose_false_means_false(server, tmp_path):
+    quiet_run = run_cli(["--task", "t", "--verbose=false", *local_args(server)], cwd=tmp_path)
+    assert quiet_run.returncode == 0 and "$ echo hello" not in quiet_run.stderr
+    loud_run = run_cli(["--task", "t2", "--verbose", *local_args(server)], cwd=tmp_path)
+    assert loud_run.returncode == 0 and "$ echo hello" in loud_run.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ('{"prompt": "ok"}\n{"prompt": "broken"\n', "p.jsonl:2: not valid JSON"),
+        ('{"prompt": "ok"}\n\n{"id": "no-prompt"}\n', "p.jsonl:3: no prompt"),
+        ('{"prompt": ""}\n', "p.jsonl:1: no prompt"),
+        ('{"prompt": "a", "id": "x"}\n{"prompt": "b", "id": "x"}\n', "p.jsonl:2: id 'x' already used on line 1"),
+        ('{"prompt": "a", "image": 5}\n', 'p.jsonl:1: "image" must be a string'),
+        ("\n\n", "has no prompts"),
+    ],
+)
+def test_malformed_prompts_file_is_reported_before_any_task(tmp_path, content, needle):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(content)
+    with ScriptedModelServer([reply("x")]) as server:
+        result = run_cli(["--prompts_file", str(prompts), "--base_url", server.base_url], cwd=tmp_path)
+        assert server.requests == []
+    one_line_error(result, 2, needle)
+    assert not (tmp_path / "trajectories.jsonl").exists()
+
+
+def test_unreadable_inputs_and_outputs_are_one_line_errors(tmp_path):
+    base = ["--base_url", "http://127.0.0.1:9/v1"]
+    one_line_error(run_cli(["--prompts_file", str(tmp_path / "nope.jsonl"), *base]), 2, "does not exist")
+    one_line_error(run_cli(["--prompts_file", str(tmp_path), *base]), 2, "is a directory")
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b"\xff\xfe\x00garbage\n")
+    one_line_error(run_cli(["--prompts_file", str(binary), *base]), 2, "not UTF-8")
+    one_line_error(
+        run_cli(["--task", "x", "--output_file", str(tmp_path / "no" / "dir.jsonl"), *base]), 2, "does not exist"
+    )
+    one_line_error(run_cli(["--task", "x", "--output_file", str(tmp_path), *base]), 2, "is a directory")
+
+
+def test_missing_key_names_the_variable_to_set(tmp_path):
+    result = run_cli(["--task", "x"], cwd=tmp_path)
+    one_line_error(result, 2, "OPENROUTER_API_KEY")
+
+
+def test_openai_key_is_never_sent_to_openrouter(tmp_path):
+    result = run_cli(["--task", "x"], cwd=tmp_path, env=clean_environ(OPENAI_API_KEY="sk-openai-secret-123456"))
+    line = one_line_error(result, 2, "OPENROUTER_API_KEY", "OPENAI_API_KEY is set but belongs to another provider")
+    assert "sk-openai-secret-123456" not in line
+
+
+def test_key_resolution_per_provider():
+    environ = {"OPENAI_API_KEY": "sk-openai", "OPENROUTER_API_KEY": "sk-or", "DEEPSEEK_API_KEY": "sk-ds"}
+    resolve = mini_swe_runner.resolve_api_key
+    assert resolve("https://openrouter.ai/api/v1", None, environ) == "sk-or"
+    assert resolve("https://api.openai.com/v1", None, environ) == "sk-openai"
+    assert resolve("https://api.deepseek.com/v1", None, environ) == "sk-ds"
+    assert resolve("https://openrouter.ai/api/v1", "sk-flag", environ) == "sk-flag"
+    assert resolve("https://api.openai.com/v1", None, {**environ, "MINI_SWE_RUNNER_API_KEY": "sk-any"}) == "sk-any"
+    # Local servers need no key and never receive a provider's key.
+    for url in (
+        "http://localhost:8000/v1",
+        "http://127.0.0.1:11434/v1",
+        "http://10.1.2.3:8000/v1",
+        "http://vllm:8000/v1",
+    ):
+        assert resolve(url, None, environ) == "no-key-needed"
+    with pytest.raises(mini_swe_runner.UsageError, match="MINI_SWE_RUNNER_API_KEY"):
+        resolve("https://models.example.com/v1", None, environ)
+
+
+def test_dotenv_in_current_directory_is_loaded_and_key_stays_secret(server, tmp_path):
+    key = "sk-from-dotenv-abcdef123456"
+    (tmp_path / ".env").write_text(f"MINI_SWE_RUNNER_API_KEY={key}\n")
+    script = per_conversation([reply(None, [tool_call("env; echo $MINI_SWE_RUNNER_API_KEY")]), reply("done")])
+    with ScriptedModelServer(script) as own_server:
+        result = run_cli(["--task", "show env", "--base_url", own_server.base_url, "--verbose"], cwd=tmp_path)
+        assert own_server.headers[0]["authorization"] == f"Bearer {key}"
+    assert result.returncode == 0, result.stderr
+    output = (tmp_path / "trajectories.jsonl").read_text()
+    assert key not in output and key not in result.stderr and key not in result.stdout
+
+
+def test_incomplete_tasks_still_exit_zero(tmp_path):
+    with ScriptedModelServer(per_conversation([reply(None, [tool_call("true")])])) as server:
+        result = run_cli(["--task", "loop", "--max_iterations", "2", "--base_url", server.base_url], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [record] = read_jsonl(tmp_path / "trajectories.jsonl")
+    assert record["exit_reason"] == "max_iterations"
+
+
+def test_authentication_failure_is_one_line_exit_1(tmp_path):
+    with ScriptedModelServer(lambda request: http_error(401, "Incorrect API key provided")) as server:
+        result = run_cli(["--task", "x", "--base_url", server.base_url, "--quiet"], cwd=tmp_path)
+    one_line_error(result, 1, "401", "Incorrect API key provided")
+
+
+def test_help_documents_every_flag():
+    result = run_cli(["--help"])
+    assert result.returncode == 0
+    text = result.stdout + result.stderr  # fire writes help to stderr when stdout is not a terminal
+    flags = [
+        name
+        for name, p in inspect.signature(mini_swe_runner.main).parameters.items()
+        if p.kind is p.POSITIONAL_OR_KEYWORD
+    ]
+    assert len(flags) > 30
+    for name in flags:
+        assert f"--{name}" in text, name
+    docstring = inspect.getdoc(mini_swe_runner.main)
+    for name in flags:
+        assert f"    {name}: " in docstring, f"{name} has no description in --help"
+
+
+def test_console_script_is_installed():
+    script = shutil.which("mini-swe-runner")
+    if script is None and os.environ.get("CI") != "true":
+        pytest.skip("mini-swe-runner is not installed here (pip install -e .)")
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "--prompts_file" in result.stdout + result.stderr
