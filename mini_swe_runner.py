@@ -4,7 +4,6 @@ Data flows one way: CLI flags -> RunConfig -> run_batch -> (environment + model)
 trajectory record -> writer. Everything for humans goes to stderr; stdout carries JSONL only (--output_file -).
 """
 
-
 import asyncio
 import hashlib
 import ipaddress

@@ -29,13 +29,24 @@ def clean_environ(**extra: str) -> dict[str, str]:
     return environ
 
 
-def run_cli(args: list[str], *, cwd: str | Path | None = None, env: dict | None = None, timeout: float = 120,
-            input: str | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str],
+    *,
+    cwd: str | Path | None = None,
+    env: dict | None = None,
+    timeout: float = 120,
+    input: str | None = None,
+) -> subprocess.CompletedProcess:
     """The real CLI as a user runs it, in a subprocess."""
     return subprocess.run(
         [sys.executable, str(ROOT / "mini_swe_runner.py"), *args],
-        cwd=cwd, env=env if env is not None else clean_environ(), capture_output=True, text=True, timeout=timeout,
-        input=input, stdin=None if input is not None else subprocess.DEVNULL,
+        cwd=cwd,
+        env=env if env is not None else clean_environ(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
     )
 
 
@@ -46,9 +57,17 @@ def read_jsonl(path: str | Path) -> list[dict]:
 def make_config(server, output_file: str | Path, **overrides) -> mini_swe_runner.RunConfig:
     """A RunConfig for in-process runs: quick retries, quiet, the scripted server as endpoint."""
     env = overrides.pop("env", None) or EnvSettings(max_output_chars=overrides.pop("max_output_chars", 50_000))
-    values = dict(model="scripted-model", base_url=server.base_url, api_key="sk-test-key-0123456789",
-                  output_file=str(output_file), retry_initial_delay=0.01, retry_max_delay=0.2, quiet=True,
-                  workers=2, env=env)
+    values = dict(
+        model="scripted-model",
+        base_url=server.base_url,
+        api_key="sk-test-key-0123456789",
+        output_file=str(output_file),
+        retry_initial_delay=0.01,
+        retry_max_delay=0.2,
+        quiet=True,
+        workers=2,
+        env=env,
+    )
     values.update(overrides)
     return mini_swe_runner.RunConfig(**values)
 

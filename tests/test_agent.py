@@ -26,18 +26,24 @@ FINAL = "echo MINI_SWE_AGENT_FINAL_OUTPUT && echo finished"
 
 
 def test_commands_run_and_marker_completes_the_task(out):
-    script = per_conversation([
-        reply("Creating the file.", [tool_call("printf 'print(1)' > hello.py && python3 hello.py")]),
-        reply(None, [tool_call(FINAL)]),
-    ])
+    script = per_conversation(
+        [
+            reply("Creating the file.", [tool_call("printf 'print(1)' > hello.py && python3 hello.py")]),
+            reply(None, [tool_call(FINAL)]),
+        ]
+    )
     with ScriptedModelServer(script) as server:
         outcome, [record] = run_prompts(make_config(server, out), ["make hello.py"])
     assert outcome.exit_code == 0
     assert record["completed"] is True and record["exit_reason"] == "completed"
     assert record["api_calls"] == 2
     assert record["tool_stats"] == {"terminal": {"count": 2, "success": 2, "failure": 0}}
-    assert record["usage"] == {"prompt_tokens": 200, "completion_tokens": 40, "total_tokens": 240,
-                               "reasoning_tokens": 10}
+    assert record["usage"] == {
+        "prompt_tokens": 200,
+        "completion_tokens": 40,
+        "total_tokens": 240,
+        "reasoning_tokens": 10,
+    }
     results = tool_results(record)
     assert results[0]["content"] == {"output": "1\n", "exit_code": 0, "error": None}
     assert "MINI_SWE_AGENT_FINAL_OUTPUT" in results[1]["content"]["output"]
@@ -69,8 +75,11 @@ def test_answer_without_tool_calls_completes(out):
 
 
 def test_parallel_tool_calls_run_in_order_each_answered(out):
-    calls = [tool_call("echo one > f", call_id="c1"), tool_call("cat f; exit 1", call_id="c2"),
-             tool_call("cat f", call_id="c3")]
+    calls = [
+        tool_call("echo one > f", call_id="c1"),
+        tool_call("cat f; exit 1", call_id="c2"),
+        tool_call("cat f", call_id="c3"),
+    ]
     with ScriptedModelServer(per_conversation([reply(None, calls), reply("done")])) as server:
         _, [record] = run_prompts(make_config(server, out), ["parallel"])
         second = server.requests[1]["messages"]
@@ -85,11 +94,13 @@ def test_parallel_tool_calls_run_in_order_each_answered(out):
 
 def test_reasoning_is_recorded_and_sent_back_as_received(out):
     details = [{"type": "reasoning.encrypted", "data": "opaque-blob", "id": "r1"}]
-    script = per_conversation([
-        reply(None, [tool_call("true")], reasoning_content="DeepSeek style thought"),
-        reply(None, [tool_call("true")], reasoning="OpenRouter style thought", reasoning_details=details),
-        reply("done"),
-    ])
+    script = per_conversation(
+        [
+            reply(None, [tool_call("true")], reasoning_content="DeepSeek style thought"),
+            reply(None, [tool_call("true")], reasoning="OpenRouter style thought", reasoning_details=details),
+            reply("done"),
+        ]
+    )
     with ScriptedModelServer(script) as server:
         _, [record] = run_prompts(make_config(server, out), ["think"])
         last_request = server.requests[2]["messages"]
@@ -198,8 +209,9 @@ def test_garbage_and_empty_choices_end_in_api_error(out):
 
 
 def test_context_length_ends_task_without_retry(out):
-    openai_style = http_error(400, "This model's maximum context length is 8192 tokens.",
-                              code="context_length_exceeded")
+    openai_style = http_error(
+        400, "This model's maximum context length is 8192 tokens.", code="context_length_exceeded"
+    )
     vllm_style = http_error(400, "This model's maximum context length is 4096 tokens. However, you requested 5000")
     for step in (openai_style, vllm_style):
         with ScriptedModelServer([step, reply("never")]) as server:
@@ -256,10 +268,12 @@ def test_secrets_never_reach_commands_or_records(out, tmp_path, monkeypatch):
     key = "sk-test-key-0123456789"
     (tmp_path / "leak.txt").write_text(f"the key is {key}\n")
     monkeypatch.setenv("SOME_SERVICE_TOKEN", "tok-abcdefgh12345")  # the runner's environment, not our code
-    script = per_conversation([
-        reply(None, [tool_call("cat leak.txt; env | grep -c -E 'TOKEN|API_KEY' || true")]),
-        reply("done"),
-    ])
+    script = per_conversation(
+        [
+            reply(None, [tool_call("cat leak.txt; env | grep -c -E 'TOKEN|API_KEY' || true")]),
+            reply("done"),
+        ]
+    )
     settings = EnvSettings(cwd=str(tmp_path), secret_values=(key,))
     with ScriptedModelServer(script) as server:
         _, [record] = run_prompts(make_config(server, out, env=settings), ["leak it"])

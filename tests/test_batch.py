@@ -1,0 +1,329 @@
+"""Batch at scale: concurrency, resume after kill -9, signals, shards, rate limits, progress and statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, clean_environ, make_config, read_jsonl, run_cli, run_prompts
+from model_server import ScriptedModelServer, http_error, per_conversation, reply, tool_call
+
+import mini_swe_runner
+import trajectory
+
+
+def quick_script() -> object:
+    return per_conversation([reply(None, [tool_call("echo step")]), reply("done")])
+
+
+def write_prompts(path: Path, count: int, duplicate_every: int = 0) -> Path:
+    lines = []
+    for i in range(count):
+        text = "duplicate prompt" if duplicate_every and i % duplicate_every == 0 else f"prompt number {i}"
+        lines.append(json.dumps({"prompt": text}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def check_exactly_once(records: list[dict], prompts_file: Path) -> None:
+    expected = {p.task_id for p in mini_swe_runner.load_prompts(str(prompts_file))}
+    ids = [r["task_id"] for r in records]
+    assert len(ids) == len(set(ids)), "a task was recorded twice"
+    assert set(ids) == expected
+    for record in records:
+        assert tuple(record) == trajectory.RECORD_KEYS
+
+
+def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "mini_swe_runner.py"), *args],
+        cwd=cwd,
+        env=clean_environ(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_many_workers_write_whole_valid_lines(out, tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl", 60, duplicate_every=7)
+    with ScriptedModelServer(quick_script(), latency=0.005) as server:
+        config = make_config(server, out, workers=24)
+        outcome = asyncio.run(mini_swe_runner.run_batch(config, mini_swe_runner.load_prompts(str(prompts))))
+    assert outcome.exit_code == 0
+    raw_lines = out.read_bytes().split(b"\n")
+    assert raw_lines[-1] == b"" and len(raw_lines) == 61
+    records = [json.loads(line) for line in raw_lines[:-1]]
+    check_exactly_once(records, prompts)
+    assert all(r["completed"] for r in records)
+    assert outcome.summary["tasks"] == 60 and outcome.summary["by_exit_reason"] == {"completed": 60}
+
+
+def test_workers_really_run_concurrently(out):
+    # 12 tasks of one 0.5 s model call each: one at a time would take 6 s.
+    with ScriptedModelServer(lambda request: reply("ok"), latency=0.5) as server:
+        started = time.monotonic()
+        outcome, records = run_prompts(make_config(server, out, workers=12), [f"t{i}" for i in range(12)])
+        elapsed = time.monotonic() - started
+    assert len(records) == 12 and elapsed < 4.5
+
+
+def test_resume_skips_done_tasks_and_retries_failed_ones(out, tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl", 6, duplicate_every=3)  # prompts 0 and 3 are duplicates
+
+    def first_pass(request):
+        text = request["messages"][1]["content"]
+        return http_error(500, "down") if text.endswith(("1", "4")) else reply("ok")
+
+    loaded = mini_swe_runner.load_prompts(str(prompts))
+    with ScriptedModelServer(first_pass) as server:
+        asyncio.run(mini_swe_runner.run_batch(make_config(server, out, max_retries=0), loaded))
+    first = read_jsonl(out)
+    assert sorted(r["exit_reason"] for r in first) == ["api_error"] * 2 + ["completed"] * 4
+    with out.open("ab") as handle:  # a crash left a torn line behind
+        handle.write(b'{"prompt_index": 9, "task_id": "torn", "conv')
+    with ScriptedModelServer(lambda request: reply("second pass")) as server:
+        outcome = asyncio.run(mini_swe_runner.run_batch(make_config(server, out), loaded))
+        assert len(server.requests) == 2  # only the two failed tasks ran again
+    records = read_jsonl(out)
+    check_exactly_once(records, prompts)
+    assert all(r["completed"] for r in records)
+    assert outcome.summary["skipped_already_done"] == 4
+    duplicates = [r for r in records if r["conversations"][1]["value"] == "duplicate prompt"]
+    assert len(duplicates) == 2
+
+
+def test_overwrite_starts_afresh(out):
+    with ScriptedModelServer(lambda request: reply("ok")) as server:
+        run_prompts(make_config(server, out), ["a", "b"])
+        run_prompts(make_config(server, out, overwrite=True), ["a"])
+    assert len(read_jsonl(out)) == 1
+
+
+def test_kill_9_at_random_moments_never_loses_or_duplicates(tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl", 40, duplicate_every=9)
+    output = tmp_path / "out.jsonl"
+    args = ["--prompts_file", str(prompts), "--output_file", str(output), "--model", "m", "--workers", "6", "--quiet"]
+    rng = random.Random(1234)
+    with ScriptedModelServer(quick_script(), latency=0.05) as server:
+        args += ["--base_url", server.base_url]
+        for _ in range(4):
+            process = start_cli(args, tmp_path)
+            time.sleep(rng.uniform(0.6, 1.6))
+            process.kill()
+            process.wait()
+            if output.exists():  # whatever is there must be readable, with at most one torn last line
+                assert trajectory.read_records(str(output)).bad_lines <= 1
+        final = run_cli(args, cwd=tmp_path)
+    assert final.returncode == 0, final.stderr
+    check_exactly_once(read_jsonl(output), prompts)
+
+
+def _sleeping_script(marker_dir: Path):
+    # Every task starts a long command that leaves a marker file and a background child behind.
+    command = f"pwd > {marker_dir}/started-$$; (sleep 41.5 &) ; sleep 41.5"
+    return per_conversation([reply(None, [tool_call(command)]), reply("done")])
+
+
+def _sleepers() -> list[str]:
+    found = subprocess.run(["pgrep", "-f", "sleep 41.5"], capture_output=True, text=True).stdout.split()
+    return [pid for pid in found if pid != str(os.getpid())]
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_interrupts_cleans_up_and_resume_completes(tmp_path, signum, code):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    prompts = write_prompts(tmp_path / "p.jsonl", 5)
+    output = tmp_path / "out.jsonl"
+    base = ["--prompts_file", str(prompts), "--output_file", str(output), "--model", "m", "--workers", "2"]
+    with ScriptedModelServer(_sleeping_script(markers)) as server:
+        process = start_cli([*base, "--base_url", server.base_url], tmp_path)
+        wait_for(lambda: len(list(markers.iterdir())) >= 2)
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == code, stderr
+    assert "Traceback" not in stderr and "done: 2 tasks" in stderr and "interrupted" in stderr
+    wait_for(lambda: not _sleepers(), timeout=5)  # every command and its background child is gone
+    task_dirs = [Path(marker.read_text().strip()) for marker in markers.iterdir()]
+    assert len(task_dirs) == 2 and not any(d.exists() for d in task_dirs)  # each task's temp dir was removed
+    records = read_jsonl(output)
+    assert [r["exit_reason"] for r in records] == ["interrupted", "interrupted"]
+    assert all(r["conversations"][-1]["from"] == "tool" for r in records)  # no dangling tool call
+    with ScriptedModelServer(quick_script()) as server:
+        resumed = run_cli([*base, "--base_url", server.base_url], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "dropped 2 retryable record(s)" in resumed.stderr
+    final = read_jsonl(output)
+    check_exactly_once(final, prompts)
+    assert all(r["completed"] for r in final)
+
+
+def test_second_ctrl_c_exits_at_once_and_still_cleans_up(tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    prompts = write_prompts(tmp_path / "p.jsonl", 3)
+    with ScriptedModelServer(_sleeping_script(markers)) as server:
+        process = start_cli(
+            [
+                "--prompts_file",
+                str(prompts),
+                "--output_file",
+                str(tmp_path / "o.jsonl"),
+                "--base_url",
+                server.base_url,
+                "--workers",
+                "3",
+            ],
+            tmp_path,
+        )
+        wait_for(lambda: len(list(markers.iterdir())) >= 3)
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=15)
+    assert process.returncode == 130
+    wait_for(lambda: not _sleepers(), timeout=5)
+    assert not any(Path(marker.read_text().strip()).exists() for marker in markers.iterdir())
+
+
+def test_shards_partition_the_prompts(tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl", 10, duplicate_every=4)
+    seen: list[str] = []
+    with ScriptedModelServer(lambda request: reply("ok")) as server:
+        for number in (1, 2, 3):
+            output = tmp_path / f"shard{number}.jsonl"
+            result = run_cli(
+                [
+                    "--prompts_file",
+                    str(prompts),
+                    "--output_file",
+                    str(output),
+                    "--shard",
+                    f"{number}/3",
+                    "--base_url",
+                    server.base_url,
+                ],
+                cwd=tmp_path,
+            )
+            assert result.returncode == 0, result.stderr
+            seen += [r["task_id"] for r in read_jsonl(output)]
+            assert {r["prompt_index"] % 3 for r in read_jsonl(output)} == {number - 1}
+    assert len(seen) == len(set(seen)) == 10
+    check_exactly_once([r for n in (1, 2, 3) for r in read_jsonl(tmp_path / f"shard{n}.jsonl")], prompts)
+
+
+def test_rate_limited_provider_still_completes_every_task(out):
+    counter = {"n": 0}
+    lock = threading.Lock()
+    inner = quick_script()
+
+    def script(request):
+        with lock:
+            counter["n"] += 1
+            limited = counter["n"] % 3 == 0
+        return http_error(429, "rate limited", headers={"retry-after-ms": "50"}) if limited else inner(request)
+
+    with ScriptedModelServer(script, latency=0.01) as server:
+        outcome, records = run_prompts(
+            make_config(server, out, workers=8, max_retries=10), [f"task {i}" for i in range(20)]
+        )
+    assert outcome.exit_code == 0
+    assert len(records) == 20 and all(r["completed"] for r in records)
+    assert counter["n"] > 40  # the 429s really happened and were retried
+
+
+def test_rate_gate_pauses_everyone_and_spaces_requests():
+    async def scenario() -> tuple[float, float]:
+        gate = mini_swe_runner.RateGate()
+        gate.pause(0.3)
+        started = time.monotonic()
+        await asyncio.gather(*(gate.wait() for _ in range(10)))
+        paused = time.monotonic() - started
+        spaced_gate = mini_swe_runner.RateGate(max_rpm=600)  # one request per 0.1 s
+        started = time.monotonic()
+        await asyncio.gather(*(spaced_gate.wait() for _ in range(6)))
+        return paused, time.monotonic() - started
+
+    paused, spaced = asyncio.run(scenario())
+    assert paused >= 0.29
+    assert spaced >= 0.49
+
+
+def test_stats_file_and_plain_progress_lines(tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl", 4)
+    stats = tmp_path / "stats.json"
+    with ScriptedModelServer(quick_script()) as server:
+        result = run_cli(
+            [
+                "--prompts_file",
+                str(prompts),
+                "--output_file",
+                str(tmp_path / "o.jsonl"),
+                "--stats_file",
+                str(stats),
+                "--base_url",
+                server.base_url,
+            ],
+            cwd=tmp_path,
+        )
+        quiet = run_cli(
+            [
+                "--prompts_file",
+                str(prompts),
+                "--output_file",
+                str(tmp_path / "q.jsonl"),
+                "--quiet",
+                "--base_url",
+                server.base_url,
+            ],
+            cwd=tmp_path,
+        )
+    assert result.returncode == 0
+    assert "progress: 4/4 done, 4 completed, 0 failed" in result.stderr
+    summary = json.loads(stats.read_text())
+    assert summary["tasks"] == 4 and summary["by_exit_reason"] == {"completed": 4}
+    assert summary["completion_rate"] == 1.0 and summary["api_calls"] == 8 and summary["tool_calls"] == 4
+    assert summary["tokens"]["total_tokens"] == 8 * 120
+    assert summary["tasks_per_minute"] > 0 and summary["wall_time_s"] > 0
+    assert quiet.returncode == 0 and quiet.stderr == "" and len(read_jsonl(tmp_path / "q.jsonl")) == 4
+
+
+def test_progress_bar_on_a_terminal():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    progress = mini_swe_runner.Progress(3, quiet=False, stream=stream)
+    for completed in (True, False, True):
+        progress.update({"completed": completed})
+    progress.close()
+    text = stream.getvalue()
+    assert "3/3" in text and "completed=2" in text and "failed=1" in text
+
+
+def test_task_timeout_flag(tmp_path):
+    script = per_conversation([reply(None, [tool_call("sleep 20")]), reply("never")])
+    with ScriptedModelServer(script) as server:
+        result = run_cli(["--task", "slow", "--task_timeout", "1", "--base_url", server.base_url], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [record] = read_jsonl(tmp_path / "trajectories.jsonl")
+    assert record["exit_reason"] == "timeout"
