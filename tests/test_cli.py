@@ -254,3 +254,11 @@ def test_console_script_is_installed():
         pytest.skip("mini-swe-runner is not installed here (pip install -e .)")
     result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--prompts_file" in result.stdout + result.stderr
+
+
+def test_readme_documents_every_flag():
+    readme = (ROOT / "README.md").read_text()
+    flags = [name for name, p in inspect.signature(mini_swe_runner.main).parameters.items()
+             if p.kind is p.POSITIONAL_OR_KEYWORD]
+    missing = [name for name in flags if f"`--{name}`" not in readme]
+    assert missing == []
