@@ -173,7 +173,10 @@ class ScriptedModelServer:
                 head += [f"{k}: {v}" for k, v in step.headers.items() if k.lower() != "content-type"]
                 self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode() + step.body)  # one write
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 1024  # the default backlog (5) refuses connections when many workers connect
+
+        self._httpd = Server(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
