@@ -123,25 +123,30 @@ def to_hermes(messages: list[dict], tools: list[dict]) -> list[dict]:
     """
     turns = [{"from": "system", "value": hermes_system_value(tools)}]
     call_names: dict[str, str | None] = {}
-    pending_tool_blocks: list[str] = []
+    call_positions: dict[str, int] = {}  # of the last assistant turn's calls: results are listed in call order
+    pending_tool_blocks: list[tuple[int, str]] = []
 
     def flush_tools() -> None:
         if pending_tool_blocks:
-            turns.append({"from": "tool", "value": "\n".join(pending_tool_blocks)})
+            pending_tool_blocks.sort(key=lambda item: item[0])  # stable: unknown ids keep their place at the end
+            turns.append({"from": "tool", "value": "\n".join(block for _, block in pending_tool_blocks)})
             pending_tool_blocks.clear()
 
     for message in messages:
         role = message.get("role")
         if role == "tool":
-            name = call_names.get(message.get("tool_call_id"))
-            pending_tool_blocks.append(tool_response_block(message, name))
+            call_id = message.get("tool_call_id")
+            position = call_positions.get(call_id, len(call_positions))
+            pending_tool_blocks.append((position, tool_response_block(message, call_names.get(call_id))))
             continue
         flush_tools()
         if role == "user":
             turns.append({"from": "human", "value": _text_content(message.get("content"))})
         elif role == "assistant":
-            for call in message.get("tool_calls") or []:
+            call_positions.clear()
+            for position, call in enumerate(message.get("tool_calls") or []):
                 call_names[call.get("id")] = (call.get("function") or {}).get("name")
+                call_positions[call.get("id")] = position
             turns.append({"from": "gpt", "value": gpt_value(message)})
     flush_tools()
     return turns
@@ -200,7 +205,11 @@ def build_record(
 
 def record_line(record: dict) -> bytes:
     """One record as one UTF-8 JSONL line. Lone surrogates a model may emit become U+FFFD, never invalid UTF-8."""
-    return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8", errors="replace")
+    text = json.dumps(record, ensure_ascii=False) + "\n"
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # encode(errors="replace") would give "?"; a UTF-16 round trip gives U+FFFD
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace").encode("utf-8")
 
 
 class JsonlWriter:
@@ -296,9 +305,18 @@ def compact_for_resume(path: str) -> CompactResult:
         if record["task_id"] in kept:
             duplicates += 1
         kept[record["task_id"]] = record
-    if retryable or result.bad_lines or duplicates:
+    # A last line cut just before its newline still parses; rewrite it whole, or the next append would join it.
+    if retryable or result.bad_lines or duplicates or not _ends_with_newline(path):
         _atomic_write(path, (record_line(r) for r in kept.values()))
     return CompactResult(set(kept), retryable, result.bad_lines, duplicates)
+
+
+def _ends_with_newline(path: str) -> bool:
+    with open(path, "rb") as handle:
+        if handle.seek(0, os.SEEK_END) == 0:
+            return True
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
 
 
 def _atomic_write(path: str, lines: Iterable[bytes]) -> None:
