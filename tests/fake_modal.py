@@ -1,0 +1,282 @@
+"""A stand-in for the ``modal`` package at the SDK boundary: the same names and call shapes, real bash behind them.
+
+Pass a :class:`FakeModal` as ``sdk=`` to ``ModalEnvironment``. A sandbox is a directory on this machine (its
+``workdir``, or a fresh directory under ``root``); ``exec`` runs the argv there as a local process. What it copies
+from the real SDK (modal 1.6, read from its source):
+
+- every network call has an ``.aio`` twin; the blocking form called inside a running event loop warns
+  ``modal.exception.AsyncUsageWarning`` (``Image.from_registry``/``from_id`` do no I/O and are sync-only);
+- ``exec(..., text=False)`` streams bytes; ``text=True`` decodes strictly, so invalid UTF-8 raises;
+- past its ``timeout`` an exec is killed, its streams just end and ``wait()`` returns -1: nothing raises;
+- a terminated sandbox rejects ``exec`` (``ConflictError``); ``workdir`` must be absolute; argv is at most 64 KiB;
+- the exceptions are the real ``modal.exception`` classes.
+
+Every call is checked against the installed SDK's signature when it is made (a keyword the real SDK lacks is a
+``TypeError`` here too) and recorded in ``calls`` for the contract test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import concurrent.futures
+import functools
+import inspect
+import math
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import modal
+import modal.container_process
+import modal.exception
+import modal.io_streams
+
+# Where each fake name lives in the real SDK.
+REAL_OWNERS = {
+    "App": modal.App,
+    "Image": modal.Image,
+    "Sandbox": modal.Sandbox,
+    "ContainerProcess": modal.container_process.ContainerProcess,
+    "StreamReader": modal.io_streams.StreamReader,
+}
+ARG_MAX_CHARS = 2**16
+CHUNK = 64 * 1024
+
+
+def real_function(name: str):
+    """The installed SDK's object for a recorded name such as ``"Sandbox.exec.aio"``."""
+    owner, *attrs = name.split(".")
+    obj = REAL_OWNERS[owner]
+    for attr in attrs:
+        obj = getattr(obj, attr)
+    return obj
+
+
+@functools.cache
+def real_signature(name: str) -> inspect.Signature:
+    return inspect.signature(real_function(name))
+
+
+def bind_real(name: str, args: tuple, kwargs: dict) -> inspect.BoundArguments:
+    """Bind a call to the real signature; raises TypeError when the real SDK would reject its shape."""
+    signature = real_signature(name)
+    first = next(iter(signature.parameters), None)
+    # Methods read off the class still list self/cls (synchronicity keeps cls even on classmethods).
+    placeholder = (object(),) if first in ("self", "cls") else ()
+    return signature.bind(*placeholder, *args, **kwargs)
+
+
+class _Twin:
+    """A callable with an ``.aio`` coroutine twin, like synchronicity's FunctionWithAio."""
+
+    def __init__(self, fake: FakeModal, name: str, impl):
+        self.fake, self.name, self.impl = fake, name, impl
+
+    def __call__(self, *args, **kwargs):
+        self.fake.record(self.name, args, kwargs)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            warnings.warn(f"blocking {self.name} called inside an event loop", modal.exception.AsyncUsageWarning, 2)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # a loop of its own, as synchronicity has
+            return pool.submit(asyncio.run, self.impl(*args, **kwargs)).result()
+
+    async def aio(self, *args, **kwargs):
+        self.fake.record(self.name + ".aio", args, kwargs)
+        return await self.impl(*args, **kwargs)
+
+
+class FakeApp:
+    def __init__(self, name: str):
+        self.name = name
+
+
+class FakeImage:
+    def __init__(self, kind: str, ref: str):
+        self.kind, self.ref = kind, ref  # kind: "registry" or "id"
+
+
+class FakeStream:
+    """A process's stdout or stderr: ``async for`` yields chunks until EOF or the exec deadline."""
+
+    def __init__(self, process: FakeProcess, fd: int, text: bool):
+        self.process, self.fd, self.text = process, fd, text
+
+    def __aiter__(self):
+        self.process.fake.record("StreamReader.__aiter__", (), {})
+        return self._chunks()
+
+    async def _chunks(self):
+        fd, self.fd = self.fd, None
+        if fd is None:
+            return
+        reader = asyncio.StreamReader(limit=CHUNK)
+        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+        )
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+        try:
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(reader.read(CHUNK), self.process.remaining())
+                except TimeoutError:
+                    self.process.expire()
+                    return
+                if not chunk:
+                    break
+                yield decoder.decode(chunk) if self.text else chunk
+            if self.text and (rest := decoder.decode(b"", final=True)):
+                yield rest
+        finally:
+            transport.close()
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+class FakeProcess:
+    def __init__(self, fake: FakeModal, proc: subprocess.Popen, fds: tuple[int, int], timeout, text: bool):
+        self.fake, self.proc = fake, proc
+        self.deadline = time.monotonic() + timeout if timeout else math.inf
+        self.expired = False
+        self.stdout = FakeStream(self, fds[0], text)
+        self.stderr = FakeStream(self, fds[1], text)
+        self.wait = _Twin(fake, "ContainerProcess.wait", self._wait)
+
+    def remaining(self) -> float | None:
+        return None if self.deadline == math.inf else max(self.deadline - time.monotonic(), 0)
+
+    def expire(self) -> None:
+        self.expired = True
+        _kill_group(self.proc.pid)
+
+    async def _wait(self) -> int:
+        while (code := self.proc.poll()) is None and time.monotonic() < self.deadline:
+            await asyncio.sleep(0.01)
+        if code is None or self.expired:
+            self.expire()
+            return -1
+        return 128 - code if code < 0 else code  # killed by a signal: 128 + signal, as the real SDK reports
+
+
+class FakeSandbox:
+    def __init__(self, fake: FakeModal, root: str, create_kwargs: dict):
+        self.fake, self.root, self.create_kwargs = fake, root, create_kwargs
+        self.env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": root, **(create_kwargs["env"] or {})}
+        self.terminated = False
+        self.processes: list[FakeProcess] = []
+        self.exec = _Twin(fake, "Sandbox.exec", self._exec)
+        self.terminate = _Twin(fake, "Sandbox.terminate", self._terminate)
+
+    async def _exec(self, *args, timeout=None, workdir=None, env=None, text=True, **_):  # the rest: checked, unused
+        if self.terminated:
+            raise modal.exception.ConflictError("Sandbox already finished")
+        if workdir is not None and not workdir.startswith("/"):
+            raise modal.exception.InvalidError(f"workdir must be an absolute path, got: {workdir}")
+        if sum(len(arg) for arg in args) > ARG_MAX_CHARS:
+            raise modal.exception.InvalidError("Total length of CMD arguments cannot exceed 65536 bytes (ARG_MAX).")
+        # Spawned from a thread, so 64 forks at once do not stall the event loop (a real exec is an RPC), on pipes
+        # of our own, so wait() returns when the process exits even if a background child keeps stdout open.
+        (out_read, out_write), (err_read, err_write) = os.pipe(), os.pipe()
+        try:
+            proc = await asyncio.to_thread(
+                subprocess.Popen,
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=out_write,
+                stderr=err_write,
+                cwd=workdir or self.root,
+                env={**self.env, **(env or {})},
+                start_new_session=True,
+            )
+        finally:
+            os.close(out_write)
+            os.close(err_write)
+        process = FakeProcess(self.fake, proc, (out_read, err_read), timeout, text)
+        self.processes.append(process)
+        return process
+
+    async def _terminate(self, *, wait: bool = False) -> None:
+        self.terminated = True
+        for process in self.processes:
+            _kill_group(process.proc.pid)
+            process.stdout.close()  # the fds of streams nobody read
+            process.stderr.close()
+
+
+class FakeModal:
+    """One fake ``modal`` module; knobs: ``create_delay`` (math.inf hangs) and ``create_error``."""
+
+    exception = modal.exception
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = str(root or tempfile.mkdtemp(prefix="fake-modal-"))
+        Path(self.root).mkdir(parents=True, exist_ok=True)
+        self.calls: list[tuple[str, tuple, dict]] = []
+        self.sandboxes: list[FakeSandbox] = []
+        self.apps: dict[str, FakeApp] = {}
+        self.create_delay = 0.0
+        self.create_error: BaseException | None = None
+        self.App = type("App", (), {})()
+        self.App.lookup = _Twin(self, "App.lookup", self._lookup)
+        self.Image = type("Image", (), {})()
+        self.Image.from_registry = self._from_registry
+        self.Image.from_id = self._from_id
+        self.Sandbox = type("Sandbox", (), {})()
+        self.Sandbox.create = _Twin(self, "Sandbox.create", self._create)
+
+    def record(self, name: str, args: tuple, kwargs: dict) -> None:
+        bind_real(name, args, kwargs)
+        self.calls.append((name, args, kwargs))
+
+    def called(self, name: str) -> list[dict]:
+        return [kwargs for call, _, kwargs in self.calls if call == name]
+
+    def _from_registry(self, tag: str, *args, **kwargs) -> FakeImage:
+        self.record("Image.from_registry", (tag, *args), kwargs)
+        return FakeImage("registry", tag)
+
+    def _from_id(self, image_id: str, *args, **kwargs) -> FakeImage:
+        self.record("Image.from_id", (image_id, *args), kwargs)
+        return FakeImage("id", image_id)
+
+    async def _lookup(self, name: str, *, create_if_missing: bool = False, **_) -> FakeApp:
+        if name not in self.apps:
+            if not create_if_missing:
+                raise modal.exception.NotFoundError(f"App '{name}' not found")
+            self.apps[name] = FakeApp(name)
+        return self.apps[name]
+
+    async def _create(self, *args, **kwargs) -> FakeSandbox:
+        if self.create_error is not None:
+            raise self.create_error
+        if self.create_delay == math.inf:
+            await asyncio.Event().wait()
+        await asyncio.sleep(self.create_delay)
+        options = {"app": None, "image": None, "env": None, "workdir": None, **kwargs}
+        if options["app"] is None:
+            raise modal.exception.InvalidError("App is required")
+        workdir = options["workdir"]
+        if workdir is not None and not workdir.startswith("/"):
+            raise modal.exception.InvalidError(f"workdir must be an absolute path, got: {workdir}")
+        root = workdir or tempfile.mkdtemp(prefix="sandbox-", dir=self.root)
+        Path(root).mkdir(parents=True, exist_ok=True)
+        sandbox = FakeSandbox(self, root, options)
+        self.sandboxes.append(sandbox)
+        return sandbox
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

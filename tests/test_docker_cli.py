@@ -1,0 +1,107 @@
+"""The real CLI with --env docker: signals remove containers, per-prompt images, one-line image errors, cleanup."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+from conftest import read_jsonl, run_cli, start_cli, tool_results, wait_for
+from docker_support import TEST_IMAGE, docker_engine, engine, variant_image  # noqa: F401
+from model_server import ScriptedModelServer, per_conversation, reply, tool_call
+
+pytestmark = pytest.mark.usefixtures("docker_engine")
+
+FINAL = "echo MINI_SWE_AGENT_FINAL_OUTPUT && echo done"
+
+
+def docker_args(server, image: str = TEST_IMAGE) -> list[str]:
+    return ["--base_url", server.base_url, "--model", "m", "--env", "docker", "--image", image, "--pull", "never"]
+
+
+def containers_of(pid: int) -> list:
+    return engine().containers.list(all=True, filters={"label": f"mini-swe-runner.pid={pid}"})
+
+
+def running_sleepers(pid: int, count: int) -> bool:
+    """``count`` containers of the CLI ``pid``, each running the scripted ``sleep 4242``."""
+    containers = containers_of(pid)
+    if len(containers) < count:
+        return False
+    try:
+        return all("sleep 4242" in json.dumps(engine().api.top(c.id)) for c in containers)
+    except Exception:  # a container still starting
+        return False
+
+
+def write_prompts(path: Path, objects: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(o) + "\n" for o in objects))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("signals", "code"), [([signal.SIGINT], 130), ([signal.SIGTERM], 143), ([signal.SIGINT] * 2, 130)]
+)
+def test_signal_mid_task_removes_the_containers(tmp_path, signals, code):
+    prompts = write_prompts(tmp_path / "p.jsonl", [{"prompt": "first"}, {"prompt": "second"}])
+    script = per_conversation([reply(None, [tool_call("sleep 4242", timeout=600)]), reply("done")])
+    with ScriptedModelServer(script) as server:
+        process = start_cli(["--prompts_file", str(prompts), "--workers", "2", *docker_args(server)], tmp_path)
+        try:
+            wait_for(lambda: running_sleepers(process.pid, 2), timeout=60, interval=0.1)
+            for signum in signals:
+                process.send_signal(signum)
+            _, stderr = process.communicate(timeout=60)
+        finally:
+            process.kill()
+    assert process.returncode == code, stderr
+    assert "Traceback" not in stderr
+    wait_for(lambda: not containers_of(process.pid), timeout=15)
+
+
+def test_killed_run_leaves_containers_that_cleanup_removes(tmp_path):
+    script = per_conversation([reply(None, [tool_call("sleep 4242", timeout=600)]), reply("done")])
+    with ScriptedModelServer(script) as server:
+        process = start_cli(["--task", "sleep", *docker_args(server)], tmp_path)
+        try:
+            wait_for(lambda: running_sleepers(process.pid, 1), timeout=60, interval=0.1)
+        finally:
+            process.kill()
+            process.communicate(timeout=30)
+    # SIGKILL: nothing could clean up, so 1 is left (0 if a parallel test run's reaper was quicker).
+    assert len(containers_of(process.pid)) <= 1
+    result = run_cli(["cleanup"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "removed" in result.stderr and "Traceback" not in result.stderr
+    assert containers_of(process.pid) == []
+
+
+def test_per_prompt_image_in_the_prompts_file(tmp_path):
+    prompts = write_prompts(
+        tmp_path / "p.jsonl",
+        [{"prompt": "look", "id": "base"}, {"prompt": "look", "id": "variant", "image": variant_image()}],
+    )
+    script = per_conversation([reply(None, [tool_call("cat /etc/msr-variant || echo none; pwd")]), reply("done")])
+    with ScriptedModelServer(script) as server:
+        result = run_cli(
+            ["--prompts_file", str(prompts), "--output_file", str(tmp_path / "o.jsonl"), *docker_args(server)],
+            cwd=tmp_path,
+        )
+    assert result.returncode == 0, result.stderr
+    records = {r["task_id"]: r for r in read_jsonl(tmp_path / "o.jsonl")}
+    base, variant = (tool_results(records[name])[0]["content"]["output"] for name in ("base", "variant"))
+    assert base.endswith("No such file or directory\nnone\n/\n")
+    assert variant == "variant\n/srv/work\n"  # its file, and its WORKDIR as the starting cwd
+    assert records["variant"]["metadata"]["image"] == variant_image()
+    assert records["base"]["metadata"]["image"] == TEST_IMAGE
+
+
+def test_missing_image_is_one_line_from_the_cli(tmp_path):
+    missing = "mini-swe-runner-test:not-built"
+    with ScriptedModelServer(per_conversation([reply("done")])) as server:
+        result = run_cli(["--task", "x", *docker_args(server, image=missing)], cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and missing in lines[0] and "docker pull" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr

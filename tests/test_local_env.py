@@ -1,0 +1,499 @@
+"""LocalEnvironment through its interface: real bash, real files, real processes.
+
+Each test drives the coroutine interface with asyncio.run (no pytest plugin needed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from environments import (
+    EnvError,
+    EnvSettings,
+    ExecResult,
+    LocalEnvironment,
+    OutputCollector,
+    truncate_text,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+OMITTED = re.compile(r"(\d+) characters omitted")
+
+
+def run_commands(commands: list[str], settings: EnvSettings | None = None, timeout: float = 10) -> list[ExecResult]:
+    """Run ``commands`` one after another in one fresh environment, closing it afterwards."""
+
+    async def scenario() -> list[ExecResult]:
+        env = LocalEnvironment(settings or EnvSettings())
+        await env.start()
+        try:
+            return [await env.execute(command, timeout) for command in commands]
+        finally:
+            await env.close()
+
+    return asyncio.run(scenario())
+
+
+def run_one(command: str, settings: EnvSettings | None = None, timeout: float = 10) -> ExecResult:
+    return run_commands([command], settings, timeout)[0]
+
+
+def omitted_count(output: str) -> int:
+    counts = OMITTED.findall(output)
+    assert len(counts) == 1, f"expected exactly one truncation marker in {output[:200]!r}..."
+    return int(counts[0])
+
+
+def is_alive(pid: int) -> bool:
+    """True while ``pid`` is a running process; a zombie (killed, not yet reaped by init) counts as dead."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    state = stat.rsplit(")", 1)[1].split()[0]
+    return state not in ("Z", "X")
+
+
+def wait_until_dead(pids: list[int], within: float = 3.0) -> list[int]:
+    """The pids still alive after ``within`` seconds (SIGKILL is asynchronous; it lands within milliseconds)."""
+    deadline = time.monotonic() + within
+    while True:
+        alive = [pid for pid in pids if is_alive(pid)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.02)
+
+
+def live_members_of_group(pgid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(entry))
+    return members
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Working directory
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_cwd_carries_over_between_commands():
+    async def scenario():
+        env = LocalEnvironment(EnvSettings())
+        await env.start()
+        try:
+            first = await env.execute("mkdir a && cd a", 10)
+            second = await env.execute("pwd", 10)
+            third = await env.execute("cd .. && mkdir -p b/c && cd b/c && touch here", 10)
+            fourth = await env.execute("pwd; ls", 10)
+            return env.base, first, second, third, fourth
+        finally:
+            await env.close()
+
+    base, first, second, third, fourth = asyncio.run(scenario())
+    assert first.exit_code == 0 and first.output == ""
+    assert second.output == f"{base}/a\n"
+    assert third.exit_code == 0
+    assert fourth.output == f"{base}/b/c\nhere\n"
+
+
+def test_a_failing_cd_does_not_break_later_commands():
+    results = run_commands(["mkdir sub && cd sub", "cd /no/such/dir-msr-test", "pwd", "echo still working"])
+    assert results[1].exit_code != 0
+    assert "No such file or directory" in results[1].output
+    assert results[2].exit_code == 0 and results[2].output.endswith("/sub\n")
+    assert results[3].output == "still working\n"
+
+
+def test_fixed_start_dir_is_used_and_not_deleted(tmp_path):
+    (tmp_path / "existing.txt").write_text("keep me")
+    results = run_commands(["pwd", "ls", "touch made-by-agent"], EnvSettings(cwd=str(tmp_path)))
+    assert results[0].output == f"{tmp_path}\n"
+    assert results[1].output == "existing.txt\n"
+    # close() removed only what it created: the user's directory and everything in it stay.
+    assert (tmp_path / "existing.txt").read_text() == "keep me"
+    assert (tmp_path / "made-by-agent").exists()
+
+
+def test_the_task_cwd_overrides_the_run_cwd(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "task").mkdir()
+
+    async def scenario():
+        env = LocalEnvironment(EnvSettings(cwd=str(tmp_path / "run")), cwd=str(tmp_path / "task"))
+        await env.start()
+        try:
+            return await env.execute("pwd", 10)
+        finally:
+            await env.close()
+
+    assert asyncio.run(scenario()).output == f"{tmp_path / 'task'}\n"
+
+
+def test_missing_cwd_raises_env_error(tmp_path):
+    missing = tmp_path / "does-not-exist"
+    env = LocalEnvironment(EnvSettings(cwd=str(missing)))
+    with pytest.raises(EnvError, match="does not exist"):
+        asyncio.run(env.start())
+    with pytest.raises(EnvError):  # execute() starts a not-started environment, and fails the same way
+        asyncio.run(env.execute("pwd", 10))
+    assert not missing.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Exit codes, merged output, stdin
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_exit_codes_are_reported():
+    results = run_commands(["true", "false", "exit 3", "(exit 42)", "bash -c 'kill -9 $$'"])
+    assert [r.exit_code for r in results] == [0, 1, 3, 42, 137]
+    assert [r.ok for r in results] == [True, False, False, False, False]
+    assert all(r.error is None for r in results)
+
+
+def test_stderr_is_merged_into_output_in_order():
+    result = run_one("echo out1; echo err1 >&2; echo out2; echo err2 >&2")
+    assert result.output == "out1\nerr1\nout2\nerr2\n"
+
+
+STDIN_CHILD = """
+import asyncio, json
+from environments import EnvSettings, LocalEnvironment
+
+async def main():
+    env = LocalEnvironment(EnvSettings())
+    await env.start()
+    try:
+        results = [await env.execute(command, 5) for command in ("cat", "read line; echo read-status=$?")]
+    finally:
+        await env.close()
+    print(json.dumps([[r.output, r.exit_code] for r in results]))
+
+asyncio.run(main())
+"""
+
+
+def test_stdin_is_closed():
+    # The runner's own stdin is an open pipe with data waiting: a command must neither read it nor wait on it.
+    # (Under pytest fd 0 is /dev/null, so the check needs a child process with a real stdin.)
+    child = subprocess.Popen(
+        [sys.executable, "-c", STDIN_CHILD], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        child.stdin.write(b"RUNNER-STDIN-DATA\n")
+        child.stdin.flush()
+        started = time.monotonic()
+        stdout = child.stdout.read()
+        elapsed = time.monotonic() - started
+        assert child.wait(timeout=30) == 0
+    finally:
+        child.kill()
+        child.wait()
+    assert json.loads(stdout) == [["", 0], ["read-status=1\n", 0]]
+    assert elapsed < 5  # no command waited for its 5 s timeout
+
+
+def test_exit_still_reports_the_cwd():
+    async def scenario():
+        env = LocalEnvironment(EnvSettings())
+        await env.start()
+        try:
+            failed = await env.execute("mkdir -p sub && cd sub && echo leaving && exit 3", 10)
+            cwd_after = env.cwd
+            pwd = await env.execute("pwd", 10)
+            return env.base, failed, cwd_after, pwd
+        finally:
+            await env.close()
+
+    base, failed, cwd_after, pwd = asyncio.run(scenario())
+    assert failed.exit_code == 3
+    assert failed.output == "leaving\n"  # and no trace of the cwd report
+    assert cwd_after == f"{base}/sub"
+    assert pwd.output == f"{base}/sub\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Timeouts and leftover processes
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_timeout_kills_the_whole_process_tree_and_keeps_partial_output(tmp_path):
+    command = (
+        "cut -d' ' -f5 /proc/$$/stat > pgid; "
+        "(sleep 30 & echo $! > grandchild.pid; wait; touch marker) & echo $! > child.pid; "
+        "echo started; sleep 30"
+    )
+    started = time.monotonic()
+    result = run_one(command, EnvSettings(cwd=str(tmp_path)), timeout=1)
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 15  # long before the 30 s sleeps
+    assert result.exit_code == 124
+    assert result.output.startswith("started\n")
+    assert "timed out" in result.output
+    assert result.error is not None and "timed out" in result.error
+    child, grandchild = int((tmp_path / "child.pid").read_text()), int((tmp_path / "grandchild.pid").read_text())
+    assert wait_until_dead([child, grandchild]) == []
+    assert live_members_of_group(int((tmp_path / "pgid").read_text())) == []
+    assert not (tmp_path / "marker").exists()
+
+
+def test_timeout_with_no_output_still_says_so():
+    result = run_one("sleep 30", timeout=0.5)
+    assert result.exit_code == 124
+    assert "timed out" in result.output
+    assert not result.ok
+
+
+def test_background_process_does_not_block_and_close_cleans_up():
+    async def scenario():
+        env = LocalEnvironment(EnvSettings())
+        await env.start()
+        base = env.base
+        started = time.monotonic()
+        result = await env.execute("sleep 100 & echo $! > bg.pid; echo launched", 20)
+        elapsed = time.monotonic() - started
+        pid = int(Path(base, "bg.pid").read_text())
+        alive_before_close = is_alive(pid)
+        await env.close()
+        return base, result, elapsed, pid, alive_before_close
+
+    base, result, elapsed, pid, alive_before_close = asyncio.run(scenario())
+    assert result.exit_code == 0 and result.output == "launched\n"
+    assert elapsed < 10  # well before the 20 s timeout or the 100 s sleep
+    assert alive_before_close  # the leftover really was left over...
+    assert wait_until_dead([pid]) == []  # ...and close() killed it
+    assert not os.path.exists(base)  # and removed the task's temp directory
+
+
+def test_abandon_kills_leftovers_and_removes_the_temp_dir():
+    async def scenario():
+        env = LocalEnvironment(EnvSettings())
+        await env.start()
+        await env.execute("sleep 100 & echo $! > bg.pid", 20)
+        return env, int(Path(env.base, "bg.pid").read_text())
+
+    env, pid = asyncio.run(scenario())
+    assert is_alive(pid)
+    env.abandon()
+    assert wait_until_dead([pid]) == []
+    assert not os.path.exists(env.base)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Output: truncation, decoding
+# ---------------------------------------------------------------------------------------------------------------
+
+BIG_OUTPUT_CHILD = """
+import asyncio, json, re
+from environments import EnvSettings, LocalEnvironment
+
+async def main():
+    env = LocalEnvironment(EnvSettings(max_output_chars=1000))
+    await env.start()
+    try:
+        result = await env.execute("printf START; head -c 100000000 /dev/zero | tr '\\\\0' x; printf END", 120)
+    finally:
+        await env.close()
+    # Peak RSS of this process's own memory. Not getrusage().ru_maxrss: Linux carries that across execve, so
+    # a child spawned by a big pytest process would report the parent's size.
+    with open("/proc/self/status") as status:
+        peak_kb = int(re.search(r"VmHWM:\\s+(\\d+) kB", status.read()).group(1))
+    print(json.dumps({"output": result.output, "exit_code": result.exit_code, "peak_rss_kb": peak_kb}))
+
+asyncio.run(main())
+"""
+
+
+def test_100_mb_of_output_is_truncated_in_bounded_memory():
+    completed = subprocess.run(
+        [sys.executable, "-c", BIG_OUTPUT_CHILD], cwd=ROOT, capture_output=True, text=True, timeout=180
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    report = json.loads(completed.stdout)
+    output = report["output"]
+    assert report["exit_code"] == 0
+    assert output.startswith("START" + "x" * 400)
+    assert output.endswith("x" * 400 + "END")
+    shown = output.count("x") + len("START") + len("END")
+    assert shown == 1000
+    assert omitted_count(output) == 100_000_000 + len("STARTEND") - shown
+    assert len(output) < 1100
+    assert report["peak_rss_kb"] < 150 * 1024, f"peak RSS {report['peak_rss_kb']} KB for 100 MB of output"
+
+
+@pytest.mark.parametrize("char", ["é", "€", "😀"])
+@pytest.mark.parametrize("count", [1_500, 20_000])  # within the collector's buffers, and far beyond them
+def test_truncation_counts_multibyte_characters(char, count):
+    result = run_one(f"printf '{char}%.0s' $(seq {count})", EnvSettings(max_output_chars=1000))
+    assert result.exit_code == 0
+    assert "\ufffd" not in result.output  # no character cut in half
+    shown = result.output.count(char)
+    assert shown == 1000
+    assert omitted_count(result.output) == count - shown
+    head, _, tail = result.output.partition("\n\n[")
+    assert head == char * 500 and tail.endswith("\n\n" + char * 500)
+
+
+def test_output_at_exactly_the_limit_is_untouched():
+    exact, over = run_commands(
+        ["head -c 1000 /dev/zero | tr '\\0' y", "head -c 1001 /dev/zero | tr '\\0' y"],
+        EnvSettings(max_output_chars=1000),
+    )
+    assert exact.output == "y" * 1000
+    assert omitted_count(over.output) == 1
+
+
+def test_invalid_utf8_becomes_replacement_characters():
+    result = run_one(r"printf 'ok\xff\xfe|\xc3|end\n'")
+    assert result.output == "ok\ufffd\ufffd|\ufffd|end\n"
+
+
+def test_cwd_report_never_leaks_whatever_the_output_size():
+    # The wrapper's cwd report is the last line of every command's output. Whatever the output size - also
+    # when the report lands where the collector's head buffer ends and its tail begins (4 x the limit in
+    # bytes) - it must be taken out of the output and the cwd must carry over.
+    limit = 100
+
+    async def scenario():
+        env = LocalEnvironment(EnvSettings(max_output_chars=limit))
+        await env.start()
+        try:
+            await env.execute("mkdir sub", 10)
+            outcomes = []
+            for size in range(4 * limit - 120, 4 * limit + 10, 5):
+                env.cwd = env.base
+                result = await env.execute(f"cd sub && head -c {size} /dev/zero | tr '\\0' a", 10)
+                outcomes.append((size, result.output, env.cwd))
+            return env.base, outcomes
+        finally:
+            await env.close()
+
+    base, outcomes = asyncio.run(scenario())
+    for size, output, cwd in outcomes:
+        leaked = "__" in output or "mini-swe-task" in output or not output.endswith("a" * (limit // 2))
+        assert not leaked, f"cwd report leaked into the output of a {size}-byte command: ...{output[-60:]!r}"
+        assert cwd == f"{base}/sub", f"cwd lost after a {size}-byte command"
+        assert output.startswith("a" * (limit // 2))
+        assert omitted_count(output) == size - limit
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Secrets
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_secret_variables_do_not_reach_commands(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-fake-openai-0123456789")
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_fakeGithubToken0123456789")
+    monkeypatch.setenv("DB_PASSWORD", "fake-db-password-hunter2")
+    monkeypatch.setenv("MSR_PLAIN_SETTING", "plain-value-visible")
+    monkeypatch.setenv("MSR_PASSED_TOKEN", "passed-through-on-purpose")
+
+    result = run_one("env", EnvSettings(pass_env=("MSR_PASSED_TOKEN",)))
+
+    assert result.exit_code == 0
+    for name, value in [
+        ("OPENAI_API_KEY", "sk-fake-openai-0123456789"),
+        ("GITHUB_TOKEN", "ghp_fakeGithubToken0123456789"),
+        ("DB_PASSWORD", "fake-db-password-hunter2"),
+    ]:
+        assert name not in result.output
+        assert value not in result.output
+    lines = result.output.splitlines()
+    assert "MSR_PLAIN_SETTING=plain-value-visible" in lines
+    assert "MSR_PASSED_TOKEN=passed-through-on-purpose" in lines
+
+
+SECRET = "s3cr3t-VALUE-0123456789abcdef"
+
+
+def test_secret_values_are_redacted_from_output():
+    settings = EnvSettings(secret_values=(SECRET,))
+    results = run_commands(
+        [f"echo token={SECRET}; echo {SECRET} >&2; echo {SECRET}{SECRET}", f"echo {SECRET}; exit 2"], settings
+    )
+    assert results[0].output == "token=[REDACTED]\n[REDACTED]\n[REDACTED][REDACTED]\n"
+    assert results[1].output == "[REDACTED]\n" and results[1].exit_code == 2
+    timed_out = run_one(f"echo {SECRET}; sleep 30", settings, timeout=0.5)
+    assert timed_out.exit_code == 124
+    assert SECRET not in timed_out.output and "[REDACTED]" in timed_out.output
+
+
+def test_secret_cut_by_truncation_is_not_partly_shown():
+    # max_output_chars=100 keeps the first 50 characters: the secret starts at 40, so the cut falls inside it.
+    settings = EnvSettings(secret_values=(SECRET,), max_output_chars=100)
+    result = run_one(f"printf '%040d{SECRET}'; head -c 500 /dev/zero | tr '\\0' b", settings)
+    assert omitted_count(result.output) > 0
+    assert SECRET[:10] not in result.output, f"part of a secret is visible: {result.output[:60]!r}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# truncate_text and OutputCollector
+# ---------------------------------------------------------------------------------------------------------------
+
+TEXT = "".join(chr(ord("a") + i % 26) for i in range(1000))
+
+
+def test_truncate_text_at_the_boundary():
+    assert truncate_text(TEXT[:100], 100) == TEXT[:100]
+    assert truncate_text("", 100) == ""
+    over = truncate_text(TEXT[:101], 100)
+    assert over.startswith(TEXT[:50]) and over.endswith(TEXT[51:101])
+    assert omitted_count(over) == 1
+    far_over = truncate_text(TEXT, 100)
+    assert far_over.startswith(TEXT[:50]) and far_over.endswith(TEXT[-50:])
+    assert omitted_count(far_over) == 900
+
+
+def test_truncate_text_counts_characters_not_bytes():
+    assert truncate_text("é" * 100, 100) == "é" * 100
+    assert omitted_count(truncate_text("日" * 150, 100)) == 50
+
+
+def feed_in_chunks(collector: OutputCollector, data: bytes, size: int) -> None:
+    for start in range(0, len(data), size):
+        collector.feed(data[start : start + size])
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 4096])
+def test_collector_at_the_boundary(chunk_size):
+    exact = OutputCollector(100)
+    feed_in_chunks(exact, TEXT[:100].encode(), chunk_size)
+    assert exact.text() == TEXT[:100]
+
+    over = OutputCollector(100)
+    feed_in_chunks(over, TEXT[:101].encode(), chunk_size)
+    assert over.text().startswith(TEXT[:50]) and over.text().endswith(TEXT[51:101])
+    assert omitted_count(over.text()) == 1
+
+    wide = OutputCollector(100)
+    feed_in_chunks(wide, ("😀" * 100).encode(), chunk_size)  # exactly the limit, 4 bytes each
+    assert wide.text() == "😀" * 100
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 1000])
+def test_collector_keeps_head_and_tail_of_a_long_stream_in_bounded_memory(chunk_size):
+    collector = OutputCollector(100)
+    data = ("é" + TEXT) * 200  # 1001 characters, 1002 bytes each time
+    feed_in_chunks(collector, data.encode(), chunk_size)
+    assert len(collector.head) + len(collector.tail) <= 3 * collector.keep_bytes
+    text = collector.text()
+    assert text.startswith(data[:50]) and text.endswith(data[-50:])
+    assert omitted_count(text) == len(data) - 100

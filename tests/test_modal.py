@@ -1,0 +1,542 @@
+"""The Modal backend through our own interface, against a fake SDK that runs real bash (tests/fake_modal.py).
+
+The contract test checks every call the backend made against the installed ``modal`` package's signatures, and
+one test runs against real Modal when credentials are present.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import warnings
+
+import modal
+import modal.exception
+import pytest
+from fake_modal import FakeModal, bind_real, real_function
+
+import environments
+from environments import (
+    AGENT_ENV_DEFAULTS,
+    DEFAULT_IMAGE,
+    MODAL_DRAIN_SECONDS,
+    EnvError,
+    EnvSettings,
+    ModalEnvironment,
+    create_environment,
+    memory_mib,
+    modal_credentials_found,
+    modal_preflight,
+    preflight,
+)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.fixture
+def fake(tmp_path):
+    return FakeModal(tmp_path / "sandboxes")
+
+
+def make_env(fake, image=None, cwd=None, task_id="t1", image_setting=None, **settings):
+    settings = EnvSettings(env_type="modal", image=image_setting, **settings)
+    return ModalEnvironment(settings, image=image, cwd=cwd, task_id=task_id, sdk=fake)
+
+
+async def session(env, *commands, timeout=10):
+    """Start, run the commands, close; the results in order."""
+    await env.start()
+    try:
+        return [await env.execute(command, timeout=timeout) for command in commands]
+    finally:
+        await env.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_command_runs_with_stderr_merged_in_order(fake):
+    [result] = run(session(make_env(fake), "echo out1; echo err >&2; echo out2; exit 3"))
+    assert result.output == "out1\nerr\nout2\n"
+    assert result.exit_code == 3 and result.error is None
+    [kwargs] = fake.called("Sandbox.exec.aio")
+    assert kwargs["text"] is False
+
+
+def test_cwd_carries_over_between_commands(fake):
+    env = make_env(fake)
+    first, second = run(session(env, "mkdir -p sub/dir && cd sub/dir", "pwd"))
+    assert first.ok and first.output == ""
+    assert second.output.strip() == f"{fake.sandboxes[0].root}/sub/dir"
+
+
+def test_requested_cwd_becomes_the_sandbox_workdir(fake, tmp_path):
+    repo = str(tmp_path / "repo")
+    [result] = run(session(make_env(fake, cwd=repo), "pwd"))
+    assert result.output.strip() == repo
+    assert fake.called("Sandbox.create.aio")[0]["workdir"] == repo
+
+
+def test_relative_cwd_is_refused(fake):
+    with pytest.raises(EnvError, match="absolute"):
+        run(session(make_env(fake, cwd="repo")))
+
+
+def test_invalid_utf8_is_replaced(fake):
+    [result] = run(session(make_env(fake), r"printf 'a\377b\n'"))
+    assert result.output == "a\ufffdb\n"
+
+
+def test_big_output_is_truncated(fake):
+    env = make_env(fake, max_output_chars=1000)
+    [result] = run(session(env, "head -c 3000000 /dev/zero | tr '\\0' x; echo; echo END"))
+    assert result.exit_code == 0
+    assert len(result.output) < 1100
+    assert "characters omitted" in result.output and result.output.endswith("END\n")
+
+
+def test_secrets_are_redacted(fake):
+    env = make_env(fake, secret_values=("hunter2-secret",))
+    [result] = run(session(env, "echo the password is hunter2-secret"))
+    assert result.output == "the password is [REDACTED]\n"
+
+
+def test_timeout_returns_124_with_partial_output_and_keeps_the_sandbox(fake):
+    env = make_env(fake)
+
+    async def scenario():
+        await env.start()
+        started = time.monotonic()
+        timed_out = await env.execute("echo partial; sleep 30", timeout=1)
+        elapsed = time.monotonic() - started
+        after = await env.execute("echo alive", timeout=10)
+        sandbox_alive = not fake.sandboxes[0].terminated
+        await env.close()
+        return timed_out, elapsed, after, sandbox_alive
+
+    timed_out, elapsed, after, sandbox_alive = run(scenario())
+    assert timed_out.exit_code == 124
+    assert timed_out.output.startswith("partial\n") and "timed out after 1 s" in timed_out.output
+    assert timed_out.error and elapsed < 5
+    assert sandbox_alive and after.ok and after.output == "alive\n"
+    assert [name for name, _, _ in fake.calls if "terminate" in name] == ["Sandbox.terminate.aio"]  # close's only
+
+
+def test_background_child_does_not_hold_the_command(fake):
+    env = make_env(fake)
+    started = time.monotonic()
+    [result] = run(session(env, "sleep 30 & echo started"))
+    assert result.ok and result.output == "started\n"
+    assert time.monotonic() - started < MODAL_DRAIN_SECONDS + 3
+
+
+def test_quick_exit_124_is_not_a_timeout(fake):
+    [result] = run(session(make_env(fake), "exit 124", timeout=30))
+    assert result.exit_code == 124 and result.error is None
+
+
+def test_command_too_long_for_modal_is_a_result_not_an_exec(fake):
+    [result] = run(session(make_env(fake), "echo " + "x" * 70_000))
+    assert result.exit_code == -1 and "too long" in result.error
+    assert fake.called("Sandbox.exec.aio") == []
+
+
+def test_sandbox_gone_mid_run_is_an_error_result(fake):
+    env = make_env(fake)
+
+    async def scenario():
+        await env.start()
+        fake.sandboxes[0].terminated = True  # Modal ended it (lifetime reached, killed from the dashboard...)
+        result = await env.execute("echo hi", timeout=10)
+        await env.close()
+        return result
+
+    result = run(scenario())
+    assert result.exit_code == -1 and result.error == "Modal sandbox failed: Sandbox already finished"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Lifecycle
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_close_terminates_and_is_idempotent(fake):
+    env = make_env(fake)
+
+    async def scenario():
+        await env.execute("true", timeout=10)  # execute starts the sandbox when start() was not called
+        await env.close()
+        await env.close()
+        with pytest.raises(EnvError, match="closed"):
+            await env.execute("true", timeout=10)
+
+    run(scenario())
+    assert len(fake.sandboxes) == 1 and fake.sandboxes[0].terminated
+    assert len(fake.called("Sandbox.terminate.aio")) == 1
+
+
+def test_close_before_start_does_nothing(fake):
+    run(make_env(fake).close())
+    assert fake.calls == []
+
+
+def test_abandon_terminates_with_the_blocking_api_without_warning(fake):
+    env = make_env(fake)
+
+    async def scenario():
+        await env.start()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            env.abandon()  # called from inside the loop, as a second Ctrl-C handler would
+            env.abandon()
+
+    run(scenario())
+    wait_until(lambda: fake.sandboxes[0].terminated)  # the terminate runs in a thread; its wait is shared
+    assert len(fake.called("Sandbox.terminate")) == 1
+
+
+def test_abandon_of_many_environments_shares_one_wait(fake):
+    environments_ = [make_env(fake, task_id=str(n)) for n in range(4)]
+
+    async def start_all():
+        await asyncio.gather(*(env.start() for env in environments_))
+
+    run(start_all())
+    for sandbox in fake.sandboxes:
+        sandbox.terminate = hanging_terminate  # a network that never answers
+    started = time.monotonic()
+    for env in environments_:
+        env.abandon()
+    assert time.monotonic() - started < environments.MODAL_ABANDON_WAIT + 1  # not 4 waits
+
+
+def hanging_terminate():
+    time.sleep(30)
+
+
+def wait_until(condition, seconds=5.0):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_creation_hang_is_bounded_by_startup_timeout(fake):
+    fake.create_delay = math.inf
+    env = make_env(fake, startup_timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(EnvError, match=r"no Modal sandbox for python:3.11-slim within 0.3 s") as info:
+        run(env.start())
+    assert time.monotonic() - started < 2
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "error, message",
+    [
+        (modal.exception.ConnectionError("Could not connect\nto the Modal server."), "could not be created: Could"),
+        (modal.exception.AuthError("Token missing.\nCould not authenticate client."), "rejected the credentials"),
+        (OSError("Network is unreachable"), "could not be created: Network is unreachable"),
+    ],
+)
+def test_creation_failure_is_a_one_line_env_error(fake, error, message):
+    fake.create_error = error
+    with pytest.raises(EnvError, match=message) as info:
+        run(make_env(fake).start())
+    assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What the sandbox is created with
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "task_image, run_image, kind, ref",
+    [
+        ("python:3.12-slim", None, "registry", "python:3.12-slim"),
+        ("im-AbC123", "ubuntu:24.04", "id", "im-AbC123"),
+        (None, "ubuntu:24.04", "registry", "ubuntu:24.04"),
+        (None, None, "registry", DEFAULT_IMAGE),
+    ],
+)
+def test_image_per_task(fake, task_image, run_image, kind, ref):
+    run(session(make_env(fake, image=task_image, image_setting=run_image)))
+    image = fake.called("Sandbox.create.aio")[0]["image"]
+    assert (image.kind, image.ref) == (kind, ref)
+
+
+def test_sandbox_options(fake, monkeypatch):
+    monkeypatch.setenv("MY_SETTING", "visible")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-should-not-leak")
+    env = make_env(
+        fake,
+        task_id="task-7",
+        network="none",
+        memory="2g",
+        cpus=1.5,
+        sandbox_timeout=900,
+        modal_app="my-app",
+        env_vars=("MY_SETTING", "NOT_SET_ANYWHERE"),
+        run_id="run-1",
+    )
+    [result] = run(session(env, "echo $MY_SETTING ${OPENAI_API_KEY:-no-key} $PAGER"))
+    assert result.output == "visible no-key cat\n"
+    assert [call for call in fake.calls if call[0] == "App.lookup.aio"] == [
+        ("App.lookup.aio", ("my-app",), {"create_if_missing": True})
+    ]
+    options = fake.called("Sandbox.create.aio")[0]
+    assert options["app"].name == "my-app"
+    assert options["block_network"] is True
+    assert (options["memory"], options["cpu"], options["timeout"]) == (2048, 1.5, 900)
+    assert options["env"] == {**AGENT_ENV_DEFAULTS, "MY_SETTING": "visible"}
+    assert options["tags"] == {"run_id": "run-1", "task_id": "task-7"}
+    assert options["workdir"] is None
+
+
+def test_network_open_by_default(fake):
+    run(session(make_env(fake)))
+    assert fake.called("Sandbox.create.aio")[0]["block_network"] is False
+
+
+@pytest.mark.parametrize(
+    "value, mib",
+    [(None, None), ("", None), ("2g", 2048), ("512m", 512), ("4096", 4096), ("1.5G", 1536), ("2GiB", 2048)],
+)
+def test_memory_in_mib(value, mib):
+    assert memory_mib(value) == mib
+
+
+@pytest.mark.parametrize("value", ["abc", "2x", "512b", "0", "-1g"])
+def test_bad_memory_is_an_env_error(value):
+    with pytest.raises(EnvError, match="memory"):
+        memory_mib(value)
+
+
+def test_factory_makes_a_modal_environment():
+    env = create_environment(EnvSettings(env_type="modal", image="ubuntu:24.04"), image="im-x", cwd="/w", task_id="7")
+    assert isinstance(env, ModalEnvironment)
+    assert (env.image, env.requested_cwd, env.task_id) == ("im-x", "/w", "7")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Concurrency: one event loop, many sandboxes, never blocked, never the blocking API
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_64_environments_share_one_event_loop(fake):
+    async def task(number):
+        env = make_env(fake, task_id=str(number))
+        await env.start()
+        first = await env.execute(f"mkdir t{number} && cd t{number} && sleep 0.3 && echo {number}", timeout=30)
+        second = await env.execute("basename $PWD", timeout=30)
+        await env.close()
+        return first, second
+
+    async def heartbeat(stop):
+        longest, last = 0.0, time.monotonic()
+        while not stop.is_set():
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            longest, last = max(longest, now - last), now
+        return longest
+
+    async def scenario():
+        stop = asyncio.Event()
+        beat = asyncio.ensure_future(heartbeat(stop))
+        results = await asyncio.gather(*(task(n) for n in range(64)))
+        stop.set()
+        return results, await beat
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an AsyncUsageWarning (blocking Modal API in the loop) fails the test
+        results, longest_stall = run(scenario())
+    for number, (first, second) in enumerate(results):
+        assert first.output == f"{number}\n" and second.output == f"t{number}\n"
+    assert len(fake.sandboxes) == 64 and all(sandbox.terminated for sandbox in fake.sandboxes)
+    blocking = {name for name, _, _ in fake.calls if not name.endswith(".aio")}
+    assert blocking <= {"Image.from_registry", "Image.from_id", "StreamReader.__aiter__"}  # no I/O in these
+    assert longest_stall < 0.5
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The fake behaves like the real SDK where it matters
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_fake_behaves_like_modal(fake):
+    async def scenario():
+        app = await fake.App.lookup.aio("a", create_if_missing=True)
+        sandbox = await fake.Sandbox.create.aio(app=app, image=fake.Image.from_registry("x"))
+        process = await sandbox.exec.aio("bash", "-c", r"printf 'ok\377'", text=False)
+        chunks = [chunk async for chunk in process.stdout]
+        assert b"".join(chunks) == b"ok\xff" and await process.wait.aio() == 0
+        process = await sandbox.exec.aio("bash", "-c", r"printf 'ok\377'")
+        with pytest.raises(UnicodeDecodeError):
+            [chunk async for chunk in process.stdout]
+        started = time.monotonic()
+        process = await sandbox.exec.aio("bash", "-c", "echo before; sleep 30", timeout=1, text=False)
+        chunks = [chunk async for chunk in process.stdout]  # the stream just ends at the deadline
+        assert b"".join(chunks) == b"before\n" and await process.wait.aio() == -1
+        assert time.monotonic() - started < 5
+        with pytest.warns(modal.exception.AsyncUsageWarning):
+            sandbox.terminate()
+        with pytest.raises(modal.exception.ConflictError):
+            await sandbox.exec.aio("true")
+        with pytest.raises(TypeError):  # a keyword the real SDK does not have
+            await fake.Sandbox.create.aio(app=app, not_a_modal_option=1)
+
+    run(scenario())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Contract: what our code calls exists in the installed modal package, with those keywords
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_every_modal_call_matches_the_installed_sdk(fake, tmp_path):
+    async def scenario():
+        for image in ("python:3.12-slim", "im-123"):
+            env = make_env(fake, image=image, cwd=str(tmp_path / image), network="none", memory="1g", cpus=2)
+            await env.execute("echo hi >&2", timeout=10)
+            await env.execute("sleep 5", timeout=0.5)
+            await env.close()
+        env = make_env(fake)
+        await env.start()
+        env.abandon()
+
+    run(scenario())
+    for name, args, kwargs in fake.calls:  # the fake checked these as they were made; check again, explicitly
+        assert real_function(name) is not None
+        bind_real(name, args, kwargs)
+    used = {name for name, _, _ in fake.calls}
+    assert used == {
+        "App.lookup.aio",
+        "Image.from_registry",
+        "Image.from_id",
+        "Sandbox.create.aio",
+        "Sandbox.exec.aio",
+        "ContainerProcess.wait.aio",
+        "StreamReader.__aiter__",
+        "Sandbox.terminate.aio",
+        "Sandbox.terminate",
+    }
+    # Attributes read off the module rather than called.
+    assert issubclass(modal.exception.AuthError, modal.exception.Error)
+    assert modal.App and modal.Image and modal.Sandbox
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Preflight: credentials and options, without network
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_modal_credentials(tmp_path, monkeypatch):
+    for name in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_PROFILE", "MODAL_OAUTH_REFRESH_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    config = tmp_path / "modal.toml"
+    monkeypatch.setenv("MODAL_CONFIG_PATH", str(config))
+    return config
+
+
+def test_missing_credentials_fail_preflight_in_one_line(no_modal_credentials):
+    settings = EnvSettings(env_type="modal")
+    with pytest.raises(EnvError) as info:
+        run(preflight(settings, set()))
+    assert str(info.value) == (
+        "Modal credentials not found: run `modal token new` (or `modal token set`), "
+        "or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET"
+    )
+
+
+def test_credentials_from_the_environment(no_modal_credentials, monkeypatch):
+    monkeypatch.setenv("MODAL_TOKEN_ID", "ak-1")
+    assert not modal_credentials_found()
+    monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-1")
+    assert modal_credentials_found()
+    run(modal_preflight(EnvSettings(env_type="modal"), {"python:3.12"}))
+
+
+def test_credentials_from_the_config_file_and_its_profiles(no_modal_credentials, monkeypatch):
+    config = no_modal_credentials
+    config.write_text('[default]\ntoken_id = "ak-1"\ntoken_secret = "as-1"\n')
+    assert modal_credentials_found()
+    config.write_text('[work]\ntoken_id = "ak-1"\ntoken_secret = "as-1"\nactive = true\n[default]\ntoken_id = "x"\n')
+    assert modal_credentials_found()
+    monkeypatch.setenv("MODAL_PROFILE", "default")  # incomplete profile
+    assert not modal_credentials_found()
+    monkeypatch.setenv("MODAL_PROFILE", "work")
+    monkeypatch.setenv("MODAL_TOKEN_SECRET", "")  # set but empty wins over the profile, as in modal.config
+    assert not modal_credentials_found()
+
+
+def test_home_modal_toml_is_found(no_modal_credentials, monkeypatch, tmp_path):
+    monkeypatch.delenv("MODAL_CONFIG_PATH")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / ".modal.toml").write_text('[default]\ntoken_id = "ak-1"\ntoken_secret = "as-1"\n')
+    assert modal_credentials_found()
+
+
+def test_broken_config_file_is_a_one_line_error(no_modal_credentials):
+    no_modal_credentials.write_text("[default\ntoken_id = \n")
+    with pytest.raises(EnvError, match="cannot read the Modal config") as info:
+        run(modal_preflight(EnvSettings(env_type="modal"), set()))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "settings, images, message",
+    [
+        (dict(memory="lots"), set(), "memory"),
+        (dict(cwd="repo"), set(), "absolute"),
+        (dict(), {"python 3.11"}, "invalid image"),
+    ],
+)
+def test_preflight_checks_options(no_modal_credentials, monkeypatch, settings, images, message):
+    monkeypatch.setenv("MODAL_TOKEN_ID", "ak-1")
+    monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-1")
+    with pytest.raises(EnvError, match=message):
+        run(modal_preflight(EnvSettings(env_type="modal", **settings), images))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Real Modal
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    not modal_credentials_found(), reason="no Modal credentials (MODAL_TOKEN_ID/SECRET or ~/.modal.toml)"
+)
+def test_real_modal_sandbox():
+    settings = EnvSettings(env_type="modal", startup_timeout=300, sandbox_timeout=600, run_id="pytest")
+    env = environments.create_environment(settings, image="python:3.11-slim", task_id="integration")
+
+    async def scenario():
+        await modal_preflight(settings, {"python:3.11-slim"})
+        await env.start()
+        try:
+            merged = await env.execute("echo out; echo err >&2; exit 3", timeout=60)
+            await env.execute("mkdir -p /tmp/work && cd /tmp/work", timeout=60)
+            where = await env.execute("pwd", timeout=60)
+            bad_utf8 = await env.execute(r"printf 'a\377b'", timeout=60)
+            timed_out = await env.execute("echo partial; sleep 60", timeout=3)
+            alive = await env.execute("echo alive", timeout=60)
+        finally:
+            await env.close()
+        return merged, where, bad_utf8, timed_out, alive
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", modal.exception.AsyncUsageWarning)
+        merged, where, bad_utf8, timed_out, alive = run(scenario())
+    assert (merged.output, merged.exit_code) == ("out\nerr\n", 3)
+    assert where.output == "/tmp/work\n"
+    assert bad_utf8.output == "a\ufffdb"
+    assert timed_out.exit_code == 124 and timed_out.output.startswith("partial\n")
+    assert alive.ok and alive.output == "alive\n"
