@@ -535,7 +535,7 @@ async def run_task(prompt: Prompt, ctx: RunContext) -> dict:
     state = TaskState(
         messages=[{"role": "system", "content": ctx.system_prompt}, {"role": "user", "content": prompt.text}]
     )
-    image = None if config.env.env_type == "local" else (prompt.image or config.env.image)
+    image = environments.task_image(config.env, prompt.image)
     started_wall, started = datetime.now(UTC), time.monotonic()
     env = None
     try:
@@ -813,7 +813,7 @@ async def run_batch(config: RunConfig, prompts: list[Prompt]) -> RunOutcome:
     loop = asyncio.get_running_loop()
     # Blocking SDK calls (docker) go to threads: enough of them for every worker at once.
     loop.set_default_executor(ThreadPoolExecutor(max_workers=config.workers + 8, thread_name_prefix="msr"))
-    images = {p.image or config.env.image for p in pending if (p.image or config.env.image)}
+    images = {environments.task_image(config.env, p.image) for p in pending} - {None}
     try:
         await environments.preflight(config.env, images)
     except EnvError as exc:

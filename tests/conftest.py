@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,27 @@ def run_cli(
         input=input,
         stdin=None if input is not None else subprocess.DEVNULL,
     )
+
+
+def start_cli(args: list[str], cwd: str | Path, env: dict | None = None) -> subprocess.Popen:
+    """The real CLI in the background, for tests that signal or kill it."""
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "mini_swe_runner.py"), *args],
+        cwd=cwd,
+        env=env if env is not None else clean_environ(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(condition, timeout: float = 30.0, interval: float = 0.05) -> None:
+    """Poll ``condition`` until it is true; fail the test past ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(interval)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -96,4 +118,15 @@ def out(tmp_path: Path) -> Path:
     return tmp_path / "out.jsonl"
 
 
-__all__ = ["ROOT", "clean_environ", "run_cli", "read_jsonl", "make_config", "run_prompts", "tool_results", "trajectory"]
+__all__ = [
+    "ROOT",
+    "clean_environ",
+    "run_cli",
+    "start_cli",
+    "wait_for",
+    "read_jsonl",
+    "make_config",
+    "run_prompts",
+    "tool_results",
+    "trajectory",
+]

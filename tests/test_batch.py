@@ -9,13 +9,12 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, clean_environ, make_config, read_jsonl, run_cli, run_prompts
+from conftest import clean_environ, make_config, read_jsonl, run_cli, run_prompts, start_cli, wait_for
 from model_server import ScriptedModelServer, http_error, per_conversation, reply, tool_call
 
 import mini_swe_runner
@@ -42,25 +41,6 @@ def check_exactly_once(records: list[dict], prompts_file: Path) -> None:
     assert set(ids) == expected
     for record in records:
         assert tuple(record) == trajectory.RECORD_KEYS
-
-
-def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "mini_swe_runner.py"), *args],
-        cwd=cwd,
-        env=clean_environ(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def test_many_workers_write_whole_valid_lines(out, tmp_path):
@@ -123,10 +103,11 @@ def test_kill_9_at_random_moments_never_loses_or_duplicates(tmp_path):
     output = tmp_path / "out.jsonl"
     args = ["--prompts_file", str(prompts), "--output_file", str(output), "--model", "m", "--workers", "6", "--quiet"]
     rng = random.Random(1234)
+    killed_env = clean_environ(TMPDIR=str(tmp_path))  # what kill -9 leaves behind stays in pytest's tmp
     with ScriptedModelServer(quick_script(), latency=0.05) as server:
         args += ["--base_url", server.base_url]
         for _ in range(4):
-            process = start_cli(args, tmp_path)
+            process = start_cli(args, tmp_path, env=killed_env)
             time.sleep(rng.uniform(0.6, 1.6))
             process.kill()
             process.wait()
