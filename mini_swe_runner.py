@@ -13,6 +13,7 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -836,11 +837,7 @@ async def run_batch(config: RunConfig, prompts: list[Prompt]) -> RunOutcome:
 
     def request_stop(signum: int) -> None:
         if stop["signal"] is not None or ctx.stopping:  # second signal: clean up synchronously and leave now
-            for env in list(ctx.live_environments):
-                try:
-                    env.abandon()
-                except Exception:
-                    pass
+            _abandon_all(ctx.live_environments)
             os._exit(EXIT_SIGNAL.get(signum, EXIT_FATAL))
         stop["signal"] = signum
         ctx.stopping = True
@@ -891,6 +888,23 @@ async def run_batch(config: RunConfig, prompts: list[Prompt]) -> RunOutcome:
     if stop["signal"] is not None:
         return RunOutcome(EXIT_SIGNAL[stop["signal"]], summary, "interrupted; rerun the same command to resume")
     return RunOutcome(EXIT_OK, summary)
+
+
+def _abandon_all(live_environments: set, wait: float = 10.0) -> None:
+    """Best-effort synchronous cleanup of every live environment at once (a container or sandbox each)."""
+
+    def abandon(env: environments.Environment) -> None:
+        try:
+            env.abandon()
+        except Exception:  # the reaper or the sandbox's own lifetime limit catches what is left
+            pass
+
+    threads = [threading.Thread(target=abandon, args=(env,), daemon=True) for env in list(live_environments)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + wait
+    for thread in threads:
+        thread.join(max(deadline - time.monotonic(), 0))
 
 
 def _install_handler(loop: asyncio.AbstractEventLoop, signum: int, handler) -> bool:
