@@ -884,9 +884,7 @@ MODAL_MAX_ARGV_CHARS = 2**16
 MODAL_TIMEOUT_CODES = (-1, 124, 137)
 """How a timed-out command comes back: Modal's own deadline (-1), coreutils timeout's TERM (124) or KILL (137)."""
 MODAL_ABANDON_WAIT = 3.0
-"""The longest every abandon() of one exit waits, together, for Modal to confirm its terminates."""
-
-_modal_abandon_until = 0.0
+"""The longest one abandon() waits for Modal to confirm a terminate."""
 
 
 class ModalEnvironment:
@@ -1005,20 +1003,16 @@ class ModalEnvironment:
             pass  # best effort: a sandbox we cannot reach still ends at its own timeout
 
     def abandon(self) -> None:
-        global _modal_abandon_until
         self.closed = True
         sandbox, self.sandbox = self.sandbox, None
         if sandbox is None:
             return
-        # The blocking API, from a thread of its own: no event loop runs there (no AsyncUsageWarning) and a hung
-        # network cannot hold the exit. One budget covers all the abandon() calls of an exit, so 64 sandboxes
-        # cost at most MODAL_ABANDON_WAIT; any not terminated by then end at their sandbox_timeout.
+        # The blocking API, from a thread of its own: no event loop runs there (no AsyncUsageWarning, wherever
+        # abandon() is called from) and a hung network holds the exit at most MODAL_ABANDON_WAIT. The runner
+        # abandons all environments in parallel; a sandbox missed ends at its sandbox_timeout.
         thread = threading.Thread(target=_terminate_quietly, args=(sandbox,), daemon=True)
         thread.start()
-        now = time.monotonic()
-        if now > _modal_abandon_until + MODAL_ABANDON_WAIT:  # the first abandon() of this exit
-            _modal_abandon_until = now + MODAL_ABANDON_WAIT
-        thread.join(max(_modal_abandon_until - now, 0))
+        thread.join(MODAL_ABANDON_WAIT)
 
 
 async def _pump_modal_output(process, collector: OutputCollector) -> None:

@@ -1033,6 +1033,7 @@ def main(
     no_hardening: bool = False,
     modal_app: str = "mini-swe-runner",
     sandbox_timeout: int = 3600,
+    startup_timeout: float = 120,
     verbose: bool = False,
     quiet: bool = False,
     **unknown,
@@ -1077,6 +1078,7 @@ def main(
         no_hardening: docker: keep default capabilities and allow privilege escalation.
         modal_app: modal: app name for the sandboxes (created if missing).
         sandbox_timeout: modal: longest sandbox lifetime in seconds (default 3600).
+        startup_timeout: modal: longest wait for a sandbox to start; past it the task is env_error (default 120).
         verbose: Log every model turn and command to stderr.
         quiet: No progress output.
     """
@@ -1120,6 +1122,7 @@ def main(
         hardening=not _bool("no_hardening", no_hardening),
         modal_app=_text("modal_app", modal_app, allow_none=False),
         sandbox_timeout=int(_number("sandbox_timeout", sandbox_timeout, int, 10)),
+        startup_timeout=float(_number("startup_timeout", startup_timeout, float, 1)),
     )
     config = RunConfig(
         model=_text("model", model, allow_none=False),
