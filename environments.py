@@ -885,6 +885,10 @@ MODAL_TIMEOUT_CODES = (-1, 124, 137)
 """How a timed-out command comes back: Modal's own deadline (-1), coreutils timeout's TERM (124) or KILL (137)."""
 MODAL_ABANDON_WAIT = 3.0
 """The longest one abandon() waits for Modal to confirm a terminate."""
+MODAL_SWEEP_WAIT = 5.0
+"""The longest close() looks for a sandbox whose creation never handed it to us (a hung network costs this)."""
+MODAL_SWEEP_INTERVAL = 1.0
+"""How often close() looks again while Modal may still be making that sandbox."""
 
 
 class ModalEnvironment:
@@ -906,6 +910,10 @@ class ModalEnvironment:
         self.closed = False
         self._sdk = sdk
         self._marker = new_cwd_marker()
+        self._app = None
+        # The tags of a sandbox Modal may have made without handing it to us (the creation timed out, was
+        # cancelled or failed in flight); close() finds it by them. None once we hold the handle.
+        self._unclaimed_tags: dict[str, str] | None = None
 
     async def start(self) -> None:
         if self.sandbox is not None:
@@ -917,6 +925,7 @@ class ModalEnvironment:
         sdk = self._sdk = self._sdk or _import_modal()
         try:
             self.sandbox = await asyncio.wait_for(self._create(sdk), self.settings.startup_timeout)
+            self._unclaimed_tags = None
         except TimeoutError:
             raise EnvError(
                 f"no Modal sandbox for {self.image} within {self.settings.startup_timeout:g} s: Modal unreachable "
@@ -930,10 +939,13 @@ class ModalEnvironment:
     async def _create(self, sdk):
         # Image.from_id/from_registry only describe the image (no I/O, no .aio needed); Sandbox.create resolves it.
         image = sdk.Image.from_id(self.image) if self.image.startswith("im-") else sdk.Image.from_registry(self.image)
-        app = await sdk.App.lookup.aio(self.settings.modal_app, create_if_missing=True)
+        app = self._app = await sdk.App.lookup.aio(self.settings.modal_app, create_if_missing=True)
         tags = {"run_id": self.settings.run_id}
         if self.task_id:
             tags["task_id"] = self.task_id
+            # From here the request may reach Modal whatever becomes of our wait. Without a task id there is no
+            # sweep: the run's tag alone matches the other tasks' sandboxes too (task ids are unique in a run).
+            self._unclaimed_tags = tags
         return await sdk.Sandbox.create.aio(
             app=app,
             image=image,
@@ -995,22 +1007,52 @@ class ModalEnvironment:
     async def close(self) -> None:
         self.closed = True
         sandbox, self.sandbox = self.sandbox, None
-        if sandbox is None:
-            return
-        try:
-            await asyncio.wait_for(sandbox.terminate.aio(), self.settings.startup_timeout)
-        except (TimeoutError, self._sdk.exception.Error, OSError):
-            pass  # best effort: a sandbox we cannot reach still ends at its own timeout
+        unclaimed_tags, self._unclaimed_tags = self._unclaimed_tags, None
+        if sandbox is not None:
+            try:
+                await asyncio.wait_for(sandbox.terminate.aio(), self.settings.startup_timeout)
+            except (TimeoutError, self._sdk.exception.Error, OSError):
+                pass  # best effort: a sandbox we cannot reach still ends at its own timeout
+        elif unclaimed_tags is not None:
+            await self._terminate_unclaimed(unclaimed_tags)
+
+    async def _terminate_unclaimed(self, tags: dict[str, str]) -> None:
+        """Terminate the sandbox a creation may have left running without handing it to us, found by its tags.
+
+        Modal may still be making it when we first look (the request was in flight when we gave up), so look
+        again until one turns up or MODAL_SWEEP_WAIT runs out. Failure is quiet: the sandbox then ends at its
+        sandbox_timeout.
+        """
+        sdk = self._sdk
+
+        async def sweep() -> None:
+            while True:
+                found = False
+                async with contextlib.aclosing(sdk.Sandbox.list.aio(app_id=self._app.app_id, tags=tags)) as listed:
+                    async for sandbox in listed:
+                        await sandbox.terminate.aio()
+                        found = True
+                if found:
+                    return
+                await asyncio.sleep(MODAL_SWEEP_INTERVAL)
+
+        with contextlib.suppress(TimeoutError, sdk.exception.Error, OSError):
+            await asyncio.wait_for(sweep(), MODAL_SWEEP_WAIT)
 
     def abandon(self) -> None:
         self.closed = True
         sandbox, self.sandbox = self.sandbox, None
-        if sandbox is None:
+        unclaimed_tags, self._unclaimed_tags = self._unclaimed_tags, None
+        if sandbox is not None:
+            cleanup, args = _terminate_quietly, (sandbox,)
+        elif unclaimed_tags is not None:
+            cleanup, args = _terminate_unclaimed_quietly, (self._sdk, self._app.app_id, unclaimed_tags)
+        else:
             return
         # The blocking API, from a thread of its own: no event loop runs there (no AsyncUsageWarning, wherever
         # abandon() is called from) and a hung network holds the exit at most MODAL_ABANDON_WAIT. The runner
         # abandons all environments in parallel; a sandbox missed ends at its sandbox_timeout.
-        thread = threading.Thread(target=_terminate_quietly, args=(sandbox,), daemon=True)
+        thread = threading.Thread(target=cleanup, args=args, daemon=True)
         thread.start()
         thread.join(MODAL_ABANDON_WAIT)
 
@@ -1026,6 +1068,15 @@ async def _pump_modal_output(process, collector: OutputCollector) -> None:
 def _terminate_quietly(sandbox) -> None:
     try:
         sandbox.terminate()
+    except Exception:  # best effort on the way out; the sandbox still ends at its own timeout
+        pass
+
+
+def _terminate_unclaimed_quietly(sdk, app_id: str, tags: dict[str, str]) -> None:
+    # One look only, on the way out: a sandbox Modal makes after it ends at its own timeout.
+    try:
+        for sandbox in sdk.Sandbox.list(app_id=app_id, tags=tags):
+            sandbox.terminate()
     except Exception:  # best effort on the way out; the sandbox still ends at its own timeout
         pass
 

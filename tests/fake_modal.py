@@ -9,6 +9,10 @@ from the real SDK (modal 1.6, read from its source):
 - ``exec(..., text=False)`` streams bytes; ``text=True`` decodes strictly, so invalid UTF-8 raises;
 - past its ``timeout`` an exec is killed, its streams just end and ``wait()`` returns -1: nothing raises;
 - a terminated sandbox rejects ``exec`` (``ConflictError``); ``workdir`` must be absolute; argv is at most 64 KiB;
+- once a create request has reached Modal the sandbox gets made even if the caller stops waiting (times out, is
+  cancelled): it carries its tags from the start and ``Sandbox.list(app_id=, tags=)`` finds it;
+- ``Sandbox.list`` yields the running sandboxes having at least the given tags (``.aio``: an async generator,
+  the blocking form: a generator);
 - the exceptions are the real ``modal.exception`` classes.
 
 Every call is checked against the installed SDK's signature when it is made (a keyword the real SDK lacks is a
@@ -79,23 +83,53 @@ class _Twin:
 
     def __call__(self, *args, **kwargs):
         self.fake.record(self.name, args, kwargs)
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass
-        else:
-            warnings.warn(f"blocking {self.name} called inside an event loop", modal.exception.AsyncUsageWarning, 2)
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # a loop of its own, as synchronicity has
-            return pool.submit(asyncio.run, self.impl(*args, **kwargs)).result()
+        _warn_if_in_event_loop(self.name)
+        return _in_own_loop(self.impl(*args, **kwargs))
 
     async def aio(self, *args, **kwargs):
         self.fake.record(self.name + ".aio", args, kwargs)
         return await self.impl(*args, **kwargs)
 
 
+class _GeneratorTwin:
+    """An async generator function's twins: ``.aio(...)`` is the async generator, the blocking call a generator."""
+
+    def __init__(self, fake: FakeModal, name: str, impl):
+        self.fake, self.name, self.impl = fake, name, impl
+
+    def __call__(self, *args, **kwargs):
+        self.fake.record(self.name, args, kwargs)
+        _warn_if_in_event_loop(self.name)
+        return self._items(args, kwargs)
+
+    def _items(self, args: tuple, kwargs: dict):
+        yield from _in_own_loop(_collect(self.impl(*args, **kwargs)))
+
+    def aio(self, *args, **kwargs):
+        self.fake.record(self.name + ".aio", args, kwargs)
+        return self.impl(*args, **kwargs)
+
+
+def _warn_if_in_event_loop(name: str) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    warnings.warn(f"blocking {name} called inside an event loop", modal.exception.AsyncUsageWarning, 3)
+
+
+def _in_own_loop(coroutine):
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # a loop of its own, as synchronicity has
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+async def _collect(items) -> list:
+    return [item async for item in items]
+
+
 class FakeApp:
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self, name: str, app_id: str):
+        self.name, self.app_id = name, app_id
 
 
 class FakeImage:
@@ -172,6 +206,8 @@ class FakeSandbox:
     def __init__(self, fake: FakeModal, root: str, create_kwargs: dict):
         self.fake, self.root, self.create_kwargs = fake, root, create_kwargs
         self.env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": root, **(create_kwargs["env"] or {})}
+        self.app: FakeApp = create_kwargs["app"]
+        self.tags: dict[str, str] = dict(create_kwargs.get("tags") or {})
         self.terminated = False
         self.processes: list[FakeProcess] = []
         self.exec = _Twin(fake, "Sandbox.exec", self._exec)
@@ -214,7 +250,12 @@ class FakeSandbox:
 
 
 class FakeModal:
-    """One fake ``modal`` module; knobs: ``create_delay`` (math.inf hangs) and ``create_error``."""
+    """One fake ``modal`` module.
+
+    Knobs: ``create_delay``, how long Modal takes to make a sandbox once asked (math.inf: never), whether or not the
+    caller still waits; ``reply_delay``, how much later the handle reaches the caller (math.inf: never);
+    ``create_error``; ``list_delay`` (math.inf hangs) and ``list_error`` for ``Sandbox.list``.
+    """
 
     exception = modal.exception
 
@@ -225,7 +266,11 @@ class FakeModal:
         self.sandboxes: list[FakeSandbox] = []
         self.apps: dict[str, FakeApp] = {}
         self.create_delay = 0.0
+        self.reply_delay = 0.0
         self.create_error: BaseException | None = None
+        self.list_delay = 0.0
+        self.list_error: BaseException | None = None
+        self._making: set[asyncio.Task] = set()  # creations Modal carries on with after the caller gave up
         self.App = type("App", (), {})()
         self.App.lookup = _Twin(self, "App.lookup", self._lookup)
         self.Image = type("Image", (), {})()
@@ -233,6 +278,7 @@ class FakeModal:
         self.Image.from_id = self._from_id
         self.Sandbox = type("Sandbox", (), {})()
         self.Sandbox.create = _Twin(self, "Sandbox.create", self._create)
+        self.Sandbox.list = _GeneratorTwin(self, "Sandbox.list", self._list)
 
     def record(self, name: str, args: tuple, kwargs: dict) -> None:
         bind_real(name, args, kwargs)
@@ -253,26 +299,49 @@ class FakeModal:
         if name not in self.apps:
             if not create_if_missing:
                 raise modal.exception.NotFoundError(f"App '{name}' not found")
-            self.apps[name] = FakeApp(name)
+            self.apps[name] = FakeApp(name, f"ap-fake{len(self.apps)}")
         return self.apps[name]
 
     async def _create(self, *args, **kwargs) -> FakeSandbox:
         if self.create_error is not None:
             raise self.create_error
-        if self.create_delay == math.inf:
-            await asyncio.Event().wait()
-        await asyncio.sleep(self.create_delay)
-        options = {"app": None, "image": None, "env": None, "workdir": None, **kwargs}
+        options = {"app": None, "image": None, "env": None, "workdir": None, "tags": None, **kwargs}
         if options["app"] is None:
             raise modal.exception.InvalidError("App is required")
         workdir = options["workdir"]
         if workdir is not None and not workdir.startswith("/"):
             raise modal.exception.InvalidError(f"workdir must be an absolute path, got: {workdir}")
-        root = workdir or tempfile.mkdtemp(prefix="sandbox-", dir=self.root)
+        # The request has reached Modal: the sandbox gets made even if the caller stops waiting for it.
+        making = asyncio.ensure_future(self._make_sandbox(options))
+        self._making.add(making)
+        making.add_done_callback(self._making.discard)
+        sandbox = await asyncio.shield(making)
+        await _sleep(self.reply_delay)
+        return sandbox
+
+    async def _make_sandbox(self, options: dict) -> FakeSandbox:
+        await _sleep(self.create_delay)
+        root = options["workdir"] or tempfile.mkdtemp(prefix="sandbox-", dir=self.root)
         Path(root).mkdir(parents=True, exist_ok=True)
         sandbox = FakeSandbox(self, root, options)
         self.sandboxes.append(sandbox)
         return sandbox
+
+    async def _list(self, *, app_id: str | None = None, tags: dict[str, str] | None = None, client=None):
+        if self.list_error is not None:
+            raise self.list_error
+        await _sleep(self.list_delay)
+        for sandbox in list(self.sandboxes):  # running ones only, as the real list (include_finished=False)
+            if sandbox.terminated or (app_id is not None and sandbox.app.app_id != app_id):
+                continue
+            if (tags or {}).items() <= sandbox.tags.items():
+                yield sandbox
+
+
+async def _sleep(seconds: float) -> None:
+    if seconds == math.inf:
+        await asyncio.Event().wait()
+    await asyncio.sleep(seconds)
 
 
 def _kill_group(pid: int) -> None:

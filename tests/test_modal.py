@@ -251,6 +251,146 @@ def test_creation_failure_is_a_one_line_env_error(fake, error, message):
     assert "\n" not in str(info.value)
 
 
+# A creation that never hands us its sandbox: close() finds it by its tags and terminates it.
+
+
+@pytest.fixture
+def quick_sweep(monkeypatch):
+    monkeypatch.setattr(environments, "MODAL_SWEEP_INTERVAL", 0.05)
+
+
+async def start_bystanders(fake):
+    """Running sandboxes close() must not touch: another task of the same run, and the same task id of another run."""
+    bystanders = [make_env(fake, task_id="t2", run_id="run-1"), make_env(fake, task_id="t1", run_id="run-2")]
+    for env in bystanders:
+        await env.start()
+    return [sandbox for sandbox in fake.sandboxes if not sandbox.terminated]
+
+
+def sandboxes_tagged(fake, tags):
+    return [sandbox for sandbox in fake.sandboxes if sandbox.tags == tags]
+
+
+@pytest.mark.parametrize(
+    "create_delay, reply_delay",
+    [(0.1, math.inf), (0.6, 0.0)],
+    ids=["made-before-the-deadline-reply-lost", "made-after-the-deadline"],
+)
+def test_creation_past_startup_timeout_leaves_no_sandbox_behind(fake, quick_sweep, create_delay, reply_delay):
+    env = make_env(fake, task_id="t1", run_id="run-1", startup_timeout=0.3)
+
+    async def scenario():
+        bystanders = await start_bystanders(fake)
+        fake.create_delay, fake.reply_delay = create_delay, reply_delay
+        with pytest.raises(EnvError, match=r"no Modal sandbox for python:3.11-slim within 0.3 s") as info:
+            await env.start()
+        assert "\n" not in str(info.value)
+        started = time.monotonic()
+        await env.close()
+        return bystanders, time.monotonic() - started
+
+    bystanders, close_took = run(scenario())
+    [orphan] = sandboxes_tagged(fake, {"run_id": "run-1", "task_id": "t1"})
+    assert orphan.terminated and orphan not in bystanders
+    assert not any(sandbox.terminated for sandbox in bystanders)
+    app_id = fake.apps["mini-swe-runner"].app_id
+    listed = fake.called("Sandbox.list.aio")
+    assert listed and all(
+        kwargs == {"app_id": app_id, "tags": {"run_id": "run-1", "task_id": "t1"}} for kwargs in listed
+    )
+    assert close_took < environments.MODAL_SWEEP_WAIT  # it stops looking once it has found the sandbox
+
+
+def test_task_cancelled_during_creation_leaves_no_sandbox_behind(fake, quick_sweep):
+    env = make_env(fake, task_id="t1", run_id="run-1")
+    fake_create_delay = 0.3  # Modal makes the sandbox after the task was cancelled
+
+    async def scenario():
+        bystanders = await start_bystanders(fake)
+        fake.create_delay = fake_create_delay
+        task = asyncio.ensure_future(env.start())
+        await asyncio.sleep(0.1)
+        task.cancel()  # Ctrl-C or --task_timeout
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert sandboxes_tagged(fake, {"run_id": "run-1", "task_id": "t1"}) == []  # not made yet
+        await env.close()
+        return bystanders
+
+    bystanders = run(scenario())
+    [orphan] = sandboxes_tagged(fake, {"run_id": "run-1", "task_id": "t1"})
+    assert orphan.terminated
+    assert not any(sandbox.terminated for sandbox in bystanders)
+
+
+def test_normal_close_terminates_by_handle_without_listing(fake):
+    run(session(make_env(fake), "true"))
+    assert fake.sandboxes[0].terminated
+    assert [name for name, _, _ in fake.calls if "list" in name or "terminate" in name] == ["Sandbox.terminate.aio"]
+
+
+def test_failure_before_the_create_request_lists_nothing(fake):
+    async def lookup_fails(*args, **kwargs):
+        raise modal.exception.ConnectionError("Could not connect to the Modal server.")
+
+    fake.App.lookup.impl = lookup_fails
+
+    async def scenario():
+        env = make_env(fake)
+        with pytest.raises(EnvError, match="could not be created"):
+            await env.start()
+        await env.close()
+
+    run(scenario())
+    assert not any("list" in name for name, _, _ in fake.calls)
+
+
+@pytest.mark.parametrize(
+    "list_delay, list_error",
+    [(math.inf, None), (0.0, modal.exception.ConnectionError("Could not connect to the Modal server."))],
+    ids=["list-hangs", "list-fails"],
+)
+def test_sweep_is_bounded_and_quiet(fake, monkeypatch, caplog, list_delay, list_error):
+    monkeypatch.setattr(environments, "MODAL_SWEEP_WAIT", 0.5)
+    fake.create_delay, fake.reply_delay = 0.05, math.inf
+    fake.list_delay, fake.list_error = list_delay, list_error
+    env = make_env(fake, startup_timeout=0.2)
+
+    async def scenario():
+        with pytest.raises(EnvError):
+            await env.start()
+        started = time.monotonic()
+        await asyncio.wait_for(env.close(), 5)  # raises nothing (a TimeoutError here: close is not bounded)
+        await env.close()  # and looks only once
+        return time.monotonic() - started
+
+    assert run(scenario()) < 0.5 + 0.5
+    assert len(fake.called("Sandbox.list.aio")) == 1
+    assert not fake.sandboxes[0].terminated  # missed: it ends at its sandbox_timeout
+    assert caplog.records == []
+
+
+def test_abandon_after_a_lost_creation_terminates_with_the_blocking_api(fake):
+    env = make_env(fake, task_id="t1", run_id="run-1", startup_timeout=0.2)
+
+    async def scenario():
+        bystanders = await start_bystanders(fake)
+        fake.create_delay, fake.reply_delay = 0.05, math.inf
+        with pytest.raises(EnvError):
+            await env.start()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            env.abandon()  # from inside the loop, as a second Ctrl-C handler would
+            env.abandon()
+        return bystanders
+
+    bystanders = run(scenario())
+    [orphan] = sandboxes_tagged(fake, {"run_id": "run-1", "task_id": "t1"})
+    wait_until(lambda: orphan.terminated)
+    assert not any(sandbox.terminated for sandbox in bystanders)
+    assert len(fake.called("Sandbox.list")) == 1 and fake.called("Sandbox.list.aio") == []
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # What the sandbox is created with
 # ---------------------------------------------------------------------------------------------------------------
@@ -394,6 +534,35 @@ def test_fake_behaves_like_modal(fake):
     run(scenario())
 
 
+def test_fake_lists_running_sandboxes_by_app_and_tags(fake):
+    async def scenario():
+        app = await fake.App.lookup.aio("a", create_if_missing=True)
+        other_app = await fake.App.lookup.aio("b", create_if_missing=True)
+        image = fake.Image.from_registry("x")
+        mine = await fake.Sandbox.create.aio(app=app, image=image, tags={"run": "1", "task": "a"})
+        sibling = await fake.Sandbox.create.aio(app=app, image=image, tags={"run": "1", "task": "b"})
+        await fake.Sandbox.create.aio(app=other_app, image=image, tags={"run": "1", "task": "a"})
+        found = [sandbox async for sandbox in fake.Sandbox.list.aio(app_id=app.app_id, tags={"run": "1"})]
+        assert found == [mine, sibling]  # at least these tags, this app only
+        found = [sandbox async for sandbox in fake.Sandbox.list.aio(app_id=app.app_id, tags={"task": "a"})]
+        assert found == [mine]
+        await mine.terminate.aio()
+        assert [sandbox async for sandbox in fake.Sandbox.list.aio(app_id=app.app_id, tags={"task": "a"})] == []
+        with pytest.raises(TypeError):  # keyword-only in the real SDK
+            fake.Sandbox.list.aio(app.app_id)
+        # A caller that stops waiting does not stop Modal making the sandbox.
+        fake.create_delay = 0.2
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(fake.Sandbox.create.aio(app=app, image=image, tags={"task": "late"}), 0.05)
+        await asyncio.sleep(0.3)
+        return [sandbox async for sandbox in fake.Sandbox.list.aio(app_id=app.app_id, tags={"task": "late"})]
+
+    [late] = run(scenario())
+    assert [sandbox.tags for sandbox in fake.Sandbox.list(app_id=late.app.app_id, tags={"task": "late"})] == [
+        {"task": "late"}
+    ]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Contract: what our code calls exists in the installed modal package, with those keywords
 # ---------------------------------------------------------------------------------------------------------------
@@ -409,6 +578,13 @@ def test_every_modal_call_matches_the_installed_sdk(fake, tmp_path):
         env = make_env(fake)
         await env.start()
         env.abandon()
+        # Creations that never hand us their sandbox: close() and abandon() find it by its tags.
+        fake.create_delay, fake.reply_delay = 0.05, math.inf
+        for task_id in ("lost-then-closed", "lost-then-abandoned"):
+            env = make_env(fake, task_id=task_id, startup_timeout=0.2)
+            with pytest.raises(EnvError):
+                await env.start()
+            await env.close() if task_id.endswith("closed") else env.abandon()
 
     run(scenario())
     for name, args, kwargs in fake.calls:  # the fake checked these as they were made; check again, explicitly
@@ -425,6 +601,8 @@ def test_every_modal_call_matches_the_installed_sdk(fake, tmp_path):
         "StreamReader.__aiter__",
         "Sandbox.terminate.aio",
         "Sandbox.terminate",
+        "Sandbox.list.aio",
+        "Sandbox.list",
     }
     # Attributes read off the module rather than called.
     assert issubclass(modal.exception.AuthError, modal.exception.Error)
