@@ -37,22 +37,49 @@ def child(args: argparse.Namespace) -> None:
     startup = time.perf_counter() - started
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = mini_swe_runner.RunConfig(model="bench", base_url=args.base_url, api_key="bench-key",
-                                           output_file=f"{tmp}/out.jsonl", workers=args.workers, quiet=True,
-                                           max_iterations=args.calls + 1, env=EnvSettings())
+        config = mini_swe_runner.RunConfig(
+            model="bench",
+            base_url=args.base_url,
+            api_key="bench-key",
+            output_file=f"{tmp}/out.jsonl",
+            workers=args.workers,
+            quiet=True,
+            max_iterations=args.calls + 1,
+            env=EnvSettings(),
+        )
         prompts = [mini_swe_runner.Prompt(index=i, text=f"task {i}", task_id=f"t{i}") for i in range(args.tasks)]
         started = time.perf_counter()
         outcome = asyncio.run(mini_swe_runner.run_batch(config, prompts))
         wall = time.perf_counter() - started
         completed = outcome.summary["completed"]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"wall": wall, "startup": startup, "peak_rss_mb": peak_mb, "completed": completed,
-                      "api_calls": outcome.summary["api_calls"]}))
+    print(
+        json.dumps(
+            {
+                "wall": wall,
+                "startup": startup,
+                "peak_rss_mb": peak_mb,
+                "completed": completed,
+                "api_calls": outcome.summary["api_calls"],
+            }
+        )
+    )
 
 
 def measure(base_url: str, workers: int, tasks: int, calls: int) -> dict:
-    command = [sys.executable, __file__, "--child", "--base_url", base_url, "--workers", str(workers),
-               "--tasks", str(tasks), "--calls", str(calls)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--base_url",
+        base_url,
+        "--workers",
+        str(workers),
+        "--tasks",
+        str(tasks),
+        "--calls",
+        str(calls),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     measured = json.loads(result.stdout.strip().splitlines()[-1])
     assert measured["completed"] == tasks, f"only {measured['completed']} of {tasks} tasks completed"
@@ -83,8 +110,11 @@ def main() -> None:
             measured = measure(server.base_url, workers, args.tasks, args.calls)
             ideal = math.ceil(args.tasks / workers) * args.calls * args.latency
             rows[workers] = measured
-            print(f"{workers:>8} {measured['wall']:>8.2f} {ideal:>8.2f} {ideal / measured['wall']:>10.3f} "
-                  f"{measured['peak_rss_mb']:>12.1f}", flush=True)
+            print(
+                f"{workers:>8} {measured['wall']:>8.2f} {ideal:>8.2f} {ideal / measured['wall']:>10.3f} "
+                f"{measured['peak_rss_mb']:>12.1f}",
+                flush=True,
+            )
     with ScriptedModelServer(script, latency=0.0) as server:
         zero = measure(server.base_url, 32, args.tasks, args.calls)
     if 1 in rows and 32 in rows:
@@ -96,8 +126,10 @@ def main() -> None:
         print(f"peak RSS at 64 workers: {rows[64]['peak_rss_mb']:.1f} MB (target <= 200 MB)")
     print(f"one-time start-up (imports, not in the wall times above): {zero['startup']:.2f} s")
     steps = zero["api_calls"]
-    print(f"harness cost at zero latency (32 workers, each step = one model call + one `true` command): "
-          f"{steps / zero['wall']:.0f} steps/s, {zero['wall'] / steps * 1000:.2f} ms per step")
+    print(
+        f"harness cost at zero latency (32 workers, each step = one model call + one `true` command): "
+        f"{steps / zero['wall']:.0f} steps/s, {zero['wall'] / steps * 1000:.2f} ms per step"
+    )
 
 
 if __name__ == "__main__":

@@ -258,7 +258,10 @@ def test_console_script_is_installed():
 
 def test_readme_documents_every_flag():
     readme = (ROOT / "README.md").read_text()
-    flags = [name for name, p in inspect.signature(mini_swe_runner.main).parameters.items()
-             if p.kind is p.POSITIONAL_OR_KEYWORD]
+    flags = [
+        name
+        for name, p in inspect.signature(mini_swe_runner.main).parameters.items()
+        if p.kind is p.POSITIONAL_OR_KEYWORD
+    ]
     missing = [name for name in flags if f"`--{name}`" not in readme]
     assert missing == []
