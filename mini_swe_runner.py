@@ -783,6 +783,8 @@ def prepare_output(config: RunConfig) -> set[str]:
     if not os.path.isdir(directory):
         raise UsageError(f"--output_file {path}: directory {directory} does not exist")
     try:
+        if os.path.exists(path) and not os.path.isfile(path):
+            return set()  # a pipe or a device (/dev/stdout...): appended to as it is, nothing to resume from
         if config.overwrite or not os.path.exists(path):
             with open(path, "wb"):
                 return set()
@@ -861,6 +863,14 @@ async def run_batch(config: RunConfig, prompts: list[Prompt]) -> RunOutcome:
 
     handled = [s for s in (signal.SIGINT, signal.SIGTERM) if _install_handler(loop, s, request_stop)]
 
+    def fail(message: str) -> None:
+        """Stop the whole run: no new task starts, running ones are cancelled and cleaned up."""
+        if stop["fatal"] is None:
+            stop["fatal"] = message
+        ctx.stopping = True
+        for other in running:
+            other.cancel()
+
     async def worker() -> None:
         while queue and not ctx.stopping:
             prompt = queue.pop()
@@ -869,17 +879,20 @@ async def run_batch(config: RunConfig, prompts: list[Prompt]) -> RunOutcome:
             try:
                 record = await task
             except FatalRunError as exc:
-                if stop["fatal"] is None:
-                    stop["fatal"] = str(exc)
-                ctx.stopping = True
-                for other in running:
-                    other.cancel()
-                return
+                return fail(str(exc))
+            except asyncio.CancelledError:
+                if ctx.stopping and task.cancelled():
+                    return  # stopped before it began: nothing ran, nothing to record (resume runs it)
+                raise
             finally:
                 running.discard(task)
             if stop["fatal"] is not None:
                 return  # tasks cut short by a fatal error are worth nothing: nothing written
-            await asyncio.to_thread(writer.write, record)
+            try:
+                await asyncio.to_thread(writer.write, record)
+            except OSError as exc:  # the reader of a pipe went away, the disk is full...
+                where = "stdout" if config.output_file == "-" else config.output_file
+                return fail(f"cannot write to {where} ({exc.strerror or exc}); stopping")
             written.append(record)
             progress.update(record)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -226,7 +227,8 @@ class JsonlWriter:
             self._sync = False
         else:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            self._sync = sync
+            # Only a regular file can be synced: a FIFO or a device (/dev/null) answers fsync with EINVAL.
+            self._sync = sync and stat.S_ISREG(os.fstat(self._fd).st_mode)
         self.written = 0
 
     def write(self, record: dict) -> None:

@@ -265,3 +265,37 @@ def test_readme_documents_every_flag():
     ]
     missing = [name for name in flags if f"`--{name}`" not in readme]
     assert missing == []
+
+
+def test_reader_closing_the_pipe_is_a_one_line_error(server, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(f"prompt {i}\n" for i in range(40)))
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "mini_swe_runner.py"),
+            "--prompts_file",
+            str(prompts),
+            "--output_file",
+            "-",
+            "--quiet",
+            *local_args(server),
+        ],
+        cwd=tmp_path,
+        env=clean_environ(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout.read(100)  # like `| head -c 100`: read a little, then go away
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 1
+    assert stderr.strip() == "mini-swe-runner: cannot write to stdout (Broken pipe); stopping", stderr
+
+
+def test_full_disk_is_a_one_line_error_and_devices_are_plain_outputs(server, tmp_path):
+    full = run_cli(["--task", "x", "--output_file", "/dev/full", "--quiet", *local_args(server)], cwd=tmp_path)
+    one_line_error(full, 1, "cannot write to /dev/full (No space left on device)")
+    null = run_cli(["--task", "x", "--output_file", "/dev/null", "--quiet", *local_args(server)], cwd=tmp_path)
+    assert null.returncode == 0 and null.stderr == ""
