@@ -204,7 +204,7 @@ def load_prompts(path: str) -> list[Prompt]:
     if os.path.isdir(path):
         raise UsageError(f"--prompts_file {path} is a directory, not a JSONL file")
     try:
-        with open(path, encoding="utf-8", errors="strict") as handle:
+        with open(path, encoding="utf-8-sig", errors="strict") as handle:  # -sig: a BOM is not a prompt
             lines = handle.read().splitlines()
     except FileNotFoundError:
         raise UsageError(f"--prompts_file {path} does not exist") from None

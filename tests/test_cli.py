@@ -299,3 +299,13 @@ def test_full_disk_is_a_one_line_error_and_devices_are_plain_outputs(server, tmp
     one_line_error(full, 1, "cannot write to /dev/full (No space left on device)")
     null = run_cli(["--task", "x", "--output_file", "/dev/null", "--quiet", *local_args(server)], cwd=tmp_path)
     assert null.returncode == 0 and null.stderr == ""
+
+
+def test_prompts_file_with_bom_and_crlf(server, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_bytes(b'\xef\xbb\xbf{"prompt": "first", "id": "a"}\r\n{"prompt": "second", "id": "b"}\r\n')
+    result = run_cli(["--prompts_file", str(prompts), "--output_file", str(tmp_path / "o.jsonl"), *local_args(server)])
+    assert result.returncode == 0, result.stderr
+    records = read_jsonl(tmp_path / "o.jsonl")
+    assert sorted(r["task_id"] for r in records) == ["a", "b"]
+    assert sorted(r["conversations"][1]["value"] for r in records) == ["first", "second"]
