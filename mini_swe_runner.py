@@ -580,7 +580,12 @@ async def run_task(prompt: Prompt, ctx: RunContext) -> dict:
     return trajectory.build_record(
         prompt_index=prompt.index,
         task_id=prompt.task_id,
-        conversations=trajectory.to_hermes(state.messages[1:], ctx.tools),
+        # Outputs and errors are redacted where they arise; this last pass covers whatever else (the model's own
+        # text) could carry a known secret into a record.
+        conversations=[
+            {"from": turn["from"], "value": redact(turn["value"], secrets)}
+            for turn in trajectory.to_hermes(state.messages[1:], ctx.tools)
+        ],
         completed=state.completed,
         exit_reason=state.exit_reason,
         api_calls=state.api_calls,
@@ -1099,7 +1104,6 @@ def main(
         names = ", ".join(f"--{name}" for name in unknown)
         raise UsageError(f"unknown flag {names} (see --help)")
     verbose, quiet = _bool("verbose", verbose), _bool("quiet", quiet)
-    _setup_logging(verbose, quiet)
     if (task is None) == (prompts_file is None):
         raise UsageError('give exactly one of --task "..." or --prompts_file FILE')
     env = _text("env", env)
@@ -1137,6 +1141,7 @@ def main(
         sandbox_timeout=int(_number("sandbox_timeout", sandbox_timeout, int, 10)),
         startup_timeout=float(_number("startup_timeout", startup_timeout, float, 1)),
     )
+    _setup_logging(verbose, quiet, env_settings.secret_values)
     config = RunConfig(
         model=_text("model", model, allow_none=False),
         base_url=base_url,
@@ -1188,10 +1193,10 @@ class _RedactingFilter(logging.Filter):
         return True
 
 
-def _setup_logging(verbose: bool, quiet: bool) -> None:
+def _setup_logging(verbose: bool, quiet: bool, secret_values: tuple[str, ...]) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    handler.addFilter(_RedactingFilter(environments.secret_values_from_environ()))
+    handler.addFilter(_RedactingFilter(secret_values))
     log.handlers[:] = [handler]
     log.propagate = False
     log.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING)

@@ -309,3 +309,15 @@ def test_prompts_file_with_bom_and_crlf(server, tmp_path):
     records = read_jsonl(tmp_path / "o.jsonl")
     assert sorted(r["task_id"] for r in records) == ["a", "b"]
     assert sorted(r["conversations"][1]["value"] for r in records) == ["first", "second"]
+
+
+def test_flag_key_never_reaches_logs_or_records_even_from_the_model(tmp_path):
+    key = "sk-flag-secret-0123456789abcdef"
+    script = per_conversation([reply(f"My key is {key}", [tool_call(f"echo {key}")]), reply(f"done with {key}")])
+    with ScriptedModelServer(script) as server:
+        result = run_cli(["--task", "leak", "--api_key", key, "--verbose", "--base_url", server.base_url], cwd=tmp_path)
+        assert server.headers[0]["authorization"] == f"Bearer {key}"
+    assert result.returncode == 0, result.stderr
+    output = (tmp_path / "trajectories.jsonl").read_text()
+    assert key not in output and key not in result.stderr
+    assert "My key is [REDACTED]" in output and "model: My key is [REDACTED]" in result.stderr
