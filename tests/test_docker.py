@@ -78,8 +78,8 @@ def test_cwd_carries_over_and_defaults_to_workdir_or_requested_path():
     assert [r.output.strip() for r in results] == ["/", "", "/tmp/a/b", results[3].output.strip(), "/tmp/a/b"]
     assert results[3].exit_code != 0 and "nonexistent" in results[3].output
 
-    requested = asyncio.run(in_container(docker_settings(cwd="/work/repo"), "pwd; ls -d /work/repo"))
-    assert requested[0].ok and requested[0].output.split() == ["/work/repo", "/work/repo"]
+    requested = asyncio.run(in_container(docker_settings(cwd="/srv/repo"), "pwd; ls -d /srv/repo"))
+    assert requested[0].ok and requested[0].output.split() == ["/srv/repo", "/srv/repo"]
     workdir = asyncio.run(in_container(docker_settings(), "pwd", image=variant_image()))
     assert workdir[0].output.strip() == "/srv/work"
     with pytest.raises(EnvError) as caught:
