@@ -44,12 +44,8 @@ SECRET_NAME_PATTERN = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|COOKIE
 REDACTED = "[REDACTED]"
 
 
-class EnvironmentError_(Exception):
+class EnvError(Exception):
     """A backend could not be prepared or used; the message is one line that names the fix."""
-
-
-# Public alias with a readable name; the trailing underscore avoids shadowing the builtin EnvironmentError.
-EnvError = EnvironmentError_
 
 
 @dataclass
@@ -174,11 +170,6 @@ class OutputCollector:
             if len(self.tail) > 2 * self.keep_bytes:
                 del self.tail[: len(self.tail) - self.keep_bytes]
 
-    @property
-    def data(self) -> bytes:
-        """Everything, when nothing was dropped; else head + tail (callers use :meth:`text`)."""
-        return bytes(self.head + self.tail)
-
     def text(self, secret_values: tuple[str, ...] = ()) -> str:
         """The decoded output, secrets redacted, truncated to the limit with a marker counting what was left out."""
         dropped_bytes = self.total_bytes - len(self.head) - len(self.tail)
@@ -267,10 +258,12 @@ def is_secret_name(name: str) -> bool:
     return bool(SECRET_NAME_PATTERN.search(name))
 
 
-def secret_values_from_environ(environ: dict[str, str] | None = None) -> tuple[str, ...]:
-    """Values of the runner's secret-looking variables, long enough to be worth redacting."""
+def secret_values_from_environ(extra: tuple[str, ...] = (), environ: dict[str, str] | None = None) -> tuple[str, ...]:
+    """Values of the runner's secret-looking variables long enough to be worth redacting, plus ``extra`` (the API
+    key), longest first so a secret containing another is replaced whole."""
     environ = os.environ if environ is None else environ
-    return tuple(sorted({v for k, v in environ.items() if is_secret_name(k) and len(v) >= 8}, key=len, reverse=True))
+    found = {v for k, v in environ.items() if is_secret_name(k) and len(v) >= 8} | set(extra)
+    return tuple(sorted(found - {""}, key=len, reverse=True))
 
 
 # Variables that keep agents' commands non-interactive and their output plain, in every backend.
@@ -291,6 +284,13 @@ def command_environ(pass_env: tuple[str, ...] = (), environ: dict[str, str] | No
     keep = {k: v for k, v in environ.items() if not is_secret_name(k) or k in pass_env}
     keep.update(AGENT_ENV_DEFAULTS)
     return keep
+
+
+def sandbox_environ(env_vars: tuple[str, ...]) -> dict[str, str]:
+    """What a sandbox's commands see: the agent defaults plus only the host variables named by the user."""
+    environ = dict(AGENT_ENV_DEFAULTS)
+    environ.update({name: os.environ[name] for name in env_vars if name in os.environ})
+    return environ
 
 
 # The wrapper every backend runs: a fresh bash that starts in the task's cwd, runs the command through eval
@@ -1087,13 +1087,6 @@ def _import_modal():
     except ImportError as exc:
         raise EnvError(f"the modal package is not installed ({exc}): pip install modal") from None
     return modal
-
-
-def sandbox_environ(env_vars: tuple[str, ...]) -> dict[str, str]:
-    """What a sandbox's commands see: the agent defaults plus only the host variables named by the user."""
-    environ = dict(AGENT_ENV_DEFAULTS)
-    environ.update({name: os.environ[name] for name in env_vars if name in os.environ})
-    return environ
 
 
 def memory_mib(value: str | int | None) -> int | None:

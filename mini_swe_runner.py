@@ -1126,9 +1126,7 @@ def main(
         cwd=_text("cwd", cwd),
         max_output_chars=int(_number("max_output_chars", max_output_chars, int, 100)),
         pass_env=_names("pass_env", pass_env),
-        secret_values=tuple(
-            sorted({resolved_key, *environments.secret_values_from_environ()} - {""}, key=len, reverse=True)
-        ),
+        secret_values=environments.secret_values_from_environ(extra=(resolved_key,)),
         pull=pull,
         network=network,
         memory=_text("memory", memory),
