@@ -85,6 +85,12 @@ class RunConfig:
     """Sampling temperature; None leaves the provider's default."""
     max_tokens: int | None = None
     """Completion token cap per model call; None leaves the provider's default."""
+    top_p: float | None = None
+    """Nucleus sampling; None leaves the provider's default."""
+    reasoning_effort: str | None = None
+    """low, medium, high... for reasoning models; None leaves the provider's default."""
+    extra_body: dict = field(default_factory=dict)
+    """Extra request fields a provider takes (merged into every chat-completions body)."""
     request_timeout: float = 600
     """Seconds one model request may take before it is retried."""
     max_retries: int = 6
@@ -143,6 +149,38 @@ def _is_local_host(host: str) -> bool:
     return address.is_loopback or address.is_private or address.is_unspecified
 
 
+def sampling_settings(config: RunConfig) -> dict:
+    """The sampling settings a record's metadata carries (None where the provider's default was used)."""
+    return {
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "max_tokens": config.max_tokens,
+        "reasoning_effort": config.reasoning_effort,
+    }
+
+
+def data_settings(config: RunConfig, system_prompt: str, tools: list[dict]) -> dict:
+    """The settings that shape the data: two runs with equal settings may share one output file."""
+    return {
+        "model": config.model,
+        "endpoint_host": (urlparse(config.base_url).hostname or "").lower(),
+        "system_prompt_sha256": hashlib.sha256(system_prompt.encode("utf-8", "surrogatepass")).hexdigest()[:16],
+        "tools_sha256": hashlib.sha256(json.dumps(tools, sort_keys=True).encode()).hexdigest()[:16],
+        "sampling": sampling_settings(config),
+        "extra_body": config.extra_body,
+        "max_iterations": config.max_iterations,
+        "command_timeout": config.command_timeout,
+        "max_command_timeout": config.max_command_timeout,
+        "max_output_chars": config.env.max_output_chars,
+    }
+
+
+def config_hash(settings: dict) -> str:
+    """A short stable hash of :func:`data_settings`, stamped on every record of the run."""
+    canonical = json.dumps(settings, sort_keys=True, ensure_ascii=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Prompts
 # ---------------------------------------------------------------------------------------------------------------
@@ -156,6 +194,12 @@ class Prompt:
     task_id: str
     image: str | None = None
     cwd: str | None = None
+    fields: dict = field(default_factory=dict)
+    """The input row's fields the runner does not use (repo, difficulty...), carried into the record."""
+
+
+PROMPT_KEYS = frozenset({"prompt", "task", "id", "image", "docker_image", "cwd"})
+"""Fields of an input row the runner consumes; any other field is carried into metadata.prompt_fields."""
 
 
 def derived_task_id(text: str, occurrence: int) -> str:
@@ -188,15 +232,16 @@ def parse_prompt_lines(lines: list[str], source: str) -> list[Prompt]:
             explicit_id = obj.get("id")
             if explicit_id is not None and not isinstance(explicit_id, (str, int)):
                 raise UsageError(f'{source}:{number}: "id" must be a string or an integer')
+            fields = {k: v for k, v in obj.items() if k not in PROMPT_KEYS}
         else:
-            text, image, cwd, explicit_id = stripped, None, None, None
+            text, image, cwd, explicit_id, fields = stripped, None, None, None, {}
         occurrence = occurrences[text]
         occurrences[text] += 1
         task_id = str(explicit_id) if explicit_id is not None else derived_task_id(text, occurrence)
         if task_id in seen_ids:
             raise UsageError(f"{source}:{number}: id {task_id!r} already used on line {seen_ids[task_id]}")
         seen_ids[task_id] = number
-        prompts.append(Prompt(index=len(prompts), text=text, task_id=task_id, image=image, cwd=cwd))
+        prompts.append(Prompt(index=len(prompts), text=text, task_id=task_id, image=image, cwd=cwd, fields=fields))
     return prompts
 
 
@@ -315,6 +360,12 @@ class ModelClient:
             kwargs["temperature"] = config.temperature
         if config.max_tokens is not None:
             kwargs["max_tokens"] = config.max_tokens
+        if config.top_p is not None:
+            kwargs["top_p"] = config.top_p
+        if config.reasoning_effort is not None:
+            kwargs["reasoning_effort"] = config.reasoning_effort
+        for key, value in config.extra_body.items():
+            kwargs.setdefault(key, value)
         last_error = "no attempt made"
         for attempt in range(config.max_retries + 1):
             await self.gate.wait()
@@ -537,6 +588,8 @@ class RunContext:
     system_prompt: str
     live_environments: set = field(default_factory=set)
     stopping: bool = False
+    config_hash: str = ""
+    """Of the settings that shape the data (see data_settings); the same on every record of the run."""
 
 
 async def run_task(prompt: Prompt, ctx: RunContext) -> dict:
@@ -598,6 +651,9 @@ async def run_task(prompt: Prompt, ctx: RunContext) -> dict:
             "env_type": config.env.env_type,
             "image": image,
             "timestamp": started_wall.isoformat(timespec="seconds"),
+            "sampling": sampling_settings(config),
+            "config_hash": ctx.config_hash,
+            "prompt_fields": prompt.fields,
         },
     )
 
@@ -836,13 +892,16 @@ async def run_batch(config: RunConfig, prompts: list[Prompt]) -> RunOutcome:
     except EnvError as exc:
         return RunOutcome(EXIT_FATAL, summarize([], time.monotonic() - started, skipped), str(exc))
 
+    tools = [terminal_tool(config)]
+    system_prompt = (config.system_prompt or DEFAULT_SYSTEM_PROMPT).format(
+        env_type=config.env.env_type, marker=FINAL_OUTPUT_MARKER
+    )
     ctx = RunContext(
         config=config,
         model=ModelClient(config),
-        tools=[terminal_tool(config)],
-        system_prompt=(config.system_prompt or DEFAULT_SYSTEM_PROMPT).format(
-            env_type=config.env.env_type, marker=FINAL_OUTPUT_MARKER
-        ),
+        tools=tools,
+        system_prompt=system_prompt,
+        config_hash=config_hash(data_settings(config, system_prompt, tools)),
     )
     writer = trajectory.JsonlWriter(config.output_file)
     progress = Progress(len(pending), config.quiet)

@@ -11,7 +11,7 @@ import json
 import os
 import stat
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 EXIT_REASONS = ("completed", "max_iterations", "api_error", "context_length", "env_error", "timeout", "interrupted")
@@ -21,6 +21,7 @@ RETRYABLE_EXIT_REASONS = frozenset({"api_error", "env_error", "interrupted"})
 RECORD_KEYS = (
     "prompt_index",
     "task_id",
+    "sample_index",
     "conversations",
     "completed",
     "exit_reason",
@@ -28,9 +29,13 @@ RECORD_KEYS = (
     "tool_stats",
     "usage",
     "duration_s",
+    "verification",
+    "reward",
     "error",
     "metadata",
 )
+SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "reasoning_effort")
+"""The sampling settings every record's ``metadata.sampling`` carries (null where the provider default was used)."""
 
 HERMES_SYSTEM_TEMPLATE = (
     "You are a function calling AI model. You are provided with function signatures within <tools> </tools> XML "
@@ -97,7 +102,12 @@ def gpt_value(message: dict) -> str:
     parts.append(content + ("\n" if tool_calls and content else ""))
     for call in tool_calls:
         function = call.get("function") or {}
-        payload = {"name": function.get("name"), "arguments": parse_arguments(function.get("arguments")) or {}}
+        raw = function.get("arguments")
+        parsed = parse_arguments(raw)
+        # Arguments that are not a JSON object are kept exactly as the model sent them: the data shows what the
+        # model really did, never a silent {}.
+        arguments = parsed if parsed is not None else ("" if raw is None else raw)
+        payload = {"name": function.get("name"), "arguments": arguments}
         parts.append(f"<tool_call>\n{json.dumps(payload, ensure_ascii=False)}\n</tool_call>\n")
     return "".join(parts).rstrip()
 
@@ -180,13 +190,23 @@ def build_record(
     duration_s: float,
     error: str | None,
     metadata: dict,
+    sample_index: int = 0,
+    verification: dict | None = None,
 ) -> dict:
-    """A record with every key, always of the same JSON type, so all rows share one schema."""
+    """A record with every key, always of the same JSON type, so all rows share one schema.
+
+    ``reward`` follows from ``verification``: 1.0 passed, 0.0 ran and failed, null when there is no verifier or
+    it could not run (its ``error`` is set).
+    """
     if exit_reason not in EXIT_REASONS:
         raise ValueError(f"unknown exit_reason {exit_reason!r}")
+    verification = None if verification is None else normalize_verification(verification)
+    sampling = metadata.get("sampling") or {}
+    prompt_fields = metadata.get("prompt_fields")
     return {
         "prompt_index": int(prompt_index),
         "task_id": str(task_id),
+        "sample_index": int(sample_index),
         "conversations": conversations,
         "completed": bool(completed),
         "exit_reason": exit_reason,
@@ -194,14 +214,54 @@ def build_record(
         "tool_stats": {"terminal": {k: int(tool_stats["terminal"][k]) for k in ("count", "success", "failure")}},
         "usage": {k: int(usage.get(k) or 0) for k in empty_usage()},
         "duration_s": round(float(duration_s), 3),
+        "verification": verification,
+        "reward": reward_of(verification),
         "error": None if error is None else str(error),
         "metadata": {
             "model": str(metadata.get("model")),
             "env_type": str(metadata.get("env_type")),
             "image": None if metadata.get("image") is None else str(metadata.get("image")),
             "timestamp": str(metadata.get("timestamp")),
+            "sampling": {
+                "temperature": _float_or_none(sampling.get("temperature")),
+                "top_p": _float_or_none(sampling.get("top_p")),
+                "max_tokens": None if sampling.get("max_tokens") is None else int(sampling["max_tokens"]),
+                "reasoning_effort": None
+                if sampling.get("reasoning_effort") is None
+                else str(sampling["reasoning_effort"]),
+            },
+            "config_hash": str(metadata.get("config_hash") or ""),
+            "prompt_fields": prompt_fields if isinstance(prompt_fields, str) else _fields_text(prompt_fields),
         },
     }
+
+
+def normalize_verification(verification: dict) -> dict:
+    """The verification object with every key and type the spec gives it."""
+    exit_code = verification.get("exit_code")
+    error = verification.get("error")
+    return {
+        "passed": bool(verification.get("passed")) and error is None,
+        "exit_code": None if exit_code is None else int(exit_code),
+        "output": str(verification.get("output") or ""),
+        "duration_s": round(float(verification.get("duration_s") or 0.0), 3),
+        "error": None if error is None else str(error),
+    }
+
+
+def reward_of(verification: dict | None) -> float | None:
+    if verification is None or verification.get("error") is not None:
+        return None
+    return 1.0 if verification.get("passed") else 0.0
+
+
+def _float_or_none(value: object) -> float | None:
+    return None if value is None else float(value)
+
+
+def _fields_text(fields: dict | None) -> str:
+    """Unconsumed input fields as JSON text: one string column whatever the input rows held."""
+    return json.dumps(fields or {}, ensure_ascii=False, sort_keys=True, default=str)
 
 
 def record_line(record: dict) -> bytes:
@@ -311,6 +371,53 @@ def compact_for_resume(path: str) -> CompactResult:
     if retryable or result.bad_lines or duplicates or not _ends_with_newline(path):
         _atomic_write(path, (record_line(r) for r in kept.values()))
     return CompactResult(set(kept), retryable, result.bad_lines, duplicates)
+
+
+def iter_records(paths: Iterable[str], bad_lines: list[int] | None = None) -> Iterator[tuple[str, int, dict]]:
+    """Every valid record of ``paths`` in order, as (path, byte offset of its line, record), streaming.
+
+    Torn or invalid lines are skipped; their count is added to ``bad_lines[0]`` when a list is given."""
+    for path in paths:
+        offset = 0
+        with open(path, "rb") as handle:
+            for raw in handle:
+                start, offset = offset, offset + len(raw)
+                if not raw.strip():
+                    continue
+                record = _parse_record_line(raw)
+                if record is None:
+                    if bad_lines is not None:
+                        bad_lines[0] += 1
+                    continue
+                yield path, start, record
+
+
+def record_key(record: dict) -> tuple[str, int]:
+    """What identifies a record across shards and resumed runs: (task_id, sample_index)."""
+    sample = record.get("sample_index", 0)
+    return str(record.get("task_id")), sample if isinstance(sample, int) and not isinstance(sample, bool) else 0
+
+
+def last_records(paths: Iterable[str], bad_lines: list[int] | None = None) -> Iterator[dict]:
+    """The last record of each (task_id, sample_index) across ``paths``, in the order they appear, in two
+    streaming passes: memory holds one small entry per key, never the records themselves."""
+    paths = list(paths)
+    last: dict[tuple[str, int], tuple[str, int]] = {}
+    for path, offset, record in iter_records(paths, bad_lines):
+        last[record_key(record)] = (path, offset)
+    for path, offset, record in iter_records(paths):
+        if last.get(record_key(record)) == (path, offset):
+            yield record
+
+
+def _parse_record_line(raw: bytes) -> dict | None:
+    try:
+        record = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("task_id"), str):
+        return None
+    return record
 
 
 def _ends_with_newline(path: str) -> bool:

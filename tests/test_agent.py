@@ -131,7 +131,7 @@ def test_malformed_tool_calls_are_explained_and_counted(out):
     assert record["tool_stats"]["terminal"] == {"count": 4, "success": 1, "failure": 3}
     assert record["completed"]
     first_gpt = next(t["value"] for t in record["conversations"] if t["from"] == "gpt")
-    assert '{"name": "terminal", "arguments": {}}' in first_gpt  # invalid JSON arguments become {}
+    assert '{"name": "terminal", "arguments": "{not json"}' in first_gpt  # kept raw, never a silent {}
 
 
 def test_requested_timeout_is_capped(out):

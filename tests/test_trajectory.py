@@ -227,16 +227,15 @@ def test_reasoning_becomes_a_think_prefix(key):
     }
 
 
-@pytest.mark.parametrize("arguments", ['{"command": "ls"', "not json at all", "[1, 2]", ""])
-def test_malformed_arguments_become_an_empty_object(arguments):
+@pytest.mark.parametrize("arguments", ['{"command": "ls"', "not json at all", "[1, 2]", "", '"{}"'])
+def test_malformed_arguments_are_kept_as_the_raw_string(arguments):
     messages = [
         {"role": "user", "content": "x"},
         {"role": "assistant", "tool_calls": [call("c1", "terminal", arguments)]},
     ]
-    assert to_hermes(messages, [TERMINAL_TOOL])[2] == {
-        "from": "gpt",
-        "value": '<tool_call>\n{"name": "terminal", "arguments": {}}\n</tool_call>',
-    }
+    value = to_hermes(messages, [TERMINAL_TOOL])[2]["value"]
+    payload = json.loads(value.removeprefix("<tool_call>\n").removesuffix("\n</tool_call>"))
+    assert payload == {"name": "terminal", "arguments": arguments}  # never a silent {}
 
 
 def test_tool_content_json_object_stays_an_object_and_text_stays_a_string():
@@ -283,6 +282,7 @@ def test_non_ascii_text_is_kept_unescaped():
 SPEC_KEYS = (
     "prompt_index",
     "task_id",
+    "sample_index",
     "conversations",
     "completed",
     "exit_reason",
@@ -290,6 +290,8 @@ SPEC_KEYS = (
     "tool_stats",
     "usage",
     "duration_s",
+    "verification",
+    "reward",
     "error",
     "metadata",
 )
@@ -362,8 +364,32 @@ def assert_spec_types(record: dict) -> None:
     assert set(record["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens", "reasoning_tokens"}
     assert all(type(v) is int for v in record["usage"].values())
     assert type(record["duration_s"]) is float
+    assert type(record["sample_index"]) is int
+    verification = record["verification"]
+    if verification is None:
+        assert record["reward"] is None
+    else:
+        assert list(verification) == ["passed", "exit_code", "output", "duration_s", "error"]
+        assert type(verification["passed"]) is bool and type(verification["output"]) is str
+        assert verification["exit_code"] is None or type(verification["exit_code"]) is int
+        assert type(verification["duration_s"]) is float
+        assert verification["error"] is None or type(verification["error"]) is str
+        assert record["reward"] is None or type(record["reward"]) is float
     assert record["error"] is None or type(record["error"]) is str
-    assert set(record["metadata"]) == {"model", "env_type", "image", "timestamp"}
+    assert list(record["metadata"]) == [
+        "model",
+        "env_type",
+        "image",
+        "timestamp",
+        "sampling",
+        "config_hash",
+        "prompt_fields",
+    ]
+    assert list(record["metadata"]["sampling"]) == ["temperature", "top_p", "max_tokens", "reasoning_effort"]
+    assert type(record["metadata"]["config_hash"]) is str
+    assert type(record["metadata"]["prompt_fields"]) is str and isinstance(
+        json.loads(record["metadata"]["prompt_fields"]), dict
+    )
     assert type(record["metadata"]["model"]) is str and type(record["metadata"]["env_type"]) is str
     assert record["metadata"]["image"] is None or type(record["metadata"]["image"]) is str
     assert type(record["metadata"]["timestamp"]) is str
