@@ -5,7 +5,9 @@ trajectory record -> writer. Everything for humans goes to stderr; stdout carrie
 """
 
 import asyncio
+import contextlib
 import hashlib
+import inspect
 import ipaddress
 import json
 import logging
@@ -15,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+import typing
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,10 +29,13 @@ import environments
 import trajectory
 from environments import EnvError, EnvSettings, ExecResult, redact
 
+__version__ = "0.2.0"
+
 log = logging.getLogger("mini_swe_runner")
 
 FINAL_OUTPUT_MARKER = "MINI_SWE_AGENT_FINAL_OUTPUT"
 OPENROUTER_URL = "https://openrouter.ai/api/v1"
+DEFAULT_MODEL = "openai/gpt-4.1-mini"
 GENERIC_KEY_VARIABLE = "MINI_SWE_RUNNER_API_KEY"
 PROVIDER_KEY_VARIABLES = {
     "openrouter.ai": "OPENROUTER_API_KEY",
@@ -101,6 +107,8 @@ class RunConfig:
     """Longest backoff (and longest Retry-After honoured) between two attempts."""
     max_rpm: float | None = None
     """Cap on model requests per minute across all workers."""
+    resume_any: bool = False
+    """Resume into an output file whose records were made with other data-shaping settings."""
     workers: int = 8
     """Tasks in flight at once."""
     system_prompt: str | None = None
@@ -137,6 +145,24 @@ def resolve_api_key(base_url: str, explicit: str | None, environ: dict[str, str]
     if others:
         hint = f" ({others[0]} is set but belongs to another provider: pass the matching --base_url to use it)"
     raise UsageError(f"no API key for {host or base_url}: set {wanted} (or pass --api_key){hint}")
+
+
+MIN_SECRET_CHARS = 8
+"""Shorter values are never redacted: replacing `test` or `EMPTY` everywhere would corrupt ordinary text."""
+
+PLACEHOLDER_KEYS = frozenset(
+    {"empty", "none", "null", "no-key-needed", "sk-no-key-required", "ollama", "lm-studio", "dummy", "not-needed"}
+)
+"""Keys local servers are given by convention and ignore (vLLM's EMPTY, llama.cpp's sk-no-key-required...)."""
+
+
+def redactable_keys(key: str, base_url: str) -> tuple[str, ...]:
+    """The API key as a secret to redact, unless it cannot be one: too short, or a placeholder that a local
+    endpoint ignores. The same length rule applies to secrets found in the environment."""
+    host = (urlparse(base_url).hostname or "").lower()
+    if len(key) < MIN_SECRET_CHARS or (_is_local_host(host) and key.lower() in PLACEHOLDER_KEYS):
+        return ()
+    return (key,)
 
 
 def _is_local_host(host: str) -> bool:
@@ -554,6 +580,15 @@ def terminal_tool(config: RunConfig) -> dict:
     }
 
 
+SYSTEM_PROMPT_PLACEHOLDERS = ("{env_type}", "{marker}")
+"""The only text replaced in a system prompt: {env_type} (local, docker...) and {marker} (the completion marker).
+Any other brace is the user's text and is sent as written."""
+
+
+def render_system_prompt(template: str, env_type: str) -> str:
+    return template.replace("{env_type}", env_type).replace("{marker}", FINAL_OUTPUT_MARKER)
+
+
 DEFAULT_SYSTEM_PROMPT = """You are an autonomous software engineer working in a {env_type} sandbox. You act only \
 through the `terminal` tool: each call runs one bash command in a fresh shell. The working directory carries over \
 between calls; shell variables, aliases and sourced files do not, so chain dependent steps with && in one command. \
@@ -590,6 +625,8 @@ class RunContext:
     stopping: bool = False
     config_hash: str = ""
     """Of the settings that shape the data (see data_settings); the same on every record of the run."""
+    output: "OutputFile | None" = None
+    """Told when the first model answer shows the run works (--overwrite replaces the old file then)."""
 
 
 async def run_task(prompt: Prompt, ctx: RunContext) -> dict:
@@ -633,12 +670,7 @@ async def run_task(prompt: Prompt, ctx: RunContext) -> dict:
     return trajectory.build_record(
         prompt_index=prompt.index,
         task_id=prompt.task_id,
-        # Outputs and errors are redacted where they arise; this last pass covers whatever else (the model's own
-        # text) could carry a known secret into a record.
-        conversations=[
-            {"from": turn["from"], "value": redact(turn["value"], secrets)}
-            for turn in trajectory.to_hermes(state.messages[1:], ctx.tools)
-        ],
+        conversations=trajectory.to_hermes(_redacted_model_text(state.messages[1:], secrets), ctx.tools),
         completed=state.completed,
         exit_reason=state.exit_reason,
         api_calls=state.api_calls,
@@ -658,12 +690,39 @@ async def run_task(prompt: Prompt, ctx: RunContext) -> dict:
     )
 
 
+def _redacted_model_text(messages: list[dict], secrets: tuple[str, ...]) -> list[dict]:
+    """The model's own text (content, reasoning, tool-call arguments) with known secrets redacted, value by value
+    before serialisation, so redaction can never break the JSON around them. Outputs and errors were redacted
+    where they arose; the user's prompt is never rewritten."""
+    if not secrets:
+        return messages
+    redacted = []
+    for message in messages:
+        if message.get("role") == "assistant":
+            message = dict(message)
+            for key in ("content", "reasoning", "reasoning_content"):
+                if isinstance(message.get(key), str):
+                    message[key] = redact(message[key], secrets)
+            calls = []
+            for call in message.get("tool_calls") or []:
+                function = dict(call.get("function") or {})
+                if isinstance(function.get("arguments"), str):
+                    function["arguments"] = redact(function["arguments"], secrets)
+                calls.append({**call, "function": function})
+            if calls:
+                message["tool_calls"] = calls
+        redacted.append(message)
+    return redacted
+
+
 async def _close_quietly(env: environments.Environment, task_id: str) -> None:
     # Shielded so a second cancellation cannot leave a container or sandbox behind.
     try:
         await asyncio.shield(asyncio.wait_for(env.close(), 60))
-    except (Exception, asyncio.CancelledError) as exc:
-        log.warning("[%s] could not clean up its environment: %s", task_id, _short(exc))
+    except asyncio.CancelledError:
+        pass  # the run is being torn down; the reaper (`mini-swe-runner cleanup`) catches what is left
+    except Exception as exc:
+        log.warning("[%s] could not clean up its environment: %s", task_id, _short(exc) or type(exc).__name__)
 
 
 async def _agent_loop(prompt: Prompt, state: TaskState, env: environments.Environment, ctx: RunContext) -> None:
@@ -674,6 +733,8 @@ async def _agent_loop(prompt: Prompt, state: TaskState, env: environments.Enviro
             return
         turn = await ctx.model.complete(state.messages, ctx.tools)
         state.api_calls += 1
+        if ctx.output is not None:
+            ctx.output.commit()  # the endpoint works: --overwrite may now replace the old records
         for key, value in turn.usage.items():
             state.usage[key] += value
         state.messages.append(turn.message)
@@ -833,45 +894,165 @@ class RunOutcome:
     message: str | None = None
 
 
-def prepare_output(config: RunConfig) -> set[str]:
-    """Make the output file ready and return the task_ids already finished in it (resume)."""
-    path = config.output_file
-    if path == "-":
-        return set()
-    if os.path.isdir(path):
-        raise UsageError(f"--output_file {path} is a directory")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise UsageError(f"--output_file {path}: directory {directory} does not exist")
-    try:
-        if os.path.exists(path) and not os.path.isfile(path):
-            return set()  # a pipe or a device (/dev/stdout...): appended to as it is, nothing to resume from
-        if config.overwrite or not os.path.exists(path):
-            with open(path, "wb"):
-                return set()
-        if not os.access(path, os.W_OK):
+class OutputFile:
+    """The run's output file: one runner at a time, resumed only by the same settings, replaced by --overwrite
+    only once the run is known to work, written through a symlink to its target.
+
+    ``open()`` returns the task_ids already finished (resume); ``writer`` appends records; ``commit()`` marks
+    the run as started (its first model answer); ``close(keep)`` releases everything.
+    """
+
+    def __init__(self, config: RunConfig, config_hash: str):
+        self.config = config
+        self.config_hash = config_hash
+        self.shown = "stdout" if config.output_file == "-" else config.output_file
+        self.target = config.output_file
+        self.writer: trajectory.JsonlWriter | None = None
+        self._lock_fd: int | None = None
+        self._pending_replacement: str | None = None  # --overwrite: the new file, renamed over target at commit
+
+    def open(self) -> set[str]:
+        path = self.config.output_file
+        if path == "-":
+            self.writer = trajectory.JsonlWriter("-")
+            return set()
+        try:
+            return self._open_file(path)
+        except PermissionError:
+            self.close(keep=False)
+            raise UsageError(f"--output_file {path} is not writable") from None
+        except OSError as exc:
+            self.close(keep=False)
+            raise UsageError(f"--output_file {path}: {exc.strerror or exc}") from None
+        except BaseException:
+            self.close(keep=False)
+            raise
+
+    def _open_file(self, path: str) -> set[str]:
+        if os.path.isdir(path):
+            raise UsageError(f"--output_file {path} is a directory")
+        if os.path.exists(path) and not os.path.isfile(path):  # a pipe or a device: appended to as it is
+            self.writer = trajectory.JsonlWriter(path)
+            return set()
+        self.target = os.path.realpath(path)  # a symlink is written through to its target, never replaced
+        directory = os.path.dirname(self.target)
+        if not os.path.isdir(directory):
+            raise UsageError(f"--output_file {path}: directory {directory} does not exist")
+        self._lock(directory)
+        self._remove_leftovers(directory)
+        if self.config.overwrite and os.path.exists(self.target):
+            if not os.access(self.target, os.W_OK):
+                raise PermissionError(path)
+            # The old records stay where they are until the run is known to work (commit).
+            self._pending_replacement = self._sibling("new")
+            self.writer = trajectory.JsonlWriter(self._pending_replacement)
+            return set()
+        if not os.path.exists(self.target):
+            self.writer = trajectory.JsonlWriter(self.target)
+            return set()
+        if not os.access(self.target, os.W_OK):
             raise PermissionError(path)
-        compacted = trajectory.compact_for_resume(path)
-    except PermissionError:
-        raise UsageError(f"--output_file {path} is not writable") from None
-    except OSError as exc:
-        raise UsageError(f"--output_file {path}: {exc.strerror}") from None
-    dropped = []
-    if compacted.dropped_retryable:
-        dropped.append(f"{compacted.dropped_retryable} retryable record(s) (api_error/env_error/interrupted)")
-    if compacted.dropped_bad_lines:
-        dropped.append(f"{compacted.dropped_bad_lines} torn or invalid line(s)")
-    if compacted.dropped_duplicates:
-        dropped.append(f"{compacted.dropped_duplicates} duplicate record(s)")
-    if dropped:
-        log.warning("resume: dropped %s from %s; those tasks run again", " and ".join(dropped), path)
-    return compacted.done_ids
+        compacted = trajectory.compact_for_resume(self.target, compaction_path=self._sibling("compact"))
+        self._check_settings(compacted.settings)
+        dropped = []
+        if compacted.dropped_retryable:
+            dropped.append(f"{compacted.dropped_retryable} retryable record(s) (api_error/env_error/interrupted)")
+        if compacted.dropped_bad_lines:
+            dropped.append(f"{compacted.dropped_bad_lines} torn or invalid line(s)")
+        if compacted.dropped_duplicates:
+            dropped.append(f"{compacted.dropped_duplicates} duplicate record(s)")
+        if dropped:
+            log.warning("resume: dropped %s from %s; those tasks run again", " and ".join(dropped), path)
+        self.writer = trajectory.JsonlWriter(self.target)
+        return compacted.done_ids
+
+    def _sibling(self, kind: str) -> str:
+        directory, name = os.path.split(self.target)
+        return os.path.join(directory, f".{name}.{kind}-{os.getpid()}")
+
+    def _lock(self, directory: str) -> None:
+        """One runner per output file: a second one is refused at once (the lock dies with its process)."""
+        import fcntl
+
+        lock_path = os.path.join(directory, f".{os.path.basename(self.target)}.lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UsageError(
+                f"--output_file {self.shown} is in use by another mini-swe-runner (pid {holder}): "
+                "wait for it to finish, or write to another --output_file"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def _remove_leftovers(self, directory: str) -> None:
+        """Files a killed run left beside the output (an unfinished compaction or --overwrite): with the lock
+        held, nothing else can be writing them."""
+        prefix = f".{os.path.basename(self.target)}."
+        for name in os.listdir(directory):
+            if name.startswith(prefix) and name[len(prefix) :].startswith(("compact-", "new-")):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(directory, name))
+
+    def _check_settings(self, seen: dict[str, dict]) -> None:
+        """Refuse to add this run's records to a file written with other data-shaping settings."""
+        other = next((meta for value, meta in seen.items() if value != self.config_hash), None)
+        if other is None or self.config.resume_any:
+            return
+        config = self.config
+        if other.get("model") != config.model:
+            difference = f"model {other.get('model')!r} there, {config.model!r} now"
+        elif other.get("sampling") != sampling_settings(config):
+            difference = f"sampling {other.get('sampling')} there, {sampling_settings(config)} now"
+        elif not other.get("config_hash"):
+            difference = "its records carry no settings hash (written by an older version)"
+        else:
+            difference = (
+                f"settings hash {other.get('config_hash')} there, {self.config_hash} now: the endpoint host, system "
+                "prompt, tool description, --extra_body or limits (--max_iterations, --timeout, --max_timeout, "
+                "--max_output_chars) differ"
+            )
+        raise UsageError(
+            f"--output_file {self.shown} holds records of a run with other settings ({difference}); "
+            "use --overwrite to replace them, another --output_file, or --resume_any to mix them anyway"
+        )
+
+    def commit(self) -> None:
+        """The run works (a model answered): --overwrite's new file replaces the old one, atomically."""
+        pending, self._pending_replacement = self._pending_replacement, None
+        if pending is None:
+            return
+        os.replace(pending, self.target)  # the writer's descriptor follows the file: appends continue in it
+        trajectory.sync_directory(os.path.dirname(self.target))
+
+    def close(self, keep: bool) -> None:
+        """``keep``: the run got far enough that what it wrote replaces the old file (--overwrite)."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if self._pending_replacement is not None:
+            if keep:
+                self.commit()
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(self._pending_replacement)
+                self._pending_replacement = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # the lock file stays: removing it would race with a runner opening it
+            self._lock_fd = None
 
 
 async def run_batch(config: RunConfig, prompts: list[Prompt]) -> RunOutcome:
     """Run every prompt not already recorded in the output, ``config.workers`` at a time."""
     started = time.monotonic()
-    done_ids = prepare_output(config)
+    tools = [terminal_tool(config)]
+    system_prompt = render_system_prompt(config.system_prompt or DEFAULT_SYSTEM_PROMPT, config.env.env_type)
+    output = OutputFile(config, config_hash(data_settings(config, system_prompt, tools)))
+    done_ids = output.open()
     pending = [p for p in prompts if p.task_id not in done_ids]
     skipped = len(prompts) - len(pending)
     if skipped:
@@ -882,6 +1063,7 @@ async def run_batch(config: RunConfig, prompts: list[Prompt]) -> RunOutcome:
             config.output_file,
         )
     if not pending:
+        output.close(keep=True)
         return RunOutcome(EXIT_OK, summarize([], time.monotonic() - started, skipped))
     loop = asyncio.get_running_loop()
     # Blocking SDK calls (docker) go to threads: enough of them for every worker at once.
@@ -890,20 +1072,18 @@ async def run_batch(config: RunConfig, prompts: list[Prompt]) -> RunOutcome:
     try:
         await environments.preflight(config.env, images)
     except EnvError as exc:
+        output.close(keep=False)
         return RunOutcome(EXIT_FATAL, summarize([], time.monotonic() - started, skipped), str(exc))
 
-    tools = [terminal_tool(config)]
-    system_prompt = (config.system_prompt or DEFAULT_SYSTEM_PROMPT).format(
-        env_type=config.env.env_type, marker=FINAL_OUTPUT_MARKER
-    )
     ctx = RunContext(
         config=config,
         model=ModelClient(config),
         tools=tools,
         system_prompt=system_prompt,
-        config_hash=config_hash(data_settings(config, system_prompt, tools)),
+        config_hash=output.config_hash,
+        output=output,
     )
-    writer = trajectory.JsonlWriter(config.output_file)
+    writer = output.writer
     progress = Progress(len(pending), config.quiet)
     queue = list(reversed(pending))
     running: set[asyncio.Task] = set()
@@ -966,7 +1146,9 @@ async def run_batch(config: RunConfig, prompts: list[Prompt]) -> RunOutcome:
         for s in handled:
             loop.remove_signal_handler(s)
         progress.close()
-        writer.close()
+        # --overwrite replaces the old file only if this run got somewhere: a model answered, or records were
+        # written without a fatal error (a 401 or an unusable backend keeps the old records).
+        output.close(keep=bool(written) and stop["fatal"] is None)
         await ctx.model.close()
     summary = summarize(written, time.monotonic() - started, skipped)
     if stop["fatal"] is not None:
@@ -1054,6 +1236,42 @@ def _text(name: str, value: object, allow_none: bool = True) -> str | None:
     return str(value)
 
 
+def _json_object(name: str, value: object) -> dict:
+    if value is None:
+        return {}
+    try:
+        parsed = json.loads(str(value))
+    except (ValueError, RecursionError):
+        raise UsageError(f"--{name} takes a JSON object, e.g. '{{\"top_k\": 20}}', not {_short(value, 60)!r}") from None
+    if not isinstance(parsed, dict):
+        raise UsageError(f"--{name} takes a JSON object, not {type(parsed).__name__}")
+    reserved = sorted({"model", "messages", "tools"} & set(parsed))
+    if reserved:
+        raise UsageError(f"--{name} may not set {', '.join(reserved)}: use the matching flag")
+    return parsed
+
+
+def _system_prompt(text: str | None, path: str | None) -> str | None:
+    if text is not None and path is not None:
+        raise UsageError("give either --system_prompt or --system_prompt_file, not both")
+    if path is None:
+        if text is not None and not text.strip():
+            raise UsageError("--system_prompt is empty")
+        return text
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:  # newline="": the text exactly as written
+            content = handle.read()
+    except FileNotFoundError:
+        raise UsageError(f"--system_prompt_file {path} does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--system_prompt_file {path} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read --system_prompt_file {path}: {exc.strerror}") from None
+    if not content.strip():
+        raise UsageError(f"--system_prompt_file {path} is empty")
+    return content
+
+
 def _names(name: str, value: object) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -1078,7 +1296,7 @@ def main(
     task: str | None = None,
     prompts_file: str | None = None,
     output_file: str = "trajectories.jsonl",
-    model: str = "openai/gpt-4.1-mini",
+    model: str | None = None,
     base_url: str | None = None,
     api_key: str | None = None,
     env: str = "local",
@@ -1090,15 +1308,21 @@ def main(
     task_timeout: float | None = None,
     max_output_chars: int = 50_000,
     temperature: float | None = None,
+    top_p: float | None = None,
     max_tokens: int | None = None,
+    reasoning_effort: str | None = None,
+    extra_body: str | None = None,
     workers: int = 8,
     overwrite: bool = False,
+    resume_any: bool = False,
     shard: str | None = None,
+    limit: int | None = None,
     max_rpm: float | None = None,
     max_retries: int = 6,
     request_timeout: float = 600,
     stats_file: str | None = None,
     system_prompt: str | None = None,
+    system_prompt_file: str | None = None,
     pass_env: str | None = None,
     pull: str = "missing",
     network: str = "bridge",
@@ -1123,8 +1347,8 @@ def main(
         task: One prompt to run (instead of --prompts_file).
         prompts_file: JSONL file: one {"prompt", "id", "image", "cwd"} object per line, or plain text lines.
         output_file: Where records are appended (JSONL); '-' for stdout. Rerunning resumes: finished tasks are skipped.
-        model: Model name at the endpoint.
-        base_url: OpenAI-compatible endpoint (default OpenRouter). e.g. http://localhost:8000/v1 for vLLM.
+        model: Model name at the endpoint (default $OPENAI_MODEL, else openai/gpt-4.1-mini).
+        base_url: OpenAI-compatible endpoint (default $OPENAI_BASE_URL, else OpenRouter), e.g. http://localhost:8000/v1.
         api_key: API key; default from MINI_SWE_RUNNER_API_KEY or the provider's variable (OPENROUTER_API_KEY...).
         env: Where commands run: local, docker or modal.
         image: Default image for docker/modal (a prompt's "image"/"docker_image" overrides it).
@@ -1135,15 +1359,22 @@ def main(
         task_timeout: Wall-clock limit per task in seconds (default none).
         max_output_chars: Command output beyond this keeps its head and tail (default 50000).
         temperature: Sampling temperature (default: the provider's).
+        top_p: Nucleus sampling (default: the provider's).
         max_tokens: Completion token cap per model call (default: the provider's).
+        reasoning_effort: Reasoning effort for reasoning models, e.g. low, medium, high (default: the provider's).
+        extra_body: JSON object of extra request fields for the provider, e.g. '{"top_k": 20}'.
         workers: Tasks run concurrently (default 8).
-        overwrite: Start the output file afresh instead of resuming.
+        overwrite: Replace the output file instead of resuming (the old one stays until the run works).
+        resume_any: Resume even when the output file holds records of other settings (model, sampling...).
         shard: I/N: run only the I-th of N deterministic slices of the prompts (1-based), e.g. 2/4.
+        limit: Run only the first N prompts (after --shard), for a quick trial.
         max_rpm: Cap on model requests per minute across all workers.
         max_retries: Retries of a model call on 429/5xx/timeouts/connection errors (default 6).
         request_timeout: Seconds one model request may take (default 600).
         stats_file: Also write the run's summary as JSON here.
-        system_prompt: Replace the built-in system prompt the model sees (never saved in trajectories).
+        system_prompt: Replace the built-in system prompt the model sees (never saved in trajectories); {env_type}
+            and {marker} are filled in, any other text is sent as written.
+        system_prompt_file: Read the system prompt from this UTF-8 file (same placeholders as --system_prompt).
         pass_env: Comma-separated variables passed to local commands even though they look secret.
         pull: docker: pull images when missing, always or never (default missing).
         network: docker/modal network: bridge (default) or none.
@@ -1174,10 +1405,17 @@ def main(
     network = _text("network", network)
     if not network:
         raise UsageError("--network needs a value (bridge or none)")
-    base_url = _text("base_url", base_url) or OPENROUTER_URL
+    if shard is not None and task is not None:
+        raise UsageError("--shard splits a --prompts_file; it does not apply to a single --task")
+    base_url_from_environment = base_url is None and bool(os.environ.get("OPENAI_BASE_URL"))
+    base_url = _text("base_url", base_url) or os.environ.get("OPENAI_BASE_URL") or OPENROUTER_URL
     if urlparse(base_url).scheme not in ("http", "https"):
         raise UsageError(f"--base_url must be an http(s) URL, not {base_url!r}")
-    resolved_key = resolve_api_key(base_url, _text("api_key", api_key), dict(os.environ))
+    environ = dict(os.environ)
+    if base_url_from_environment and environ.get("OPENAI_API_KEY") and not api_key:
+        # The OpenAI SDK's own pairing: OPENAI_BASE_URL is where OPENAI_API_KEY is meant to go.
+        api_key = environ["OPENAI_API_KEY"]
+    resolved_key = resolve_api_key(base_url, _text("api_key", api_key), environ)
     output_file = _text("output_file", output_file, allow_none=False)
     env_settings = EnvSettings(
         env_type=env,
@@ -1185,7 +1423,7 @@ def main(
         cwd=_text("cwd", cwd),
         max_output_chars=int(_number("max_output_chars", max_output_chars, int, 100)),
         pass_env=_names("pass_env", pass_env),
-        secret_values=environments.secret_values_from_environ(extra=(resolved_key,)),
+        secret_values=environments.secret_values_from_environ(extra=redactable_keys(resolved_key, base_url)),
         pull=pull,
         network=network,
         memory=_text("memory", memory),
@@ -1200,7 +1438,7 @@ def main(
     )
     _setup_logging(verbose, quiet, env_settings.secret_values)
     config = RunConfig(
-        model=_text("model", model, allow_none=False),
+        model=_text("model", model) or os.environ.get("OPENAI_MODEL") or DEFAULT_MODEL,
         base_url=base_url,
         api_key=resolved_key,
         output_file=output_file,
@@ -1210,12 +1448,18 @@ def main(
         max_command_timeout=float(_number("max_timeout", max_timeout, float, 0.1)),
         task_timeout=_number("task_timeout", task_timeout, float, 0.1, allow_none=True),
         temperature=_number("temperature", temperature, float, 0, allow_none=True),
+        top_p=_number("top_p", top_p, float, 0, allow_none=True),
         max_tokens=_number("max_tokens", max_tokens, int, 1, allow_none=True),
+        reasoning_effort=_text("reasoning_effort", reasoning_effort),
+        extra_body=_json_object("extra_body", extra_body),
+        resume_any=_bool("resume_any", resume_any),
         request_timeout=float(_number("request_timeout", request_timeout, float, 0.1)),
         max_retries=int(_number("max_retries", max_retries, int, 0)),
         max_rpm=_number("max_rpm", max_rpm, float, 0.001, allow_none=True),
         workers=int(_number("workers", workers, int, 1)),
-        system_prompt=_text("system_prompt", system_prompt),
+        system_prompt=_system_prompt(
+            _text("system_prompt", system_prompt), _text("system_prompt_file", system_prompt_file)
+        ),
         stats_file=_text("stats_file", stats_file),
         quiet=quiet,
         env=env_settings,
@@ -1228,6 +1472,8 @@ def main(
         prompts = [Prompt(index=0, text=text, task_id=derived_task_id(text, 0))]
     else:
         prompts = select_shard(load_prompts(_text("prompts_file", prompts_file, allow_none=False)), _shard(shard))
+    if limit is not None:
+        prompts = prompts[: int(_number("limit", limit, int, 1))]
     outcome = asyncio.run(run_batch(config, prompts))
     if config.stats_file:
         write_stats(config.stats_file, outcome.summary)
@@ -1270,32 +1516,175 @@ def cleanup() -> int:
     return EXIT_OK
 
 
-def _join_dash_values(argv: list[str]) -> list[str]:
-    """``--output_file -`` -> ``--output_file=-``: fire would take a lone "-" as its command separator."""
-    joined: list[str] = []
-    for arg in argv:
-        if arg == "-" and joined and joined[-1].startswith("--") and "=" not in joined[-1]:
-            joined[-1] += "=-"
-        else:
-            joined.append(arg)
-    return joined
+SUBCOMMANDS = {"cleanup": "remove what runs that died left behind (Docker containers, Modal sandboxes)"}
+"""First words that are commands, not prompts; anything else that is not a flag is refused."""
+
+_SECRETS_FD_VARIABLE = "_MINI_SWE_RUNNER_SECRETS_FD"
+
+
+def _flag_kinds() -> dict[str, str]:
+    """main()'s flags by kind: 'text' (str), 'bool', or 'value' (numbers): how their values are read."""
+    kinds = {}
+    for name, parameter in inspect.signature(main).parameters.items():
+        if parameter.kind is not parameter.POSITIONAL_OR_KEYWORD:
+            continue
+        types = set(typing.get_args(parameter.annotation)) or {parameter.annotation}
+        types.discard(type(None))
+        kinds[name] = "text" if types == {str} else "bool" if types == {bool} else "value"
+    return kinds
+
+
+def protect_argv(argv: list[str]) -> list[str]:
+    """argv for fire with every text value made a Python string literal of itself, so that fire (which
+    literal-evals every value) hands it over byte for byte: `--task '{"k": 1}'`, `--task 1e3`, `--task None`,
+    `--task '"quoted"'` and `--task -x` all arrive as typed. Every flag leaves as one `--name=value` word.
+
+    Raises UsageError for a word that is neither a flag nor a flag's value (a prompt must be given with --task).
+    """
+    kinds = _flag_kinds()
+
+    def is_flag(word: str) -> bool:
+        return word.startswith("--") and word[2:].partition("=")[0].replace("-", "_") in kinds
+
+    protected: list[str] = []
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        index += 1
+        if not word.startswith("--") or word == "--":
+            hint = f" (a command is one of: {', '.join(sorted(SUBCOMMANDS))})" if index == 1 else ""
+            raise UsageError(
+                f'unexpected argument {_short(word, 60)!r}: give the prompt with --task "..." or flags only{hint}'
+            )
+        name, has_value, value = word[2:].partition("=")
+        name = name.replace("-", "_")
+        kind = kinds.get(name, "unknown")
+        if not has_value:
+            following = argv[index] if index < len(argv) else None
+            takes_next = following is not None and (
+                (kind == "text" and not is_flag(following)) or (kind != "text" and not following.startswith("--"))
+            )
+            if not takes_next:
+                protected.append(f"--{name}")  # a bare flag: True for fire (a text flag then "needs a value")
+                continue
+            value = following
+            index += 1
+        protected.append(f"--{name}={value!r}" if kind == "text" else f"--{name}={value}")
+    return protected
+
+
+def help_text() -> str:
+    """--help: every flag with a readable type and its description, from main()'s signature and docstring."""
+    doc = inspect.getdoc(main) or ""
+    summary, _, rest = doc.partition("\n\n")
+    described: dict[str, str] = {}
+    current = None
+    for line in rest.split("Args:", 1)[-1].splitlines():
+        stripped = line.strip()
+        if line.startswith("    ") and not line.startswith("     ") and ":" in stripped:
+            current, _, text = stripped.partition(":")
+            described[current] = text.strip()
+        elif current and stripped:
+            described[current] += " " + stripped
+    kinds = _flag_kinds()
+    metavar = {"text": "TEXT", "bool": "", "value": "N"}
+    lines = [
+        summary,
+        "",
+        "usage: mini-swe-runner --task TEXT | --prompts_file FILE [flags]",
+        *(f"       mini-swe-runner {name}    ({what})" for name, what in SUBCOMMANDS.items()),
+        "       mini-swe-runner --version",
+        "",
+        "Every flag also takes --name=value. Text values are used exactly as typed.",
+        "",
+        "flags:",
+    ]
+    for name, kind in kinds.items():
+        lines.append(f"  --{name} {metavar[kind]}".rstrip())
+        lines.append(f"      {described.get(name, '')}")
+    return "\n".join(lines)
+
+
+def _scrub_secrets_from_process() -> dict[str, str]:
+    """Keep secrets out of this process's environment block and command line, where any command could read
+    them (/proc/<pid>/environ and /proc/<pid>/cmdline of its ancestors): re-exec once with both cleaned, the
+    secrets handed over through a pipe. Changes to os.environ after exec are in memory only (proc(5)).
+
+    Returns the secrets (variables and --api_key) after the re-exec; call before anything else runs.
+    """
+    fd_text = os.environ.pop(_SECRETS_FD_VARIABLE, None)
+    if fd_text is not None:
+        with os.fdopen(int(fd_text), "rb") as pipe:
+            handed = json.loads(pipe.read().decode("utf-8", "surrogatepass"))
+        os.environ.update(handed["environ"])  # in memory only: not in /proc/self/environ
+        return handed
+    secret_environ = {k: v for k, v in os.environ.items() if environments.is_secret_name(k)}
+    argv, api_key = _without_api_key(sys.argv[1:])
+    if not secret_environ and api_key is None:
+        return {"environ": {}, "api_key": None}
+    payload = json.dumps({"environ": secret_environ, "api_key": api_key}).encode("utf-8", "surrogatepass")
+    if len(payload) > 60_000:  # more than a pipe holds without a reader: keep them where they are
+        return {"environ": {}, "api_key": None}
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, payload)
+    os.close(write_fd)
+    os.set_inheritable(read_fd, True)
+    clean = {k: v for k, v in os.environ.items() if k not in secret_environ}
+    clean[_SECRETS_FD_VARIABLE] = str(read_fd)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    interpreter_and_script = sys.orig_argv[1 : len(sys.orig_argv) - len(sys.argv) + 1]
+    try:
+        os.execve(sys.executable, [sys.executable, *interpreter_and_script, *argv], clean)
+    except OSError:  # cannot re-exec (an unusual interpreter setup): carry on as we are
+        os.close(read_fd)
+        return {"environ": {}, "api_key": None}
+    raise AssertionError("unreachable")
+
+
+def _without_api_key(argv: list[str]) -> tuple[list[str], str | None]:
+    """argv without --api_key and its value (in any spelling), and that value."""
+    kept, key, index = [], None, 0
+    while index < len(argv):
+        word = argv[index]
+        name, has_value, value = word.partition("=")
+        if name in ("--api_key", "--api-key"):
+            if has_value:
+                key = value
+            elif index + 1 < len(argv):
+                key = argv[index + 1]
+                index += 1
+            index += 1
+            continue
+        kept.append(word)
+        index += 1
+    return kept, key
 
 
 def cli() -> None:
-    """Console entry point: loads .env from the current directory, runs fire, maps errors to exit codes."""
-    from dotenv import find_dotenv, load_dotenv
+    """Console entry point: loads ./.env only, checks argv, runs fire, maps errors to exit codes."""
+    handed = _scrub_secrets_from_process()
+    from dotenv import load_dotenv
 
-    load_dotenv(find_dotenv(usecwd=True))
-    if sys.argv[1:2] == ["cleanup"]:
-        raise SystemExit(cleanup())
-    import fire
-
-    # main() takes **unknown to reject unknown flags before any work, so fire would read --help as one of
-    # them; after fire's "--" separator it is fire's own help flag again.
-    argv = _join_dash_values(sys.argv[1:])
-    command = ["--", "--help"] if any(arg in ("--help", "-h") for arg in argv) else argv
+    # Only the current directory's .env: find_dotenv would also walk up into every parent directory.
+    load_dotenv(os.path.join(os.getcwd(), ".env"))
+    argv = sys.argv[1:]
+    if handed.get("api_key") is not None:
+        argv = [*argv, f"--api_key={handed['api_key']}"]
     try:
-        fire.Fire(main, command=command, name="mini-swe-runner")
+        if any(arg in ("--help", "-h") for arg in argv):
+            print(help_text())
+            return
+        if argv[:1] == ["--version"]:
+            print(f"mini-swe-runner {__version__}")
+            return
+        if argv[:1] == ["cleanup"]:
+            raise SystemExit(cleanup())
+        import fire
+
+        # Every word fire sees is a --name=value pair made by protect_argv (fire's own flags, --help, --trace,
+        # --interactive, would only be read after a "--" separator, which protect_argv refuses).
+        fire.Fire(main, command=protect_argv(argv), name="mini-swe-runner")
     except UsageError as exc:
         print(f"mini-swe-runner: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None

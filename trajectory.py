@@ -349,13 +349,15 @@ class CompactResult:
     dropped_retryable: int
     dropped_bad_lines: int
     dropped_duplicates: int
+    settings: dict[str, dict]
+    """metadata.config_hash of the kept records -> the metadata of one of them (what resume compares)."""
 
 
-def compact_for_resume(path: str) -> CompactResult:
+def compact_for_resume(path: str, compaction_path: str | None = None) -> CompactResult:
     """Rewrite ``path`` atomically keeping one final record per task; retryable and torn records are dropped.
 
-    The new content goes to a temporary file beside it, synced, then renamed over the original, so a crash
-    during compaction leaves either the old file or the new one, never a mix.
+    The new content goes to ``compaction_path`` (a temporary file beside it by default), synced, then renamed over
+    the original, so a crash during compaction leaves either the old file or the new one, never a mix.
     """
     result = read_records(path)
     kept: dict[str, dict] = {}
@@ -367,10 +369,14 @@ def compact_for_resume(path: str) -> CompactResult:
         if record["task_id"] in kept:
             duplicates += 1
         kept[record["task_id"]] = record
+    settings: dict[str, dict] = {}
+    for record in kept.values():
+        metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
+        settings.setdefault(str(metadata.get("config_hash") or ""), metadata)
     # A last line cut just before its newline still parses; rewrite it whole, or the next append would join it.
     if retryable or result.bad_lines or duplicates or not _ends_with_newline(path):
-        _atomic_write(path, (record_line(r) for r in kept.values()))
-    return CompactResult(set(kept), retryable, result.bad_lines, duplicates)
+        _atomic_write(path, (record_line(r) for r in kept.values()), compaction_path)
+    return CompactResult(set(kept), retryable, result.bad_lines, duplicates, settings)
 
 
 def iter_records(paths: Iterable[str], bad_lines: list[int] | None = None) -> Iterator[tuple[str, int, dict]]:
@@ -428,15 +434,20 @@ def _ends_with_newline(path: str) -> bool:
         return handle.read(1) == b"\n"
 
 
-def _atomic_write(path: str, lines: Iterable[bytes]) -> None:
+def _atomic_write(path: str, lines: Iterable[bytes], temp: str | None = None) -> None:
     directory = os.path.dirname(os.path.abspath(path))
-    temp = os.path.join(directory, f".{os.path.basename(path)}.compact-{os.getpid()}")
+    temp = temp or os.path.join(directory, f".{os.path.basename(path)}.compact-{os.getpid()}")
     with open(temp, "wb") as handle:
         for line in lines:
             handle.write(line)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temp, path)
+    sync_directory(directory)
+
+
+def sync_directory(directory: str) -> None:
+    """Make a rename in ``directory`` durable."""
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
