@@ -1,0 +1,116 @@
+"""Memory and time to the first task for large inputs: a prompts file of N lines, and a resume over N records.
+
+The real CLI runs in a child process against the scripted server. We measure, side by side in one run:
+- the time from starting the CLI to the first model request arriving at the server,
+- the child's peak RSS up to that moment (it is stopped with SIGTERM right after; ru_maxrss of the child),
+for (a) a fresh run over a prompts file of N lines, (b) a resume over an output holding N finished records
+of those prompts (only the last prompt is left to run), and (c) the same with N/10, to show the growth.
+
+    python bench/bench_input.py                  # N = 1,000,000
+    python bench/bench_input.py --lines 200000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+
+def write_inputs(directory: Path, lines: int) -> tuple[Path, Path]:
+    prompts = directory / f"prompts-{lines}.jsonl"
+    output = directory / f"done-{lines}.jsonl"
+    import trajectory
+
+    with prompts.open("w") as p, output.open("wb") as o:
+        for index in range(lines):
+            p.write(json.dumps({"prompt": f"Solve task number {index} and report.", "id": f"task-{index}"}) + "\n")
+            if index < lines - 1:  # every task but the last is already done
+                record = trajectory.build_record(
+                    prompt_index=index,
+                    task_id=f"task-{index}",
+                    conversations=[{"from": "human", "value": f"Solve task number {index} and report."}],
+                    completed=True,
+                    exit_reason="completed",
+                    api_calls=1,
+                    tool_stats=trajectory.empty_tool_stats(),
+                    usage=trajectory.empty_usage(),
+                    duration_s=1.0,
+                    error=None,
+                    metadata={"model": "bench", "env_type": "local", "image": None, "timestamp": "2026-01-01"},
+                )
+                o.write(trajectory.record_line(record))
+    return prompts, output
+
+
+def first_task(server, prompts: Path, output: Path, resume: bool) -> dict:
+    from conftest import clean_environ
+
+    work = Path(tempfile.mkdtemp(dir=output.parent))
+    out = work / "out.jsonl"
+    if resume:
+        out.write_bytes(output.read_bytes())
+    seen = len(server.requests)
+    command = [
+        sys.executable,
+        str(ROOT / "mini_swe_runner.py"),
+        "--prompts_file",
+        str(prompts),
+        "--base_url",
+        server.base_url,
+        "--output_file",
+        str(out),
+        "--quiet",
+        "--resume_any",
+        "--workers",
+        "4",
+    ]
+    started = time.perf_counter()
+    child = subprocess.Popen(command, env=clean_environ(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while len(server.requests) == seen and child.poll() is None:
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - started
+    child.send_signal(signal.SIGTERM)
+    _, status, usage = os.wait4(child.pid, 0)
+    if len(server.requests) == seen:
+        raise SystemExit(f"the CLI ended before any request: {child.stderr.read().decode()[-500:]}")
+    return {"seconds": elapsed, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lines", type=int, default=1_000_000)
+    args = parser.parse_args()
+    from model_server import ScriptedModelServer, reply
+
+    with tempfile.TemporaryDirectory() as tmp, ScriptedModelServer(lambda request: reply("ok"), latency=5) as server:
+        rows = []
+        for lines in (args.lines // 10, args.lines):
+            prompts, output = write_inputs(Path(tmp), lines)
+            size = prompts.stat().st_size / 1e6
+            fresh = first_task(server, prompts, output, resume=False)
+            resumed = first_task(server, prompts, output, resume=True)
+            rows.append((lines, size, output.stat().st_size / 1e6, fresh, resumed))
+        print(
+            f"{'lines':>9} {'prompts MB':>10} {'fresh: s':>9} {'RSS MB':>7} {'output MB':>9} {'resume: s':>9} "
+            f"{'RSS MB':>7}"
+        )
+        for lines, size, out_size, fresh, resumed in rows:
+            print(
+                f"{lines:>9} {size:>10.0f} {fresh['seconds']:>9.2f} {fresh['peak_rss_mb']:>7.0f} {out_size:>9.0f} "
+                f"{resumed['seconds']:>9.2f} {resumed['peak_rss_mb']:>7.0f}"
+            )
+        print(f"targets at {args.lines:,} lines: first task in < 3 s, peak RSS < 150 MB (fresh run and resume)")
+
+
+if __name__ == "__main__":
+    main()
