@@ -23,6 +23,7 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import urlparse
 
 import environments
+import report
 import trajectory
 from environments import EnvError, EnvSettings, ExecResult, redact
 
@@ -1288,6 +1289,10 @@ def cli() -> None:
     load_dotenv(find_dotenv(usecwd=True))
     if sys.argv[1:2] == ["cleanup"]:
         raise SystemExit(cleanup())
+    if sys.argv[1:2] == ["view"]:
+        raise SystemExit(report.view_command(sys.argv[2:]))
+    if sys.argv[1:2] == ["stats"]:
+        raise SystemExit(report.stats_command(sys.argv[2:]))
     import fire
 
     # main() takes **unknown to reject unknown flags before any work, so fire would read --help as one of
