@@ -35,7 +35,12 @@ TRUNCATION_MARKER = re.compile(r"\[\.\.\. (\d+) characters omitted \.\.\.\]")
 """What environments.truncate_text puts where it cut a long output."""
 VERIFICATION_STATES = ("passed", "failed", "error", "none")
 """passed/failed: the verifier ran; error: it could not run; none: the task has no verifier."""
-DISTRIBUTIONS = (("turns", "turns"), ("tokens", "tokens"), ("duration_s", "duration (s)"), ("output_chars", "output (chars)"))
+DISTRIBUTIONS = (
+    ("turns", "turns"),
+    ("tokens", "tokens"),
+    ("duration_s", "duration (s)"),
+    ("output_chars", "output (chars)"),
+)
 GZIP_LEVEL = 6  # level 9 gave 2% smaller trajectories for 2.4x the time on the bench data
 
 
@@ -387,7 +392,8 @@ def write_report(paths: list[str], output_file: str) -> ReportResult:
             turns = record.get("conversations")
             if turns and isinstance(turns, list) and isinstance(turns[0], dict) and turns[0].get("from") == "system":
                 value = turns[0].get("value")
-                if isinstance(value, str) and (value in systems._numbers or len(systems.values) < MAX_SHARED_SYSTEM_TURNS):
+                shared = value in systems._numbers or len(systems.values) < MAX_SHARED_SYSTEM_TURNS
+                if isinstance(value, str) and shared:
                     system = systems.number(value)
                     # The page puts it back from the index; a shallow copy leaves the caller's record alone.
                     record = {**record, "conversations": [{**turns[0], "value": ""}, *turns[1:]]}
@@ -567,7 +573,8 @@ def stats_command(argv: list[str]) -> int:
         print(f"mini-swe-runner: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
     _warn_malformed(summary["malformed_lines"])
-    print(json.dumps(summary, indent=2, ensure_ascii=False) if arguments.options.get("json") else summary_table(summary))
+    as_json = arguments.options.get("json")
+    print(json.dumps(summary, indent=2, ensure_ascii=False) if as_json else summary_table(summary))
     return EXIT_OK
 
 
@@ -591,7 +598,8 @@ PAGE_BODY = """<link rel="icon" href="data:,">
 <label>Outcome <select id="f-outcome"></select></label>
 <label>Model <select id="f-model"></select></label>
 <label>Image <select id="f-image"></select></label>
-<label class="grow">Search prompts <input id="f-text" type="search" placeholder="words in the prompt, task id or error"></label>
+<label class="grow">Search prompts <input id="f-text" type="search"
+  placeholder="words in the prompt, task id or error"></label>
 <label>Sort <select id="f-sort"></select></label>
 <button id="f-reset" type="button">Reset</button>
 </div>
@@ -623,7 +631,8 @@ header h1 { font-size: 17px; margin: 0; }
 main { padding: 12px 18px 40px; max-width: 1500px; margin: 0 auto; }
 h2 { font-size: 15px; margin: 16px 0 6px; }
 .cards { display: flex; flex-wrap: wrap; gap: 10px; }
-.card { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 8px 14px; min-width: 130px; }
+.card { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 8px 14px;
+  min-width: 130px; }
 .card .value { font-size: 21px; font-weight: 600; }
 .card .label { color: var(--muted); font-size: 12px; }
 .card.warn .value { color: var(--warn); }
@@ -651,7 +660,8 @@ select, input, button { font: inherit; color: var(--fg); background: var(--bg); 
   border-radius: 6px; padding: 4px 6px; }
 button { cursor: pointer; }
 .count { color: var(--muted); margin-bottom: 4px; }
-.row { display: grid; grid-template-columns: 220px 26px 130px 150px 52px 70px 66px 70px 1fr; gap: 8px; align-items: center;
+.row { display: grid; grid-template-columns: 220px 26px 130px 150px 52px 70px 66px 70px 1fr; gap: 8px;
+  align-items: center;
   height: 28px; padding: 0 8px; border-bottom: 1px solid var(--line); white-space: nowrap; overflow: hidden; }
 .row > span { overflow: hidden; text-overflow: ellipsis; }
 .row.head { font-weight: 600; color: var(--muted); font-size: 12px; border-bottom: 2px solid var(--line); }
@@ -702,11 +712,14 @@ const R_NUM = 0, R_ID = 1, R_SAMPLE = 2, R_PINDEX = 3, R_EXIT = 4, R_COMPLETED =
 const ROW_HEIGHT = 28;
 const FOLD_LINES = 30, FOLD_CHARS = 4000, PREVIEW_LINES = 12;
 const MARKER = /\[\.\.\. (\d+) characters omitted \.\.\.\]/g;
-const OUTCOMES = [["", "all"], ["completed", "completed"], ["incomplete", "not completed"], ["passed", "verifier passed"],
-  ["failed", "verifier failed"], ["error", "verifier could not run"], ["none", "no verifier"]];
-const SORTS = [["", "file order"], ["duration-desc", "duration, longest first"], ["duration-asc", "duration, shortest first"],
-  ["turns-desc", "turns, most first"], ["turns-asc", "turns, fewest first"], ["tokens-desc", "tokens, most first"],
-  ["tokens-asc", "tokens, fewest first"], ["output-desc", "output size, largest first"], ["output-asc", "output size, smallest first"]];
+const OUTCOMES = [["", "all"], ["completed", "completed"], ["incomplete", "not completed"],
+  ["passed", "verifier passed"], ["failed", "verifier failed"], ["error", "verifier could not run"],
+  ["none", "no verifier"]];
+const SORTS = [["", "file order"],
+  ["duration-desc", "duration, longest first"], ["duration-asc", "duration, shortest first"],
+  ["turns-desc", "turns, most first"], ["turns-asc", "turns, fewest first"],
+  ["tokens-desc", "tokens, most first"], ["tokens-asc", "tokens, fewest first"],
+  ["output-desc", "output size, largest first"], ["output-asc", "output size, smallest first"]];
 const SORT_COLUMN = {duration: R_DURATION, turns: R_TURNS, tokens: R_TOKENS, output: R_OUTPUT};
 
 const state = {index: null, rows: [], order: [], searchText: null, cache: new Map(), openNum: null};
@@ -749,9 +762,10 @@ function seconds(s) {
 }
 const percent = (part, whole) => whole ? (100 * part / whole).toFixed(1) + "%" : "–";
 
-// ---- decoding: gzip + base64 from a non-executable <script> element ----
+// ---- decoding: gzip + base64 from a non-executable script element ----
 async function gunzipBase64(text) {
-  const bytes = Uint8Array.fromBase64 ? Uint8Array.fromBase64(text.trim()) : Uint8Array.from(atob(text.trim()), (c) => c.charCodeAt(0));
+  const bytes = Uint8Array.fromBase64 ? Uint8Array.fromBase64(text.trim())
+    : Uint8Array.from(atob(text.trim()), (c) => c.charCodeAt(0));
   const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
   return await new Response(stream).text();
 }
@@ -849,10 +863,14 @@ function foldedText(text, label, cls) {
   // Short text as it is; long text as a preview plus a fold that renders the whole only when opened.
   const lines = text.split("\n").length;
   const wrap = el("div", {class: "folded"});
-  if (lines <= FOLD_LINES && text.length <= FOLD_CHARS) { wrap.append(textWithMarkers(el("pre", {class: cls}), text)); return wrap; }
+  if (lines <= FOLD_LINES && text.length <= FOLD_CHARS) {
+    wrap.append(textWithMarkers(el("pre", {class: cls}), text));
+    return wrap;
+  }
   const preview = text.split("\n", PREVIEW_LINES).join("\n").slice(0, 1500);
   const previewPre = textWithMarkers(el("pre", {class: cls + " preview"}), preview + "\n…");
-  const details = el("details", {class: "fold"}, el("summary", null, `${label}: show all ${int(lines)} lines (${int(text.length)} characters)`));
+  const details = el("details", {class: "fold"}, el("summary", null,
+    `${label}: show all ${int(lines)} lines (${int(text.length)} characters)`));
   details.addEventListener("toggle", () => {
     if (details.open && !details.querySelector("pre")) details.append(textWithMarkers(el("pre", {class: cls}), text));
     previewPre.hidden = details.open;
@@ -863,7 +881,10 @@ function foldedText(text, label, cls) {
 const asText = (v) => typeof v === "string" ? v : JSON.stringify(v, null, 2);
 function renderCall(call) {
   const box = el("div", {class: "call"});
-  if (!call || typeof call !== "object" || Array.isArray(call)) { box.append(el("pre", null, asText(call))); return box; }
+  if (!call || typeof call !== "object" || Array.isArray(call)) {
+    box.append(el("pre", null, asText(call)));
+    return box;
+  }
   const args = call.arguments;
   const name = typeof call.name === "string" ? call.name : asText(call.name);
   if (args && typeof args === "object" && !Array.isArray(args) && typeof args.command === "string") {
@@ -873,7 +894,8 @@ function renderCall(call) {
       Object.entries(extra).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(" ")));
     if (name !== "terminal") box.prepend(el("div", {class: "muted"}, "tool: " + name));
   } else if (typeof args === "string") {
-    box.append(el("div", {class: "note"}, `${name}: arguments that are not a JSON object, exactly as the model sent them:`),
+    box.append(el("div", {class: "note"},
+      `${name}: arguments that are not a JSON object, exactly as the model sent them:`),
       el("pre", {class: "cmd"}, args));
   } else {
     box.append(el("div", {class: "muted"}, "tool: " + name), el("pre", {class: "cmd"}, asText(args)));
@@ -893,25 +915,31 @@ function renderResult(payload) {
       cut.map((m) => int(Number(m[1]))).join(" + ") + " characters omitted"));
     if (payload.name && payload.name !== "terminal") head.append(el("span", {class: "muted"}, String(payload.name)));
     box.append(head);
-    if (content.error !== null && content.error !== undefined) box.append(el("div", {class: "errorbox"}, "error: " + asText(content.error)));
+    if (content.error !== null && content.error !== undefined) box.append(el("div", {class: "errorbox"},
+      "error: " + asText(content.error)));
     box.append(output ? foldedText(output, "output", "out") : el("div", {class: "muted"}, "(no output)"));
   } else {
     box.append(foldedText(asText(content), "result", "out"));
   }
   return box;
 }
-function turnBox(kind, label, ...children) { return el("div", {class: "turn " + kind}, el("div", {class: "who"}, label), el("div", {class: "body"}, ...children)); }
+function turnBox(kind, label, ...children) {
+  return el("div", {class: "turn " + kind}, el("div", {class: "who"}, label), el("div", {class: "body"}, ...children));
+}
 function renderTurn(turn, gptNumber) {
   const from = turn && typeof turn === "object" ? turn.from : undefined;
-  const value = turn && typeof turn === "object" && typeof turn.value === "string" ? turn.value : asText(turn && turn.value);
+  const raw = turn && typeof turn === "object" ? turn.value : turn;
+  const value = typeof raw === "string" ? raw : asText(raw ?? "");
   if (from === "system") {
-    return turnBox("system", "system", el("details", null, el("summary", null, `tool definitions and calling template (${int(value.length)} characters)`), el("pre", null, value)));
+    return turnBox("system", "system", el("details", null, el("summary", null,
+      `tool definitions and calling template (${int(value.length)} characters)`), el("pre", null, value)));
   }
   if (from === "human") return turnBox("human", "prompt", el("div", {class: "text"}, value));
   if (from === "gpt") {
     const {reasoning, content, calls} = parseGpt(value);
     const body = [];
-    if (reasoning !== null) body.push(el("details", {class: "reasoning"}, el("summary", null, `reasoning (${int(reasoning.length)} characters)`), el("pre", null, reasoning)));
+    if (reasoning !== null) body.push(el("details", {class: "reasoning"}, el("summary", null,
+      `reasoning (${int(reasoning.length)} characters)`), el("pre", null, reasoning)));
     if (content) body.push(el("div", {class: "text"}, content));
     for (const call of calls) body.push(renderCall(call));
     if (!body.length) body.push(el("div", {class: "muted"}, "(empty reply)"));
@@ -920,42 +948,56 @@ function renderTurn(turn, gptNumber) {
   if (from === "tool") {
     const found = readBlocks(value, 0, "tool_response");
     const body = found.blocks.map(renderResult);
-    if (found.rest < value.length) body.push(el("div", {class: "note"}, "not a tool_response block; shown as stored:"), el("pre", null, value.slice(found.rest)));
+    if (found.rest < value.length) body.push(el("div", {class: "note"},
+      "not a tool_response block; shown as stored:"), el("pre", null, value.slice(found.rest)));
     return turnBox("tool", found.blocks.length > 1 ? `tool results (${found.blocks.length})` : "tool result", ...body);
   }
   return turnBox("other", String(from), el("pre", null, value));
 }
-function stat(key, value) { return el("div", {title: `${key}: ${value}`}, el("span", {class: "k"}, key), String(value)); }
+function stat(key, value) {
+  return el("div", {title: `${key}: ${value}`}, el("span", {class: "k"}, key), String(value));
+}
 function renderRecord(record, row) {
   const body = [];
   const sample = row[R_SAMPLE] ? ` · sample ${row[R_SAMPLE]}` : "";
   body.push(el("div", {class: "t-title"}, String(record.task_id) + sample));
   const badges = el("div");
-  badges.append(el("span", {class: "badge " + (record.completed === true ? "ok" : "fail")}, String(record.exit_reason)));
-  badges.append(el("span", {class: "badge " + (record.completed === true ? "ok" : "fail")}, record.completed === true ? "completed" : "not completed"));
+  badges.append(el("span", {class: "badge " + (record.completed === true ? "ok" : "fail")},
+    String(record.exit_reason)));
+  badges.append(el("span", {class: "badge " + (record.completed === true ? "ok" : "fail")},
+    record.completed === true ? "completed" : "not completed"));
   const v = record.verification;
   if (v && typeof v === "object") {
     const kind = v.error !== null && v.error !== undefined ? "warn" : v.passed ? "ok" : "fail";
-    badges.append(el("span", {class: "badge " + kind}, kind === "warn" ? "verifier could not run" : v.passed ? "verifier passed" : "verifier failed"));
+    const label = kind === "warn" ? "verifier could not run" : v.passed ? "verifier passed" : "verifier failed";
+    badges.append(el("span", {class: "badge " + kind}, label));
   }
   body.push(badges);
-  if (record.error !== null && record.error !== undefined) body.push(el("div", {class: "errorbox"}, "error: " + asText(record.error)));
+  if (record.error !== null && record.error !== undefined) body.push(el("div", {class: "errorbox"},
+    "error: " + asText(record.error)));
   const usage = record.usage || {}, tools = (record.tool_stats || {}).terminal || {}, meta = record.metadata || {};
-  const sampling = meta.sampling && typeof meta.sampling === "object" ? Object.entries(meta.sampling).filter(([, x]) => x !== null).map(([k, x]) => `${k}=${x}`).join(" ") : "";
+  const sampling = meta.sampling && typeof meta.sampling === "object"
+    ? Object.entries(meta.sampling).filter(([, x]) => x !== null).map(([k, x]) => `${k}=${x}`).join(" ") : "";
   const stats = el("div", {class: "stats"},
     stat("model", meta.model), stat("environment", meta.env_type), stat("image", meta.image ?? "(none)"),
     stat("prompt index", record.prompt_index), stat("api calls", record.api_calls), stat("turns", row[R_TURNS]),
     stat("tool calls", `${tools.count ?? 0} (${tools.failure ?? 0} failed)`),
-    stat("tokens", `${int(usage.total_tokens || 0)} (prompt ${int(usage.prompt_tokens || 0)}, completion ${int(usage.completion_tokens || 0)}, reasoning ${int(usage.reasoning_tokens || 0)})`),
-    stat("duration", seconds(Number(record.duration_s) || 0)), stat("output", `${int(row[R_OUTPUT])} characters (${row[R_TRUNC]} truncated)`),
-    stat("reward", record.reward ?? "none"), stat("timestamp", meta.timestamp), stat("sampling", sampling || "provider defaults"),
+    stat("tokens",
+      `${int(usage.total_tokens || 0)} (prompt ${int(usage.prompt_tokens || 0)}, ` +
+      `completion ${int(usage.completion_tokens || 0)}, reasoning ${int(usage.reasoning_tokens || 0)})`),
+    stat("duration", seconds(Number(record.duration_s) || 0)), stat("output",
+      `${int(row[R_OUTPUT])} characters (${row[R_TRUNC]} truncated)`),
+    stat("reward", record.reward ?? "none"), stat("timestamp", meta.timestamp), stat("sampling", sampling ||
+      "provider defaults"),
     stat("config hash", meta.config_hash || "–"));
   body.push(stats);
-  if (typeof meta.prompt_fields === "string" && meta.prompt_fields !== "{}") body.push(el("details", null, el("summary", null, "prompt fields"), el("pre", null, meta.prompt_fields)));
+  if (typeof meta.prompt_fields === "string" && meta.prompt_fields !== "{}") body.push(el("details", null,
+    el("summary", null, "prompt fields"), el("pre", null, meta.prompt_fields)));
   if (v && typeof v === "object") {
     const parts = [`exit code ${v.exit_code ?? "none"}, ${v.duration_s ?? 0} s`];
     const box = el("details", {class: "verification"}, el("summary", null, "verification: " + parts.join("")));
-    if (v.error !== null && v.error !== undefined) box.append(el("div", {class: "errorbox"}, "verifier error: " + asText(v.error)));
+    if (v.error !== null && v.error !== undefined) box.append(el("div", {class: "errorbox"},
+      "verifier error: " + asText(v.error)));
     box.append(foldedText(asText(v.output ?? ""), "verifier output", "out"));
     body.push(box);
   }
@@ -967,26 +1009,34 @@ function renderRecord(record, row) {
 }
 
 // ---- the overview ----
-function card(value, label, cls) { return el("div", {class: "card" + (cls ? " " + cls : "")}, el("div", {class: "value"}, value), el("div", {class: "label"}, label)); }
+function card(value, label, cls) {
+  const box = el("div", {class: "card" + (cls ? " " + cls : "")});
+  box.append(el("div", {class: "value"}, value), el("div", {class: "label"}, label));
+  return box;
+}
 function renderOverview(summary) {
   $("files").textContent = summary.files.join(", ");
   const v = summary.verification;
   const cards = [card(int(summary.records), "records"), card(int(summary.tasks), "distinct tasks"),
     card(percent(summary.completed, summary.records), `completed (${int(summary.completed)})`)];
-  if (v.passed + v.failed) cards.push(card(percent(v.passed, v.passed + v.failed), `passed (${int(v.passed)} of ${int(v.passed + v.failed)} verified)`));
+  if (v.passed + v.failed) cards.push(card(percent(v.passed, v.passed + v.failed),
+    `passed (${int(v.passed)} of ${int(v.passed + v.failed)} verified)`));
   if (v.error) cards.push(card(int(v.error), "verifier could not run", "warn"));
   const t = summary.totals;
-  cards.push(card(compact(t.tokens || 0), "tokens"), card(int(t.tool_calls || 0), `tool calls (${int(t.tool_failures || 0)} failed)`),
+  cards.push(card(compact(t.tokens || 0), "tokens"), card(int(t.tool_calls || 0),
+    `tool calls (${int(t.tool_failures || 0)} failed)`),
     card(int(t.truncated_outputs || 0), "outputs truncated", t.truncated_outputs ? "warn" : ""));
   if (summary.malformed_lines) cards.push(card(int(summary.malformed_lines), "malformed lines skipped", "warn"));
   $("cards").replaceChildren(...cards);
-  const groups = [["exit reasons", summary.exit_reasons, "f-exit"], ["models", summary.models, "f-model"], ["images", summary.images, "f-image"]];
+  const groups = [["exit reasons", summary.exit_reasons, "f-exit"], ["models", summary.models, "f-model"],
+    ["images", summary.images, "f-image"]];
   $("breakdowns").replaceChildren(...groups.map(([title, counts, filter]) => {
     const max = Math.max(1, ...Object.values(counts));
     const box = el("div", {class: "breakdown"}, el("h3", null, title));
     for (const [name, count] of Object.entries(counts)) {
       const bar = el("div", {class: "bd-bar"}); bar.style.width = (100 * count / max) + "%";
-      const line = el("div", {class: "bd-row", title: `show only ${name}`}, el("span", {class: "bd-name"}, name), el("div", null, bar), el("span", {class: "bd-count"}, int(count)));
+      const line = el("div", {class: "bd-row", title: `show only ${name}`}, el("span", {class: "bd-name"}, name),
+        el("div", null, bar), el("span", {class: "bd-count"}, int(count)));
       line.addEventListener("click", () => { $(filter).value = name; applyFilters(); $("tasks").scrollIntoView(); });
       box.append(line);
     }
@@ -998,7 +1048,8 @@ function histogram(title, values, format) {
   const sorted = Float64Array.from(values).sort();
   const n = sorted.length;
   const at = (q) => n ? sorted[Math.min(n - 1, Math.floor(q * (n - 1)))] : 0;
-  box.append(el("div", {class: "sub"}, n ? `median ${format(at(0.5))} · p90 ${format(at(0.9))} · max ${format(sorted[n - 1])}` : "no tasks"));
+  box.append(el("div", {class: "sub"}, n ?
+    `median ${format(at(0.5))} · p90 ${format(at(0.9))} · max ${format(sorted[n - 1])}` : "no tasks"));
   const W = 300, H = 120, left = 4, bottom = 16, bins = 24;
   const chart = svg("svg", {viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img"});
   chart.append(svg("title", {}, `${title}: distribution over ${n} tasks`));
@@ -1009,12 +1060,14 @@ function histogram(title, values, format) {
     const top = Math.max(...counts), bw = (W - left) / bins;
     counts.forEach((count, i) => {
       const h = count ? Math.max(1, (H - bottom - 4) * count / top) : 0;
-      const rect = svg("rect", {class: "b", x: left + i * bw + 0.5, y: H - bottom - h, width: Math.max(bw - 1, 1), height: h});
+      const rect = svg("rect", {class: "b", x: left + i * bw + 0.5, y: H - bottom - h, width: Math.max(bw - 1, 1),
+        height: h});
       rect.append(svg("title", {}, `${format(lo + i * width)} – ${format(lo + (i + 1) * width)}: ${count} tasks`));
       chart.append(rect);
     });
     chart.append(svg("line", {x1: left, x2: W, y1: H - bottom + 0.5, y2: H - bottom + 0.5}));
-    chart.append(svg("text", {x: left, y: H - 3}, format(lo)), svg("text", {x: W - 2, y: H - 3, "text-anchor": "end"}, format(hi)));
+    chart.append(svg("text", {x: left, y: H - 3}, format(lo)), svg("text", {x: W - 2, y: H - 3, "text-anchor": "end"},
+      format(hi)));
     chart.append(svg("text", {x: left + 2, y: 10}, `${top} tasks`));
   }
   box.append(chart);
@@ -1039,7 +1092,9 @@ function outcomeMatches(row, outcome) {
   return row[R_VERIF] === outcome;
 }
 function searchText(num) {
-  if (!state.searchText) state.searchText = state.rows.map((row) => (row[R_ID] + "\n" + row[R_PROMPT] + "\n" + row[R_ERROR]).toLowerCase());
+  if (!state.searchText) {
+    state.searchText = state.rows.map((row) => (row[R_ID] + "\n" + row[R_PROMPT] + "\n" + row[R_ERROR]).toLowerCase());
+  }
   return state.searchText[num];
 }
 function matches(row, f, skip) {
@@ -1047,12 +1102,19 @@ function matches(row, f, skip) {
   if (skip !== "outcome" && !outcomeMatches(row, f.outcome)) return false;
   if (skip !== "model" && f.model && state.index.models[row[R_MODEL]] !== f.model) return false;
   if (skip !== "image" && f.image && state.index.images[row[R_IMAGE]] !== f.image) return false;
-  if (f.terms.length) { const text = searchText(row[R_NUM]); for (const term of f.terms) if (!text.includes(term)) return false; }
+  if (f.terms.length) {
+    const text = searchText(row[R_NUM]);
+    for (const term of f.terms) if (!text.includes(term)) return false;
+  }
   return true;
 }
 function fillSelect(select, options, current) {
   // options: [value, label]; the selection survives a refill.
-  select.replaceChildren(...options.map(([value, label]) => { const o = el("option", null, label); o.value = value; return o; }));
+  select.replaceChildren(...options.map(([value, label]) => {
+    const option = el("option", null, label);
+    option.value = value;
+    return option;
+  }));
   select.value = options.some(([value]) => value === current) ? current : "";
 }
 function refreshFacets(f) {
@@ -1066,14 +1128,18 @@ function refreshFacets(f) {
       const key = facet === "exit" ? row[R_EXIT] : facet === "model" ? state.index.models[row[R_MODEL]]
         : facet === "image" ? state.index.images[row[R_IMAGE]] : null;
       if (key !== null) facets[facet].set(key, (facets[facet].get(key) || 0) + 1);
-      else for (const [value] of OUTCOMES) if (value && outcomeMatches(row, value)) facets.outcome.set(value, (facets.outcome.get(value) || 0) + 1);
+      else for (const [value] of OUTCOMES) {
+        if (value && outcomeMatches(row, value)) facets.outcome.set(value, (facets.outcome.get(value) || 0) + 1);
+      }
     }
   }
-  const menu = (facet, names) => [["", `all (${int(base[facet])})`], ...names.map((name) => [name, `${name} (${int(facets[facet].get(name) || 0)})`])];
+  const menu = (facet, names) => [["", `all (${int(base[facet])})`], ...names.map((name) => [name,
+    `${name} (${int(facets[facet].get(name) || 0)})`])];
   fillSelect($("f-exit"), menu("exit", Object.keys(state.index.summary.exit_reasons)), f.exit);
   fillSelect($("f-model"), menu("model", state.index.models), f.model);
   fillSelect($("f-image"), menu("image", state.index.images), f.image);
-  fillSelect($("f-outcome"), OUTCOMES.map(([value, label]) => [value, value ? `${label} (${int(facets.outcome.get(value) || 0)})` : `all (${int(base.outcome)})`]), f.outcome);
+  fillSelect($("f-outcome"), OUTCOMES.map(([value, label]) => [value, value ?
+    `${label} (${int(facets.outcome.get(value) || 0)})` : `all (${int(base.outcome)})`]), f.outcome);
 }
 function applyFilters() {
   const f = filterValues();
@@ -1086,8 +1152,10 @@ function applyFilters() {
   state.order = order;
   refreshFacets(f);
   const total = state.rows.length;
-  $("count").textContent = order.length === total ? `${int(total)} tasks` : `${int(order.length)} of ${int(total)} tasks match`;
+  $("count").textContent = order.length === total ? `${int(total)} tasks` :
+    `${int(order.length)} of ${int(total)} tasks match`;
   $("count").dataset.shown = String(order.length);
+  $("count").dataset.query = $("f-text").value;
   $("list-spacer").style.height = (order.length * ROW_HEIGHT) + "px";
   $("list").scrollTop = 0;
   renderRows();
@@ -1098,14 +1166,16 @@ function statusCell(row) {
   if (v === "passed") return el("span", {class: "ok", title: "verifier passed"}, "✔");
   if (v === "failed") return el("span", {class: "fail", title: "verifier failed"}, "✘");
   if (v === "error") return el("span", {class: "note", title: "verifier could not run"}, "?");
-  return row[R_COMPLETED] ? el("span", {class: "ok", title: "completed"}, "●") : el("span", {class: "fail", title: "not completed"}, "○");
+  if (row[R_COMPLETED]) return el("span", {class: "ok", title: "completed"}, "●");
+  return el("span", {class: "fail", title: "not completed"}, "○");
 }
 function listRow(num) {
   const row = state.rows[num];
   const prompt = row[R_PROMPT].slice(0, 300).replace(/\s+/g, " ");
   const a = el("a", {class: "row", href: "#/t/" + num, num: String(num), title: row[R_ID]},
     el("span", null, row[R_ID] + (row[R_SAMPLE] ? ` ·${row[R_SAMPLE]}` : "")), statusCell(row),
-    el("span", {class: row[R_COMPLETED] ? "" : "fail"}, row[R_EXIT]), el("span", null, state.index.models[row[R_MODEL]]),
+    el("span", {class: row[R_COMPLETED] ? "" : "fail"}, row[R_EXIT]), el("span", null,
+      state.index.models[row[R_MODEL]]),
     el("span", {class: "num"}, row[R_TURNS]), el("span", {class: "num"}, compact(row[R_TOKENS])),
     el("span", {class: "num"}, seconds(row[R_DURATION])), el("span", {class: "num"}, compact(row[R_OUTPUT])),
     el("span", {class: "muted"}, prompt));
@@ -1115,7 +1185,11 @@ function renderRows() {
   const list = $("list"), first = Math.max(0, Math.floor(list.scrollTop / ROW_HEIGHT) - 10);
   const last = Math.min(state.order.length, first + Math.ceil((list.clientHeight || 600) / ROW_HEIGHT) + 20);
   const rows = [];
-  for (let i = first; i < last; i++) { const a = listRow(state.order[i]); a.style.top = (i * ROW_HEIGHT) + "px"; rows.push(a); }
+  for (let i = first; i < last; i++) {
+    const row = listRow(state.order[i]);
+    row.style.top = (i * ROW_HEIGHT) + "px";
+    rows.push(row);
+  }
   $("list-spacer").replaceChildren(...rows);
 }
 
@@ -1166,12 +1240,18 @@ async function start() {
   state.index = index; state.rows = index.rows;
   renderOverview(index.summary);
   fillSelect($("f-sort"), SORTS, "");
-  $("list-head").replaceChildren(...["task", "", "exit reason", "model", "turns", "tokens", "duration", "output", "prompt"]
+  const columns = ["task", "", "exit reason", "model", "turns", "tokens", "duration", "output", "prompt"];
+  $("list-head").replaceChildren(...columns
     .map((name, i) => el("span", {class: i >= 4 && i <= 7 ? "num" : ""}, name)));
-  for (const id of ["f-exit", "f-outcome", "f-model", "f-image", "f-sort"]) $(id).addEventListener("change", applyFilters);
+  const menus = ["f-exit", "f-outcome", "f-model", "f-image", "f-sort"];
+  for (const id of menus) $(id).addEventListener("change", applyFilters);
   let timer = 0;
   $("f-text").addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(applyFilters, 120); });
-  $("f-reset").addEventListener("click", () => { for (const id of ["f-exit", "f-outcome", "f-model", "f-image", "f-sort"]) $(id).value = ""; $("f-text").value = ""; applyFilters(); });
+  $("f-reset").addEventListener("click", () => {
+    for (const id of menus) $(id).value = "";
+    $("f-text").value = "";
+    applyFilters();
+  });
   $("list").addEventListener("scroll", () => requestAnimationFrame(renderRows), {passive: true});
   $("t-prev").addEventListener("click", () => step(-1));
   $("t-next").addEventListener("click", () => step(1));
@@ -1190,5 +1270,8 @@ async function start() {
   performance.mark("mswr:list-shown");
   document.body.dataset.ready = "1";
 }
-start().catch((error) => { $("status").textContent = "cannot read this report: " + error.message; console.error(error); });
+start().catch((error) => {
+  $("status").textContent = "cannot read this report: " + error.message;
+  console.error(error);
+});
 """
