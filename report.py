@@ -332,6 +332,9 @@ class _Interned:
         self.values: list[str] = []
         self._numbers: dict[str, int] = {}
 
+    def __contains__(self, value: str) -> bool:
+        return value in self._numbers
+
     def number(self, value: str) -> int:
         if value not in self._numbers:
             self._numbers[value] = len(self.values)
@@ -381,42 +384,35 @@ def _index_row(number: int, facts: RecordFacts, models: _Interned, images: _Inte
 
 
 def write_report(paths: list[str], output_file: str) -> ReportResult:
-    """Write the HTML report of ``paths`` to ``output_file`` (atomically: a temporary file, then a rename)."""
+    """Write the HTML report of ``paths`` to ``output_file`` (atomically: a temporary file, then a rename).
+
+    Memory stays flat whatever the input: trajectories go to a temporary file as they are read, and each index row
+    goes straight into the index's compressor, so only compressed bytes and a few numbers per record are held."""
     builder = SummaryBuilder(files=[os.path.basename(path) for path in paths])
     malformed = [0]
     models, images, systems = _Interned(), _Interned(), _Interned()
-    rows = []
+    index = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+    index_parts = [index.compress(b'{"rows":[')]
     directory = os.path.dirname(os.path.abspath(output_file))
     with tempfile.TemporaryFile(dir=directory) as trajectories:
         for number, record in enumerate(trajectory.last_records(paths, malformed)):
             facts = record_facts(record)
             builder.add(facts)
-            system = -1
-            turns = record.get("conversations")
-            if turns and isinstance(turns, list) and isinstance(turns[0], dict) and turns[0].get("from") == "system":
-                value = turns[0].get("value")
-                shared = value in systems._numbers or len(systems.values) < MAX_SHARED_SYSTEM_TURNS
-                if isinstance(value, str) and shared:
-                    system = systems.number(value)
-                    # The page puts it back from the index; a shallow copy leaves the caller's record alone.
-                    record = {**record, "conversations": [{**turns[0], "value": ""}, *turns[1:]]}
-            rows.append(_index_row(number, facts, models, images, system))
+            record, system = _share_system_turn(record, systems)
+            row = _index_row(number, facts, models, images, system)
+            index_parts.append(index.compress((b"," if number else b"") + _json_bytes(row)))
             trajectories.write(b'<script type="application/x-gzip-base64" id="r%d">' % number)
             trajectories.write(_gzip_base64(_json_bytes(record)))
             trajectories.write(b"</script>\n")
-        index = {
-            "summary": builder.summary(malformed[0]),
-            "models": models.values,
-            "images": images.values,
-            "systems": systems.values,
-            "rows": rows,
-        }
-        rows = None
+        summary = builder.summary(malformed[0])
+        tables = {"summary": summary, "models": models.values, "images": images.values, "systems": systems.values}
+        index_parts.append(index.compress(b"]," + _json_bytes(tables)[1:]))  # the tables' "{" is the rows' ","
+        index_parts.append(index.flush())
         trajectories.seek(0)
         temp = tempfile.NamedTemporaryFile(dir=directory, prefix=".report-", suffix=".html", delete=False)
         try:
             with temp:
-                temp.write(_page_head(_gzip_base64(_json_bytes(index))))
+                temp.write(_page_head(base64.b64encode(b"".join(index_parts))))
                 shutil.copyfileobj(trajectories, temp, 1 << 20)
                 temp.write(b"</body>\n</html>\n")
             os.chmod(temp.name, 0o644)
@@ -425,11 +421,24 @@ def write_report(paths: list[str], output_file: str) -> ReportResult:
             os.unlink(temp.name)
             raise
     return ReportResult(
-        records=index["summary"]["records"],
+        records=summary["records"],
         malformed_lines=malformed[0],
         input_bytes=sum(os.path.getsize(path) for path in paths),
         output_bytes=os.path.getsize(output_file),
     )
+
+
+def _share_system_turn(record: dict, systems: _Interned) -> tuple[dict, int]:
+    """The record without its system turn's text when that text is stored once in the index (every record of a run
+    has the same tool template), and the text's number there (-1: kept in the record)."""
+    turns = record.get("conversations")
+    if not (turns and isinstance(turns, list) and isinstance(turns[0], dict) and turns[0].get("from") == "system"):
+        return record, -1
+    value = turns[0].get("value")
+    if not isinstance(value, str) or (value not in systems and len(systems.values) >= MAX_SHARED_SYSTEM_TURNS):
+        return record, -1
+    # The page puts the text back; a shallow copy leaves the caller's record alone.
+    return {**record, "conversations": [{**turns[0], "value": ""}, *turns[1:]]}, systems.number(value)
 
 
 def _page_head(index_b64: bytes) -> bytes:
@@ -548,8 +557,11 @@ def view_command(argv: list[str]) -> int:
         print(f"mini-swe-runner: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:
-        print(f"mini-swe-runner: cannot write {exc.filename or 'the report'}: {exc.strerror}", file=sys.stderr)
+        action = "read" if exc.filename in arguments.files else "write"
+        print(f"mini-swe-runner: cannot {action} {exc.filename or 'the report'}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:  # the temporary files are gone already; a half report is never left behind
+        return 130
     _warn_malformed(result.malformed_lines)
     if not result.records:
         print("mini-swe-runner: warning: no records found; the report is empty", file=sys.stderr)
@@ -575,6 +587,8 @@ def stats_command(argv: list[str]) -> int:
     except OSError as exc:
         print(f"mini-swe-runner: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
     _warn_malformed(summary["malformed_lines"])
     as_json = arguments.options.get("json")
     print(json.dumps(summary, indent=2, ensure_ascii=False) if as_json else summary_table(summary))
@@ -687,7 +701,7 @@ a.row:hover, a.row:focus { background: var(--card); outline: none; }
 .errorbox { border: 1px solid var(--bad); background: color-mix(in srgb, var(--bad) 8%, var(--bg)); border-radius: 6px;
   padding: 6px 10px; margin: 8px 0; white-space: pre-wrap; word-break: break-word; }
 .stats { display: grid; grid-template-columns: repeat(auto-fill, minmax(230px, 1fr)); gap: 2px 16px; margin: 8px 0; }
-.stats div { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+.stats div { overflow-wrap: anywhere; }
 .stats .k { color: var(--muted); margin-right: 6px; }
 .turn { border: 1px solid var(--line); border-radius: 8px; margin: 10px 0; overflow: hidden; }
 .turn > .who { background: var(--card); padding: 4px 10px; font-weight: 600; font-size: 12px; color: var(--muted);
@@ -967,8 +981,7 @@ function renderRecord(record, row) {
   const badges = el("div");
   badges.append(el("span", {class: "badge " + (record.completed === true ? "ok" : "fail")},
     String(record.exit_reason)));
-  badges.append(el("span", {class: "badge " + (record.completed === true ? "ok" : "fail")},
-    record.completed === true ? "completed" : "not completed"));
+  if (record.completed !== true) badges.append(el("span", {class: "badge fail"}, "not completed"));
   const v = record.verification;
   if (v && typeof v === "object") {
     const kind = v.error !== null && v.error !== undefined ? "warn" : v.passed ? "ok" : "fail";

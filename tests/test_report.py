@@ -167,6 +167,34 @@ def test_a_foreign_record_gives_zeros_not_an_exception():
     assert facts.exit_reason == "unknown" and facts.verification == "none"
 
 
+def test_every_record_is_embedded_whole(run_files, tmp_path):
+    """Decode what the page decodes: each trajectory, with its system turn put back from the index, is the record."""
+    import base64
+    import gzip
+
+    odd = tmp_path / "odd.jsonl"
+    odd.write_bytes(
+        trajectory.record_line({"task_id": "list-system", "conversations": [{"from": "system", "value": [1]}]})
+        + trajectory.record_line({"task_id": "other-system", "conversations": [{"from": "system", "value": "x"}]})
+    )
+    files = [*map(str, run_files["files"]), str(odd)]
+    output = tmp_path / "r.html"
+    report.write_report(files, str(output))
+    html = output.read_text(encoding="utf-8")
+    blobs = re.findall(r'<script type="application/x-gzip-base64" id="(r\d+|index)">([^<]*)</script>', html)
+    decoded = {name: json.loads(gzip.decompress(base64.b64decode(blob))) for name, blob in blobs}
+    index = decoded.pop("index")
+    expected = list(trajectory.last_records(files))
+    assert len(decoded) == len(index["rows"]) == len(expected) == 11
+    for row, record in zip(index["rows"], expected, strict=True):
+        embedded = decoded[f"r{row[0]}"]
+        if row[-1] >= 0:
+            embedded["conversations"][0]["value"] = index["systems"][row[-1]]
+        assert embedded == record
+    assert index["systems"] == [expected[0]["conversations"][0]["value"], SYSTEM, "x"]  # the real run's, then ours
+    assert index["summary"] == report.summarize(files) | {"files": [os.path.basename(f) for f in files]}
+
+
 def test_stats_prints_the_summary_table_and_json(run_files):
     files = list(map(str, run_files["files"]))
     table = run_cli(["stats", *files])
@@ -421,7 +449,8 @@ def test_odd_blocks_are_decoded_from_the_opening_tag_on(page):
     open_task(page, "odd calls", matching=3)  # both samples and verifier-broke share the prompt; sample 0 is first
     body = page.find_element("id", "t-body")
     assert js(page, "return document.getElementById('t-body').querySelector('.t-title').textContent") == "odd-calls"
-    assert "verifier passed" in body.find_element("css selector", ".badge.ok:nth-child(3)").text
+    assert [badge.text for badge in body.find_elements("css selector", ".t-title + div .badge")] == [
+        "completed", "verifier passed"]
     prompt = body.find_element("css selector", ".turn.human .text").get_attribute("textContent")
     assert prompt == "odd calls: " + HOSTILE_PROMPT
     gpt = body.find_elements("css selector", ".turn.gpt")[0]
@@ -449,6 +478,8 @@ def test_sample_error_and_damaged_records_render(page):
     open_task(page, "onerror")  # the error text of sample 1 of odd-calls
     body = page.find_element("id", "t-body")
     assert body.find_element("css selector", ".t-title").text == "odd-calls · sample 1"
+    assert [badge.text for badge in body.find_elements("css selector", ".t-title + div .badge")] == [
+        "max_iterations", "not completed", "verifier failed"]
     assert body.find_element("css selector", ".errorbox").text == "error: <img src=x onerror=alert(3)> stopped"
     assert not body.find_elements("tag name", "img")
     page.find_element("id", "t-back").click()
