@@ -1516,7 +1516,11 @@ def cleanup() -> int:
     return EXIT_OK
 
 
-SUBCOMMANDS = {"cleanup": "remove what runs that died left behind (Docker containers, Modal sandboxes)"}
+SUBCOMMANDS = {
+    "cleanup": "remove what runs that died left behind (Docker containers, Modal sandboxes)",
+    "view": "write one self-contained HTML report of record files (view --help)",
+    "stats": "print the summary of record files as a table (stats --help)",
+}
 """First words that are commands, not prompts; anything else that is not a flag is refused."""
 
 _SECRETS_FD_VARIABLE = "_MINI_SWE_RUNNER_SECRETS_FD"
@@ -1661,6 +1665,15 @@ def _without_api_key(argv: list[str]) -> tuple[list[str], str | None]:
     return kept, key
 
 
+def run_subcommand(name: str, argv: list[str]) -> int:
+    """A first word that names a command: each parses its own flags and returns its exit code."""
+    if name == "cleanup":
+        return cleanup()
+    import report  # only the report commands need it
+
+    return report.view_command(argv) if name == "view" else report.stats_command(argv)
+
+
 def cli() -> None:
     """Console entry point: loads ./.env only, checks argv, runs fire, maps errors to exit codes."""
     handed = _scrub_secrets_from_process()
@@ -1669,6 +1682,8 @@ def cli() -> None:
     # Only the current directory's .env: find_dotenv would also walk up into every parent directory.
     load_dotenv(os.path.join(os.getcwd(), ".env"))
     argv = sys.argv[1:]
+    if argv[:1] and argv[0] in SUBCOMMANDS:
+        raise SystemExit(run_subcommand(argv[0], argv[1:]))
     if handed.get("api_key") is not None:
         argv = [*argv, f"--api_key={handed['api_key']}"]
     try:
@@ -1678,8 +1693,6 @@ def cli() -> None:
         if argv[:1] == ["--version"]:
             print(f"mini-swe-runner {__version__}")
             return
-        if argv[:1] == ["cleanup"]:
-            raise SystemExit(cleanup())
         import fire
 
         # Every word fire sees is a --name=value pair made by protect_argv (fire's own flags, --help, --trace,
