@@ -581,26 +581,28 @@ class AssistantTurn:
     calls: list[dict]
 
 
-def parse_gpt_value(value: str) -> AssistantTurn:
+def parse_gpt_value(value: str, answered: int | None = None) -> AssistantTurn:
     """Read a ``gpt`` value back into reasoning, content and calls, exactly: ``gpt_value`` of the result gives
     ``value`` again.
 
     Markup is only markup where the writer puts it: the think block first, the <tool_call> blocks last, each
     block's JSON read with a JSON decoder from its opening tag on, so a command containing ``</tool_call>`` or
-    ``<think>`` stays data. Where text could be read two ways (content that itself looks like a tool call), both
-    readings give the same value back; the first that does is taken, and plain content always does.
+    ``<think>`` stays data. Text can read two ways only when the model wrote markup itself (content that looks
+    like a tool call); all such readings give the same value back. ``answered`` (how many results the next tool
+    turn holds, 0 when none follows) picks the reading with that many calls; otherwise the first reading is taken.
     """
-    readings = []
+    first = None
     reasoning, body = _split_think(value)
-    if reasoning is not None:
-        readings.append((reasoning, body))
-    readings.append((None, value))
-    for reasoning, body in readings:
+    readings = [(reasoning, body)] if reasoning is not None else []
+    for reasoning, body in (*readings, (None, value)):
         for content, calls in (*_split_calls(body), (body, [])):
             turn = AssistantTurn(reasoning, content, calls)
-            if _render_turn(turn) == value:
+            if _render_turn(turn) != value:
+                continue
+            if answered is None or len(calls) == answered:
                 return turn
-    return AssistantTurn(None, value, [])  # only for a value the writer could not have written (trailing space)
+            first = first or turn
+    return first or AssistantTurn(None, value, [])  # the last only for text the writer cannot write (trailing space)
 
 
 def _split_think(value: str) -> tuple[str | None, str]:
@@ -730,9 +732,9 @@ def to_openai(conversations: list[dict]) -> tuple[list[dict], list[dict]]:
         if role == "human":
             messages.append(_message("user", value))
         elif role == "gpt":
-            parsed = parse_gpt_value(value)
             following = conversations[index + 1] if index + 1 < len(conversations) else None
             results = parse_tool_value(following["value"]) if following and following.get("from") == "tool" else []
+            parsed = parse_gpt_value(value, len(results))
             calls = [
                 {
                     "id": _call_id(results[i]["tool_call_id"]) if i < len(results) else f"call_{index}_{i}",
@@ -836,12 +838,12 @@ def export_row(record: dict, options: ExportOptions) -> dict | None:
     conversations = record.get("conversations")
     if not isinstance(conversations, list) or not all(isinstance(turn, dict) for turn in conversations):
         raise RecordFormatError("the record has no conversations list")
-    if options.drop_final_echo and ends_with_final_echo(conversations, options.final_output_marker):
-        conversations = conversations[:-1]
+    # The whole conversation is read before the echo is dropped: the tool turn tells how many calls its gpt turn made.
+    drop_echo = options.drop_final_echo and ends_with_final_echo(conversations, options.final_output_marker)
     if options.format == "hermes":
         if options.empty_think:
             conversations = [_with_empty_think(turn) for turn in conversations]
-        return {**record, "conversations": conversations}
+        return {**record, "conversations": conversations[:-1] if drop_echo else conversations}
     common = {
         "task_id": record.get("task_id"),
         "sample_index": record_key(record)[1],
@@ -850,8 +852,10 @@ def export_row(record: dict, options: ExportOptions) -> dict | None:
     }
     if options.format == "openai":
         messages, tools = to_openai(conversations)
+        while drop_echo and messages and messages[-1]["role"] == "tool":
+            messages.pop()
         return {"messages": messages, "tools": tools, **common}
-    turns = sharegpt_turns(conversations, options.empty_think)
+    turns = sharegpt_turns(conversations, options.empty_think)  # its trailing observation is always left out
     if turns is None:
         return None
     tools = [tool["function"] for tool in parse_system_tools(conversations[0]["value"])]
@@ -859,7 +863,7 @@ def export_row(record: dict, options: ExportOptions) -> dict | None:
 
 
 def _with_empty_think(turn: dict) -> dict:
-    if turn.get("from") != "gpt" or parse_gpt_value(turn["value"]).reasoning is not None:
+    if turn.get("from") != "gpt" or _split_think(turn["value"])[0] is not None:
         return turn
     return {"from": "gpt", "value": EMPTY_THINK + turn["value"]}
 
@@ -879,7 +883,7 @@ def sharegpt_turns(conversations: list[dict], empty_think: bool = False) -> list
     if not conversations or conversations[0].get("from") != "system":
         raise RecordFormatError("the conversation does not start with the system turn")
     turns: list[dict] = []
-    for turn in conversations[1:]:
+    for index, turn in enumerate(conversations[1:], start=1):
         role, value = turn.get("from"), turn.get("value")
         if role == "human":
             turns.append({"from": "human", "value": value})
@@ -887,7 +891,9 @@ def sharegpt_turns(conversations: list[dict], empty_think: bool = False) -> list
             results = parse_tool_value(value)
             turns.append({"from": "observation", "value": "\n".join(tool_result_text(r["content"]) for r in results)})
         elif role == "gpt":
-            turns.append(_sharegpt_assistant(parse_gpt_value(value), empty_think))
+            following = conversations[index + 1] if index + 1 < len(conversations) else {}
+            answered = len(parse_tool_value(following["value"])) if following.get("from") == "tool" else 0
+            turns.append(_sharegpt_assistant(parse_gpt_value(value, answered), empty_think))
         else:
             raise RecordFormatError(f"unknown role {role!r}")
     user_side = ("human", "observation")
