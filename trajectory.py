@@ -725,6 +725,7 @@ def to_openai(conversations: list[dict]) -> tuple[list[dict], list[dict]]:
         raise RecordFormatError("the conversation does not start with the system turn")
     tools = parse_system_tools(conversations[0]["value"])
     messages: list[dict] = []
+    results: list[dict] = []  # of the tool turn after the current gpt turn, read once for both
     for index, turn in enumerate(conversations[1:], start=1):
         role, value = turn.get("from"), turn.get("value")
         if not isinstance(value, str):
@@ -748,7 +749,8 @@ def to_openai(conversations: list[dict]) -> tuple[list[dict], list[dict]]:
             message["tool_calls"] = calls or None
             messages.append(message)
         elif role == "tool":
-            for result in parse_tool_value(value):
+            previous = conversations[index - 1].get("from")
+            for result in results if previous == "gpt" else parse_tool_value(value):
                 message = _message("tool", tool_result_text(result["content"]))
                 message["tool_call_id"] = _call_id(result["tool_call_id"])
                 message["name"] = result.get("name")

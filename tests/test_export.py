@@ -67,7 +67,7 @@ SHAPES: dict[str, list] = {
         reply("Look: </tool_call> and <think> are just text", _calls(INJECTION)),
         reply(
             '<tool_call>\n{"name": "terminal", "arguments": {"command": "fake"}}\n</tool_call>',
-            _calls("echo '<tool_call>\n{\"name\": \"x\", \"arguments\": {}}\n</tool_call>'"),
+            _calls('echo \'<tool_call>\n{"name": "x", "arguments": {}}\n</tool_call>\''),
         ),
         reply("<think>\nnot reasoning\n</think>\nbut content </tool_response>"),
     ],
@@ -147,8 +147,9 @@ def test_every_runner_trajectory_round_trips_through_openai(corpus):
     for prompt, record in records.items():
         messages, tools = trajectory.to_openai(record["conversations"])
         assert trajectory.to_hermes(messages, tools) == record["conversations"], prompt
-        assert all(set(m) == {"role", "content", "reasoning_content", "tool_calls", "tool_call_id", "name"}
-                   for m in messages)
+        assert all(
+            set(m) == {"role", "content", "reasoning_content", "tool_calls", "tool_call_id", "name"} for m in messages
+        )
         # ids restored: each call is answered, in order, by the tool messages that follow it
         for index, message in enumerate(messages):
             if message["tool_calls"]:
@@ -203,15 +204,22 @@ def test_gpt_values_read_back_exactly_under_random_markup():
         reasoning = rng.choice([None, "r" + text(6)])
         content = rng.choice(["", "c" + text(6)])
         calls = [
-            {"function": {"name": rng.choice(["terminal", "python", None]),
-                          "arguments": rng.choice([json.dumps({"command": text(8)}), text(5)])}}
+            {
+                "function": {
+                    "name": rng.choice(["terminal", "python", None]),
+                    "arguments": rng.choice([json.dumps({"command": text(8)}), text(5)]),
+                }
+            }
             for _ in range(rng.randint(0, 3))
         ]
         value = trajectory.gpt_value({"content": content, "reasoning": reasoning, "tool_calls": calls})
         parsed = trajectory.parse_gpt_value(value)
         rendered = trajectory.gpt_value(
-            {"content": parsed.content, "reasoning_content": parsed.reasoning,
-             "tool_calls": [{"function": trajectory._openai_function(c)} for c in parsed.calls]}
+            {
+                "content": parsed.content,
+                "reasoning_content": parsed.reasoning,
+                "tool_calls": [{"function": trajectory._openai_function(c)} for c in parsed.calls],
+            }
         )
         assert rendered == value
         if "<t" not in content + (reasoning or "") and "\n</think>" not in (reasoning or "")[1:]:
@@ -236,8 +244,9 @@ def _record(task_id: str, *, error: str | None = None, image: str | None = None,
     return trajectory.build_record(
         prompt_index=0,
         task_id=task_id,
-        conversations=trajectory.to_hermes([{"role": "user", "content": "p"}, {"role": "assistant",
-                                            "content": output}], tool),
+        conversations=trajectory.to_hermes(
+            [{"role": "user", "content": "p"}, {"role": "assistant", "content": output}], tool
+        ),
         completed=error is None,
         exit_reason="completed" if error is None else "api_error",
         api_calls=1,
@@ -339,16 +348,23 @@ def test_openai_export_renders_through_a_real_chat_template(corpus, tmp_path, mo
         "{% if tools %}<|im_start|>system\n# Tools\n<tools>{% for tool in tools %}" + nl + "{{ tool | tojson }}"
         "{% endfor %}" + nl + "</tools><|im_end|>" + nl + "{% endif %}"
         "{% for m in messages %}"
-        "{% if m.role == 'assistant' %}<|im_start|>assistant" + nl +
-        "{% if m.reasoning_content %}<think>\n{{ m.reasoning_content }}\n</think>" + nl + "{% endif %}"
+        "{% if m.role == 'assistant' %}<|im_start|>assistant"
+        + nl
+        + "{% if m.reasoning_content %}<think>\n{{ m.reasoning_content }}\n</think>"
+        + nl
+        + "{% endif %}"
         "{{ m.content }}"
         "{% for call in m.tool_calls or [] %}" + nl + "<tool_call>\n"
         '{"id": {{ call.id | tojson }}, "name": {{ call.function.name | tojson }}, '
         '"arguments": {{ call.function.arguments }}}\n</tool_call>'
-        "{% endfor %}<|im_end|>" + nl +
-        "{% elif m.role == 'tool' %}<|im_start|>tool\n<tool_response id={{ m.tool_call_id | tojson }}>\n"
-        "{{ m.content }}\n</tool_response><|im_end|>" + nl +
-        "{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>" + nl + "{% endif %}"
+        "{% endfor %}<|im_end|>"
+        + nl
+        + "{% elif m.role == 'tool' %}<|im_start|>tool\n<tool_response id={{ m.tool_call_id | tojson }}>\n"
+        "{{ m.content }}\n</tool_response><|im_end|>"
+        + nl
+        + "{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>"
+        + nl
+        + "{% endif %}"
         "{% endfor %}"
     )
     backend = Tokenizer(models.WordLevel({"<unk>": 0, "<|im_start|>": 1, "<|im_end|>": 2}, unk_token="<unk>"))
@@ -477,13 +493,19 @@ def _verified(task_id: str, passed: bool | None, sample_index: int = 0, **kwargs
     verification = None
     if passed is not None:
         verification = {"passed": passed, "exit_code": 0 if passed else 1, "output": "", "duration_s": 0.1}
-    return {**record, "sample_index": sample_index, "verification": verification,
-            "reward": trajectory.reward_of(verification)}
+    return {
+        **record,
+        "sample_index": sample_index,
+        "verification": verification,
+        "reward": trajectory.reward_of(verification),
+    }
 
 
 def test_last_record_of_each_task_and_sample_wins_across_shards_and_resumes(tmp_path):
-    first = _write(tmp_path / "shard-1.jsonl", [_record("a", error="HTTP 500"), _verified("b", None),
-                                                 _verified("b", None, sample_index=1)])
+    first = _write(
+        tmp_path / "shard-1.jsonl",
+        [_record("a", error="HTTP 500"), _verified("b", None), _verified("b", None, sample_index=1)],
+    )
     second = _write(tmp_path / "shard-2.jsonl", [_record("a", output="second try"), _record("c")])
     with open(second, "ab") as handle:
         handle.write(b'{"task_id": "torn')
@@ -575,8 +597,16 @@ def test_bad_usage_is_one_line_and_exit_2(tmp_path, args, message):
 def test_help_lists_the_flags():
     result = export(["--help"])
     assert result.returncode == 0
-    for flag in ("--output_file", "--format", "--only", "--exit_reason", "--min_reward", "--max_turns",
-                 "--empty_think", "--drop_final_echo"):
+    for flag in (
+        "--output_file",
+        "--format",
+        "--only",
+        "--exit_reason",
+        "--min_reward",
+        "--max_turns",
+        "--empty_think",
+        "--drop_final_echo",
+    ):
         assert flag in result.stdout
 
 
@@ -592,7 +622,10 @@ def test_a_failed_export_leaves_no_partial_file(tmp_path):
 
     result = subprocess.run(
         [sys.executable, str(ROOT / "mini_swe_runner.py"), "export", str(source), "--output_file", str(out)],
-        capture_output=True, text=True, preexec_fn=limit, timeout=60,
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+        timeout=60,
     )
     assert result.returncode == 1, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "not written" in result.stderr
