@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_config, read_jsonl, run_cli, run_prompts
+from conftest import ROOT, make_config, read_jsonl, run_cli, run_prompts, start_cli, wait_for
 from model_server import ScriptedModelServer, assistant_turns, http_error, reply, tool_call
 
 import trajectory
@@ -631,3 +631,27 @@ def test_a_failed_export_leaves_no_partial_file(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1 and "not written" in result.stderr
     assert out.read_text() == "the previous export\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]
+
+
+def test_an_interrupted_run_with_dangling_calls_round_trips(tmp_path):
+    """Ctrl-C in the middle of a turn of two calls: the record answers both, and converts back exactly."""
+    marker = tmp_path / "started"
+    first = f"touch {marker} && sleep 30"
+    script = lambda request: reply("two calls", _calls(first, "echo never"))  # noqa: E731
+    output = tmp_path / "run.jsonl"
+    with ScriptedModelServer(script) as server:
+        args = ["--task", "wait", "--output_file", str(output), "--model", "m", "--base_url", server.base_url]
+        process = start_cli(args, tmp_path)
+        wait_for(marker.exists)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    [record] = read_jsonl(output)
+    assert record["exit_reason"] == "interrupted"
+    messages, tools = trajectory.to_openai(record["conversations"])
+    assert trajectory.to_hermes(messages, tools) == record["conversations"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "tool"]
+    assert [c["id"] for c in messages[1]["tool_calls"]] == [m["tool_call_id"] for m in messages[2:]]
+    row = trajectory.export_row(record, trajectory.ExportOptions(format="sharegpt"))
+    _llamafactory_accepts(row)
+    assert [t["from"] for t in row["conversations"]] == ["human", "function_call"]
