@@ -885,17 +885,19 @@ def sharegpt_turns(conversations: list[dict], empty_think: bool = False) -> list
     if not conversations or conversations[0].get("from") != "system":
         raise RecordFormatError("the conversation does not start with the system turn")
     turns: list[dict] = []
+    results: list[dict] = []
     for index, turn in enumerate(conversations[1:], start=1):
         role, value = turn.get("from"), turn.get("value")
         if role == "human":
             turns.append({"from": "human", "value": value})
         elif role == "tool":
-            results = parse_tool_value(value)
+            if conversations[index - 1].get("from") != "gpt":  # else read already, for the gpt turn it answers
+                results = parse_tool_value(value)
             turns.append({"from": "observation", "value": "\n".join(tool_result_text(r["content"]) for r in results)})
         elif role == "gpt":
             following = conversations[index + 1] if index + 1 < len(conversations) else {}
-            answered = len(parse_tool_value(following["value"])) if following.get("from") == "tool" else 0
-            turns.append(_sharegpt_assistant(parse_gpt_value(value, answered), empty_think))
+            results = parse_tool_value(following["value"]) if following.get("from") == "tool" else []
+            turns.append(_sharegpt_assistant(parse_gpt_value(value, len(results)), empty_think))
         else:
             raise RecordFormatError(f"unknown role {role!r}")
     user_side = ("human", "observation")
