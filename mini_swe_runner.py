@@ -1516,10 +1516,152 @@ def cleanup() -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Subcommand: export records to the formats trainers read
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _export_parser():
+    import argparse  # here, like the subcommand's other imports: a run never needs them
+
+    class ExportArgumentParser(argparse.ArgumentParser):
+        def error(self, message: str):  # argparse would print its usage block first: one line is enough
+            raise UsageError(f"export: {message} (see mini-swe-runner export --help)")
+
+    parser = ExportArgumentParser(
+        prog="mini-swe-runner export",
+        allow_abbrev=False,
+        description=(
+            "Stream record files into one training file, keeping the last record of each (task_id, sample_index)."
+        ),
+    )
+    parser.add_argument("inputs", nargs="+", metavar="IN", help="record files, globs or directories of *.jsonl")
+    parser.add_argument("--output_file", "--output-file", required=True, metavar="OUT", help="the file to write")
+    parser.add_argument("--format", default="hermes", choices=trajectory.EXPORT_FORMATS, help="default: hermes")
+    parser.add_argument("--only", choices=("completed", "passed"), help="keep completed tasks, or verified ones")
+    parser.add_argument(
+        "--exit_reason",
+        "--exit-reason",
+        action="append",
+        default=[],
+        metavar="R[,R...]",
+        help="keep records with these endings (repeatable, or comma-separated)",
+    )
+    parser.add_argument("--min_reward", "--min-reward", metavar="X", help="keep records with reward >= X")
+    parser.add_argument("--max_turns", "--max-turns", metavar="N", help="keep records with at most N model turns")
+    parser.add_argument(
+        "--empty_think", "--empty-think", action="store_true", help="empty think block on turns without reasoning"
+    )
+    parser.add_argument(
+        "--drop_final_echo",
+        "--drop-final-echo",
+        action="store_true",
+        help="end on the model turn that sent the completion command",
+    )
+    return parser
+
+
+def _export_bool_values(argv: list[str]) -> list[str]:
+    """``--empty_think=false`` means false, as ``--verbose=false`` does for a run; argparse alone would reject it."""
+    switches = ("--empty_think", "--empty-think", "--drop_final_echo", "--drop-final-echo")
+    result = []
+    for arg in argv:
+        name, equals, value = arg.partition("=")
+        if equals and name in switches:
+            if _bool(name.lstrip("-"), value):
+                result.append(name)
+        else:
+            result.append(arg)
+    return result
+
+
+def export_inputs(patterns: list[str]) -> list[str]:
+    """Record files named by paths, globs or directories (their *.jsonl), each once, in the order given."""
+    import glob
+
+    paths: list[str] = []
+    seen: set[str] = set()
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            found = sorted(glob.glob(os.path.join(glob.escape(pattern), "*.jsonl")))
+            if not found:
+                raise UsageError(f"export: no *.jsonl file in directory {pattern}")
+        elif os.path.exists(pattern):
+            found = [pattern]
+        else:
+            found = sorted(p for p in glob.glob(pattern) if os.path.isfile(p)) if glob.has_magic(pattern) else []
+            if not found:
+                raise UsageError(f"export: no such file: {pattern}")
+        for path in found:
+            if not os.access(path, os.R_OK):
+                raise UsageError(f"export: cannot read {path}")
+            if os.path.realpath(path) not in seen:  # a file named twice would give its records twice
+                seen.add(os.path.realpath(path))
+                paths.append(path)
+    return paths
+
+
+def export_command(argv: list[str]) -> int:
+    """`mini-swe-runner export IN... --output_file OUT`: record files -> one hermes/openai/sharegpt file."""
+    try:
+        args = _export_parser().parse_args(_export_bool_values(argv))
+        inputs = export_inputs(args.inputs)
+        output = args.output_file
+        if os.path.realpath(output) in {os.path.realpath(path) for path in inputs}:
+            raise UsageError(f"export: --output_file {output} is one of the inputs; write to a new file")
+        if os.path.isdir(output) or not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+            raise UsageError(f"export: --output_file {output} is a directory or its directory does not exist")
+        reasons = tuple(r.strip() for value in args.exit_reason for r in value.split(",") if r.strip())
+        min_reward = None if args.min_reward is None else _number("min_reward", args.min_reward, float, -float("inf"))
+        max_turns = None if args.max_turns is None else _number("max_turns", args.max_turns, int, 0)
+        try:
+            options = trajectory.ExportOptions(
+                format=args.format,
+                only=args.only,
+                exit_reasons=reasons,
+                min_reward=min_reward,
+                max_turns=max_turns,
+                empty_think=args.empty_think,
+                drop_final_echo=args.drop_final_echo,
+                final_output_marker=FINAL_OUTPUT_MARKER,
+            )
+        except ValueError as exc:
+            raise UsageError(f"export: {exc}") from None
+    except UsageError as exc:
+        print(f"mini-swe-runner: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        result = trajectory.export(inputs, output, options)
+    except OSError as exc:
+        print(f"mini-swe-runner: export failed, {output} not written: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    except KeyboardInterrupt:
+        print(f"mini-swe-runner: export interrupted, {output} not written", file=sys.stderr)
+        return EXIT_SIGNAL[signal.SIGINT]
+    print(export_summary(result, output, options.format), file=sys.stderr)
+    return EXIT_OK
+
+
+def export_summary(result: trajectory.ExportResult, output: str, format: str) -> str:
+    lines = [f"exported {result.written} of {result.read} records to {output} ({format})"]
+    for count, what in (
+        (result.superseded, "superseded by a later record of the same task and sample"),
+        (result.filtered, "left out by the filters"),
+        (result.unrepresentable, f"with no model turn that {format} can end on"),
+        (result.bad_lines, "lines that are not records (torn or damaged)"),
+    ):
+        if count:
+            lines.append(f"  {count} {what}")
+    if result.unreadable:
+        lines.append(f"  {result.unreadable} records whose turns cannot be read back, first: {result.first_unreadable}")
+    return "\n".join(lines)
+
+
 SUBCOMMANDS = {
     "cleanup": "remove what runs that died left behind (Docker containers, Modal sandboxes)",
     "view": "write one self-contained HTML report of record files (view --help)",
     "stats": "print the summary of record files as a table (stats --help)",
+    "export": "stream record files into one training file: hermes, openai or sharegpt (export --help)",
 }
 """First words that are commands, not prompts; anything else that is not a flag is refused."""
 
@@ -1669,6 +1811,8 @@ def run_subcommand(name: str, argv: list[str]) -> int:
     """A first word that names a command: each parses its own flags and returns its exit code."""
     if name == "cleanup":
         return cleanup()
+    if name == "export":
+        return export_command(argv)
     import report  # only the report commands need it
 
     return report.view_command(argv) if name == "view" else report.stats_command(argv)

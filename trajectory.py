@@ -404,13 +404,19 @@ def record_key(record: dict) -> tuple[str, int]:
     return str(record.get("task_id")), sample if isinstance(sample, int) and not isinstance(sample, bool) else 0
 
 
-def last_records(paths: Iterable[str], bad_lines: list[int] | None = None) -> Iterator[dict]:
+def last_records(
+    paths: Iterable[str], bad_lines: list[int] | None = None, read: list[int] | None = None
+) -> Iterator[dict]:
     """The last record of each (task_id, sample_index) across ``paths``, in the order they appear, in two
-    streaming passes: memory holds one small entry per key, never the records themselves."""
+    streaming passes: memory holds one small entry per key, never the records themselves.
+
+    The count of valid records read (superseded ones included) is added to ``read[0]`` when a list is given."""
     paths = list(paths)
     last: dict[tuple[str, int], tuple[str, int]] = {}
     for path, offset, record in iter_records(paths, bad_lines):
         last[record_key(record)] = (path, offset)
+        if read is not None:
+            read[0] += 1
     for path, offset, record in iter_records(paths):
         if last.get(record_key(record)) == (path, offset):
             yield record
@@ -453,3 +459,546 @@ def sync_directory(directory: str) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# From records to training sets: the dataset schema, Hermes text back to messages, and export
+# ---------------------------------------------------------------------------------------------------------------
+
+EXPORT_FORMATS = ("hermes", "openai", "sharegpt")
+EMPTY_THINK = "<think>\n</think>\n"
+"""What hermes-agent's batch_runner writes on a gpt turn without reasoning."""
+
+_JSON = json.JSONDecoder()
+_THINK_OPEN, _THINK_CLOSE = "<think>\n", "\n</think>"
+_CALL_OPEN, _CALL_CLOSE = "<tool_call>\n", "\n</tool_call>"
+_RESPONSE_OPEN, _RESPONSE_CLOSE = "<tool_response>\n", "\n</tool_response>"
+
+
+def _datasets():
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError(
+            "loading records needs Hugging Face datasets: pip install 'mini-swe-runner[datasets]'"
+        ) from None
+    return datasets
+
+
+def record_features():
+    """The ``datasets.Features`` of a record, so any mix of outputs loads in one schema.
+
+    Without it, ``datasets`` infers each column from the first chunk it reads (10 MB): a column that is null
+    there (``error``, ``metadata.image``, ``reward``) becomes type null and the first string later fails to cast.
+    """
+    datasets = _datasets()
+    return datasets.Features(_record_schema(datasets.Value))
+
+
+def _record_schema(value) -> dict:
+    string, integer, number, boolean = value("string"), value("int64"), value("float64"), value("bool")
+    return {
+        "prompt_index": integer,
+        "task_id": string,
+        "sample_index": integer,
+        "conversations": [{"from": string, "value": string}],
+        "completed": boolean,
+        "exit_reason": string,
+        "api_calls": integer,
+        "tool_stats": {"terminal": {"count": integer, "success": integer, "failure": integer}},
+        "usage": {key: integer for key in empty_usage()},
+        "duration_s": number,
+        "verification": {  # the whole object is null when the prompt has no verifier
+            "passed": boolean,
+            "exit_code": integer,
+            "output": string,
+            "duration_s": number,
+            "error": string,
+        },
+        "reward": number,
+        "error": string,
+        "metadata": _metadata_schema(value),
+    }
+
+
+def _metadata_schema(value) -> dict:
+    string = value("string")
+    return {
+        "model": string,
+        "env_type": string,
+        "image": string,
+        "timestamp": string,
+        "sampling": {
+            "temperature": value("float64"),
+            "top_p": value("float64"),
+            "max_tokens": value("int64"),
+            "reasoning_effort": string,
+        },
+        "config_hash": string,
+        "prompt_fields": string,
+    }
+
+
+def export_features(format: str):
+    """The ``datasets.Features`` of an ``export`` output in ``format`` (see EXPORT_FORMATS)."""
+    datasets = _datasets()
+    value = datasets.Value
+    if format == "hermes":
+        return datasets.Features(_record_schema(value))
+    string = value("string")
+    common = {
+        "task_id": string,
+        "sample_index": value("int64"),
+        "reward": value("float64"),
+        "metadata": _metadata_schema(value),
+    }
+    if format == "sharegpt":
+        return datasets.Features(
+            {"conversations": [{"from": string, "value": string}], "system": string, "tools": string, **common}
+        )
+    if format != "openai":
+        raise ValueError(f"unknown export format {format!r}")
+    tool_call = {"id": string, "type": string, "function": {"name": string, "arguments": string}}
+    message = {
+        "role": string,
+        "content": string,
+        "reasoning_content": string,
+        "tool_calls": [tool_call],
+        "tool_call_id": string,
+        "name": string,
+    }
+    # The terminal tool's JSON schema, as the runner sends it: a struct needs its keys spelled out
+    # (tests/test_export.py loads a real run's export with these features, so a changed tool shows up there).
+    described = {"type": string, "description": string}
+    parameters = {
+        "type": string,
+        "properties": {"command": described, "timeout": described},
+        "required": [string],
+    }
+    tool = {"type": string, "function": {"name": string, "description": string, "parameters": parameters}}
+    return datasets.Features({"messages": [message], "tools": [tool], **common})
+
+
+class RecordFormatError(ValueError):
+    """A record whose conversations cannot be read back (not written by the runner, or damaged)."""
+
+
+@dataclass
+class AssistantTurn:
+    """One ``gpt`` value read back: reasoning, text content and tool calls ({"name", "arguments"})."""
+
+    reasoning: str | None
+    content: str
+    calls: list[dict]
+
+
+def parse_gpt_value(value: str, answered: int | None = None) -> AssistantTurn:
+    """Read a ``gpt`` value back into reasoning, content and calls, exactly: ``gpt_value`` of the result gives
+    ``value`` again.
+
+    Markup is only markup where the writer puts it: the think block first, the <tool_call> blocks last, each
+    block's JSON read with a JSON decoder from its opening tag on, so a command containing ``</tool_call>`` or
+    ``<think>`` stays data. Text can read two ways only when the model wrote markup itself (content that looks
+    like a tool call); all such readings give the same value back. ``answered`` (how many results the next tool
+    turn holds, 0 when none follows) picks the reading with that many calls; otherwise the first reading is taken.
+    """
+    first = None
+    reasoning, body = _split_think(value)
+    readings = [(reasoning, body)] if reasoning is not None else []
+    for reasoning, body in (*readings, (None, value)):
+        for content, calls in (*_split_calls(body), (body, [])):
+            turn = AssistantTurn(reasoning, content, calls)
+            if _render_turn(turn) != value:
+                continue
+            if answered is None or len(calls) == answered:
+                return turn
+            first = first or turn
+    return first or AssistantTurn(None, value, [])  # the last only for text the writer cannot write (trailing space)
+
+
+def _split_think(value: str) -> tuple[str | None, str]:
+    if not value.startswith(_THINK_OPEN):
+        return None, value
+    end = value.find(_THINK_CLOSE, len(_THINK_OPEN))
+    while end != -1:
+        after = end + len(_THINK_CLOSE)
+        if after == len(value) or value[after] == "\n":
+            return value[len(_THINK_OPEN) : end], value[after + 1 :]
+        end = value.find(_THINK_CLOSE, end + 1)
+    return None, value
+
+
+def _split_calls(body: str) -> Iterator[tuple[str, list[dict]]]:
+    """Every (content, calls) reading of ``body`` whose tool-call blocks run to its end, earliest first."""
+    start = body.find(_CALL_OPEN)
+    while start != -1:
+        if start == 0 or body[start - 1] == "\n":
+            calls = _parse_blocks(body, start, _CALL_OPEN, _CALL_CLOSE, "\n")
+            if calls is not None and all(_is_call(call) for call in calls):
+                yield body[: max(start - 1, 0)], calls
+        start = body.find(_CALL_OPEN, start + 1)
+
+
+def _is_call(payload: object) -> bool:
+    return isinstance(payload, dict) and set(payload) == {"name", "arguments"}
+
+
+def _parse_blocks(text: str, position: int, opening: str, closing: str, separator: str) -> list | None:
+    """The JSON payloads of ``opening JSON closing`` blocks joined by ``separator`` from ``position`` to the end of
+    ``text``, or None when the text there is anything else."""
+    payloads = []
+    while True:
+        if not text.startswith(opening, position):
+            return None
+        try:
+            payload, position = _JSON.raw_decode(text, position + len(opening))
+        except ValueError:
+            return None
+        if not text.startswith(closing, position):
+            return None
+        payloads.append(payload)
+        position += len(closing)
+        if position == len(text):
+            return payloads
+        if not text.startswith(separator, position):
+            return None
+        position += len(separator)
+        if separator == "\n" and position == len(text):  # a trailing newline cannot survive the writer's rstrip
+            return None
+
+
+def _render_turn(turn: AssistantTurn) -> str:
+    message = {
+        "content": turn.content,
+        "reasoning_content": turn.reasoning,
+        "tool_calls": [{"function": _openai_function(call)} for call in turn.calls],
+    }
+    return gpt_value(message)
+
+
+def _openai_function(call: dict) -> dict:
+    arguments = call["arguments"]
+    if not isinstance(arguments, str):  # a parsed object: the string a model sends for it
+        arguments = json.dumps(arguments, ensure_ascii=False)
+    return {"name": call["name"], "arguments": arguments}
+
+
+def parse_tool_value(value: str) -> list[dict]:
+    """The ``{"tool_call_id", "name", "content"}`` payloads of a ``tool`` value, in order."""
+    payloads = _parse_blocks(value, 0, _RESPONSE_OPEN, _RESPONSE_CLOSE, "\n")
+    if payloads is None or not all(isinstance(p, dict) and {"tool_call_id", "content"} <= set(p) for p in payloads):
+        raise RecordFormatError("a tool turn is not a list of <tool_response> blocks")
+    return payloads
+
+
+def parse_system_tools(value: str) -> list[dict]:
+    """The OpenAI-style ``tools`` that the Hermes system turn ``value`` describes."""
+    start = value.find("<tools>\n")
+    try:
+        described, _ = _JSON.raw_decode(value, start + len("<tools>\n")) if start != -1 else (None, 0)
+    except ValueError:
+        described = None
+    if not isinstance(described, list) or not all(isinstance(t, dict) and "name" in t for t in described):
+        raise RecordFormatError("the system turn does not list the tools")
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": tool["name"],
+                "description": tool.get("description", ""),
+                "parameters": tool.get("parameters", {}),
+            },
+        }
+        for tool in described
+    ]
+    if hermes_system_value(tools) != value:
+        raise RecordFormatError("the system turn is not the Hermes function-calling template")
+    return tools
+
+
+def tool_result_text(content: object) -> str:
+    """A tool result as the text a chat template shows: an object as JSON, a string as it is."""
+    return content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
+
+
+def _call_id(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def to_openai(conversations: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Hermes turns -> (OpenAI chat ``messages``, ``tools``), exactly: ``to_hermes(messages, tools)`` gives the
+    same turns back.
+
+    Every message has every key (null where it does not apply) so the rows share one schema. The ids of the tool
+    calls, which the Hermes text keeps only on the results, are restored from the tool turn that answers them.
+    """
+    if not conversations or conversations[0].get("from") != "system":
+        raise RecordFormatError("the conversation does not start with the system turn")
+    tools = parse_system_tools(conversations[0]["value"])
+    messages: list[dict] = []
+    results: list[dict] = []  # of the tool turn after the current gpt turn, read once for both
+    for index, turn in enumerate(conversations[1:], start=1):
+        role, value = turn.get("from"), turn.get("value")
+        if not isinstance(value, str):
+            raise RecordFormatError(f"turn {index} has no text value")
+        if role == "human":
+            messages.append(_message("user", value))
+        elif role == "gpt":
+            following = conversations[index + 1] if index + 1 < len(conversations) else None
+            results = parse_tool_value(following["value"]) if following and following.get("from") == "tool" else []
+            parsed = parse_gpt_value(value, len(results))
+            calls = [
+                {
+                    "id": _call_id(results[i]["tool_call_id"]) if i < len(results) else f"call_{index}_{i}",
+                    "type": "function",
+                    "function": _openai_function(call),
+                }
+                for i, call in enumerate(parsed.calls)
+            ]
+            message = _message("assistant", parsed.content)
+            message["reasoning_content"] = parsed.reasoning
+            message["tool_calls"] = calls or None
+            messages.append(message)
+        elif role == "tool":
+            previous = conversations[index - 1].get("from")
+            for result in results if previous == "gpt" else parse_tool_value(value):
+                message = _message("tool", tool_result_text(result["content"]))
+                message["tool_call_id"] = _call_id(result["tool_call_id"])
+                message["name"] = result.get("name")
+                messages.append(message)
+        else:
+            raise RecordFormatError(f"turn {index} has an unknown role {role!r}")
+    return messages, tools
+
+
+def _message(role: str, content: str) -> dict:
+    return {
+        "role": role,
+        "content": content,
+        "reasoning_content": None,
+        "tool_calls": None,
+        "tool_call_id": None,
+        "name": None,
+    }
+
+
+def ends_with_final_echo(conversations: list[dict], marker: str) -> bool:
+    """The trajectory ends with the tool turn of the completion command (a result whose output has ``marker``)."""
+    if len(conversations) < 3 or conversations[-1].get("from") != "tool" or conversations[-2].get("from") != "gpt":
+        return False
+    try:
+        results = parse_tool_value(conversations[-1]["value"])
+    except RecordFormatError:
+        return False
+    for result in results:
+        content = result["content"]
+        output = content.get("output") if isinstance(content, dict) else content
+        if isinstance(output, str) and marker in output:
+            return True
+    return False
+
+
+@dataclass
+class ExportOptions:
+    format: str = "hermes"
+    only: str | None = None
+    """``completed`` (the agent finished) or ``passed`` (its verifier passed)."""
+    exit_reasons: tuple[str, ...] = ()
+    """Keep only records with one of these endings (all when empty)."""
+    min_reward: float | None = None
+    """Keep only records with a reward of at least this (a record without a reward is dropped)."""
+    max_turns: int | None = None
+    """Keep only records with at most this many model (``gpt``) turns."""
+    empty_think: bool = False
+    """Write an empty think block on assistant turns without reasoning (hermes and sharegpt)."""
+    drop_final_echo: bool = False
+    """End on the gpt turn that sent the completion command, without the tool turn of its echo."""
+    final_output_marker: str = "MINI_SWE_AGENT_FINAL_OUTPUT"
+
+    def __post_init__(self) -> None:
+        if self.format not in EXPORT_FORMATS:
+            raise ValueError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not {self.format!r}")
+        if self.only not in (None, "completed", "passed"):
+            raise ValueError(f"--only must be completed or passed, not {self.only!r}")
+        unknown = [reason for reason in self.exit_reasons if reason not in EXIT_REASONS]
+        if unknown:
+            raise ValueError(f"unknown --exit_reason {unknown[0]!r}: one of {', '.join(EXIT_REASONS)}")
+        if self.empty_think and self.format == "openai":
+            raise ValueError("--empty_think applies to hermes and sharegpt (openai has reasoning_content)")
+
+    def keeps(self, record: dict) -> bool:
+        verification = record.get("verification")
+        reward = record.get("reward")
+        if self.only == "completed" and record.get("completed") is not True:
+            return False
+        if self.only == "passed" and not (isinstance(verification, dict) and verification.get("passed") is True):
+            return False
+        if self.exit_reasons and record.get("exit_reason") not in self.exit_reasons:
+            return False
+        if self.min_reward is not None and not (isinstance(reward, (int, float)) and reward >= self.min_reward):
+            return False
+        if self.max_turns is not None:
+            turns = sum(1 for turn in record.get("conversations") or () if turn.get("from") == "gpt")
+            if turns > self.max_turns:
+                return False
+        return True
+
+
+def export_row(record: dict, options: ExportOptions) -> dict | None:
+    """One record in the export format, or None when the format cannot hold it (sharegpt: no model turn).
+
+    Raises RecordFormatError for a record whose conversations cannot be read back."""
+    conversations = record.get("conversations")
+    if not isinstance(conversations, list) or not all(isinstance(turn, dict) for turn in conversations):
+        raise RecordFormatError("the record has no conversations list")
+    # The whole conversation is read before the echo is dropped: the tool turn tells how many calls its gpt turn made.
+    drop_echo = options.drop_final_echo and ends_with_final_echo(conversations, options.final_output_marker)
+    if options.format == "hermes":
+        if options.empty_think:
+            conversations = [_with_empty_think(turn) for turn in conversations]
+        return {**record, "conversations": conversations[:-1] if drop_echo else conversations}
+    common = {
+        "task_id": record.get("task_id"),
+        "sample_index": record_key(record)[1],
+        "reward": record.get("reward"),
+        "metadata": record.get("metadata"),
+    }
+    if options.format == "openai":
+        messages, tools = to_openai(conversations)
+        while drop_echo and messages and messages[-1]["role"] == "tool":
+            messages.pop()
+        return {"messages": messages, "tools": tools, **common}
+    turns = sharegpt_turns(conversations, options.empty_think)  # its trailing observation is always left out
+    if turns is None:
+        return None
+    tools = [tool["function"] for tool in parse_system_tools(conversations[0]["value"])]
+    return {"conversations": turns, "system": "", "tools": json.dumps(tools, ensure_ascii=False), **common}
+
+
+def _with_empty_think(turn: dict) -> dict:
+    if turn.get("from") != "gpt" or _split_think(turn["value"])[0] is not None:
+        return turn
+    return {"from": "gpt", "value": EMPTY_THINK + turn["value"]}
+
+
+def sharegpt_turns(conversations: list[dict], empty_think: bool = False) -> list[dict] | None:
+    """Hermes turns -> LLaMA-Factory sharegpt turns (human/gpt/function_call/observation), or None when no
+    assistant turn is left.
+
+    Its loader (SharegptDatasetConverter) skips a conversation unless human/observation and gpt/function_call
+    alternate, starting with the user side and ending on the assistant side, so a trailing observation (the
+    echo of the completion command, or the last result of a task cut short) is left out. A function_call value
+    is the JSON list of calls, which LLaMA-Factory's FunctionFormatter reads with json.loads; reasoning or text
+    that came with the calls goes before it and the list is wrapped in <tool_call></tool_call>, the form that
+    formatter keeps such text in. Every "<" inside that JSON is written as \\u003c, so a command containing
+    </tool_call> or <think> cannot end its regex match early.
+    """
+    if not conversations or conversations[0].get("from") != "system":
+        raise RecordFormatError("the conversation does not start with the system turn")
+    turns: list[dict] = []
+    results: list[dict] = []
+    for index, turn in enumerate(conversations[1:], start=1):
+        role, value = turn.get("from"), turn.get("value")
+        if role == "human":
+            turns.append({"from": "human", "value": value})
+        elif role == "tool":
+            if conversations[index - 1].get("from") != "gpt":  # else read already, for the gpt turn it answers
+                results = parse_tool_value(value)
+            turns.append({"from": "observation", "value": "\n".join(tool_result_text(r["content"]) for r in results)})
+        elif role == "gpt":
+            following = conversations[index + 1] if index + 1 < len(conversations) else {}
+            results = parse_tool_value(following["value"]) if following.get("from") == "tool" else []
+            turns.append(_sharegpt_assistant(parse_gpt_value(value, len(results)), empty_think))
+        else:
+            raise RecordFormatError(f"unknown role {role!r}")
+    user_side = ("human", "observation")
+    for position, turn in enumerate(turns):
+        if (turn["from"] in user_side) != (position % 2 == 0):
+            del turns[position:]
+            break
+    if len(turns) % 2:
+        turns.pop()
+    return turns or None
+
+
+def _sharegpt_assistant(turn: AssistantTurn, empty_think: bool) -> dict:
+    think = EMPTY_THINK if empty_think else ""
+    if turn.reasoning is not None:
+        think = f"<think>\n{turn.reasoning}\n</think>\n"
+    if not turn.calls:
+        return {"from": "gpt", "value": think + turn.content}
+    calls = json.dumps(turn.calls, ensure_ascii=False).replace("<", "\\u003c")
+    text = think + (turn.content + "\n" if turn.content else "")
+    return {"from": "function_call", "value": f"{text}<tool_call>{calls}</tool_call>" if text else calls}
+
+
+@dataclass
+class ExportResult:
+    written: int = 0
+    read: int = 0
+    """Valid records read, duplicates included."""
+    superseded: int = 0
+    """Earlier records of a (task_id, sample_index) that has a later one (resumed runs, repeated shards)."""
+    filtered: int = 0
+    unrepresentable: int = 0
+    """Records the format cannot hold (sharegpt: no model turn to end on)."""
+    unreadable: int = 0
+    """Records whose conversations could not be read back (not written by the runner, or damaged)."""
+    bad_lines: int = 0
+    first_unreadable: str | None = None
+    """task_id and reason of the first unreadable record, for the message."""
+
+
+def export(paths: list[str], output_file: str, options: ExportOptions) -> ExportResult:
+    """Stream the last record of each (task_id, sample_index) of ``paths`` through the filters into
+    ``output_file`` in ``options.format``, in bounded memory.
+
+    The output is written to a temporary file beside it and renamed into place at the end, so a failed export
+    leaves no partial file (an existing file at that path stays as it was).
+    """
+    result = ExportResult()
+    bad_lines, read = [0], [0]
+
+    def rows() -> Iterator[bytes]:
+        unique = 0
+        for record in last_records(paths, bad_lines, read):
+            unique += 1
+            if not options.keeps(record):
+                result.filtered += 1
+                continue
+            try:
+                row = export_row(record, options)
+            except (RecordFormatError, KeyError, TypeError, AttributeError) as exc:
+                result.unreadable += 1
+                if result.first_unreadable is None:
+                    result.first_unreadable = f"{record.get('task_id')}: {exc}"
+                continue
+            if row is None:
+                result.unrepresentable += 1
+                continue
+            result.written += 1
+            yield record_line(row)
+        result.superseded = read[0] - unique
+
+    _atomic_write_new(output_file, rows())
+    result.read, result.bad_lines = read[0], bad_lines[0]
+    return result
+
+
+def _atomic_write_new(path: str, lines: Iterable[bytes]) -> None:
+    """Write ``lines`` to ``path`` through a temporary file beside it; on any failure the temporary goes away."""
+    directory = os.path.dirname(os.path.abspath(path))
+    temp = os.path.join(directory, f".{os.path.basename(path)}.export-{os.getpid()}.tmp")
+    try:
+        with open(temp, "wb") as handle:
+            for line in lines:
+                handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+        raise
