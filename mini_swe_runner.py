@@ -1336,6 +1336,7 @@ class SampleSchedule:
         return None
 
     def finished(self) -> bool:
+        """No sample is left to start (after :meth:`take` has swept out those that are no longer needed)."""
         return not any(self.rounds)
 
     async def wait(self) -> None:
@@ -1441,8 +1442,10 @@ async def run_batch(config: RunConfig, prompts: list[Prompt]) -> RunOutcome:
     async def worker() -> None:
         while not schedule.finished() and not ctx.stopping:
             sample = schedule.take()
-            if sample is None:  # every startable sample is taken; one that ends may let another start
-                await schedule.wait()
+            if sample is None:
+                if schedule.finished():  # what was left belonged to prompts that need no more samples
+                    return
+                await schedule.wait()  # every startable sample is taken; one that ends may let another start
                 continue
             task = asyncio.ensure_future(run_task(sample.prompt, ctx, sample.index))
             running.add(task)

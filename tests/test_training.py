@@ -222,8 +222,12 @@ def test_schedule_until_passed_never_starts_a_sample_that_may_be_unneeded_and_ke
         assert schedule.done(first[0], passed=True) == 3  # p0 passed: its 3 other samples are not needed
         assert schedule.take() is None and not schedule.finished()
         schedule.done(nxt, passed=False)
-        assert [(s.prompt.task_id, s.index) for s in [schedule.take()]] == [("p1", 2)]
+        last = schedule.take()
+        assert (last.prompt.task_id, last.index) == ("p1", 2)
         assert schedule.not_needed == 3
+        # p1 passes at its third sample, the last one running: its fourth is swept out and nothing is left.
+        assert schedule.done(last, passed=True) == 1
+        assert schedule.take() is None and schedule.finished()
 
     asyncio.run(scenario())
 
@@ -262,6 +266,27 @@ def test_until_passed_stops_passing_prompts_early_without_starving_the_others(ou
     summary = outcome.summary
     assert summary["samples_not_needed"] == 12 and summary["samples_per_prompt"] == 2.5
     assert summary["verification"]["prompts_solved"] == 4 and summary["verification"]["pass_at_k_prompts"] == 4
+
+
+def test_until_passed_batch_ends_when_the_last_running_sample_passes(out):
+    # The only prompt fails twice, then passes at its third sample: its fourth is not needed and the run ends.
+    attempts = {"n": 0}
+    lock = threading.Lock()
+
+    def script(request: dict) -> object:
+        if assistant_turns(request) == 0:
+            with lock:
+                attempts["n"] += 1
+                passes = attempts["n"] == 3
+            return reply(None, [tool_call("touch solved.txt" if passes else "true")])
+        return reply("done")
+
+    with ScriptedModelServer(script) as server:
+        config = make_config(server, out, verify=VERIFY, samples=4, until_passed=1, workers=3)
+        outcome = asyncio.run(asyncio.wait_for(mini_swe_runner.run_batch(config, _prompts(1)), 60))
+    records = sorted(read_jsonl(out), key=lambda r: r["sample_index"])
+    assert [r["reward"] for r in records] == [0.0, 0.0, 1.0]  # one after another, never speculatively
+    assert outcome.summary["samples_not_needed"] == 1
 
 
 def test_samples_each_get_a_fresh_environment(out):
