@@ -10,9 +10,9 @@ next sample before the previous one has failed (it could have passed), so each p
 With W workers the shortest possible schedule is then
     ideal = max(ceil(samples / W), K) * 2 * LATENCY
 (rounds of W samples, and never shorter than one failing prompt's chain of K samples). Efficiency = ideal /
-measured wall, where the wall time is that of run_batch alone (imports and server start-up are excluded).
-Bash, the verifier, temp directories, JSONL writes and the client's own CPU are the overhead being measured.
-For comparison the same batch runs with all K samples of every prompt (no --until_passed).
+measured wall, where the wall time is that of run_batch alone (imports and server start-up are excluded), the
+best of --repeat runs. Bash, the verifier, temp directories, JSONL writes and the client's own CPU are the
+overhead being measured. For comparison the same batch runs with all K samples of every prompt (no --until_passed).
 
     python bench/bench_samples.py                   # 64 prompts x 4 samples at 0.25 s, 32 workers
     python bench/bench_samples.py --prompts 128 --workers 64
@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--workers", type=int, default=32)
     parser.add_argument("--latency", type=float, default=0.25)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each batch; the best wall time counts")
     args = parser.parse_args()
     prompts = [
         mini_swe_runner.Prompt(index=i, text=f"{'pass' if i % 2 == 0 else 'fail'} task {i}", task_id=f"t{i}")
@@ -92,14 +93,19 @@ def main() -> None:
             ("--until_passed 1", 1, needed),
             (f"all {args.samples} samples", None, args.prompts * args.samples),
         ):
-            wall, summary = run(server.base_url, prompts, args, until_passed)
+            # Best of --repeat: on a shared machine other processes only ever add time.
+            walls = []
+            for _ in range(args.repeat):
+                wall, summary = run(server.base_url, prompts, args, until_passed)
+                walls.append(wall)
+            wall = min(walls)
             assert summary["tasks"] == samples, f"{label}: {summary['tasks']} samples ran, expected {samples}"
             chain = args.samples if until_passed else 1
             ideal = max(math.ceil(samples / args.workers), chain) * sample_time
             rows.append((label, wall, ideal))
             print(
                 f"{label:>24} {samples:>8} {wall:>8.2f} {ideal:>8.2f} {ideal / wall:>10.3f} "
-                f"{summary['verification']['pass_at_1']:>7.3f}",
+                f"{summary['verification']['pass_at_1']:>7.3f}   (walls: {', '.join(f'{w:.2f}' for w in walls)})",
                 flush=True,
             )
     (_, adaptive_wall, adaptive_ideal), (_, full_wall, _) = rows
