@@ -6,19 +6,23 @@ trajectory record -> writer. Everything for humans goes to stderr; stdout carrie
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import inspect
 import ipaddress
 import json
 import logging
+import math
 import os
 import random
 import signal
+import string
 import sys
 import threading
 import time
 import typing
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -119,6 +123,25 @@ class RunConfig:
     """No progress output."""
     env: EnvSettings = field(default_factory=EnvSettings)
     """How each task's environment is made."""
+    verify: str | None = None
+    """The verifier of every prompt that has none of its own: a bash command run in the task's sandbox, in its
+    starting working directory, after the agent ended on its own (completed or max_iterations); exit 0 = passed."""
+    verify_timeout: float = 300
+    """Seconds a verifier may run; past it its process tree is killed and it counts as failed (exit 124)."""
+    samples: int = 1
+    """Runs of every prompt, each in its own fresh environment; records carry sample_index 0..samples-1."""
+    until_passed: int | None = None
+    """No new sample of a prompt starts once this many of its samples passed; None runs every sample."""
+    dataset: str | None = None
+    """Hugging Face dataset to read prompts from: a hub name, a folder of data files or a save_to_disk folder."""
+    split: str | None = None
+    """The dataset's split (e.g. test); None takes its only split."""
+    prompt_template: str | None = None
+    """Builds every row's prompt from its fields, str.format style with plain names: "Fix:\\n{problem_statement}"."""
+    image_template: str | None = None
+    """Builds every row's image from its fields (e.g. "swebench/sweb.eval.x86_64.{image_key}:latest")."""
+    verify_template: str | None = None
+    """Builds every row's verifier from its fields (e.g. "git checkout {base_commit} -- tests && pytest {tests}")."""
 
 
 def resolve_api_key(base_url: str, explicit: str | None, environ: dict[str, str]) -> str:
@@ -215,82 +238,296 @@ def config_hash(settings: dict) -> str:
 @dataclass
 class Prompt:
     index: int
-    """0-based position in the prompts file (among non-empty lines)."""
+    """0-based position in the input (among non-empty lines, or rows)."""
     text: str
     task_id: str
     image: str | None = None
     cwd: str | None = None
     fields: dict = field(default_factory=dict)
     """The input row's fields the runner does not use (repo, difficulty...), carried into the record."""
+    verify: str | None = None
+    """The row's own verifier (its ``verify`` field or --verify_template); None falls back to --verify."""
 
 
-PROMPT_KEYS = frozenset({"prompt", "task", "id", "image", "docker_image", "cwd"})
-"""Fields of an input row the runner consumes; any other field is carried into metadata.prompt_fields."""
+ID_FIELDS = ("id", "instance_id")
+"""Where a row's id comes from, first present wins (instance_id: SWE-bench and its kin)."""
+TEXT_FIELDS = ("prompt", "task", "problem_statement")
+"""Where a row's prompt comes from without --prompt_template, first present wins."""
+IMAGE_FIELDS = ("image", "docker_image")
+PROMPT_KEYS = frozenset({*ID_FIELDS, *TEXT_FIELDS, *IMAGE_FIELDS, "cwd", "verify"})
+"""Fields of an input row the runner may consume. A field is left out of metadata.prompt_fields only when it was
+consumed for this row: the field that gave the id, the one that gave the prompt (unless --prompt_template made
+it), the image field (unless --image_template made it), cwd and verify. Fields a template reads stay in
+prompt_fields, since the record does not hold them verbatim anywhere else."""
+ASCII_SPACE = " \t\r\f\v"
+"""What is trimmed around a prompts-file line: never U+2028/U+0085/U+00A0, which may be part of a prompt."""
+
+
+@dataclass(frozen=True)
+class FieldTemplate:
+    """A str.format-style template over an input row's fields (``{problem_statement}``), restricted to plain
+    field names: no attribute or index access (``{x.__class__}``, ``{x[0]}``), conversions or format specs, so a
+    template can read a field's value and nothing else. ``{{`` and ``}}`` are literal braces."""
+
+    flag: str
+    parts: tuple[tuple[str, str | None], ...]
+    """(literal text, field name or None) pairs, in order."""
+
+    @classmethod
+    def parse(cls, flag: str, text: str) -> "FieldTemplate":
+        try:
+            parsed = list(string.Formatter().parse(text))
+        except ValueError as exc:
+            raise UsageError(f"--{flag}: {exc} (write {{{{ and }}}} for literal braces)") from None
+        parts = []
+        for literal, name, spec, conversion in parsed:
+            if name is not None and (not name or name.isdigit() or any(c in name for c in ".[]") or spec or conversion):
+                shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+                raise UsageError(f"--{flag}: {shown} is not a plain field name (write {{field}}, e.g. {{instance_id}})")
+            parts.append((literal, name))
+        return cls(flag, tuple(parts))
+
+    def format(self, row: dict, where: str) -> str:
+        out = []
+        for literal, name in self.parts:
+            out.append(literal)
+            if name is None:
+                continue
+            value = row.get(name)
+            if value is None:
+                state = "is null" if name in row else "is missing"
+                raise UsageError(f"{where}: field {name!r} {state}, but --{self.flag} uses it")
+            out.append(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str))
+        return "".join(out)
+
+
+@dataclass(frozen=True)
+class RowFormat:
+    """How an input row becomes a prompt: each template, when given, builds that value for every row."""
+
+    prompt: FieldTemplate | None = None
+    image: FieldTemplate | None = None
+    verify: FieldTemplate | None = None
+
+    @classmethod
+    def from_config(cls, config: "RunConfig") -> "RowFormat":
+        def template(flag: str, text: str | None) -> FieldTemplate | None:
+            return None if text is None else FieldTemplate.parse(flag, text)
+
+        return cls(
+            prompt=template("prompt_template", config.prompt_template),
+            image=template("image_template", config.image_template),
+            verify=template("verify_template", config.verify_template),
+        )
+
+
+@dataclass(frozen=True)
+class InputRow:
+    where: str
+    """How an error names it: ``file:line`` or ``source row N``."""
+    place: str
+    """How a later duplicate id names it: ``line N`` or ``row N``."""
+    value: object
+    """A dict (an object row) or a str (a plain-text prompt line)."""
 
 
 def derived_task_id(text: str, occurrence: int) -> str:
     """Stable id from the prompt's text and which occurrence of that text it is, so duplicates stay distinct."""
-    return f"{hashlib.sha256(text.encode('utf-8')).hexdigest()[:16]}-{occurrence}"
+    # surrogatepass: a lone surrogate (from a JSON escape, or an undecodable argv byte) still hashes distinctly.
+    return f"{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}-{occurrence}"
 
 
-def parse_prompt_lines(lines: list[str], source: str) -> list[Prompt]:
-    """Prompts from JSONL lines: objects with prompt/task (+ id, image/docker_image, cwd) or plain text lines."""
+def _first_field(row: dict, names: tuple[str, ...]) -> tuple[object, str | None]:
+    for name in names:
+        if row.get(name) is not None:
+            return row[name], name
+    return None, None
+
+
+def _optional_text(value: object, name: str, where: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise UsageError(f'{where}: "{name}" must be a string')
+    return value
+
+
+def prompts_from_rows(rows: Iterable[InputRow], row_format: RowFormat | None = None) -> list[Prompt]:
+    """Prompts from input rows, every row checked (and every template filled) before any task runs."""
+    row_format = row_format or RowFormat()
     prompts: list[Prompt] = []
     occurrences: Counter[str] = Counter()
-    seen_ids: dict[str, int] = {}
-    for number, line in enumerate(lines, start=1):
-        stripped = line.strip()
-        if not stripped:
-            continue
-        if stripped.startswith("{"):
-            try:
-                obj = json.loads(stripped)
-            except ValueError as exc:
-                raise UsageError(f"{source}:{number}: not valid JSON ({exc.msg})") from None
-            text = obj.get("prompt", obj.get("task"))
-            if not isinstance(text, str) or not text.strip():
-                raise UsageError(f'{source}:{number}: no prompt (give a non-empty "prompt" or "task" string)')
-            image = obj.get("image") or obj.get("docker_image")
-            cwd = obj.get("cwd")
-            for name, value in (("image", image), ("cwd", cwd)):
-                if value is not None and not isinstance(value, str):
-                    raise UsageError(f'{source}:{number}: "{name}" must be a string')
-            explicit_id = obj.get("id")
-            if explicit_id is not None and not isinstance(explicit_id, (str, int)):
-                raise UsageError(f'{source}:{number}: "id" must be a string or an integer')
-            fields = {k: v for k, v in obj.items() if k not in PROMPT_KEYS}
+    seen_ids: dict[str, str] = {}
+    for row in rows:
+        where, obj = row.where, row.value
+        if isinstance(obj, str):
+            obj = {"prompt": obj}
+        elif not isinstance(obj, dict):
+            raise UsageError(f'{where}: not an object (give {{"prompt": ...}} rows)')
+        used: set[str] = set()
+        explicit_id, id_field = _first_field(obj, ID_FIELDS)
+        if explicit_id is not None:
+            if isinstance(explicit_id, bool) or not isinstance(explicit_id, (str, int)):
+                raise UsageError(f'{where}: "{id_field}" must be a string or an integer')
+            used.add(id_field)
+        # Template errors name the row's id too: in a dataset, that is what a user can look up.
+        label = where if explicit_id is None else f"{where} (id {str(explicit_id)!r})"
+        if row_format.prompt is not None:
+            text = row_format.prompt.format(obj, label)
+            if not text.strip():
+                raise UsageError(f"{label}: --prompt_template gives an empty prompt")
         else:
-            text, image, cwd, explicit_id, fields = stripped, None, None, None, {}
+            text, text_field = _first_field(obj, TEXT_FIELDS)
+            if not isinstance(text, str) or not text.strip():
+                raise UsageError(
+                    f'{where}: no prompt (give a non-empty "prompt", "task" or "problem_statement" string, '
+                    "or --prompt_template)"
+                )
+            used.add(text_field)
+        if row_format.image is not None:
+            image = row_format.image.format(obj, label)
+        else:
+            image, image_field = _first_field(obj, IMAGE_FIELDS)
+            image = _optional_text(image, image_field or "image", where)
+            if image_field:
+                used.add(image_field)
+        cwd = _optional_text(obj.get("cwd"), "cwd", where)
+        used.add("cwd")
+        if row_format.verify is not None:
+            verify = row_format.verify.format(obj, label)
+        else:
+            verify = _optional_text(obj.get("verify"), "verify", where)
+            used.add("verify")
+        if verify is not None and not verify.strip():
+            raise UsageError(f"{where}: the verify command is empty")
         occurrence = occurrences[text]
         occurrences[text] += 1
         task_id = str(explicit_id) if explicit_id is not None else derived_task_id(text, occurrence)
+        try:
+            task_id.encode("utf-8")
+        except UnicodeEncodeError:  # written as U+FFFD, a\ud800 and a\ud801 would become one id and clash forever
+            raise UsageError(f"{where}: id {task_id!r} holds a lone surrogate, which UTF-8 cannot store") from None
         if task_id in seen_ids:
-            raise UsageError(f"{source}:{number}: id {task_id!r} already used on line {seen_ids[task_id]}")
-        seen_ids[task_id] = number
-        prompts.append(Prompt(index=len(prompts), text=text, task_id=task_id, image=image, cwd=cwd, fields=fields))
+            raise UsageError(f"{row.where}: id {task_id!r} already used on {seen_ids[task_id]}")
+        seen_ids[task_id] = row.place
+        fields = {k: v for k, v in obj.items() if k not in used}
+        prompts.append(
+            Prompt(index=len(prompts), text=text, task_id=task_id, image=image, cwd=cwd, fields=fields, verify=verify)
+        )
     return prompts
 
 
-def load_prompts(path: str) -> list[Prompt]:
+def _line_rows(lines: Iterable[str], source: str) -> Iterator[InputRow]:
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip(ASCII_SPACE + "\n")
+        if not stripped:
+            continue
+        value: object = stripped
+        if stripped.startswith("{"):
+            try:
+                value = json.loads(stripped)
+            except ValueError as exc:
+                raise UsageError(f"{source}:{number}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise UsageError(f"{source}:{number}: JSON nested too deeply to be a prompt") from None
+        yield InputRow(f"{source}:{number}", f"line {number}", value)
+
+
+def parse_prompt_lines(lines: list[str], source: str, row_format: RowFormat | None = None) -> list[Prompt]:
+    """Prompts from JSONL lines: objects with prompt/task (+ id, image/docker_image, cwd, verify) or plain text."""
+    return prompts_from_rows(_line_rows(lines, source), row_format)
+
+
+def _list_rows(rows: Iterable[object], source: str) -> Iterator[InputRow]:
+    for number, value in enumerate(rows):
+        yield InputRow(f"{source} row {number}", f"row {number}", value)
+
+
+MISSING_DATASETS_EXTRA = "pip install 'mini-swe-runner[datasets]'"
+
+
+def load_prompts(path: str, row_format: RowFormat | None = None) -> list[Prompt]:
+    """Prompts from a file, by suffix: ``.json`` (a list of objects), ``.parquet``, else JSONL or plain text."""
     if os.path.isdir(path):
-        raise UsageError(f"--prompts_file {path} is a directory, not a JSONL file")
+        raise UsageError(f"--prompts_file {path} is a directory, not a JSONL, JSON or parquet file")
+    suffix = os.path.splitext(path)[1].lower()
     try:
-        with open(path, encoding="utf-8-sig", errors="strict") as handle:  # -sig: a BOM is not a prompt
-            lines = handle.read().splitlines()
+        if suffix == ".parquet":
+            rows = _list_rows(_parquet_rows(path), path)
+        else:
+            with open(path, encoding="utf-8-sig", errors="strict") as handle:  # -sig: a BOM is not a prompt
+                text = handle.read()
+            rows = _list_rows(_json_list(text, path), path) if suffix == ".json" else None
     except FileNotFoundError:
         raise UsageError(f"--prompts_file {path} does not exist") from None
     except UnicodeDecodeError as exc:
         raise UsageError(f"--prompts_file {path} is not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
-        raise UsageError(f"cannot read --prompts_file {path}: {exc.strerror}") from None
-    prompts = parse_prompt_lines(lines, path)
+        raise UsageError(f"cannot read --prompts_file {path}: {exc.strerror or exc}") from None
+    if rows is None:
+        # "\n" only: str.splitlines() would also split at U+2028, U+0085... inside JSON strings and plain text.
+        rows = _line_rows(text.split("\n"), path)
+    prompts = prompts_from_rows(rows, row_format)
     if not prompts:
         raise UsageError(f"--prompts_file {path} has no prompts")
     return prompts
 
 
+def _json_list(text: str, path: str) -> list:
+    try:
+        rows = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    except RecursionError:
+        raise UsageError(f"{path}: JSON nested too deeply") from None
+    if not isinstance(rows, list):
+        raise UsageError(f'{path}: a .json prompts file holds a list of objects: [{{"prompt": ...}}, ...]')
+    return rows
+
+
+def _parquet_rows(path: str) -> list[dict]:
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise UsageError(f"reading {path} needs pyarrow: {MISSING_DATASETS_EXTRA}") from None
+    try:
+        return pyarrow.parquet.read_table(path).to_pylist()
+    except pyarrow.ArrowException as exc:
+        raise UsageError(f"--prompts_file {path} is not a readable parquet file ({_short(exc, 200)})") from None
+
+
+def load_dataset_prompts(name: str, split: str | None, row_format: RowFormat | None = None) -> list[Prompt]:
+    """Prompts from a Hugging Face dataset: a hub name, a folder of data files, or a save_to_disk folder."""
+    try:
+        import datasets
+    except ImportError:
+        raise UsageError(f"--dataset needs Hugging Face datasets: {MISSING_DATASETS_EXTRA}") from None
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    try:
+        if os.path.isfile(os.path.join(name, "dataset_dict.json")) or os.path.isfile(os.path.join(name, "state.json")):
+            loaded = datasets.load_from_disk(name)  # written by Dataset(Dict).save_to_disk
+        else:
+            loaded = datasets.load_dataset(name, split=split) if split else datasets.load_dataset(name)
+    except Exception as exc:  # the library raises many kinds here (not found, bad split, bad files): all are input
+        raise UsageError(f"--dataset {name}: {_short(exc, 240)}") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        names = list(loaded)
+        if split is None and len(names) != 1:
+            raise UsageError(f"--dataset {name} has splits {', '.join(names)}: pick one with --split")
+        split = split or names[0]
+        if split not in loaded:
+            raise UsageError(f"--dataset {name} has no split {split!r} (it has {', '.join(names)})")
+        loaded = loaded[split]
+    source = f"{name}[{split}]" if split else name
+    prompts = prompts_from_rows(_list_rows(loaded, source), row_format)
+    if not prompts:
+        raise UsageError(f"--dataset {source} has no rows")
+    return prompts
+
+
 def select_shard(prompts: list[Prompt], shard: tuple[int, int] | None) -> list[Prompt]:
-    """The I-th of N (1-based) deterministic slices: prompt k belongs to shard (k mod N) + 1."""
+    """The I-th of N (1-based) deterministic slices: prompt k belongs to shard (k mod N) + 1. Every sample of a
+    prompt belongs to its prompt's shard, so --until_passed can count them."""
     if shard is None:
         return prompts
     number, count = shard
@@ -629,13 +866,59 @@ class RunContext:
     """Told when the first model answer shows the run works (--overwrite replaces the old file then)."""
 
 
-async def run_task(prompt: Prompt, ctx: RunContext) -> dict:
-    """Run one prompt to its end and return its record. Only FatalRunError escapes."""
+VERIFIED_ENDINGS = frozenset({"completed", "max_iterations"})
+"""The endings after which a task's verifier runs: the agent stopped on its own. After api_error, env_error,
+timeout or interrupted the verifier does not run and the record's verification is null."""
+
+
+@dataclass
+class Verification:
+    """What a task's verifier found; the record's ``verification`` object."""
+
+    passed: bool
+    exit_code: int | None
+    """The verifier's exit status (124 when it ran out of --verify_timeout); None when it could not run."""
+    output: str
+    """Its merged output, bounded and redacted like any command's."""
+    duration_s: float
+    error: str | None = None
+    """Why it could not run (sandbox gone, backend failure): infrastructure, so the sample runs again on resume."""
+
+
+def verifier_for(prompt: Prompt, config: RunConfig) -> str | None:
+    """The one place that decides a task's verifier: the row's own (or --verify_template's), else --verify."""
+    return prompt.verify if prompt.verify is not None else config.verify
+
+
+async def run_verifier(
+    env: environments.Environment, command: str, timeout: float, start_cwd: str | None
+) -> Verification:
+    """Run ``command`` in the task's own sandbox, in the directory the task started in, whatever directory the
+    agent's last command left it in (the verifier judges the task, not where the agent wandered)."""
+    if start_cwd is not None:
+        env.cwd = start_cwd
+    started = time.monotonic()
+    try:
+        result = await env.execute(command, timeout)
+    except EnvError as exc:
+        return Verification(False, None, "", time.monotonic() - started, str(exc))
+    duration = time.monotonic() - started
+    if result.error is not None and result.exit_code != environments.TIMEOUT_EXIT_CODE:
+        # Could not be run at all (bash would not start, the backend failed): says nothing about the model.
+        return Verification(False, None, result.output, duration, result.error)
+    # A verifier that ran out of time ran and failed (exit 124): the agent left something that does not pass.
+    return Verification(result.exit_code == 0 and result.error is None, result.exit_code, result.output, duration)
+
+
+async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> dict:
+    """Run one sample of a prompt to its end (then its verifier) and return its record. Only FatalRunError escapes."""
     config = ctx.config
     state = TaskState(
         messages=[{"role": "system", "content": ctx.system_prompt}, {"role": "user", "content": prompt.text}]
     )
     image = environments.task_image(config.env, prompt.image)
+    verify_command = verifier_for(prompt, config)
+    verification: Verification | None = None
     started_wall, started = datetime.now(UTC), time.monotonic()
     env = None
     try:
@@ -645,13 +928,24 @@ async def run_task(prompt: Prompt, ctx: RunContext) -> dict:
             )
             ctx.live_environments.add(env)
             await env.start()
+            start_cwd = getattr(env, "cwd", None)
             await _agent_loop(prompt, state, env, ctx)
+        # Outside --task_timeout: the verifier has its own bound, and a slow verifier is not a slow agent.
+        if verify_command is not None and state.exit_reason in VERIFIED_ENDINGS:
+            verification = await run_verifier(env, verify_command, config.verify_timeout, start_cwd)
+            log.info(
+                "[%s#%d] verify: %s",
+                prompt.task_id,
+                sample_index,
+                verification.error or f"exit {verification.exit_code}",
+            )
     except TimeoutError:
         state.exit_reason, state.error = "timeout", f"task exceeded --task_timeout {config.task_timeout:g} s"
     except asyncio.CancelledError:
         if not ctx.stopping:
             raise
         state.exit_reason, state.error = "interrupted", "the run was interrupted"
+        verification = None  # a verifier cut short proves nothing; the sample runs again on resume
     except EnvError as exc:
         state.exit_reason, state.error = "env_error", str(exc)
     except ModelCallError as exc:
@@ -661,15 +955,20 @@ async def run_task(prompt: Prompt, ctx: RunContext) -> dict:
     except Exception as exc:  # a bug of ours must not sink the batch; the record says what happened
         log.exception("[%s] unexpected error", prompt.task_id)
         state.exit_reason, state.error = "env_error", f"internal error: {type(exc).__name__}: {_short(exc)}"
+        verification = None
     finally:
         if env is not None:
             await _close_quietly(env, prompt.task_id)
             ctx.live_environments.discard(env)
     _answer_dangling_tool_calls(state)
     secrets = config.env.secret_values
+    if verification is not None:
+        verification.output = redact(verification.output, secrets)
+        verification.error = None if verification.error is None else redact(verification.error, secrets)
     return trajectory.build_record(
         prompt_index=prompt.index,
         task_id=prompt.task_id,
+        sample_index=sample_index,
         conversations=trajectory.to_hermes(_redacted_model_text(state.messages[1:], secrets), ctx.tools),
         completed=state.completed,
         exit_reason=state.exit_reason,
@@ -678,6 +977,7 @@ async def run_task(prompt: Prompt, ctx: RunContext) -> dict:
         usage=state.usage,
         duration_s=time.monotonic() - started,
         error=None if state.error is None else redact(state.error, secrets),
+        verification=None if verification is None else dataclasses.asdict(verification),
         metadata={
             "model": config.model,
             "env_type": config.env.env_type,
@@ -809,11 +1109,13 @@ def _answer_dangling_tool_calls(state: TaskState) -> None:
 
 
 class Progress:
-    """done/total, completed, failed, rate and ETA on stderr: a bar on a terminal, plain periodic lines otherwise."""
+    """done/total, completed, failed (and passed, when verifying), rate and ETA on stderr: a bar on a terminal,
+    plain periodic lines otherwise."""
 
-    def __init__(self, total: int, quiet: bool, stream=None, interval: float = 10.0):
+    def __init__(self, total: int, quiet: bool, stream=None, interval: float = 10.0, verifying: bool = False):
         self.total, self.quiet, self.stream, self.interval = total, quiet, stream or sys.stderr, interval
-        self.done = self.completed = 0
+        self.verifying = verifying
+        self.done = self.completed = self.passed = 0
         self.started = self.last_line = time.monotonic()
         self.bar = None
         if not quiet and total and self.stream.isatty():
@@ -824,23 +1126,37 @@ class Progress:
     def update(self, record: dict) -> None:
         self.done += 1
         self.completed += bool(record["completed"])
+        self.passed += record.get("reward") == 1.0
         if self.quiet:
             return
         if self.bar is not None:
-            self.bar.set_postfix(completed=self.completed, failed=self.done - self.completed, refresh=False)
+            counts = {"completed": self.completed, "failed": self.done - self.completed}
+            if self.verifying:
+                counts["passed"] = self.passed
+            self.bar.set_postfix(counts, refresh=False)
             self.bar.update(1)
         elif time.monotonic() - self.last_line >= self.interval or self.done == self.total:
             self.last_line = time.monotonic()
             print(self.line(), file=self.stream, flush=True)
+
+    def not_needed(self, count: int) -> None:
+        """Samples --until_passed made unnecessary leave the total."""
+        if not count:
+            return
+        self.total -= count
+        if self.bar is not None:
+            self.bar.total = self.total
+            self.bar.refresh()
 
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         rate = self.done / elapsed * 60
         eta = (self.total - self.done) / (self.done / elapsed) if self.done else float("nan")
         eta_text = "?" if eta != eta else f"{eta:.0f}s"
+        passed = f", {self.passed} passed" if self.verifying else ""
         return (
             f"progress: {self.done}/{self.total} done, {self.completed} completed, "
-            f"{self.done - self.completed} failed, {rate:.1f} tasks/min, ETA {eta_text}"
+            f"{self.done - self.completed} failed{passed}, {rate:.1f} tasks/min, ETA {eta_text}"
         )
 
     def close(self) -> None:
@@ -848,8 +1164,63 @@ class Progress:
             self.bar.close()
 
 
-def summarize(records: list[dict], wall_time: float, skipped: int) -> dict:
-    """The run's statistics, from the records this run wrote."""
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased estimate of the chance that at least one of k samples passes, from n samples of which c
+    passed (Chen et al., 2021): 1 - C(n-c, k) / C(n, k). Needs n >= k."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+@dataclass
+class SampleOutcomes:
+    """Every final sample of the run's prompts in the output, earlier runs' and this run's: the figures that
+    need all samples of a prompt (pass@k, samples per prompt) come from here, not from this run's records alone."""
+
+    rewards: dict[tuple[str, int], float | None]
+    """(task_id, sample_index) -> reward of each final record (retryable ones are not final)."""
+    prompt_ids: list[str]
+    """The run's prompts (after --shard)."""
+    verified_ids: set[str]
+    """The prompts that have a verifier."""
+    k: int
+    """--samples: the k of pass@k."""
+
+
+def verification_summary(outcomes: SampleOutcomes, verifier_errors: int) -> dict:
+    """Pass figures over the prompts that have a verifier. A sample counts in pass@k whatever its ending (one
+    that timed out is a sample that did not pass); pass_rate counts only samples whose verifier ran."""
+    per_prompt: dict[str, list[float | None]] = {task_id: [] for task_id in outcomes.verified_ids}
+    for (task_id, _), reward in outcomes.rewards.items():
+        if task_id in per_prompt:
+            per_prompt[task_id].append(reward)
+    verified = sum(reward is not None for rewards in per_prompt.values() for reward in rewards)
+    passed = sum(reward == 1.0 for rewards in per_prompt.values() for reward in rewards)
+    counts = [(len(rewards), sum(r == 1.0 for r in rewards)) for rewards in per_prompt.values() if rewards]
+    at_k = [pass_at_k(n, c, outcomes.k) for n, c in counts if n >= outcomes.k]
+    return {
+        "prompts": len(per_prompt),
+        "verified": verified,
+        "passed": passed,
+        "pass_rate": round(passed / verified, 4) if verified else None,
+        "pass_at_1": round(sum(c / n for n, c in counts) / len(counts), 4) if counts else None,
+        "k": outcomes.k,
+        "pass_at_k": round(sum(at_k) / len(at_k), 4) if at_k else None,
+        "pass_at_k_prompts": len(at_k),
+        "prompts_solved": sum(c > 0 for _, c in counts),
+        "verifier_errors": verifier_errors,
+    }
+
+
+def summarize(
+    records: list[dict],
+    wall_time: float,
+    skipped: int,
+    outcomes: SampleOutcomes | None = None,
+    not_needed: int = 0,
+) -> dict:
+    """The run's statistics: task counts from the records this run wrote; ``verification`` (null when no prompt
+    has a verifier) and ``samples_per_prompt`` from ``outcomes``, every final sample of the run's prompts."""
     total = len(records)
     usage = trajectory.empty_usage()
     tool_calls = tool_failures = api_calls = 0
@@ -860,6 +1231,16 @@ def summarize(records: list[dict], wall_time: float, skipped: int) -> dict:
         tool_failures += record["tool_stats"]["terminal"]["failure"]
         api_calls += record["api_calls"]
     completed = sum(record["completed"] for record in records)
+    if outcomes is None:  # this run's records are all there is
+        outcomes = SampleOutcomes(
+            rewards={trajectory.record_key(r): r["reward"] for r in records if not trajectory.is_retryable(r)},
+            prompt_ids=list(dict.fromkeys(r["task_id"] for r in records)),
+            verified_ids={r["task_id"] for r in records if r["verification"] is not None},
+            k=max((r["sample_index"] + 1 for r in records), default=1),
+        )
+    verifier_errors = sum(
+        record["verification"] is not None and record["verification"]["error"] is not None for record in records
+    )
     return {
         "tasks": total,
         "skipped_already_done": skipped,
@@ -872,19 +1253,40 @@ def summarize(records: list[dict], wall_time: float, skipped: int) -> dict:
         "tool_failures": tool_failures,
         "wall_time_s": round(wall_time, 3),
         "tasks_per_minute": round(total / wall_time * 60, 2) if wall_time > 0 else 0.0,
+        "samples_per_prompt": round(len(outcomes.rewards) / max(len(outcomes.prompt_ids), 1), 3),
+        "samples_not_needed": not_needed,
+        "verification": verification_summary(outcomes, verifier_errors) if outcomes.verified_ids else None,
     }
 
 
 def summary_text(summary: dict, output_file: str) -> str:
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["by_exit_reason"].items())) or "none"
     where = "stdout" if output_file == "-" else output_file
-    return (
+    text = (
         f"done: {summary['tasks']} tasks ({reasons}); completion {summary['completion_rate']:.1%}; "
         f"{summary['api_calls']} API calls, {summary['tokens']['total_tokens']} tokens; "
         f"{summary['tool_calls']} tool calls ({summary['tool_failures']} failed); "
         f"{summary['wall_time_s']:.1f}s, {summary['tasks_per_minute']:.1f} tasks/min; "
         f"{summary['skipped_already_done']} skipped as already done -> {where}"
     )
+    verification = summary.get("verification")
+    if verification:
+
+        def figure(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.3f}"
+
+        rate = "n/a" if verification["pass_rate"] is None else f"{verification['pass_rate']:.1%}"
+        text += (
+            f"\nverified: {verification['verified']} samples, {verification['passed']} passed (pass rate {rate}); "
+            f"pass@1 {figure(verification['pass_at_1'])}, pass@{verification['k']} "
+            f"{figure(verification['pass_at_k'])} over {verification['pass_at_k_prompts']} prompts; "
+            f"{verification['prompts_solved']}/{verification['prompts']} prompts solved; "
+            f"{summary['samples_per_prompt']:g} samples/prompt"
+            + (f" ({summary['samples_not_needed']} not needed)" if summary["samples_not_needed"] else "")
+            + f"; {verification['verifier_errors']} verifier errors"
+            + (" (rerun on resume)" if verification["verifier_errors"] else "")
+        )
+    return text
 
 
 @dataclass
@@ -911,11 +1313,13 @@ class OutputFile:
         self._lock_fd: int | None = None
         self._pending_replacement: str | None = None  # --overwrite: the new file, renamed over target at commit
 
-    def open(self) -> set[str]:
+    def open(self) -> dict[tuple[str, int], float | None]:
+        """Lock, check and compact the file; returns the samples already finished in it: (task_id, sample_index)
+        -> reward."""
         path = self.config.output_file
         if path == "-":
             self.writer = trajectory.JsonlWriter("-")
-            return set()
+            return {}
         try:
             return self._open_file(path)
         except PermissionError:
@@ -928,12 +1332,12 @@ class OutputFile:
             self.close(keep=False)
             raise
 
-    def _open_file(self, path: str) -> set[str]:
+    def _open_file(self, path: str) -> dict[tuple[str, int], float | None]:
         if os.path.isdir(path):
             raise UsageError(f"--output_file {path} is a directory")
         if os.path.exists(path) and not os.path.isfile(path):  # a pipe or a device: appended to as it is
             self.writer = trajectory.JsonlWriter(path)
-            return set()
+            return {}
         self.target = os.path.realpath(path)  # a symlink is written through to its target, never replaced
         directory = os.path.dirname(self.target)
         if not os.path.isdir(directory):
@@ -946,17 +1350,19 @@ class OutputFile:
             # The old records stay where they are until the run is known to work (commit).
             self._pending_replacement = self._sibling("new")
             self.writer = trajectory.JsonlWriter(self._pending_replacement)
-            return set()
+            return {}
         if not os.path.exists(self.target):
             self.writer = trajectory.JsonlWriter(self.target)
-            return set()
+            return {}
         if not os.access(self.target, os.W_OK):
             raise PermissionError(path)
         compacted = trajectory.compact_for_resume(self.target, compaction_path=self._sibling("compact"))
         self._check_settings(compacted.settings)
         dropped = []
         if compacted.dropped_retryable:
-            dropped.append(f"{compacted.dropped_retryable} retryable record(s) (api_error/env_error/interrupted)")
+            dropped.append(
+                f"{compacted.dropped_retryable} retryable record(s) (api_error/env_error/interrupted/verifier error)"
+            )
         if compacted.dropped_bad_lines:
             dropped.append(f"{compacted.dropped_bad_lines} torn or invalid line(s)")
         if compacted.dropped_duplicates:
@@ -964,7 +1370,7 @@ class OutputFile:
         if dropped:
             log.warning("resume: dropped %s from %s; those tasks run again", " and ".join(dropped), path)
         self.writer = trajectory.JsonlWriter(self.target)
-        return compacted.done_ids
+        return compacted.done
 
     def _sibling(self, kind: str) -> str:
         directory, name = os.path.split(self.target)
@@ -1046,34 +1452,129 @@ class OutputFile:
             self._lock_fd = None
 
 
+@dataclass(frozen=True)
+class Sample:
+    """One run of one prompt: the unit of work."""
+
+    prompt: Prompt
+    index: int
+
+
+class SampleSchedule:
+    """Decides which sample starts next.
+
+    Sample s of every prompt comes before sample s+1 of any, so a run stopped early has covered as many prompts
+    as it could. With --until_passed M a prompt gets a new sample only while its passed samples plus its running
+    ones are fewer than M: a sample that could turn out unneeded never starts. A prompt waiting on its running
+    samples does not hold a worker: the worker takes the next prompt's sample instead, and only waits when no
+    sample of any prompt can start.
+    """
+
+    def __init__(
+        self, prompts: list[Prompt], samples: int, until_passed: int | None, done: dict[tuple[str, int], float | None]
+    ):
+        self.until_passed = until_passed
+        self.passed: Counter[str] = Counter(task_id for (task_id, _), reward in done.items() if reward == 1.0)
+        self.running: Counter[str] = Counter()
+        self.waiting: Counter[str] = Counter()
+        """Samples of a prompt not started yet (zeroed when the prompt needs no more)."""
+        # Each round is kept reversed, so the next sample is at the end: taking it is O(1).
+        self.rounds: list[list[Prompt]] = []
+        for sample_index in range(samples):
+            round_ = [p for p in prompts if (p.task_id, sample_index) not in done and not self._satisfied(p)]
+            self.rounds.append(round_[::-1])
+            self.waiting.update(p.task_id for p in round_)
+        self.total = sum(self.waiting.values())
+        self.not_needed = 0
+        self._changed = asyncio.Event()
+
+    def _satisfied(self, prompt: Prompt) -> bool:
+        return self.until_passed is not None and self.passed[prompt.task_id] >= self.until_passed
+
+    def take(self) -> Sample | None:
+        """The next sample that may start, or None when none may start now (see :meth:`wait`)."""
+        for sample_index, round_ in enumerate(self.rounds):
+            position = len(round_) - 1
+            while position >= 0:
+                prompt = round_[position]
+                if self._satisfied(prompt):
+                    del round_[position]  # counted as not needed when the prompt was satisfied
+                elif (
+                    self.until_passed is not None
+                    and self.passed[prompt.task_id] + self.running[prompt.task_id] >= self.until_passed
+                ):
+                    pass  # might become unneeded: decide when a running sample of it ends
+                else:
+                    del round_[position]
+                    self.running[prompt.task_id] += 1
+                    self.waiting[prompt.task_id] -= 1
+                    return Sample(prompt, sample_index)
+                position -= 1
+        return None
+
+    def finished(self) -> bool:
+        """No sample is left to start (after :meth:`take` has swept out those that are no longer needed)."""
+        return not any(self.rounds)
+
+    async def wait(self) -> None:
+        """Until a running sample ends (or the run stops: see :meth:`wake`)."""
+        await self._changed.wait()
+
+    def wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def done(self, sample: Sample, passed: bool) -> int:
+        """Book a sample's end; returns how many of its prompt's samples are no longer needed."""
+        task_id = sample.prompt.task_id
+        self.running[task_id] -= 1
+        released = 0
+        if passed:
+            self.passed[task_id] += 1
+            if self._satisfied(sample.prompt):
+                released, self.waiting[task_id] = self.waiting[task_id], 0
+                self.not_needed += released
+        self.wake()
+        return released
+
+
 async def run_batch(config: RunConfig, prompts: list[Prompt]) -> RunOutcome:
-    """Run every prompt not already recorded in the output, ``config.workers`` at a time."""
+    """Run every sample of every prompt not already recorded in the output, ``config.workers`` at a time."""
     started = time.monotonic()
     tools = [terminal_tool(config)]
     system_prompt = render_system_prompt(config.system_prompt or DEFAULT_SYSTEM_PROMPT, config.env.env_type)
     output = OutputFile(config, config_hash(data_settings(config, system_prompt, tools)))
-    done_ids = output.open()
-    pending = [p for p in prompts if p.task_id not in done_ids]
-    skipped = len(prompts) - len(pending)
+    done = output.open()
+    prompt_ids = {p.task_id for p in prompts}
+    done = {key: reward for key, reward in done.items() if key[0] in prompt_ids}
+    schedule = SampleSchedule(prompts, config.samples, config.until_passed, done)
+    outcomes = SampleOutcomes(
+        rewards=dict(done),
+        prompt_ids=[p.task_id for p in prompts],
+        verified_ids={p.task_id for p in prompts if verifier_for(p, config) is not None},
+        k=config.samples,
+    )
+    skipped = sum(1 for _, sample_index in done if sample_index < config.samples)
     if skipped:
         log.warning(
-            "resume: %d of %d task(s) already in %s are skipped (--overwrite starts afresh)",
+            "resume: %d of %d sample(s) already in %s are skipped (--overwrite starts afresh)",
             skipped,
-            len(prompts),
+            len(prompts) * config.samples,
             config.output_file,
         )
-    if not pending:
+    if schedule.finished():
         output.close(keep=True)
-        return RunOutcome(EXIT_OK, summarize([], time.monotonic() - started, skipped))
+        return RunOutcome(EXIT_OK, summarize([], time.monotonic() - started, skipped, outcomes, schedule.not_needed))
+    pending_prompts = [p for p in prompts if schedule.waiting[p.task_id]]
     loop = asyncio.get_running_loop()
     # Blocking SDK calls (docker) go to threads: enough of them for every worker at once.
     loop.set_default_executor(ThreadPoolExecutor(max_workers=config.workers + 8, thread_name_prefix="msr"))
-    images = {environments.task_image(config.env, p.image) for p in pending} - {None}
+    images = {environments.task_image(config.env, p.image) for p in pending_prompts} - {None}
     try:
         await environments.preflight(config.env, images)
     except EnvError as exc:
         output.close(keep=False)
-        return RunOutcome(EXIT_FATAL, summarize([], time.monotonic() - started, skipped), str(exc))
+        return RunOutcome(EXIT_FATAL, summarize([], time.monotonic() - started, skipped, outcomes), str(exc))
 
     ctx = RunContext(
         config=config,
@@ -1084,8 +1585,8 @@ async def run_batch(config: RunConfig, prompts: list[Prompt]) -> RunOutcome:
         output=output,
     )
     writer = output.writer
-    progress = Progress(len(pending), config.quiet)
-    queue = list(reversed(pending))
+    progress = Progress(schedule.total, config.quiet, verifying=bool(outcomes.verified_ids))
+    progress.not_needed(schedule.not_needed)
     running: set[asyncio.Task] = set()
     written: list[dict] = []
     stop: dict = {"signal": None, "fatal": None}
@@ -1104,6 +1605,7 @@ async def run_batch(config: RunConfig, prompts: list[Prompt]) -> RunOutcome:
         )
         for task in running:
             task.cancel()
+        schedule.wake()
 
     handled = [s for s in (signal.SIGINT, signal.SIGTERM) if _install_handler(loop, s, request_stop)]
 
@@ -1114,12 +1616,19 @@ async def run_batch(config: RunConfig, prompts: list[Prompt]) -> RunOutcome:
         ctx.stopping = True
         for other in running:
             other.cancel()
+        schedule.wake()
 
     async def worker() -> None:
-        while queue and not ctx.stopping:
-            prompt = queue.pop()
-            task = asyncio.ensure_future(run_task(prompt, ctx))
+        while not schedule.finished() and not ctx.stopping:
+            sample = schedule.take()
+            if sample is None:
+                if schedule.finished():  # what was left belonged to prompts that need no more samples
+                    return
+                await schedule.wait()  # every startable sample is taken; one that ends may let another start
+                continue
+            task = asyncio.ensure_future(run_task(sample.prompt, ctx, sample.index))
             running.add(task)
+            record = None
             try:
                 record = await task
             except FatalRunError as exc:
@@ -1130,6 +1639,7 @@ async def run_batch(config: RunConfig, prompts: list[Prompt]) -> RunOutcome:
                 raise
             finally:
                 running.discard(task)
+                progress.not_needed(schedule.done(sample, record is not None and record["reward"] == 1.0))
             if stop["fatal"] is not None:
                 return  # tasks cut short by a fatal error are worth nothing: nothing written
             try:
@@ -1138,10 +1648,12 @@ async def run_batch(config: RunConfig, prompts: list[Prompt]) -> RunOutcome:
                 where = "stdout" if config.output_file == "-" else config.output_file
                 return fail(f"cannot write to {where} ({exc.strerror or exc}); stopping")
             written.append(record)
+            if not trajectory.is_retryable(record):
+                outcomes.rewards[trajectory.record_key(record)] = record["reward"]
             progress.update(record)
 
     try:
-        await asyncio.gather(*(worker() for _ in range(min(config.workers, len(pending)))))
+        await asyncio.gather(*(worker() for _ in range(min(config.workers, schedule.total))))
     finally:
         for s in handled:
             loop.remove_signal_handler(s)
@@ -1150,7 +1662,7 @@ async def run_batch(config: RunConfig, prompts: list[Prompt]) -> RunOutcome:
         # written without a fatal error (a 401 or an unusable backend keeps the old records).
         output.close(keep=bool(written) and stop["fatal"] is None)
         await ctx.model.close()
-    summary = summarize(written, time.monotonic() - started, skipped)
+    summary = summarize(written, time.monotonic() - started, skipped, outcomes, schedule.not_needed)
     if stop["fatal"] is not None:
         return RunOutcome(EXIT_FATAL, summary, stop["fatal"])
     if stop["signal"] is not None:
@@ -1295,6 +1807,15 @@ def _shard(value: object) -> tuple[int, int] | None:
 def main(
     task: str | None = None,
     prompts_file: str | None = None,
+    dataset: str | None = None,
+    split: str | None = None,
+    prompt_template: str | None = None,
+    image_template: str | None = None,
+    verify_template: str | None = None,
+    verify: str | None = None,
+    verify_timeout: float = 300,
+    samples: int = 1,
+    until_passed: int | None = None,
     output_file: str = "trajectories.jsonl",
     model: str | None = None,
     base_url: str | None = None,
@@ -1345,7 +1866,16 @@ def main(
 
     Args:
         task: One prompt to run (instead of --prompts_file).
-        prompts_file: JSONL file: one {"prompt", "id", "image", "cwd"} object per line, or plain text lines.
+        prompts_file: .jsonl ({"prompt", "id", "image", "cwd", "verify"} or plain text lines), .json or .parquet.
+        dataset: Hugging Face dataset: hub name, folder of data files or save_to_disk folder (the datasets extra).
+        split: Split of --dataset, e.g. test (default: its only split).
+        prompt_template: Build each row's prompt from its fields, e.g. "Fix this issue:\n{problem_statement}".
+        image_template: Build each row's image from its fields, e.g. "registry/{instance_id}:latest".
+        verify_template: Build each row's verifier from its fields, e.g. "git checkout {base_commit} -- tests && make".
+        verify: Verifier for prompts without one: bash run in the task's sandbox after the agent ends; exit 0 = passed.
+        verify_timeout: Seconds a verifier may run before it is killed and counts as failed (default 300).
+        samples: Runs of every prompt, each in a fresh environment (default 1).
+        until_passed: Start no new sample of a prompt once this many of its samples passed (needs a verifier).
         output_file: Where records are appended (JSONL); '-' for stdout. Rerunning resumes: finished tasks are skipped.
         model: Model name at the endpoint (default $OPENAI_MODEL, else openai/gpt-4.1-mini).
         base_url: OpenAI-compatible endpoint (default $OPENAI_BASE_URL, else OpenRouter), e.g. http://localhost:8000/v1.
@@ -1394,8 +1924,10 @@ def main(
         names = ", ".join(f"--{name}" for name in unknown)
         raise UsageError(f"unknown flag {names} (see --help)")
     verbose, quiet = _bool("verbose", verbose), _bool("quiet", quiet)
-    if (task is None) == (prompts_file is None):
-        raise UsageError('give exactly one of --task "..." or --prompts_file FILE')
+    if sum(source is not None for source in (task, prompts_file, dataset)) != 1:
+        raise UsageError('give exactly one of --task "...", --prompts_file FILE or --dataset NAME')
+    if split is not None and dataset is None:
+        raise UsageError("--split goes with --dataset")
     env = _text("env", env)
     if env not in environments.ENV_TYPES:
         raise UsageError(f"--env must be one of {', '.join(environments.ENV_TYPES)}, not {env!r}")
@@ -1463,15 +1995,18 @@ def main(
         stats_file=_text("stats_file", stats_file),
         quiet=quiet,
         env=env_settings,
+        verify=_text("verify", verify),
+        verify_timeout=float(_number("verify_timeout", verify_timeout, float, 0.1)),
+        samples=int(_number("samples", samples, int, 1)),
+        until_passed=_number("until_passed", until_passed, int, 1, allow_none=True),
+        dataset=_text("dataset", dataset),
+        split=_text("split", split),
+        prompt_template=_text("prompt_template", prompt_template),
+        image_template=_text("image_template", image_template),
+        verify_template=_text("verify_template", verify_template),
     )
     config.command_timeout = min(config.command_timeout, config.max_command_timeout)
-    if task is not None:
-        text = _text("task", task, allow_none=False)
-        if not text.strip():
-            raise UsageError("--task is empty")
-        prompts = [Prompt(index=0, text=text, task_id=derived_task_id(text, 0))]
-    else:
-        prompts = select_shard(load_prompts(_text("prompts_file", prompts_file, allow_none=False)), _shard(shard))
+    prompts = select_shard(load_run_prompts(config, task, prompts_file), _shard(shard))
     if limit is not None:
         prompts = prompts[: int(_number("limit", limit, int, 1))]
     outcome = asyncio.run(run_batch(config, prompts))
@@ -1483,6 +2018,31 @@ def main(
         print(f"mini-swe-runner: {redact(outcome.message, env_settings.secret_values)}", file=sys.stderr)
     if outcome.exit_code != EXIT_OK:
         raise SystemExit(outcome.exit_code)
+
+
+def load_run_prompts(config: RunConfig, task: object, prompts_file: object) -> list[Prompt]:
+    """The run's prompts from --task, --prompts_file or --dataset, every row checked before any task runs."""
+    if config.verify is not None and not config.verify.strip():
+        raise UsageError("--verify is empty")
+    if config.verify is not None and config.verify_template is not None:
+        raise UsageError("give --verify (one command for every prompt) or --verify_template (one per row), not both")
+    if config.until_passed is not None and config.until_passed > config.samples:
+        raise UsageError(f"--until_passed {config.until_passed} can never be reached with --samples {config.samples}")
+    row_format = RowFormat.from_config(config)
+    if task is not None:
+        text = _text("task", task, allow_none=False)
+        if not text.strip():
+            raise UsageError("--task is empty")
+        prompts = prompts_from_rows([InputRow("--task", "--task", text)], row_format)
+    elif prompts_file is not None:
+        prompts = load_prompts(_text("prompts_file", prompts_file, allow_none=False), row_format)
+    else:
+        prompts = load_dataset_prompts(config.dataset, config.split, row_format)
+    if config.until_passed is not None and not any(verifier_for(p, config) for p in prompts):
+        raise UsageError(
+            "--until_passed counts passed samples: give a verifier (--verify, --verify_template or a verify field)"
+        )
+    return prompts
 
 
 class _RedactingFilter(logging.Filter):

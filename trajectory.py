@@ -18,6 +18,16 @@ EXIT_REASONS = ("completed", "max_iterations", "api_error", "context_length", "e
 RETRYABLE_EXIT_REASONS = frozenset({"api_error", "env_error", "interrupted"})
 """Records with these endings are dropped and their tasks run again when a run resumes."""
 
+
+def is_retryable(record: dict) -> bool:
+    """Whether resume drops this record and runs its sample again: an infrastructure ending (api_error,
+    env_error, interrupted), or a verifier that could not run (``verification.error`` set): neither says
+    anything about the model."""
+    if record.get("exit_reason") in RETRYABLE_EXIT_REASONS:
+        return True
+    verification = record.get("verification")
+    return isinstance(verification, dict) and verification.get("error") is not None
+
 RECORD_KEYS = (
     "prompt_index",
     "task_id",
@@ -344,31 +354,38 @@ def read_records(path: str) -> ReadResult:
 
 @dataclass
 class CompactResult:
-    done_ids: set[str]
-    """task_ids with a final record kept in the file."""
+    done: dict[tuple[str, int], float | None]
+    """(task_id, sample_index) of every final record kept in the file, with its reward."""
     dropped_retryable: int
     dropped_bad_lines: int
     dropped_duplicates: int
     settings: dict[str, dict]
     """metadata.config_hash of the kept records -> the metadata of one of them (what resume compares)."""
 
+    @property
+    def done_ids(self) -> set[str]:
+        """task_ids with at least one final record kept in the file."""
+        return {task_id for task_id, _ in self.done}
+
 
 def compact_for_resume(path: str, compaction_path: str | None = None) -> CompactResult:
-    """Rewrite ``path`` atomically keeping one final record per task; retryable and torn records are dropped.
+    """Rewrite ``path`` atomically keeping one final record per (task_id, sample_index); retryable (see
+    :func:`is_retryable`) and torn records are dropped.
 
     The new content goes to ``compaction_path`` (a temporary file beside it by default), synced, then renamed over
     the original, so a crash during compaction leaves either the old file or the new one, never a mix.
     """
     result = read_records(path)
-    kept: dict[str, dict] = {}
+    kept: dict[tuple[str, int], dict] = {}
     retryable = duplicates = 0
     for record in result.records:
-        if record.get("exit_reason") in RETRYABLE_EXIT_REASONS:
+        if is_retryable(record):
             retryable += 1
             continue
-        if record["task_id"] in kept:
+        key = record_key(record)
+        if key in kept:
             duplicates += 1
-        kept[record["task_id"]] = record
+        kept[key] = record
     settings: dict[str, dict] = {}
     for record in kept.values():
         metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
@@ -376,7 +393,12 @@ def compact_for_resume(path: str, compaction_path: str | None = None) -> Compact
     # A last line cut just before its newline still parses; rewrite it whole, or the next append would join it.
     if retryable or result.bad_lines or duplicates or not _ends_with_newline(path):
         _atomic_write(path, (record_line(r) for r in kept.values()), compaction_path)
-    return CompactResult(set(kept), retryable, result.bad_lines, duplicates, settings)
+    rewards = {key: _reward_value(record.get("reward")) for key, record in kept.items()}
+    return CompactResult(rewards, retryable, result.bad_lines, duplicates, settings)
+
+
+def _reward_value(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def iter_records(paths: Iterable[str], bad_lines: list[int] | None = None) -> Iterator[tuple[str, int, dict]]:
