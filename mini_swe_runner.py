@@ -427,8 +427,8 @@ class ModelClient:
             reason = _connection_failure(exc)
             if reason.startswith(("connection refused", "host name")):
                 raise FatalRunError(f"cannot reach the model API at {config.base_url}: {reason}") from None
-        except (openai.APIStatusError, openai.APIResponseValidationError, TimeoutError, ValueError):
-            pass
+        except Exception as exc:  # any other answer, or none in time: the model calls will tell
+            log.debug("endpoint check at %s: %s", config.base_url, _short(exc))
 
     def _request_body(self, messages: list[dict], tools: list[dict]) -> dict:
         config = self.config
@@ -452,7 +452,7 @@ class ModelClient:
         config, openai = self.config, self.openai
         clock = clock or TaskClock()
         body = self._request_body(messages, tools)
-        failures = 0
+        failures = rate_limits = 0
         rate_limited_since: float | None = None
         while True:
             async with clock.stopped():
@@ -512,7 +512,11 @@ class ModelClient:
                         f"still rate limited after waiting {waited:.0f} s (--max_rate_limit_wait "
                         f"{config.max_rate_limit_wait:g}): {last_error}",
                     )
-                delay = min(self._delay(hint, failures), config.max_rate_limit_wait - waited)
+                delay = self._delay(hint, rate_limits)
+                if rate_limits:  # 429 after 429: back off even when told "Retry-After: 0", never hammer
+                    delay = max(delay, self._delay(None, rate_limits - 1))
+                rate_limits += 1
+                delay = min(delay, config.max_rate_limit_wait - waited)
                 self.gate.pause(delay)  # a 429 is about the account, not this task: everyone waits
             else:
                 failures += 1
