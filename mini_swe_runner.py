@@ -954,11 +954,19 @@ def _bare_conversation(prompt: Prompt, ctx: RunContext) -> list[dict]:
 
 
 async def _close_quietly(env: environments.Environment, task_id: str) -> None:
-    # Shielded so a second cancellation cannot leave a container or sandbox behind.
-    try:
-        await asyncio.shield(asyncio.wait_for(env.close(), 60))
-    except (Exception, asyncio.CancelledError) as exc:
-        log.warning("[%s] could not clean up its environment: %s", task_id, _short(exc))
+    # Shielded, and awaited again when cancelled: a run stopping (a signal, a fatal error) while a task closes its
+    # environment must neither leave the container or sandbox behind nor warn about a close that did happen.
+    closing = asyncio.ensure_future(asyncio.wait_for(env.close(), 60))
+    while not closing.done():
+        try:
+            await asyncio.shield(closing)
+        except asyncio.CancelledError:
+            continue
+        except Exception:
+            break
+    error = None if closing.cancelled() else closing.exception()
+    if error is not None:
+        log.warning("[%s] could not clean up its environment: %s", task_id, _short(error) or type(error).__name__)
 
 
 async def _agent_loop(
