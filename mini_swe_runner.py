@@ -15,7 +15,9 @@ import logging
 import math
 import os
 import random
+import re
 import signal
+import socket
 import string
 import sys
 import threading
@@ -102,13 +104,21 @@ class RunConfig:
     extra_body: dict = field(default_factory=dict)
     """Extra request fields a provider takes (merged into every chat-completions body)."""
     request_timeout: float = 600
-    """Seconds one model request may take before it is retried."""
+    """Seconds one model request may take, the whole of it (a body trickling in byte by byte included), before it
+    is retried."""
     max_retries: int = 6
-    """Retries of one model call on transient errors (429, 5xx, timeouts, dropped connections, no choices)."""
+    """Retries of one model call on transient errors (5xx, timeouts, dropped connections, unreadable bodies, no
+    choices). 429s are not counted here: they are bounded by max_rate_limit_wait."""
+    max_rate_limit_wait: float = 300
+    """Seconds one model call keeps waiting out 429s (rate limits), from its first 429, before it ends with
+    api_error. A provider's limit window is typically a minute; this outlasts several."""
+    max_retry_after: float = 60
+    """Longest wait honoured when a provider asks for one (Retry-After, retry-after-ms, x-ratelimit-reset-requests,
+    llm_provider-retry-after); a longer ask is cut to it, with one log line."""
     retry_initial_delay: float = 1.0
     """First backoff delay in seconds; doubles per retry, capped at retry_max_delay, jittered."""
     retry_max_delay: float = 60.0
-    """Longest backoff (and longest Retry-After honoured) between two attempts."""
+    """Longest backoff between two attempts when the provider gives no hint of its own."""
     max_rpm: float | None = None
     """Cap on model requests per minute across all workers."""
     resume_any: bool = False
@@ -540,11 +550,15 @@ def select_shard(prompts: list[Prompt], shard: tuple[int, int] | None) -> list[P
 
 
 class ModelCallError(Exception):
-    """A model call failed for good; ``exit_reason`` is api_error or context_length."""
+    """A model call failed for good; ``exit_reason`` is api_error or context_length.
 
-    def __init__(self, exit_reason: str, message: str):
+    ``permanent`` marks an answer that no retry changes (a 400 that is not about the context length, such as
+    LiteLLM's "Invalid model name"): when the first tasks of a run all end in the same one, the run stops."""
+
+    def __init__(self, exit_reason: str, message: str, permanent: bool = False):
         super().__init__(message)
         self.exit_reason = exit_reason
+        self.permanent = permanent
 
 
 class RateGate:
@@ -573,11 +587,46 @@ class RateGate:
         self.paused_until = max(self.paused_until, time.monotonic() + seconds)
 
 
+class TaskClock:
+    """A task's --task_timeout, stopped while the task waits for the shared rate gate or between retries of a
+    model call: another task's 429 or a provider's hiccup is not this task's fault, and a healthy task cut short
+    there would be recorded as a permanent ``timeout`` that resume never retries."""
+
+    def __init__(self, deadline: asyncio.Timeout | None = None):
+        self.deadline = deadline
+
+    @contextlib.asynccontextmanager
+    async def stopped(self):
+        deadline = self.deadline
+        if deadline is None or deadline.when() is None or deadline.expired():
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        remaining = deadline.when() - loop.time()
+        deadline.reschedule(None)
+        try:
+            yield
+        finally:
+            if not deadline.expired():
+                deadline.reschedule(loop.time() + remaining)
+
+
 @dataclass
 class ModelTurn:
     message: dict
-    """The assistant message as it goes back into the conversation (reasoning fields included)."""
+    """The assistant message as it goes back into the conversation (reasoning fields included), normalised:
+    string ids unique in the turn, text that encodes as UTF-8, arguments as a string."""
     usage: dict
+    finish_reason: str | None = None
+    """Why the model stopped ("stop", "tool_calls", "length"...), as the provider said; None when it did not."""
+
+
+@dataclass
+class WaitHint:
+    """How long a provider asked us to wait, and which header said so."""
+
+    seconds: float
+    header: str
 
 
 CONTEXT_LENGTH_HINTS = (
@@ -589,6 +638,8 @@ CONTEXT_LENGTH_HINTS = (
     "too many tokens",
     "reduce the length",
 )
+MODELS_CHECK_TIMEOUT = 30.0
+"""Longest wait for the endpoint check before the first task; a slower endpoint is left to the tasks."""
 
 
 class ModelClient:
@@ -604,6 +655,7 @@ class ModelClient:
         self.raw_response = Response
         self.config = config
         self.gate = RateGate(config.max_rpm)
+        self.long_wait_logged = False
         pool = Limits(max_connections=config.workers + 4, max_keepalive_connections=config.workers + 4)
         self.client = openai.AsyncOpenAI(
             api_key=config.api_key,
@@ -616,8 +668,31 @@ class ModelClient:
     async def close(self) -> None:
         await self.client.close()
 
-    async def complete(self, messages: list[dict], tools: list[dict]) -> ModelTurn:
+    async def check_endpoint(self) -> None:
+        """One GET /models before the first task: an endpoint that refuses connections, does not resolve, or
+        rejects the key stops the run in one line instead of every task retrying for minutes. Any other answer
+        (a server without /models included) leaves the verdict to the model calls."""
         config, openai = self.config, self.openai
+        try:
+            async with asyncio.timeout(min(config.request_timeout, MODELS_CHECK_TIMEOUT)):
+                await self.client.get("/models", cast_to=self.raw_response)
+        except openai.AuthenticationError as exc:
+            raise FatalRunError(
+                f"the model API rejected the key (401) at {config.base_url}: {_api_message(exc)}"
+            ) from None
+        except openai.PermissionDeniedError as exc:
+            raise FatalRunError(
+                f"the model API refused access (403) at {config.base_url}: {_api_message(exc)}"
+            ) from None
+        except openai.APIConnectionError as exc:
+            reason = _connection_failure(exc)
+            if reason.startswith(("connection refused", "host name")):
+                raise FatalRunError(f"cannot reach the model API at {config.base_url}: {reason}") from None
+        except Exception as exc:  # any other answer, or none in time: the model calls will tell
+            log.debug("endpoint check at %s: %s", config.base_url, _short(exc))
+
+    def _request_body(self, messages: list[dict], tools: list[dict]) -> dict:
+        config = self.config
         kwargs: dict = {"model": config.model, "messages": messages, "tools": tools}
         if config.temperature is not None:
             kwargs["temperature"] = config.temperature
@@ -629,17 +704,35 @@ class ModelClient:
             kwargs["reasoning_effort"] = config.reasoning_effort
         for key, value in config.extra_body.items():
             kwargs.setdefault(key, value)
-        last_error = "no attempt made"
-        for attempt in range(config.max_retries + 1):
-            await self.gate.wait()
-            retry_after = None
+        return kwargs
+
+    async def complete(self, messages: list[dict], tools: list[dict], clock: TaskClock | None = None) -> ModelTurn:
+        """The model's next turn. Transient failures are retried up to --max_retries; 429s are waited out for up
+        to --max_rate_limit_wait instead, since a rate limit means wait, not fail. Waiting does not run the
+        task's clock."""
+        config, openai = self.config, self.openai
+        clock = clock or TaskClock()
+        body = self._request_body(messages, tools)
+        failures = rate_limits = 0
+        rate_limited_since: float | None = None
+        while True:
+            async with clock.stopped():
+                await self.gate.wait()
+            hint: WaitHint | None = None
+            rate_limited = False
             try:
-                # The SDK's documented low-level request: the same transport and error mapping as
-                # chat.completions.create, without its per-call param transform over the whole (growing)
-                # history and its response model construction, which made the client CPU-bound at 32
-                # workers (8.6 ms -> 2.8 ms per call at 14 messages; see bench/bench_batch.py).
-                response = await self.client.post("/chat/completions", body=kwargs, cast_to=self.raw_response)
-                payload = response.json()
+                # Bounds the whole request: the client's own timeout bounds each socket read only, so a body
+                # trickling in byte by byte would never time out.
+                async with asyncio.timeout(config.request_timeout):
+                    # The SDK's documented low-level request: the same transport and error mapping as
+                    # chat.completions.create, without its per-call param transform over the whole (growing)
+                    # history and its response model construction, which made the client CPU-bound at 32
+                    # workers (8.6 ms -> 2.8 ms per call at 14 messages; see bench/bench_batch.py).
+                    response = await self.client.post("/chat/completions", body=body, cast_to=self.raw_response)
+                    payload = response.json()
+                turn = self._turn(payload)
+            except TimeoutError:
+                last_error = f"request timed out after {config.request_timeout:g} s"
             except openai.AuthenticationError as exc:
                 raise FatalRunError(
                     f"the model API rejected the key (401) at {config.base_url}: {_api_message(exc)}"
@@ -657,65 +750,110 @@ class ModelClient:
                 if _is_context_length(exc, message):
                     raise ModelCallError("context_length", f"context length exceeded: {message}") from None
                 if exc.status_code not in (408, 409, 429) and exc.status_code < 500:
-                    raise ModelCallError("api_error", f"HTTP {exc.status_code}: {message}") from None
+                    raise ModelCallError("api_error", f"HTTP {exc.status_code}: {message}", permanent=True) from None
                 last_error = f"HTTP {exc.status_code}: {message}"
-                retry_after = _retry_after_seconds(exc.response.headers)
-                if exc.status_code == 429:
-                    self.gate.pause(retry_after if retry_after is not None else self._backoff(attempt))
+                hint = provider_wait_hint(exc.response.headers)
+                rate_limited = exc.status_code == 429
             except openai.APIConnectionError as exc:  # includes APITimeoutError
-                last_error = "request timed out" if isinstance(exc, openai.APITimeoutError) else f"connection: {exc}"
-            except (openai.APIResponseValidationError, ValueError) as exc:
-                last_error = f"unreadable response: {exc}"
+                last_error = _connection_failure(exc)
+            except (openai.APIResponseValidationError, ValueError, RecursionError) as exc:
+                last_error = f"unreadable response: {_short(exc)}"
             else:
-                turn = self._turn(payload)
                 if turn is not None:
                     return turn
                 error = payload.get("error") if isinstance(payload, dict) else None
                 last_error = f"response had no choices: {_short(error) if error else _short(payload, 120)}"
-            if attempt < config.max_retries:
-                delay = retry_after if retry_after is not None else self._backoff(attempt)
-                log.debug("model call failed (%s); retry %d in %.2fs", last_error, attempt + 1, delay)
-                await asyncio.sleep(min(delay, config.retry_max_delay))
-        raise ModelCallError("api_error", f"gave up after {config.max_retries + 1} attempts: {last_error}")
+            now = time.monotonic()
+            if rate_limited:
+                rate_limited_since = now if rate_limited_since is None else rate_limited_since
+                waited = now - rate_limited_since
+                if waited >= config.max_rate_limit_wait:
+                    raise ModelCallError(
+                        "api_error",
+                        f"still rate limited after waiting {waited:.0f} s (--max_rate_limit_wait "
+                        f"{config.max_rate_limit_wait:g}): {last_error}",
+                    )
+                delay = self._delay(hint, rate_limits)
+                if rate_limits:  # 429 after 429: back off even when told "Retry-After: 0", never hammer
+                    delay = max(delay, self._delay(None, rate_limits - 1))
+                rate_limits += 1
+                delay = min(delay, config.max_rate_limit_wait - waited)
+                self.gate.pause(delay)  # a 429 is about the account, not this task: everyone waits
+            else:
+                failures += 1
+                if failures > config.max_retries:
+                    raise ModelCallError("api_error", f"gave up after {_plural(failures, 'attempt')}: {last_error}")
+                delay = self._delay(hint, failures - 1)
+            log.debug("model call failed (%s); retrying in %.2f s", last_error, delay)
+            async with clock.stopped():
+                await asyncio.sleep(delay)
 
-    def _backoff(self, attempt: int) -> float:
-        delay = min(self.config.retry_initial_delay * 2**attempt, self.config.retry_max_delay)
-        return delay * (1 - 0.25 * random.random())
+    def _delay(self, hint: WaitHint | None, attempt: int) -> float:
+        """The provider's own wait when it gave one (capped by --max_retry_after), else jittered backoff."""
+        if hint is None:
+            delay = min(self.config.retry_initial_delay * 2**attempt, self.config.retry_max_delay)
+            return delay * (1 - 0.25 * random.random())
+        cap = self.config.max_retry_after
+        if hint.seconds > cap and not self.long_wait_logged:
+            self.long_wait_logged = True  # once per run: every worker sees the same provider
+            log.warning(
+                "the model API asked to wait %.0f s (%s); waiting at most %g s (--max_retry_after)",
+                hint.seconds,
+                hint.header,
+                cap,
+            )
+        return min(hint.seconds, cap)
 
     @staticmethod
     def _turn(payload: object) -> ModelTurn | None:
-        """The assistant turn of a chat-completions JSON body, or None when it has no usable choice."""
+        """The assistant turn of a chat-completions JSON body, normalised where it enters; None when the body has
+        no usable choice; ValueError when its tool calls are not a list of calls."""
         choices = payload.get("choices") if isinstance(payload, dict) else None
-        message = (
-            choices[0].get("message")
-            if isinstance(choices, list) and choices and isinstance(choices[0], dict)
-            else None
-        )
+        choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
+        message = choice.get("message") if choice is not None else None
         if not isinstance(message, dict):
             return None
-        content = message.get("content")
-        assistant: dict = {"role": "assistant", "content": content if isinstance(content, str) else None}
-        calls = [call for call in message.get("tool_calls") or [] if isinstance(call, dict)]
+        assistant: dict = {"role": "assistant", "content": _message_text(message.get("content"))}
+        raw_calls = message.get("tool_calls")
+        if isinstance(raw_calls, dict):  # one call sent bare instead of in a list
+            raw_calls = [raw_calls]
+        elif raw_calls is not None and not isinstance(raw_calls, list):
+            raise ValueError(f"tool_calls is {_short(json.dumps(raw_calls, default=str), 60)}, not a list")
+        calls = [call for call in raw_calls or [] if isinstance(call, dict)]
         if calls:
             assistant["tool_calls"] = []
+            used_ids: set[str] = set()
             for index, call in enumerate(calls):
                 function = call.get("function") if isinstance(call.get("function"), dict) else {}
                 arguments = function.get("arguments")
                 if not isinstance(arguments, str):  # some servers send an object instead of a JSON string
-                    arguments = "" if arguments is None else json.dumps(arguments, ensure_ascii=False)
+                    arguments = "" if arguments is None else _json_text(arguments)
+                name = function.get("name")
                 assistant["tool_calls"].append(
                     {
-                        "id": call.get("id") or f"call_{index}",
+                        "id": _call_id(call.get("id"), index, used_ids),
                         "type": "function",
-                        "function": {"name": function.get("name"), "arguments": arguments},
+                        "function": {
+                            "name": name if isinstance(name, str) or name is None else _json_text(name),
+                            "arguments": _encodable(arguments),
+                        },
                     }
                 )
         # Sent back on later turns exactly as received: DeepSeek needs reasoning_content, Gemini (via
-        # OpenRouter) needs reasoning_details unchanged, new vLLM/OpenRouter use reasoning.
-        for key in ("reasoning", "reasoning_content", "reasoning_details"):
-            if message.get(key):
-                assistant[key] = message[key]
-        return ModelTurn(assistant, _usage_counts(payload.get("usage")))
+        # OpenRouter) needs reasoning_details unchanged, new vLLM/OpenRouter use reasoning. Only text that
+        # cannot be sent back at all (lone surrogates) is repaired.
+        for key in ("reasoning", "reasoning_content"):
+            if isinstance(message.get(key), str) and message[key]:
+                assistant[key] = _encodable(message[key])
+        details = _sendable_json(message.get("reasoning_details"))
+        if details:
+            assistant["reasoning_details"] = details
+        finish_reason = choice.get("finish_reason")
+        return ModelTurn(
+            assistant,
+            _usage_counts(payload.get("usage")),
+            finish_reason if isinstance(finish_reason, str) else None,
+        )
 
 
 def _http_client(openai, limits, timeout: float):
@@ -725,6 +863,66 @@ def _http_client(openai, limits, timeout: float):
         return openai.DefaultAioHttpClient(limits=limits, timeout=timeout)
     except (RuntimeError, AttributeError):  # openai without the aiohttp extra, or too old to have it
         return openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout)
+
+
+def _encodable(text: str) -> str:
+    """``text`` as it can be encoded to UTF-8: each lone surrogate (which a JSON \\ud800 escape can carry) becomes
+    U+FFFD. They cannot be sent back to the model, written to a record or given to bash as they are."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def _message_text(content: object) -> str | None:
+    """Message content as text: a string as it is, a list of parts joined from their text, anything else None."""
+    if isinstance(content, list):
+        content = "".join(
+            part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return _encodable(content) if isinstance(content, str) else None
+
+
+def _json_text(value: object) -> str:
+    try:
+        return _encodable(json.dumps(value, ensure_ascii=False))
+    except (ValueError, RecursionError):
+        return ""
+
+
+def _sendable_json(value: object) -> object:
+    """A JSON value that can go back to the provider as it came (lone surrogates repaired); None when it cannot
+    be sent at all (non-finite numbers, nesting too deep to serialise)."""
+    if value is None:
+        return None
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (ValueError, TypeError, RecursionError):
+        return None
+    repaired = _encodable(text)
+    return value if repaired is text else json.loads(repaired)
+
+
+def _call_id(raw: object, index: int, used: set[str]) -> str:
+    """A tool-call id as a string that is unique in its turn, so each result pairs with its call. A string id is
+    kept; a number becomes its digits; anything else (an object, a list, nothing) becomes call_<index>. Lone
+    surrogates are written as \\udXXX escapes rather than replaced, so two distinct ids stay distinct."""
+    if isinstance(raw, str) and raw:
+        call_id = raw.encode("utf-8", "backslashreplace").decode("utf-8")
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        call_id = str(raw)
+    else:
+        call_id = f"call_{index}"
+    unique, suffix = call_id, 2
+    while unique in used:
+        unique, suffix = f"{call_id}_{suffix}", suffix + 1
+    used.add(unique)
+    return unique
+
+
+MAX_TOKEN_COUNT = 2**53
+"""Beyond this a reported token count is nonsense (and overflows an int64 dataset column): counted as 0."""
 
 
 def _usage_counts(usage: object) -> dict:
@@ -739,7 +937,13 @@ def _usage_counts(usage: object) -> dict:
 
 
 def _count(value: object) -> int:
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0
+    return int(value) if 0 < value < MAX_TOKEN_COUNT else 0  # False for NaN and infinity too
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _api_message(exc: Exception) -> str:
@@ -761,19 +965,63 @@ def _is_context_length(exc: Exception, message: str) -> bool:
     return code == "context_length_exceeded" or any(hint in message.lower() for hint in CONTEXT_LENGTH_HINTS)
 
 
-def _retry_after_seconds(headers: object) -> float | None:
-    try:
-        if headers.get("retry-after-ms"):
-            return max(float(headers["retry-after-ms"]) / 1000, 0.0)
-        value = headers.get("retry-after")
-        if not value:
-            return None
+def _connection_failure(exc: BaseException) -> str:
+    """What really went wrong under the SDK's APIConnectionError. Its aiohttp transport reports a refused
+    connection as APITimeoutError ("Request timed out."), so the cause chain decides, not the class."""
+    seen: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(seen) < 10:
+        seen.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    for cause in seen:
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused (is the server running, and is --base_url right?)"
+        if isinstance(cause, socket.gaierror):
+            return f"host name does not resolve ({cause.strerror or cause})"
+    if any(isinstance(cause, TimeoutError) for cause in seen[1:]) or type(exc).__name__ == "APITimeoutError":
+        return "request timed out"
+    return f"connection failed: {_short(seen[-1])}"
+
+
+WAIT_HINT_HEADERS = ("retry-after-ms", "retry-after", "llm_provider-retry-after", "x-ratelimit-reset-requests")
+"""Where providers say how long to wait, most precise first: the standard header (seconds or an HTTP date) and
+OpenAI's ms variant, LiteLLM's copy of the upstream provider's header, OpenAI's limit-window reset ("6m0s")."""
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?)(ms|h|m|s)")
+_DURATION = re.compile(r"(?:\d+(?:\.\d*)?(?:ms|h|m|s))+")
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def provider_wait_hint(headers: object) -> WaitHint | None:
+    """How long the provider's headers ask us to wait before the next request, or None when they do not say."""
+    for header in WAIT_HINT_HEADERS:
         try:
-            return max(float(value), 0.0)
-        except ValueError:
-            return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
-    except (TypeError, ValueError, AttributeError):
+            value = headers.get(header)
+        except AttributeError:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            continue
+        seconds = _wait_seconds(value.strip(), milliseconds=header.endswith("-ms"))
+        if seconds is not None:
+            return WaitHint(seconds, header)
+    return None
+
+
+def _wait_seconds(value: str, milliseconds: bool = False) -> float | None:
+    """Seconds from "20", "0.5", "150" (ms), "6m0s", "1h2m3.5s", "60ms" or an HTTP date; None for nonsense."""
+    try:
+        seconds = float(value) / (1000 if milliseconds else 1)
+    except ValueError:
+        seconds = None
+        if _DURATION.fullmatch(value):
+            seconds = sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(value))
+        else:
+            try:
+                seconds = parsedate_to_datetime(value).timestamp() - time.time()
+            except (TypeError, ValueError, IndexError, OverflowError):
+                return None
+    if not math.isfinite(seconds):
         return None
+    return max(seconds, 0.0)
 
 
 def _short(value: object, limit: int = 300) -> str:
@@ -851,6 +1099,26 @@ class TaskState:
 
 
 @dataclass
+class EarlyFailureWatch:
+    """Behind a LiteLLM proxy a wrong key or an unknown model is an HTTP 400 ("No connected db.", "Invalid model
+    name passed in model=..."), not a 401/404: every task would end in api_error within milliseconds. When the
+    first ``window`` tasks to end all end in the same permanent error, the rest would too: the run stops."""
+
+    window: int = 3
+    endings: list[str | None] = field(default_factory=list)
+    """Per task that ended, in order: its permanent API error, or None for any other ending."""
+
+    def observe(self, permanent_error: str | None) -> str | None:
+        """Note how a task ended; returns the line to stop the run with, or None to go on."""
+        if len(self.endings) >= self.window:
+            return None
+        self.endings.append(permanent_error)
+        if len(self.endings) == self.window and permanent_error is not None and len(set(self.endings)) == 1:
+            return f"the first {self.window} tasks all failed the same way, so every task would: {permanent_error}"
+        return None
+
+
+@dataclass
 class RunContext:
     """What the tasks of one run share."""
 
@@ -864,6 +1132,9 @@ class RunContext:
     """Of the settings that shape the data (see data_settings); the same on every record of the run."""
     output: "OutputFile | None" = None
     """Told when the first model answer shows the run works (--overwrite replaces the old file then)."""
+
+    early_failures: EarlyFailureWatch = field(default_factory=EarlyFailureWatch)
+    """Stops the run when its first tasks all end in the same permanent API error."""
 
 
 VERIFIED_ENDINGS = frozenset({"completed", "max_iterations"})
@@ -911,7 +1182,9 @@ async def run_verifier(
 
 
 async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> dict:
-    """Run one sample of a prompt to its end (then its verifier) and return its record. Only FatalRunError escapes."""
+    """Run one sample of a prompt to its end (then its verifier) and return its record. Only FatalRunError escapes
+    (and cancellation while the run is not stopping): anything else, a bug of ours included, ends as this task's
+    record, never the batch's end."""
     config = ctx.config
     state = TaskState(
         messages=[{"role": "system", "content": ctx.system_prompt}, {"role": "user", "content": prompt.text}]
@@ -921,15 +1194,16 @@ async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> di
     verification: Verification | None = None
     started_wall, started = datetime.now(UTC), time.monotonic()
     env = None
+    permanent_error = None
     try:
-        async with asyncio.timeout(config.task_timeout):
+        async with asyncio.timeout(config.task_timeout) as deadline:
             env = environments.create_environment(
                 config.env, image=prompt.image, cwd=prompt.cwd, task_id=prompt.task_id
             )
             ctx.live_environments.add(env)
             await env.start()
             start_cwd = getattr(env, "cwd", None)
-            await _agent_loop(prompt, state, env, ctx)
+            await _agent_loop(prompt, state, env, ctx, TaskClock(deadline))
         # Outside --task_timeout: the verifier has its own bound, and a slow verifier is not a slow agent.
         if verify_command is not None and state.exit_reason in VERIFIED_ENDINGS:
             verification = await run_verifier(env, verify_command, config.verify_timeout, start_cwd)
@@ -950,26 +1224,34 @@ async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> di
         state.exit_reason, state.error = "env_error", str(exc)
     except ModelCallError as exc:
         state.exit_reason, state.error = exc.exit_reason, str(exc)
+        permanent_error = str(exc) if exc.permanent else None
     except FatalRunError:
         raise
     except Exception as exc:  # a bug of ours must not sink the batch; the record says what happened
-        log.exception("[%s] unexpected error", prompt.task_id)
-        state.exit_reason, state.error = "env_error", f"internal error: {type(exc).__name__}: {_short(exc)}"
+        state.exit_reason, state.error = "env_error", _internal_error(prompt, exc)
         verification = None
     finally:
         if env is not None:
             await _close_quietly(env, prompt.task_id)
             ctx.live_environments.discard(env)
-    _answer_dangling_tool_calls(state)
+    stop = ctx.early_failures.observe(permanent_error)
+    if stop is not None:
+        raise FatalRunError(stop)
     secrets = config.env.secret_values
     if verification is not None:
         verification.output = redact(verification.output, secrets)
         verification.error = None if verification.error is None else redact(verification.error, secrets)
+    try:
+        _answer_dangling_tool_calls(state)
+        turns = trajectory.to_hermes(_redacted_model_text(state.messages[1:], secrets), ctx.tools)
+    except Exception as exc:  # the same net around the conversion: the task keeps a record that says what happened
+        state.completed, state.exit_reason, state.error = False, "env_error", _internal_error(prompt, exc)
+        turns = _bare_conversation(prompt, ctx)
     return trajectory.build_record(
         prompt_index=prompt.index,
         task_id=prompt.task_id,
         sample_index=sample_index,
-        conversations=trajectory.to_hermes(_redacted_model_text(state.messages[1:], secrets), ctx.tools),
+        conversations=turns,
         completed=state.completed,
         exit_reason=state.exit_reason,
         api_calls=state.api_calls,
@@ -1015,24 +1297,48 @@ def _redacted_model_text(messages: list[dict], secrets: tuple[str, ...]) -> list
     return redacted
 
 
-async def _close_quietly(env: environments.Environment, task_id: str) -> None:
-    # Shielded so a second cancellation cannot leave a container or sandbox behind.
+def _internal_error(prompt: Prompt, exc: Exception) -> str:
+    """The record's error for a bug of ours; one log line (the traceback only with --verbose)."""
+    error = f"internal error: {type(exc).__name__}: {_short(exc)}"
+    log.error("[%s] %s", prompt.task_id, error)
+    log.debug("[%s] traceback of the internal error", prompt.task_id, exc_info=exc)
+    return error
+
+
+def _bare_conversation(prompt: Prompt, ctx: RunContext) -> list[dict]:
+    """The system and human turns alone, for a record whose conversation could not be converted."""
     try:
-        await asyncio.shield(asyncio.wait_for(env.close(), 60))
-    except asyncio.CancelledError:
-        pass  # the run is being torn down; the reaper (`mini-swe-runner cleanup`) catches what is left
-    except Exception as exc:
-        log.warning("[%s] could not clean up its environment: %s", task_id, _short(exc) or type(exc).__name__)
+        return trajectory.to_hermes([{"role": "user", "content": prompt.text}], ctx.tools)
+    except Exception:
+        return [{"from": "system", "value": ""}, {"from": "human", "value": prompt.text}]
 
 
-async def _agent_loop(prompt: Prompt, state: TaskState, env: environments.Environment, ctx: RunContext) -> None:
+async def _close_quietly(env: environments.Environment, task_id: str) -> None:
+    # Shielded, and awaited again when cancelled: a run stopping (a signal, a fatal error) while a task closes its
+    # environment must neither leave the container or sandbox behind nor warn about a close that did happen.
+    closing = asyncio.ensure_future(asyncio.wait_for(env.close(), 60))
+    while not closing.done():
+        try:
+            await asyncio.shield(closing)
+        except asyncio.CancelledError:
+            continue
+        except Exception:
+            break
+    error = None if closing.cancelled() else closing.exception()
+    if error is not None:
+        log.warning("[%s] could not clean up its environment: %s", task_id, _short(error) or type(error).__name__)
+
+
+async def _agent_loop(
+    prompt: Prompt, state: TaskState, env: environments.Environment, ctx: RunContext, clock: TaskClock | None = None
+) -> None:
     config = ctx.config
     while True:
         if state.api_calls >= config.max_iterations:
             state.exit_reason = "max_iterations"
             return
-        turn = await ctx.model.complete(state.messages, ctx.tools)
-        state.api_calls += 1
+        state.api_calls += 1  # counted when made: the call that finally fails is a call made too
+        turn = await ctx.model.complete(state.messages, ctx.tools, clock)
         if ctx.output is not None:
             ctx.output.commit()  # the endpoint works: --overwrite may now replace the old records
         for key, value in turn.usage.items():
@@ -1042,6 +1348,14 @@ async def _agent_loop(prompt: Prompt, state: TaskState, env: environments.Enviro
         if turn.message.get("content"):
             log.info("[%s] model: %s", prompt.task_id, _short(turn.message["content"], 200))
         if not calls:
+            if turn.finish_reason == "length" and not (turn.message.get("content") or "").strip():
+                # Cut off before it said anything: not an answer, and not training data for one.
+                state.exit_reason = "context_length"
+                state.error = (
+                    'the model was cut off at its token limit (finish_reason "length") before any text or tool call; '
+                    "raise --max_tokens if it is set, else the conversation has filled the context"
+                )
+                return
             state.completed, state.exit_reason = True, "completed"
             return
         finished = False
@@ -1075,10 +1389,14 @@ async def _run_tool_call(call: dict, env: environments.Environment, config: RunC
     command = arguments.get("command")
     if not isinstance(command, str) or not command.strip():
         return ExecResult("", -1, 'missing "command": send {"command": "<bash command>"}')
+    if "\x00" in command:
+        return ExecResult("", -1, "the command contains a NUL character, which no shell can run; leave it out")
+    command = _encodable(command)  # a lone surrogate from a \ud800 escape cannot reach bash as it is
     timeout = config.command_timeout
     requested = arguments.get("timeout")
+    # NaN is not > 0; infinity and 10**400 (an int no float holds) are capped before float() sees them.
     if isinstance(requested, (int, float)) and not isinstance(requested, bool) and requested > 0:
-        timeout = min(float(requested), config.max_command_timeout)
+        timeout = float(min(requested, config.max_command_timeout))
     log.info("[%s] $ %s", task_id, _short(command, 200))
     result = await env.execute(command, timeout)
     log.info(
@@ -1098,7 +1416,7 @@ def _answer_dangling_tool_calls(state: TaskState) -> None:
         return
     answered = {m.get("tool_call_id") for m in state.messages[last_assistant + 1 :] if m.get("role") == "tool"}
     for call in state.messages[last_assistant].get("tool_calls") or []:
-        if call["id"] not in answered:
+        if call.get("id") not in answered:  # ids are strings, unique in their turn (ModelClient._turn)
             result = ExecResult("", -1, f"not run: the task ended ({state.exit_reason})")
             state.messages.append({"role": "tool", "tool_call_id": call["id"], "content": json.dumps(result.to_dict())})
 
@@ -1584,6 +1902,12 @@ async def run_batch(config: RunConfig, prompts: list[Prompt]) -> RunOutcome:
         config_hash=output.config_hash,
         output=output,
     )
+    try:
+        await ctx.model.check_endpoint()
+    except FatalRunError as exc:
+        await ctx.model.close()
+        output.close(keep=False)
+        return RunOutcome(EXIT_FATAL, summarize([], time.monotonic() - started, skipped, outcomes), str(exc))
     writer = output.writer
     progress = Progress(schedule.total, config.quiet, verifying=bool(outcomes.verified_ids))
     progress.not_needed(schedule.not_needed)
@@ -1667,6 +1991,15 @@ async def run_batch(config: RunConfig, prompts: list[Prompt]) -> RunOutcome:
         return RunOutcome(EXIT_FATAL, summary, stop["fatal"])
     if stop["signal"] is not None:
         return RunOutcome(EXIT_SIGNAL[stop["signal"]], summary, "interrupted; rerun the same command to resume")
+    if written and all(record["exit_reason"] in ("api_error", "env_error") for record in written):
+        # Nothing usable came out: a run that only failed must not look like a finished one to a script.
+        error, count = Counter(record["error"] for record in written).most_common(1)[0]
+        return RunOutcome(
+            EXIT_FATAL,
+            summary,
+            f"every task failed ({len(written)} api_error/env_error; {count} with: {error}); "
+            "rerun the same command to retry them once the cause is fixed",
+        )
     return RunOutcome(EXIT_OK, summary)
 
 
@@ -1729,8 +2062,10 @@ def _number(name: str, value: object, kind: type, minimum: float, allow_none: bo
         raise UsageError(f"--{name} takes a number, not {value!r}")
     try:
         number = kind(value) if not isinstance(value, str) or kind is float else int(value.strip(), 10)
-    except ValueError:
+    except (ValueError, OverflowError):  # int(inf) overflows, int(nan) is a ValueError
         raise UsageError(f"--{name} takes {'a whole number' if kind is int else 'a number'}, not {value!r}") from None
+    if not math.isfinite(number):
+        raise UsageError(f"--{name} takes a finite number, not {value!r}")
     if kind is int and isinstance(value, float) and not value.is_integer():
         raise UsageError(f"--{name} takes a whole number, not {value!r}")
     if number != number or number < minimum:
@@ -1840,6 +2175,8 @@ def main(
     limit: int | None = None,
     max_rpm: float | None = None,
     max_retries: int = 6,
+    max_rate_limit_wait: float = 300,
+    max_retry_after: float = 60,
     request_timeout: float = 600,
     stats_file: str | None = None,
     system_prompt: str | None = None,
@@ -1899,8 +2236,10 @@ def main(
         shard: I/N: run only the I-th of N deterministic slices of the prompts (1-based), e.g. 2/4.
         limit: Run only the first N prompts (after --shard), for a quick trial.
         max_rpm: Cap on model requests per minute across all workers.
-        max_retries: Retries of a model call on 429/5xx/timeouts/connection errors (default 6).
-        request_timeout: Seconds one model request may take (default 600).
+        max_retries: Retries of a model call on 5xx/timeouts/connection errors/unreadable answers (default 6).
+        max_rate_limit_wait: Seconds one model call keeps waiting out 429 rate limits before it fails (default 300).
+        max_retry_after: Longest wait honoured when the provider asks for one, e.g. Retry-After (default 60).
+        request_timeout: Seconds one model request may take, the whole response included (default 600).
         stats_file: Also write the run's summary as JSON here.
         system_prompt: Replace the built-in system prompt the model sees (never saved in trajectories); {env_type}
             and {marker} are filled in, any other text is sent as written.
@@ -1987,6 +2326,8 @@ def main(
         resume_any=_bool("resume_any", resume_any),
         request_timeout=float(_number("request_timeout", request_timeout, float, 0.1)),
         max_retries=int(_number("max_retries", max_retries, int, 0)),
+        max_rate_limit_wait=float(_number("max_rate_limit_wait", max_rate_limit_wait, float, 0)),
+        max_retry_after=float(_number("max_retry_after", max_retry_after, float, 0)),
         max_rpm=_number("max_rpm", max_rpm, float, 0.001, allow_none=True),
         workers=int(_number("workers", workers, int, 1)),
         system_prompt=_system_prompt(

@@ -87,7 +87,7 @@ def parse_arguments(raw: str | dict | None) -> dict | None:
         return raw
     try:
         value = json.loads(raw or "")
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # RecursionError: a model can send 100,000-deep nesting
         return None
     return value if isinstance(value, dict) else None
 
@@ -334,21 +334,17 @@ class ReadResult:
 
 
 def read_records(path: str) -> ReadResult:
-    """Read an output file, skipping torn or invalid lines instead of failing."""
+    """Read an output file, skipping torn or invalid lines (see :func:`_parse_record_line`) instead of failing."""
     records, bad = [], 0
     with open(path, "rb") as handle:
         for raw in handle:
             if not raw.strip():
                 continue
-            try:
-                record = json.loads(raw)
-            except ValueError:
+            record = _parse_record_line(raw)
+            if record is None:
                 bad += 1
-                continue
-            if isinstance(record, dict) and "task_id" in record:
-                records.append(record)
             else:
-                bad += 1
+                records.append(record)
     return ReadResult(records, bad)
 
 
@@ -445,11 +441,15 @@ def last_records(
 
 
 def _parse_record_line(raw: bytes) -> dict | None:
+    """A record from one output line, or None for a line that is not one: torn, not JSON, nested too deep to
+    parse, or with a ``task_id`` or ``exit_reason`` that is not a string (a list there would break resume)."""
     try:
         record = json.loads(raw)
     except (ValueError, RecursionError):
         return None
     if not isinstance(record, dict) or not isinstance(record.get("task_id"), str):
+        return None
+    if not isinstance(record.get("exit_reason", ""), str):
         return None
     return record
 
