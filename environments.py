@@ -204,7 +204,8 @@ def flags_not_applicable(env_type: str, given_flags: set[str]) -> str | None:
         users = [name for name, cls in BACKENDS.items() if flag in cls.flags]
         if not users:
             continue  # not an environment flag at all
-        return f"--{flag} does nothing with --env {env_type}: it applies to --env {' or '.join(users)} only"
+        names = ", ".join(users[:-1]) + " or " + users[-1] if len(users) > 1 else users[0]
+        return f"--{flag} does nothing with --env {env_type}: it applies to --env {names} only"
     return None
 
 
@@ -1111,7 +1112,7 @@ _DOCKER_REFERENCE = re.compile(
 def check_docker_image_name(image: str, where: str) -> None:
     """SettingsError in one line unless ``image`` is a valid docker reference (lower-case repository, tag...)."""
     if not _DOCKER_REFERENCE.fullmatch(image):
-        hint = " (repository names are lower case)" if image.lower() != image else ""
+        hint = " (repository names are lower case)" if _DOCKER_REFERENCE.fullmatch(image.lower()) else ""
         raise SettingsError(f"{where} {image!r} is not a valid Docker image name{hint}: e.g. python:3.11-slim")
     host = image.split("/", 1)[0] if "/" in image else ""
     if host and not ("." in host or ":" in host or host == "localhost") and host.lower() != host:
