@@ -153,7 +153,7 @@ class EnvSettings:
         _at_least("max_output_chars", self.max_output_chars, 100)
         _at_least("workers", self.concurrency, 1)
         if self.pull not in PULL_POLICIES:
-            raise SettingsError(f"--pull must be one of {', '.join(PULL_POLICIES)}, not {self.pull!r}")
+            raise SettingsError(f"--pull must be missing, always or never, not {self.pull!r}")
         if not self.network:
             raise SettingsError("--network needs a value (bridge or none)")
         if self.cpus is not None:
@@ -162,7 +162,7 @@ class EnvSettings:
             _at_least("pids_limit", self.pids_limit, 0)
             self.pids_limit = int(self.pids_limit) or None  # 0 means no limit
         _at_least("sandbox_timeout", self.sandbox_timeout, 10)
-        _at_least("startup_timeout", self.startup_timeout, 1)
+        _at_least("startup_timeout", self.startup_timeout, 0.1)
         for volume in self.volumes:
             parse_volume(volume)
         backend.check_settings(self)
@@ -1706,6 +1706,7 @@ class _SharedConnection:
 
     def __init__(self, key: tuple, settings: EnvSettings):
         self.key, self.settings = key, settings
+        self.loop = asyncio.get_running_loop()
         self.users = 0
         self.sessions = asyncio.Semaphore(SSH_MAX_SESSIONS)
         self._connecting: asyncio.Task | None = None
@@ -1750,7 +1751,7 @@ def _shared_connection(settings: EnvSettings) -> _SharedConnection:
     loop = asyncio.get_running_loop()
     key = (id(loop), settings.ssh_host, settings.ssh_key, settings.ssh_known_hosts)
     shared = _ssh_connections.get(key)
-    if shared is None:
+    if shared is None or shared.loop is not loop:  # a loop id can be reused once its loop is gone
         shared = _ssh_connections[key] = _SharedConnection(key, settings)
     return shared
 
@@ -1918,8 +1919,7 @@ class SSHEnvironment(Environment):
                 await self._control("kill -KILL " + " ".join(f"-{g}" for g in groups) + " 2>/dev/null; true")
 
     async def _close(self) -> None:
-        shared, self._shared = self._shared, None
-        if shared is None or self._connection is None:
+        if self._shared is None or self._connection is None:
             return
         try:
             groups, self._groups = self._groups, []
@@ -1929,6 +1929,7 @@ class SSHEnvironment(Environment):
                 await self._control(kill + remove)
         finally:
             self._temp_dir = None
+            shared, self._shared, self._connection = self._shared, None, None
             shared.release()
 
     def abandon(self) -> None:
