@@ -51,7 +51,7 @@ def local_leftovers(env, marker: str) -> list[str]:
 
 def docker_leftovers(env, marker: str) -> list[str]:
     # The engine runs on this machine: a container's processes show in this machine's /proc too.
-    return [f"container {c.name}" for c in run_containers(env.settings.run_id)] + processes_running(marker)
+    return [f"container {name}" for name in run_containers(env.settings.run_id)] + processes_running(marker)
 
 
 @pytest.fixture(params=["local", "bwrap", "docker", "ssh", "modal"])
@@ -102,9 +102,13 @@ def run_in(backend: Backend, commands: list[str], timeout: float = 20, **setting
 
 
 def test_stdout_and_stderr_are_merged_in_order(backend):
-    [result] = run_in(backend, ["echo out1; echo err >&2; echo out2; exit 3"])
-    assert result.output == "out1\nerr\nout2\n"
-    assert result.exit_code == 3 and result.error is None
+    short, long = run_in(
+        backend,
+        ["echo out1; echo err >&2; echo out2; exit 3", "for i in $(seq 300); do echo out$i; echo err$i >&2; done"],
+    )
+    assert short.output == "out1\nerr\nout2\n"
+    assert short.exit_code == 3 and short.error is None
+    assert long.output == "".join(f"out{i}\nerr{i}\n" for i in range(1, 301))
 
 
 def test_cwd_carries_over_and_a_failed_cd_keeps_it(backend):

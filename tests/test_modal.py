@@ -65,19 +65,12 @@ async def session(env, *commands, timeout=10):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_command_runs_with_stderr_merged_in_order(fake):
-    [result] = run(session(make_env(fake), "echo out1; echo err >&2; echo out2; exit 3"))
-    assert result.output == "out1\nerr\nout2\n"
-    assert result.exit_code == 3 and result.error is None
+def test_exec_asks_for_bytes(fake):
+    # text=True would raise on invalid UTF-8 inside the SDK; the contract suite checks the replacement.
+    [result] = run(session(make_env(fake), "echo out"))
+    assert result.output == "out\n"
     [kwargs] = fake.called("Sandbox.exec.aio")
     assert kwargs["text"] is False
-
-
-def test_cwd_carries_over_between_commands(fake):
-    env = make_env(fake)
-    first, second = run(session(env, "mkdir -p sub/dir && cd sub/dir", "pwd"))
-    assert first.ok and first.output == ""
-    assert second.output.strip() == f"{fake.sandboxes[0].root}/sub/dir"
 
 
 def test_requested_cwd_becomes_the_sandbox_workdir(fake, tmp_path):
@@ -90,25 +83,6 @@ def test_requested_cwd_becomes_the_sandbox_workdir(fake, tmp_path):
 def test_relative_cwd_is_refused(fake):
     with pytest.raises(EnvError, match="absolute"):
         run(session(make_env(fake, cwd="repo")))
-
-
-def test_invalid_utf8_is_replaced(fake):
-    [result] = run(session(make_env(fake), r"printf 'a\377b\n'"))
-    assert result.output == "a\ufffdb\n"
-
-
-def test_big_output_is_truncated(fake):
-    env = make_env(fake, max_output_chars=1000)
-    [result] = run(session(env, "head -c 3000000 /dev/zero | tr '\\0' x; echo; echo END"))
-    assert result.exit_code == 0
-    assert len(result.output) < 1100
-    assert "characters omitted" in result.output and result.output.endswith("END\n")
-
-
-def test_secrets_are_redacted(fake):
-    env = make_env(fake, secret_values=("hunter2-secret",))
-    [result] = run(session(env, "echo the password is hunter2-secret"))
-    assert result.output == "the password is [REDACTED]\n"
 
 
 def test_timeout_returns_124_with_partial_output_and_keeps_the_sandbox(fake):
@@ -138,11 +112,6 @@ def test_background_child_does_not_hold_the_command(fake):
     [result] = run(session(env, "sleep 30 & echo started"))
     assert result.ok and result.output == "started\n"
     assert time.monotonic() - started < MODAL_DRAIN_SECONDS + 3
-
-
-def test_quick_exit_124_is_not_a_timeout(fake):
-    [result] = run(session(make_env(fake), "exit 124", timeout=30))
-    assert result.exit_code == 124 and result.error is None
 
 
 def test_command_too_long_for_modal_is_a_result_not_an_exec(fake):
