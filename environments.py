@@ -534,6 +534,7 @@ libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
     signal.signal(s, signal.SIG_IGN)
 sock = socket.socket(fileno=int(sys.argv[1]))
+sock.sendall(b"R")  # ready: the runner waits for this byte (or for the sandbox's error on stderr)
 keepers = {}
 
 def descendants(root):
@@ -654,6 +655,8 @@ while True:
             kill_tree(keeper_pid)
 """
 
+SUPERVISOR_START_WAIT = 30.0
+"""Longest wait for a task's supervisor (and its sandbox) to come up; it takes about 20 ms."""
 SUPERVISOR_EXIT_WAIT = 5.0
 """How long close() waits for the supervisor to kill a task's processes and exit before it kills the supervisor."""
 
@@ -668,7 +671,7 @@ class Supervisor:
                 [*prefix, sys.executable, "-I", "-S", "-c", SUPERVISOR_SCRIPT, str(theirs.fileno())],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,  # read only if it does not come up (bwrap's own error, say)
                 cwd=cwd,
                 env=environ,
                 pass_fds=[theirs.fileno()],
@@ -681,6 +684,24 @@ class Supervisor:
             theirs.close()
         self.sock = ours
         self._next_id = 0
+
+    async def ready(self, timeout: float, what: str) -> None:
+        """Wait for the supervisor's first byte; EnvError with its stderr when it exits instead."""
+        loop = asyncio.get_running_loop()
+        self.sock.setblocking(False)
+        try:
+            byte = await asyncio.wait_for(loop.sock_recv(self.sock, 1), timeout)
+        except (TimeoutError, OSError):
+            byte = b""
+        finally:
+            self.sock.setblocking(True)
+        if byte == b"R":
+            self.process.stderr.close()
+            return
+        await asyncio.to_thread(self.stop, 1.0)
+        why = " ".join(self.process.stderr.read(4096).decode(errors="replace").split())
+        self.process.stderr.close()
+        raise EnvError(f"{what} did not start ({why or f'exit code {self.process.returncode}'})")
 
     def send(self, request: dict, fds: list[int] = ()) -> None:
         body = json.dumps(request).encode()
@@ -744,7 +765,9 @@ class LocalEnvironment(Environment):
         self.base = self.cwd = base
         try:
             self._supervisor = Supervisor(self._supervisor_prefix(), base, self._environ)
-        except EnvError:
+            await self._supervisor.ready(SUPERVISOR_START_WAIT, f"the {self.name} environment")
+        except BaseException:
+            self._supervisor = None
             self._remove_temp_dir()
             raise
 
@@ -888,7 +911,13 @@ class BwrapEnvironment(LocalEnvironment):
     @classmethod
     async def preflight(cls, settings: EnvSettings, images: set[str]) -> None:
         await super().preflight(settings, images)
-        _existing_volumes(settings)
+        for _, target, _ in _existing_volumes(settings):
+            # The sandbox's root is the host's, read-only: bwrap can make a mount point only in its private /tmp.
+            if not os.path.exists(target) and not target.startswith("/tmp/"):
+                raise EnvError(
+                    f"--volume target {target} must exist on this machine or lie under /tmp with --env bwrap "
+                    "(the sandbox sees the host's file system, read-only)"
+                )
         if shutil.which("bwrap") is None:
             raise EnvError("bwrap was not found on PATH: install bubblewrap (apt-get install bubblewrap)")
         probe = await asyncio.create_subprocess_exec(
