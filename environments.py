@@ -1762,15 +1762,18 @@ class _SharedConnection:
     async def _close_later(self) -> None:
         try:
             await asyncio.sleep(SSH_LINGER)
-        finally:  # also when the run's event loop shuts down and cancels us: close cleanly
-            if _ssh_connections.get(self.key) is self and self.users == 0:
-                del _ssh_connections[self.key]
-            if self._connecting is not None and self._connecting.done() and not self._connecting.cancelled():
-                if self._connecting.exception() is None:
-                    connection = self._connecting.result()
-                    connection.close()
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(connection.wait_closed(), 2)
+        except asyncio.CancelledError:
+            if self.users > 0:
+                raise  # a task took the connection again: keep it
+            # else the run's event loop is shutting down and cancels us: close cleanly below
+        if _ssh_connections.get(self.key) is self:
+            del _ssh_connections[self.key]
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None and connecting.done() and not connecting.cancelled() and not connecting.exception():
+            connection = connecting.result()
+            connection.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.wait_closed(), 2)
 
 
 _ssh_connections: dict[tuple, _SharedConnection] = {}
@@ -1788,7 +1791,9 @@ def _shared_connection(settings: EnvSettings) -> _SharedConnection:
 async def _ssh_connect(settings: EnvSettings):
     asyncssh = _import_asyncssh()
     user, host, port = parse_ssh_host(settings.ssh_host)
-    options: dict = {"port": port, "known_hosts": os.path.expanduser(settings.ssh_known_hosts or "~/.ssh/known_hosts")}
+    known_hosts = os.path.expanduser(settings.ssh_known_hosts or "~/.ssh/known_hosts")
+    # No known_hosts file at all still means checking: nothing is trusted (([], [], []): no keys, CAs or revocations).
+    options: dict = {"port": port, "known_hosts": known_hosts if os.path.exists(known_hosts) else ([], [], [])}
     if user:
         options["username"] = user
     if settings.ssh_key:
@@ -1800,8 +1805,8 @@ async def _ssh_connect(settings: EnvSettings):
         raise EnvError(f"no ssh connection to {where} within {settings.startup_timeout:g} s") from None
     except asyncssh.HostKeyNotVerifiable as exc:
         raise EnvError(
-            f"ssh host key of {where} not trusted ({_one_line(exc)}): add it to {options['known_hosts']} "
-            f"(ssh-keyscan -p {port} {host} >> {options['known_hosts']}, after checking it) or pass --ssh_known_hosts"
+            f"ssh host key of {where} not trusted ({_one_line(exc)}): add it to {known_hosts} "
+            f"(ssh-keyscan -p {port} {host} >> {known_hosts}, after checking it) or pass --ssh_known_hosts"
         ) from None
     except asyncssh.PermissionDenied as exc:
         raise EnvError(f"ssh login to {where} refused ({_one_line(exc)}): check the user and --ssh_key") from None

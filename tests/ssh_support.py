@@ -59,8 +59,8 @@ def _problem() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def sshd():
+@pytest.fixture(scope="session", name="sshd")
+def sshd_fixture():
     problem = _problem()
     if problem:
         if os.environ.get("CI", "").lower() == "true":
@@ -88,7 +88,7 @@ def sshd():
                 "PermitRootLogin prohibit-password",
                 "MaxSessions 10",
                 "MaxStartups 100",
-                "LogLevel ERROR",
+                "LogLevel INFO",  # one "Accepted publickey" line per connection: the tests count them
                 "",
             ]
         )
@@ -119,3 +119,8 @@ def sshd():
             process.kill()
         log.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def accepted_connections(server: SSHServer) -> int:
+    """How many ssh connections the server has accepted so far (from its own log)."""
+    return (server.root / "sshd.log").read_text(errors="replace").count("Accepted publickey")

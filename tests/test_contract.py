@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import pytest
 from docker_support import TEST_IMAGE, docker_engine, run_containers  # noqa: F401
-from ssh_support import sshd  # noqa: F401
+from ssh_support import sshd_fixture  # noqa: F401
 
 from environments import KILL_GRACE, EnvError, EnvSettings, create_environment
 
