@@ -533,7 +533,9 @@ libc = ctypes.CDLL(None, use_errno=True)
 libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
     signal.signal(s, signal.SIG_IGN)
+SPAWN_DEFAULT_SIGNALS = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
 sock = socket.socket(fileno=int(sys.argv[1]))
+sock.set_inheritable(False)
 sock.sendall(b"R")  # ready: the runner waits for this byte (or for the sandbox's error on stderr)
 keepers = {}
 
@@ -578,24 +580,19 @@ def kill_tree(root):
 
 def keeper(argv, cwd, out_fd, status_fd):
     libc.prctl(36, 1, 0, 0, 0)
-    bash = os.fork()
-    if bash == 0:
-        try:
-            for s in range(1, signal.NSIG):
-                try:
-                    signal.signal(s, signal.SIG_DFL)
-                except (OSError, ValueError):
-                    pass
-            os.setpgid(0, 0)
-            null = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(null, 0)
-            os.dup2(out_fd, 1)
-            os.dup2(out_fd, 2)
-            os.closerange(3, 65536)
-            os.chdir(cwd)
-            os.execvp(argv[0], argv)
-        finally:
-            os._exit(127)
+    os.chdir(cwd)
+    # posix_spawn (vfork underneath), not fork + exec: forking a Python process costs about 3 ms more per command.
+    bash = os.posix_spawnp(
+        argv[0], argv, os.environ,
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, out_fd, 1),
+            (os.POSIX_SPAWN_DUP2, out_fd, 2),
+        ],
+        setpgroup=0,
+        setsigdef=SPAWN_DEFAULT_SIGNALS,
+        setsigmask=(),
+    )
     os.close(out_fd)
     while True:
         try:
@@ -637,6 +634,8 @@ while True:
     request = json.loads(body)
     if "run" in request:
         out_fd, status_fd = fds[0], fds[1]
+        os.set_inheritable(out_fd, False)  # bash gets copies on 1 and 2 only
+        os.set_inheritable(status_fd, False)
         pid = os.fork()
         if pid == 0:
             sock.close()
@@ -1887,8 +1886,11 @@ class SSHEnvironment(Environment):
         self._shared: _SharedConnection | None = None
         self._connection = None
         self._groups: list[int] = []
-        prefix = ["env", *(f"{k}={v}" for k, v in sandbox_environ(settings.env_vars).items())]
-        self._env_prefix = prefix
+        # SHLVL=1: bash sources ~/.bashrc even non-interactively when it thinks sshd started it (SSH_CLIENT set,
+        # shell level < 2); the login shell already paid that once, and the wrapper's bash must not pay it again
+        # (measured: a pyenv-loading .bashrc doubled the round trip, 0.48 s against 0.24 s).
+        variables = {**sandbox_environ(settings.env_vars), "SHLVL": "1"}
+        self._env_prefix = ["env", *(f"{k}={v}" for k, v in variables.items())]
 
     async def _start(self) -> None:
         self._shared = _shared_connection(self.settings)
