@@ -1127,7 +1127,7 @@ def main(
         model: Model name at the endpoint.
         base_url: OpenAI-compatible endpoint (default OpenRouter). e.g. http://localhost:8000/v1 for vLLM.
         api_key: API key; default from MINI_SWE_RUNNER_API_KEY or the provider's variable (OPENROUTER_API_KEY...).
-        env: Where commands run: local, bwrap, docker, ssh or modal (default local; see the README on isolation).
+        env: Where commands run: {backends} (default local; see the README on isolation).
         image: docker/modal: default image (a prompt's "image"/"docker_image" overrides it).
         cwd: Directory commands start in (local/bwrap/ssh default: a fresh temporary directory per task).
         max_iterations: Model calls per task before it stops (default 15).
@@ -1257,6 +1257,10 @@ def main(
         print(f"mini-swe-runner: {redact(outcome.message, env_settings.secret_values)}", file=sys.stderr)
     if outcome.exit_code != EXIT_OK:
         raise SystemExit(outcome.exit_code)
+
+
+# --help lists the backends the registry has: there is one list of them.
+main.__doc__ = main.__doc__.replace("{backends}", ", ".join(environments.BACKENDS))
 
 
 class _RedactingFilter(logging.Filter):

@@ -212,3 +212,16 @@ def test_abandon_leaves_nothing_behind(backend):
     while (left := backend.leftovers(env, marker)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert left == []
+
+
+def test_help_and_readme_list_every_backend():
+    from conftest import ROOT, run_cli
+
+    from environments import BACKENDS
+
+    result = run_cli(["--help"])
+    help_text = result.stdout + result.stderr  # fire prints help to stderr when not on a terminal
+    readme = (ROOT / "README.md").read_text()
+    for name in BACKENDS:
+        assert name in help_text.split("--env=ENV", 1)[1].split("--image", 1)[0], name
+        assert f"| `{name}` |" in readme, name
