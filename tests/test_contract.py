@@ -225,3 +225,35 @@ def test_help_and_readme_list_every_backend():
     for name in BACKENDS:
         assert name in help_text.split("--env=ENV", 1)[1].split("--image", 1)[0], name
         assert f"| `{name}` |" in readme, name
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--image", "x"], "--image does nothing with --env local: it applies to --env docker or modal only"),
+        (["--memory", "2g"], "--memory does nothing with --env local: it applies to --env docker or modal only"),
+        (
+            ["--volume", "/no/such:/y"],
+            "--volume does nothing with --env local: it applies to --env bwrap or docker only",
+        ),
+        (["--network", "none"], "--network does nothing with --env local: it applies to --env bwrap, docker or modal"),
+        (
+            ["--env", "bwrap", "--pull", "never"],
+            "--pull does nothing with --env bwrap: it applies to --env docker only",
+        ),
+        (["--env", "ssh", "--ssh_host", "h", "--image", "x"], "--image does nothing with --env ssh"),
+        (["--env", "docker", "--ssh_key", "k"], "--ssh_key does nothing with --env docker: it applies to --env ssh"),
+        (["--env", "docker", "--image", "Bad Image!"], "--image 'Bad Image!' is not a valid Docker image name"),
+        (["--env", "docker", "--image", "UPPER/Case:tag"], "is not a valid Docker image name (repository names are"),
+        (["--env", "docker", "--memory", "1k"], "--memory 1k is below Docker's minimum of 6 MB"),
+        (["--env", "ssh"], "--env ssh needs --ssh_host"),
+    ],
+)
+def test_flags_the_backend_cannot_use_are_usage_errors(tmp_path, args, message):
+    from conftest import run_cli
+
+    result = run_cli(["--task", "t", "--base_url", "http://127.0.0.1:1/v1", *args], cwd=tmp_path)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert message in line
+    assert not (tmp_path / "trajectories.jsonl").exists()

@@ -419,6 +419,7 @@ def test_bad_prompt_images_and_missing_volumes_fail_preflight_before_any_engine_
     assert_one_line(caught.value, "does not exist")
 
 
+@needs_engine
 def test_the_client_pool_is_sized_from_the_workers():
     settings = EnvSettings(env_type="docker", concurrency=40)
     env = DockerEnvironment(settings)
