@@ -1869,6 +1869,9 @@ class _ChannelOutput:
     def resume_writing(self) -> None:
         pass
 
+    def xon_xoff_requested(self, client_can_do: bool) -> None:
+        pass
+
 
 class SSHEnvironment(Environment):
     """Commands run on a remote machine over the run's one ssh connection, in a fresh remote temporary directory

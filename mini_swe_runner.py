@@ -1169,11 +1169,6 @@ def main(
     verbose, quiet = _bool("verbose", verbose), _bool("quiet", quiet)
     if (task is None) == (prompts_file is None):
         raise UsageError('give exactly one of --task "..." or --prompts_file FILE')
-    base_url = _text("base_url", base_url) or OPENROUTER_URL
-    if urlparse(base_url).scheme not in ("http", "https"):
-        raise UsageError(f"--base_url must be an http(s) URL, not {base_url!r}")
-    resolved_key = resolve_api_key(base_url, _text("api_key", api_key), dict(os.environ))
-    output_file = _text("output_file", output_file, allow_none=False)
     # The environment flags default to None so that we know which ones the user gave: a flag the chosen backend
     # ignores is a usage error. EnvSettings applies the defaults and checks the values (its rules, beside its fields).
     env = _text("env", env)
@@ -1208,16 +1203,21 @@ def main(
         raise UsageError(f"--env must be one of {', '.join(environments.BACKENDS)}, not {env!r}")
     if problem := environments.flags_not_applicable(env, set(given)):
         raise UsageError(problem)
-    try:
+    try:  # every value checked before anything else happens (the secrets are added once the key is known)
         env_settings = EnvSettings(
             env_type=env,
             max_output_chars=int(_number("max_output_chars", max_output_chars, int, no_limit)),
-            secret_values=environments.secret_values_from_environ(extra=(resolved_key,)),
             concurrency=int(_number("workers", workers, int, 1)),
             **{env_flags[flag][0]: env_flags[flag][1](value) for flag, value in given.items()},
         )
     except environments.SettingsError as exc:
         raise UsageError(str(exc)) from None
+    base_url = _text("base_url", base_url) or OPENROUTER_URL
+    if urlparse(base_url).scheme not in ("http", "https"):
+        raise UsageError(f"--base_url must be an http(s) URL, not {base_url!r}")
+    resolved_key = resolve_api_key(base_url, _text("api_key", api_key), dict(os.environ))
+    output_file = _text("output_file", output_file, allow_none=False)
+    env_settings.secret_values = environments.secret_values_from_environ(extra=(resolved_key,))
     _setup_logging(verbose, quiet, env_settings.secret_values)
     config = RunConfig(
         model=_text("model", model, allow_none=False),
