@@ -630,6 +630,9 @@ while True:
     body = read_exact(struct.unpack("!I", header)[0]) if len(header) == 4 else None
     if body is None:  # the runner closed its end (close, abandon) or died: nothing of the task may outlive it
         kill_tree(os.getpid())
+        if sys.argv[2]:  # the task's temporary directory (the runner removes it too, unless it died)
+            import shutil
+            shutil.rmtree(sys.argv[2], ignore_errors=True)
         os._exit(0)
     request = json.loads(body)
     if "run" in request:
@@ -663,11 +666,11 @@ SUPERVISOR_EXIT_WAIT = 5.0
 class Supervisor:
     """The runner's end of one task's supervisor process (see SUPERVISOR_SCRIPT)."""
 
-    def __init__(self, prefix: list[str], cwd: str, environ: dict[str, str]):
+    def __init__(self, prefix: list[str], cwd: str, environ: dict[str, str], owned_dir: str | None = None):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.process = subprocess.Popen(
-                [*prefix, sys.executable, "-I", "-S", "-c", SUPERVISOR_SCRIPT, str(theirs.fileno())],
+                [*prefix, sys.executable, "-I", "-S", "-c", SUPERVISOR_SCRIPT, str(theirs.fileno()), owned_dir or ""],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,  # read only if it does not come up (bwrap's own error, say)
@@ -763,7 +766,7 @@ class LocalEnvironment(Environment):
             base = self._temp_dir = tempfile.mkdtemp(prefix="mini-swe-task-")
         self.base = self.cwd = base
         try:
-            self._supervisor = Supervisor(self._supervisor_prefix(), base, self._environ)
+            self._supervisor = Supervisor(self._supervisor_prefix(), base, self._environ, self._temp_dir)
             await self._supervisor.ready(SUPERVISOR_START_WAIT, f"the {self.name} environment")
         except BaseException:
             self._supervisor = None

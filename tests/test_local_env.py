@@ -477,7 +477,7 @@ async def main():
     env = LocalEnvironment(EnvSettings())
     await env.start()
     await env.execute("setsid nohup {sleep} >/dev/null 2>&1 & sleep 0.3", 10)
-    print("started", flush=True)
+    print(env.base, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)  # the runner dies without any cleanup
 
 asyncio.run(main())
@@ -493,8 +493,13 @@ def test_nothing_outlives_a_runner_killed_with_sigkill():
         text=True,
         timeout=60,
     )
-    assert child.returncode == -9 and child.stdout == "started\n", child.stderr
+    base = child.stdout.strip()
+    assert child.returncode == -9 and "mini-swe-task-" in base, child.stderr
     assert wait_until_gone(sleep) == []  # the supervisor saw its socket close and killed the task's processes
+    deadline = time.monotonic() + 5
+    while os.path.exists(base):  # ...and removed the task's temporary directory
+        assert time.monotonic() < deadline, f"{base} left behind"
+        time.sleep(0.05)
 
 
 def test_a_command_that_kills_its_keeper_is_an_error_result_and_the_task_goes_on():
