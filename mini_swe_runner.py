@@ -1189,7 +1189,7 @@ async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> di
     state = TaskState(
         messages=[{"role": "system", "content": ctx.system_prompt}, {"role": "user", "content": prompt.text}]
     )
-    image = environments.task_image(config.env, prompt.image)
+    image = environments.task_image(config.env, prompt.image)  # resolved once: the record's and the backend's
     verify_command = verifier_for(prompt, config)
     verification: Verification | None = None
     started_wall, started = datetime.now(UTC), time.monotonic()
@@ -1197,9 +1197,7 @@ async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> di
     permanent_error = None
     try:
         async with asyncio.timeout(config.task_timeout) as deadline:
-            env = environments.create_environment(
-                config.env, image=prompt.image, cwd=prompt.cwd, task_id=prompt.task_id
-            )
+            env = environments.create_environment(config.env, image=image, cwd=prompt.cwd, task_id=prompt.task_id)
             ctx.live_environments.add(env)
             await env.start()
             start_cwd = getattr(env, "cwd", None)
@@ -2182,24 +2180,27 @@ def main(
     system_prompt: str | None = None,
     system_prompt_file: str | None = None,
     pass_env: str | None = None,
-    pull: str = "missing",
-    network: str = "bridge",
+    pull: str | None = None,
+    network: str | None = None,
     memory: str | None = None,
     cpus: float | None = None,
-    pids_limit: int = 512,
+    pids_limit: int | None = None,
     volume: str | None = None,
     env_var: str | None = None,
-    no_hardening: bool = False,
-    modal_app: str = "mini-swe-runner",
-    sandbox_timeout: int = 3600,
-    startup_timeout: float = 120,
+    no_hardening: bool | None = None,
+    modal_app: str | None = None,
+    sandbox_timeout: int | None = None,
+    startup_timeout: float | None = None,
+    ssh_host: str | None = None,
+    ssh_key: str | None = None,
+    ssh_known_hosts: str | None = None,
     verbose: bool = False,
     quiet: bool = False,
     **unknown,
 ) -> None:
     """Run a tool-using model on prompts inside sandboxes and write Hermes trajectories as JSONL.
 
-    Subcommand: `mini-swe-runner cleanup` removes Docker containers left by runs that died.
+    Subcommand: `mini-swe-runner cleanup` removes what runs that died left behind (Docker containers, Modal sandboxes).
 
     Args:
         task: One prompt to run (instead of --prompts_file).
@@ -2217,9 +2218,9 @@ def main(
         model: Model name at the endpoint (default $OPENAI_MODEL, else openai/gpt-4.1-mini).
         base_url: OpenAI-compatible endpoint (default $OPENAI_BASE_URL, else OpenRouter), e.g. http://localhost:8000/v1.
         api_key: API key; default from MINI_SWE_RUNNER_API_KEY or the provider's variable (OPENROUTER_API_KEY...).
-        env: Where commands run: local, docker or modal.
-        image: Default image for docker/modal (a prompt's "image"/"docker_image" overrides it).
-        cwd: Directory commands start in (local default: a fresh temporary directory per task).
+        env: Where commands run: {backends} (default local; see the README on isolation).
+        image: docker/modal: default image (a prompt's "image"/"docker_image" overrides it).
+        cwd: Directory commands start in (local/bwrap/ssh default: a fresh temporary directory per task).
         max_iterations: Model calls per task before it stops (default 15).
         timeout: Default per-command timeout in seconds (default 60).
         max_timeout: Cap on the per-command timeout the model may request (default 600).
@@ -2244,18 +2245,21 @@ def main(
         system_prompt: Replace the built-in system prompt the model sees (never saved in trajectories); {env_type}
             and {marker} are filled in, any other text is sent as written.
         system_prompt_file: Read the system prompt from this UTF-8 file (same placeholders as --system_prompt).
-        pass_env: Comma-separated variables passed to local commands even though they look secret.
+        pass_env: local/bwrap: comma-separated variables passed to commands even though they look secret.
         pull: docker: pull images when missing, always or never (default missing).
-        network: docker/modal network: bridge (default) or none.
+        network: docker/modal/bwrap network: bridge (default; bwrap: the host's) or none.
         memory: docker/modal memory limit, e.g. 4g.
         cpus: docker/modal CPU limit, e.g. 2.
         pids_limit: docker: maximum processes per container (default 512; 0 for none).
-        volume: docker: comma-separated host:container[:ro] mounts (none by default).
-        env_var: docker/modal: comma-separated host variables passed into the sandbox (none by default).
+        volume: docker/bwrap: comma-separated host:sandbox[:ro] mounts (none by default).
+        env_var: docker/modal/ssh: comma-separated host variables passed to commands (none by default).
         no_hardening: docker: keep default capabilities and allow privilege escalation.
         modal_app: modal: app name for the sandboxes (created if missing).
         sandbox_timeout: modal: longest sandbox lifetime in seconds (default 3600).
-        startup_timeout: modal: longest wait for a sandbox to start; past it the task is env_error (default 120).
+        startup_timeout: modal/ssh: longest wait for a sandbox or connection; past it env_error (default 120).
+        ssh_host: ssh: [user@]host[:port] commands run on (one connection per run).
+        ssh_key: ssh: private key file (default: the ssh agent and ~/.ssh/id_*).
+        ssh_known_hosts: ssh: known_hosts file the host key is checked against (default ~/.ssh/known_hosts).
         verbose: Log every model turn and command to stderr.
         quiet: No progress output.
     """
@@ -2267,15 +2271,49 @@ def main(
         raise UsageError('give exactly one of --task "...", --prompts_file FILE or --dataset NAME')
     if split is not None and dataset is None:
         raise UsageError("--split goes with --dataset")
+    # The environment flags default to None so that we know which ones the user gave: a flag the chosen backend
+    # ignores is a usage error. EnvSettings applies the defaults and checks the values (its rules, beside its fields).
     env = _text("env", env)
-    if env not in environments.ENV_TYPES:
-        raise UsageError(f"--env must be one of {', '.join(environments.ENV_TYPES)}, not {env!r}")
-    pull = _text("pull", pull)
-    if pull not in ("missing", "always", "never"):
-        raise UsageError(f"--pull must be missing, always or never, not {pull!r}")
-    network = _text("network", network)
-    if not network:
-        raise UsageError("--network needs a value (bridge or none)")
+    no_limit = float("-inf")  # the ranges are EnvSettings' to check
+    env_flags = {
+        "image": ("image", lambda v: _text("image", v)),
+        "cwd": ("cwd", lambda v: _text("cwd", v)),
+        "pass_env": ("pass_env", lambda v: _names("pass_env", v)),
+        "pull": ("pull", lambda v: _text("pull", v)),
+        "network": ("network", lambda v: _text("network", v)),
+        "memory": ("memory", lambda v: _text("memory", v)),
+        "cpus": ("cpus", lambda v: _number("cpus", v, float, no_limit)),
+        "pids_limit": ("pids_limit", lambda v: int(_number("pids_limit", v, int, no_limit))),
+        "volume": ("volumes", lambda v: _names("volume", v)),
+        "env_var": ("env_vars", lambda v: _names("env_var", v)),
+        "no_hardening": ("hardening", lambda v: not _bool("no_hardening", v)),
+        "modal_app": ("modal_app", lambda v: _text("modal_app", v, allow_none=False)),
+        "sandbox_timeout": ("sandbox_timeout", lambda v: int(_number("sandbox_timeout", v, int, no_limit))),
+        "startup_timeout": ("startup_timeout", lambda v: float(_number("startup_timeout", v, float, no_limit))),
+        "ssh_host": ("ssh_host", lambda v: _text("ssh_host", v)),
+        "ssh_key": ("ssh_key", lambda v: _text("ssh_key", v)),
+        "ssh_known_hosts": ("ssh_known_hosts", lambda v: _text("ssh_known_hosts", v)),
+    }
+    given = {
+        "image": image, "cwd": cwd, "pass_env": pass_env, "pull": pull, "network": network, "memory": memory,
+        "cpus": cpus, "pids_limit": pids_limit, "volume": volume, "env_var": env_var, "no_hardening": no_hardening,
+        "modal_app": modal_app, "sandbox_timeout": sandbox_timeout, "startup_timeout": startup_timeout,
+        "ssh_host": ssh_host, "ssh_key": ssh_key, "ssh_known_hosts": ssh_known_hosts,
+    }  # fmt: skip
+    given = {flag: value for flag, value in given.items() if value is not None}
+    if env not in environments.BACKENDS:
+        raise UsageError(f"--env must be one of {', '.join(environments.BACKENDS)}, not {env!r}")
+    if problem := environments.flags_not_applicable(env, set(given)):
+        raise UsageError(problem)
+    try:  # every value checked before anything else happens (the secrets are added once the key is known)
+        env_settings = EnvSettings(
+            env_type=env,
+            max_output_chars=int(_number("max_output_chars", max_output_chars, int, no_limit)),
+            concurrency=int(_number("workers", workers, int, 1)),
+            **{env_flags[flag][0]: env_flags[flag][1](value) for flag, value in given.items()},
+        )
+    except environments.SettingsError as exc:
+        raise UsageError(str(exc)) from None
     if shard is not None and task is not None:
         raise UsageError("--shard splits a --prompts_file; it does not apply to a single --task")
     base_url_from_environment = base_url is None and bool(os.environ.get("OPENAI_BASE_URL"))
@@ -2288,25 +2326,7 @@ def main(
         api_key = environ["OPENAI_API_KEY"]
     resolved_key = resolve_api_key(base_url, _text("api_key", api_key), environ)
     output_file = _text("output_file", output_file, allow_none=False)
-    env_settings = EnvSettings(
-        env_type=env,
-        image=_text("image", image),
-        cwd=_text("cwd", cwd),
-        max_output_chars=int(_number("max_output_chars", max_output_chars, int, 100)),
-        pass_env=_names("pass_env", pass_env),
-        secret_values=environments.secret_values_from_environ(extra=redactable_keys(resolved_key, base_url)),
-        pull=pull,
-        network=network,
-        memory=_text("memory", memory),
-        cpus=_number("cpus", cpus, float, 0.01, allow_none=True),
-        pids_limit=int(_number("pids_limit", pids_limit, int, 0)) or None,
-        volumes=_names("volume", volume),
-        env_vars=_names("env_var", env_var),
-        hardening=not _bool("no_hardening", no_hardening),
-        modal_app=_text("modal_app", modal_app, allow_none=False),
-        sandbox_timeout=int(_number("sandbox_timeout", sandbox_timeout, int, 10)),
-        startup_timeout=float(_number("startup_timeout", startup_timeout, float, 1)),
-    )
+    env_settings.secret_values = environments.secret_values_from_environ(extra=redactable_keys(resolved_key, base_url))
     _setup_logging(verbose, quiet, env_settings.secret_values)
     config = RunConfig(
         model=_text("model", model) or os.environ.get("OPENAI_MODEL") or DEFAULT_MODEL,
@@ -2386,6 +2406,10 @@ def load_run_prompts(config: RunConfig, task: object, prompts_file: object) -> l
     return prompts
 
 
+# --help lists the backends the registry has: there is one list of them.
+main.__doc__ = main.__doc__.replace("{backends}", ", ".join(environments.BACKENDS))
+
+
 class _RedactingFilter(logging.Filter):
     def __init__(self, secret_values: tuple[str, ...]):
         super().__init__()
@@ -2407,14 +2431,13 @@ def _setup_logging(verbose: bool, quiet: bool, secret_values: tuple[str, ...]) -
 
 
 def cleanup() -> int:
-    """`mini-swe-runner cleanup`: remove Docker containers left by runs that died."""
-    try:
-        removed = environments.reap_stale_containers()
-    except EnvError as exc:
-        print(f"mini-swe-runner: {exc}", file=sys.stderr)
-        return EXIT_FATAL
-    print(f"removed {removed} container(s) left by dead runs", file=sys.stderr)
-    return EXIT_OK
+    """`mini-swe-runner cleanup`: remove what runs that died left in every backend that can leave something."""
+    done, failed = environments.cleanup_leftovers()
+    for line in done:
+        print(line, file=sys.stderr)
+    for line in failed:
+        print(f"mini-swe-runner: {line}", file=sys.stderr)
+    return EXIT_FATAL if failed else EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------------------------------

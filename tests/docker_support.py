@@ -80,6 +80,8 @@ def docker_settings(**overrides) -> EnvSettings:
     return EnvSettings(**values)
 
 
-def run_containers(run_id: str) -> list:
-    """Containers (running or not) labelled with ``run_id``."""
-    return engine().containers.list(all=True, filters={"label": f"mini-swe-runner.run-id={run_id}"})
+def run_containers(run_id: str) -> list[str]:
+    """Names of the containers (running or not) labelled with ``run_id``, from one list call (``containers.list()``
+    inspects each container in a second request, which fails when one is removed in between)."""
+    listed = engine().api.containers(all=True, filters={"label": f"mini-swe-runner.run-id={run_id}"})
+    return [c["Names"][0].lstrip("/") for c in listed]

@@ -212,6 +212,10 @@ class FakeSandbox:
         self.processes: list[FakeProcess] = []
         self.exec = _Twin(fake, "Sandbox.exec", self._exec)
         self.terminate = _Twin(fake, "Sandbox.terminate", self._terminate)
+        self.get_tags = _Twin(fake, "Sandbox.get_tags", self._get_tags)
+
+    async def _get_tags(self) -> dict[str, str]:
+        return dict(self.tags)
 
     async def _exec(self, *args, timeout=None, workdir=None, env=None, text=True, **_):  # the rest: checked, unused
         if self.terminated:

@@ -12,11 +12,14 @@ import tracemalloc
 import pytest
 from docker_support import TEST_IMAGE, docker_engine, docker_settings, engine, run_containers, variant_image  # noqa: F401
 
+import environments
 from environments import (
     DOCKER_CLIENT_GRACE,
-    DOCKER_KILL_GRACE,
+    KILL_GRACE,
     DockerEnvironment,
     EnvError,
+    EnvSettings,
+    SettingsError,
     docker_preflight,
     reap_stale_containers,
 )
@@ -107,9 +110,9 @@ def test_timeout_kills_the_command_tree_inside_and_the_container_stays_usable():
 
     tree, tree_elapsed, stubborn, stubborn_elapsed, left, after = asyncio.run(scenario())
     assert tree.exit_code == 124 and "timed out after 1 s" in tree.error and tree.output.startswith("started")
-    assert 1 <= tree_elapsed < 1 + DOCKER_KILL_GRACE
+    assert 1 <= tree_elapsed < 1 + KILL_GRACE
     assert stubborn.exit_code == 124 and stubborn.error
-    assert 1 + DOCKER_KILL_GRACE <= stubborn_elapsed < 1 + DOCKER_CLIENT_GRACE
+    assert 1 + KILL_GRACE <= stubborn_elapsed < 1 + DOCKER_CLIENT_GRACE
     assert "sleep 100" not in left.output, left.output
     assert after.ok and after.output == "still usable\n"
 
@@ -256,44 +259,6 @@ def test_100mb_of_output_is_truncated_in_bounded_memory():
 
 
 @needs_engine
-def test_stdout_and_stderr_are_merged_in_order():
-    command = "for i in $(seq 300); do echo out$i; echo err$i >&2; done"
-    (result,) = asyncio.run(in_container(docker_settings(), command))
-    assert result.output == "".join(f"out{i}\nerr{i}\n" for i in range(1, 301))
-
-
-@needs_engine
-def test_invalid_utf8_is_replaced_not_fatal():
-    (result,) = asyncio.run(in_container(docker_settings(), "printf 'ok \\xff\\xfe \\xc3\\xa9 end'"))
-    assert result.ok and result.output == "ok \ufffd\ufffd \u00e9 end"
-
-
-@needs_engine
-def test_secret_values_are_redacted():
-    settings = docker_settings(secret_values=("sk-live-0123456789abcdef",))
-    (result,) = asyncio.run(in_container(settings, "echo key=sk-live-0123456789abcdef"))
-    assert result.output == "key=[REDACTED]\n"
-
-
-@needs_engine
-def test_container_removed_after_close_and_close_is_idempotent():
-    settings = docker_settings()
-
-    async def scenario():
-        env = DockerEnvironment(settings)
-        await env.start()
-        assert len(run_containers(settings.run_id)) == 1
-        await env.close()
-        await env.close()
-        env.abandon()
-        with pytest.raises(EnvError):
-            await env.execute("true", 5)
-
-    asyncio.run(scenario())
-    assert run_containers(settings.run_id) == []
-
-
-@needs_engine
 def test_container_removed_after_an_engine_error():
     settings = docker_settings()
 
@@ -335,15 +300,6 @@ def test_container_removed_when_the_task_is_cancelled(cancel_after):
         return time.monotonic() - started
 
     assert asyncio.run(scenario()) < 10
-    assert run_containers(settings.run_id) == []
-
-
-@needs_engine
-def test_abandon_removes_the_container_synchronously():
-    settings = docker_settings()
-    env = DockerEnvironment(settings)
-    asyncio.run(env.start())
-    env.abandon()
     assert run_containers(settings.run_id) == []
 
 
@@ -424,16 +380,51 @@ def test_unreachable_daemon_is_a_one_line_error(monkeypatch, tmp_path):
     [
         ({"pull": "sometimes"}, "--pull"),
         ({"memory": "lots"}, "--memory"),
+        ({"memory": "1k"}, "minimum of 6 MB"),
+        ({"memory": "5m"}, "minimum of 6 MB"),
         ({"cpus": -1}, "--cpus"),
-        ({"volumes": ("no-container-path",)}, "host:container"),
-        ({"volumes": ("/definitely/not/here:/mnt",)}, "does not exist"),
+        ({"volumes": ("no-container-path",)}, "host:sandbox"),
+        ({"image": "Bad Image!"}, "not a valid Docker image name"),
+        ({"image": "UPPER/Case:tag"}, "lower case"),
+        ({"image": "python:3.11 slim"}, "not a valid Docker image name"),
     ],
 )
-def test_bad_options_are_one_line_errors_before_any_engine_call(monkeypatch, tmp_path, overrides, fragment):
-    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-daemon.sock")  # validated before the daemon is asked
-    with pytest.raises(EnvError) as caught:
-        asyncio.run(docker_preflight(docker_settings(**overrides), {TEST_IMAGE}))
+def test_bad_options_are_refused_when_the_settings_are_built(overrides, fragment):
+    with pytest.raises(SettingsError) as caught:
+        docker_settings(**overrides)
     assert_one_line(caught.value, fragment)
+
+
+@pytest.mark.parametrize(
+    "image", ["python:3.11-slim", "localhost:5000/team/app:v1.2", "ghcr.io/org/x", "a/b/c@sha256:" + "0" * 64]
+)
+def test_valid_image_names_pass(image):
+    assert docker_settings(image=image).image == image
+    assert docker_settings(memory="6m").memory == "6m"
+
+
+@pytest.mark.parametrize(
+    "images, fragment",
+    [({"Bad Image!"}, "not a valid Docker image name"), ({"UPPER/Case:tag"}, "lower case")],
+)
+def test_bad_prompt_images_and_missing_volumes_fail_preflight_before_any_engine_call(
+    monkeypatch, tmp_path, images, fragment
+):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-daemon.sock")  # refused before the daemon is asked
+    with pytest.raises(EnvError) as caught:
+        asyncio.run(docker_preflight(docker_settings(), images))
+    assert_one_line(caught.value, fragment)
+    with pytest.raises(EnvError) as caught:
+        asyncio.run(docker_preflight(docker_settings(volumes=("/definitely/not/here:/mnt",)), {TEST_IMAGE}))
+    assert_one_line(caught.value, "does not exist")
+
+
+@needs_engine
+def test_the_client_pool_is_sized_from_the_workers():
+    settings = EnvSettings(env_type="docker", concurrency=40)
+    env = DockerEnvironment(settings)
+    adapter = env._client().api.adapters["http+docker://"]
+    assert adapter.max_pool_size == 40 + environments.DOCKER_POOL_EXTRA
 
 
 @needs_engine

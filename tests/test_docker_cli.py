@@ -20,8 +20,13 @@ def docker_args(server, image: str = TEST_IMAGE) -> list[str]:
     return ["--base_url", server.base_url, "--model", "m", "--env", "docker", "--image", image, "--pull", "never"]
 
 
-def containers_of(pid: int) -> list:
-    return engine().containers.list(all=True, filters={"label": f"mini-swe-runner.pid={pid}"})
+def containers_of(pid: int) -> list[str]:
+    """Ids of the containers the CLI ``pid`` made, from ONE list call.
+
+    Not ``containers.list()``: it lists, then inspects each container in a second request, and a container removed
+    in between (exactly what these tests wait for) raised docker.errors.NotFound there: the flake of
+    test_signal_mid_task_removes_the_containers on a loaded machine."""
+    return [c["Id"] for c in engine().api.containers(all=True, filters={"label": f"mini-swe-runner.pid={pid}"})]
 
 
 def running_sleepers(pid: int, count: int) -> bool:
@@ -30,8 +35,8 @@ def running_sleepers(pid: int, count: int) -> bool:
     if len(containers) < count:
         return False
     try:
-        return all("sleep 4242" in json.dumps(engine().api.top(c.id)) for c in containers)
-    except Exception:  # a container still starting
+        return all("sleep 4242" in json.dumps(engine().api.top(c)) for c in containers)
+    except Exception:  # a container still starting, or already gone
         return False
 
 

@@ -1,0 +1,174 @@
+"""What only the ssh backend promises, against a real sshd on 127.0.0.1 (tests/ssh_support.py): one connection per
+run, a remote temporary directory per task, host keys checked by default, one-line errors. The shared behaviours
+(output, cwd, timeouts, cleanup) are in test_contract.py."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT, clean_environ, make_config, read_jsonl, run_cli, run_prompts, tool_results
+from model_server import ScriptedModelServer, per_conversation, reply, tool_call
+from ssh_support import accepted_connections, sshd_fixture  # noqa: F401
+
+from environments import EnvError, EnvSettings, SettingsError, SSHEnvironment, create_environment, preflight
+
+
+def in_task(settings: EnvSettings, commands: list[str], cwd: str | None = None, timeout: float = 20):
+    async def scenario():
+        env = create_environment(settings, cwd=cwd)
+        await env.start()
+        try:
+            return env.base, [await env.execute(command, timeout) for command in commands]
+        finally:
+            await env.close()
+
+    return asyncio.run(scenario())
+
+
+def test_one_connection_serves_every_task_of_a_run(sshd, tmp_path):
+    script = per_conversation([reply(None, [tool_call("pwd")]), reply(None, [tool_call("echo second")]), reply("done")])
+    before = accepted_connections(sshd)
+    with ScriptedModelServer(script) as server:
+        config = make_config(server, tmp_path / "out.jsonl", env=sshd.settings(concurrency=4), workers=4)
+        outcome, records = run_prompts(config, [f"task {i}" for i in range(8)])
+    assert outcome.exit_code == 0 and len(records) == 8
+    assert all(r["completed"] for r in records), [r["error"] for r in records]
+    directories = {tool_results(r)[0]["content"]["output"].strip() for r in records}
+    assert len(directories) == 8 and all(d.startswith("/tmp/mini-swe-task-") for d in directories)
+    assert not any(os.path.exists(d) for d in directories)  # each task's remote directory removed at close
+    # preflight + 8 tasks x (mktemp + 2 commands + cleanup) on ONE connection, not one handshake per command.
+    assert accepted_connections(sshd) - before == 1
+
+
+def test_a_given_cwd_is_used_and_kept(sshd, tmp_path):
+    (tmp_path / "existing").write_text("x")
+    base, results = in_task(sshd.settings(), ["pwd; ls; touch made"], cwd=str(tmp_path))
+    assert base == str(tmp_path)
+    assert results[0].output == f"{tmp_path}\nexisting\n"
+    assert (tmp_path / "made").exists() and (tmp_path / "existing").exists()
+
+
+def test_a_missing_remote_cwd_is_an_env_error(sshd, tmp_path):
+    with pytest.raises(EnvError, match="does not exist"):
+        in_task(sshd.settings(), ["true"], cwd=str(tmp_path / "nope"))
+    with pytest.raises(EnvError, match="not a directory"):
+        asyncio.run(preflight(sshd.settings(cwd=str(tmp_path / "nope")), set()))
+
+
+def test_only_named_variables_and_no_local_secrets_reach_remote_commands(sshd, monkeypatch):
+    monkeypatch.setenv("MSR_SSH_VAR", "passed")
+    monkeypatch.setenv("MSR_SSH_TOKEN", "tok-local-only-0123456789")
+    _, results = in_task(sshd.settings(env_vars=("MSR_SSH_VAR",)), ["env"])
+    lines = results[0].output.splitlines()
+    assert "MSR_SSH_VAR=passed" in lines and "PAGER=cat" in lines
+    assert "tok-local-only-0123456789" not in results[0].output
+
+
+def test_a_stopped_remote_timeout_is_caught_by_the_client_guard(sshd):
+    marker = f"sleep 9{os.getpid() % 100000:05d}"
+    started = time.monotonic()
+    _, [frozen] = in_task(sshd.settings(), [f"kill -STOP $PPID; {marker}"], timeout=1)
+    elapsed = time.monotonic() - started
+    assert frozen.exit_code == 124 and frozen.error
+    assert elapsed < 1 + 6 + 10
+    deadline = time.monotonic() + 5
+    while subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "the remote command outlived its timeout"
+        time.sleep(0.1)
+
+
+def test_an_unknown_host_key_is_refused_by_default(sshd, tmp_path, monkeypatch):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    with pytest.raises(EnvError) as caught:
+        asyncio.run(preflight(sshd.settings(ssh_known_hosts=str(empty)), set()))
+    assert "not trusted" in str(caught.value) and "\n" not in str(caught.value)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh/known_hosts at all: still checked, still refused
+    with pytest.raises(EnvError, match="not trusted"):
+        asyncio.run(preflight(sshd.settings(ssh_known_hosts=None), set()))
+
+
+def test_a_wrong_key_is_a_one_line_error(sshd, tmp_path):
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    with pytest.raises(EnvError) as caught:
+        asyncio.run(preflight(sshd.settings(ssh_key=str(other)), set()))
+    assert "refused" in str(caught.value) and "--ssh_key" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_nothing_listening_is_a_one_line_error(sshd):
+    settings = EnvSettings(env_type="ssh", ssh_host="127.0.0.1:1", ssh_key=sshd.key, ssh_known_hosts=sshd.known_hosts)
+    with pytest.raises(EnvError) as caught:
+        asyncio.run(preflight(settings, set()))
+    assert "cannot connect to 127.0.0.1:1" in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({}, "needs --ssh_host"),
+        ({"ssh_host": "user@host:0"}, "not [user@]host[:port]"),
+        ({"ssh_host": "a b"}, "not [user@]host[:port]"),
+        ({"ssh_host": "h", "ssh_key": "/no/such/key"}, "--ssh_key /no/such/key: no such file"),
+    ],
+)
+def test_bad_ssh_settings_are_refused_when_built(overrides, message):
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        EnvSettings(env_type="ssh", **overrides)
+
+
+@pytest.mark.parametrize(
+    "value, parsed",
+    [("h", (None, "h", 22)), ("u@h:2222", ("u", "h", 2222)), ("[::1]:2200", (None, "::1", 2200))],
+)
+def test_ssh_host_forms(value, parsed):
+    from environments import parse_ssh_host
+
+    assert parse_ssh_host(value) == parsed
+
+
+def test_the_cli_runs_a_task_over_ssh(sshd, tmp_path):
+    script = per_conversation([reply(None, [tool_call("pwd; hostname")]), reply("done")])
+    with ScriptedModelServer(script) as server:
+        args = ["--task", "t", "--env", "ssh", "--ssh_host", sshd.host, "--ssh_key", sshd.key]
+        args += ["--ssh_known_hosts", sshd.known_hosts, "--base_url", server.base_url, "--model", "m"]
+        result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [record] = read_jsonl(tmp_path / "trajectories.jsonl")
+    output = tool_results(record)[0]["content"]["output"]
+    assert output.startswith("/tmp/mini-swe-task-")
+    assert record["metadata"]["env_type"] == "ssh" and record["completed"]
+
+
+def test_without_asyncssh_the_cli_names_the_extra(sshd, tmp_path):
+    # asyncssh made unimportable in that process only: what a user without the extra sees.
+    code = (
+        "import sys; sys.modules['asyncssh'] = None; import mini_swe_runner; "
+        f"sys.argv = ['mini-swe-runner'] + {sys.argv[:0]!r} + sys.argv[1:]; mini_swe_runner.cli()"
+    )
+    with ScriptedModelServer(per_conversation([reply("done")])) as server:
+        args = ["--task", "t", "--env", "ssh", "--ssh_host", sshd.host, "--base_url", server.base_url]
+        result = subprocess.run(
+            [sys.executable, "-c", code, *args],
+            cwd=tmp_path,
+            env=clean_environ(PYTHONPATH=str(ROOT)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "mini-swe-runner: --env ssh needs the asyncssh package: pip install 'mini-swe-runner[ssh]'"
+    ]
+
+
+def test_the_backend_is_registered_under_its_name():
+    from environments import BACKENDS
+
+    assert BACKENDS["ssh"] is SSHEnvironment and not SSHEnvironment.uses_image
