@@ -2207,7 +2207,7 @@ def main(
         prompts_file: .jsonl ({"prompt", "id", "image", "cwd", "verify"} or plain text lines), .json or .parquet.
         dataset: Hugging Face dataset: hub name, folder of data files or save_to_disk folder (the datasets extra).
         split: Split of --dataset, e.g. test (default: its only split).
-        prompt_template: Build each row's prompt from its fields, e.g. "Fix this issue:\n{problem_statement}".
+        prompt_template: Build each row's prompt from its fields, e.g. "Fix this issue:\\n{problem_statement}".
         image_template: Build each row's image from its fields, e.g. "registry/{instance_id}:latest".
         verify_template: Build each row's verifier from its fields, e.g. "git checkout {base_commit} -- tests && make".
         verify: Verifier for prompts without one: bash run in the task's sandbox after the agent ends; exit 0 = passed.
@@ -2649,12 +2649,14 @@ def help_text() -> str:
     summary, _, rest = doc.partition("\n\n")
     described: dict[str, str] = {}
     current = None
-    for line in rest.split("Args:", 1)[-1].splitlines():
+    args = [line for line in rest.split("Args:", 1)[-1].splitlines() if line.strip()]
+    entry_indent = min((len(line) - len(line.lstrip()) for line in args), default=0)
+    for line in args:
         stripped = line.strip()
-        if line.startswith("    ") and not line.startswith("     ") and ":" in stripped:
+        if len(line) - len(line.lstrip()) == entry_indent and ":" in stripped:
             current, _, text = stripped.partition(":")
             described[current] = text.strip()
-        elif current and stripped:
+        elif current:
             described[current] += " " + stripped
     kinds = _flag_kinds()
     metavar = {"text": "TEXT", "bool": "", "value": "N"}

@@ -386,6 +386,10 @@ def test_command_line_shape(tmp_path):
     helped = run_cli(["--help"], cwd=tmp_path)
     assert helped.returncode == 0 and helped.stderr == ""
     assert "--task TEXT" in helped.stdout and "Optional[" not in helped.stdout
+    lines = helped.stdout.splitlines()
+    for index, line in enumerate(lines):  # every flag has its description under it
+        if line.startswith("  --"):
+            assert lines[index + 1].strip(), line
     assert not any(
         line.lstrip().startswith("-") and not line.lstrip().startswith("--") for line in helped.stdout.splitlines()
     )  # no short flags shown: none work
