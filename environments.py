@@ -938,9 +938,21 @@ class BwrapEnvironment(LocalEnvironment):
             )
 
 
+def _interpreter_paths_under_tmp() -> list[str]:
+    """Where this Python lives, if under /tmp (a venv or checkout made there): the sandbox's private /tmp would
+    hide it, and the task's supervisor runs on it."""
+    paths = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}
+    paths.add(os.path.dirname(os.path.abspath(sys.executable)))
+    under_tmp = sorted(path for path in paths if path == "/tmp" or path.startswith("/tmp/"))
+    # A path inside another one is bound with it.
+    return [path for path in under_tmp if not any(path.startswith(other + "/") for other in under_tmp)]
+
+
 def bwrap_argv(settings: EnvSettings, workdir: str) -> list[str]:
     """The bwrap command line a task's supervisor runs under."""
     argv = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    for path in _interpreter_paths_under_tmp():  # the supervisor is this Python: it must stay visible
+        argv += ["--ro-bind", path, path]
     argv += ["--bind", workdir, workdir]  # after the /tmp tmpfs: a temp task dir under /tmp stays the host's
     for host, target, mode in _existing_volumes(settings):
         argv += ["--ro-bind" if mode == "ro" else "--bind", host, target]

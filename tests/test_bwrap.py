@@ -11,10 +11,12 @@ import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
 
+import environments
 from environments import BwrapEnvironment, EnvError, EnvSettings, SettingsError, preflight
 
 
@@ -39,7 +41,7 @@ def run_commands(commands: list[str], timeout: float = 20, cwd: str | None = Non
 
 
 def test_host_is_read_only_and_only_the_task_directory_is_writable():
-    outside = ROOT / "msr-bwrap-probe"
+    outside = Path("/var/msr-bwrap-probe")  # not the checkout: CI may clone it under /tmp, private in the sandbox
     home_probe = os.path.expanduser("~/msr-bwrap-probe")
     base, results = run_commands(
         [
@@ -52,7 +54,9 @@ def test_host_is_read_only_and_only_the_task_directory_is_writable():
     assert not outside.exists() and not os.path.exists(home_probe) and not os.path.exists("/etc/msr-probe")
     assert results[1].output == "kept\n"
     # A private /tmp: the task's own directory (bound into it) and what the command wrote, nothing of the host's.
-    assert sorted(results[2].output.split()) == sorted([os.path.basename(base), "scratch"])
+    # (plus the mount point of this Python when it lives under /tmp: the supervisor runs on it)
+    interpreter = {path.split("/")[2] for path in environments._interpreter_paths_under_tmp()}
+    assert sorted(results[2].output.split()) == sorted({os.path.basename(base), "scratch", *interpreter})
     assert not os.path.exists("/tmp/scratch")
 
 
