@@ -25,6 +25,7 @@ import math
 import os
 import re
 import secrets
+import select
 import shlex
 import shutil
 import signal
@@ -663,22 +664,127 @@ SUPERVISOR_EXIT_WAIT = 5.0
 """How long close() waits for the supervisor to kill a task's processes and exit before it kills the supervisor."""
 
 
-class Supervisor:
-    """The runner's end of one task's supervisor process (see SUPERVISOR_SCRIPT)."""
+ZYGOTE_SCRIPT = r"""
+# Forks a task's supervisor on request, so that a task costs one fork of this small process (about 1 ms)
+# instead of a Python start-up (about 25 ms of CPU). Its first argument is its control socket, its second the
+# supervisor's source. It ends when the runner's end of the control socket closes (the runner ended or died).
+import array, ctypes, json, os, select, signal, socket, struct, sys, time  # the supervisor's imports, done once
+code = compile(sys.argv[2], "<supervisor>", "exec")
+control = socket.socket(fileno=int(sys.argv[1]))
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the supervisors it forks are reaped by the kernel
+for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+    signal.signal(s, signal.SIG_IGN)
 
-    def __init__(self, prefix: list[str], cwd: str, environ: dict[str, str], owned_dir: str | None = None):
+def read_exact(size, fds):
+    data = b""
+    while len(data) < size:
+        chunk, ancillary, _, _ = control.recvmsg(size - len(data), socket.CMSG_SPACE(array.array("i").itemsize))
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+        if not chunk:
+            os._exit(0)
+        data += chunk
+    return data
+
+while True:
+    fds = array.array("i")
+    request = json.loads(read_exact(struct.unpack("!I", read_exact(4, fds))[0], fds))
+    task_fd = fds[0]
+    if os.fork() == 0:
+        control.close()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        try:
+            os.setsid()
+            os.chdir(request["cwd"])
+            os.environ.clear()
+            os.environ.update(request["environ"])
+            os.write(task_fd, struct.pack("!i", os.getpid()))  # the runner waits on this pid at close
+            sys.argv = ["supervisor", str(task_fd), request["owned_dir"]]
+            exec(code, {"__name__": "__main__"})
+        finally:
+            os._exit(1)
+    os.close(task_fd)
+"""
+
+
+class _Zygote:
+    """The runner's one zygote process (see ZYGOTE_SCRIPT), started at the first local task. Its environment is
+    empty: a forked supervisor shows it in /proc/<pid>/environ, and the task's variables come with each request."""
+
+    def __init__(self):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.process = subprocess.Popen(
-                [*prefix, sys.executable, "-I", "-S", "-c", SUPERVISOR_SCRIPT, str(theirs.fileno()), owned_dir or ""],
+                [sys.executable, "-I", "-S", "-c", ZYGOTE_SCRIPT, str(theirs.fileno()), SUPERVISOR_SCRIPT],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,  # read only if it does not come up (bwrap's own error, say)
-                cwd=cwd,
-                env=environ,
+                stderr=subprocess.DEVNULL,
+                cwd="/",
+                env={},
                 pass_fds=[theirs.fileno()],
-                start_new_session=True,  # out of the terminal's group: Ctrl-C reaches the runner only
+                start_new_session=True,
             )
+        finally:
+            theirs.close()
+        self.sock = ours
+        self.lock = threading.Lock()
+
+    def fork(self, task_socket: socket.socket, cwd: str, environ: dict[str, str], owned_dir: str | None) -> None:
+        body = json.dumps({"cwd": cwd, "environ": environ, "owned_dir": owned_dir or ""}).encode()
+        frame = struct.pack("!I", len(body)) + body
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", task_socket.fileno()))]
+        with self.lock:
+            sent = self.sock.sendmsg([frame], ancillary)
+            if sent < len(frame):
+                self.sock.sendall(frame[sent:])
+
+    @classmethod
+    def fork_supervisor(cls, task_socket: socket.socket, cwd: str, environ: dict[str, str], owned_dir: str | None):
+        """Fork a supervisor for ``task_socket``; a zygote that died is replaced once."""
+        for attempt in range(2):
+            with _ZYGOTE_LOCK:
+                zygote = _ZYGOTES.get(os.getpid())  # a forked runner (multiprocessing) gets its own
+                if zygote is None or zygote.process.poll() is not None:
+                    zygote = _ZYGOTES[os.getpid()] = cls()
+            try:
+                return zygote.fork(task_socket, cwd, environ, owned_dir)
+            except OSError:
+                if attempt:
+                    raise
+                with _ZYGOTE_LOCK:
+                    _ZYGOTES.pop(os.getpid(), None)
+
+
+_ZYGOTES: dict[int, _Zygote] = {}
+_ZYGOTE_LOCK = threading.Lock()
+
+
+class Supervisor:
+    """The runner's end of one task's supervisor process (see SUPERVISOR_SCRIPT).
+
+    With a prefix (bwrap's sandbox) it is a new process of its own; without one it is forked by the zygote."""
+
+    def __init__(self, prefix: list[str], cwd: str, environ: dict[str, str], owned_dir: str | None = None):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.process: subprocess.Popen | None = None
+        self.pid: int | None = None
+        try:
+            if prefix:
+                self.process = subprocess.Popen(
+                    [*prefix, sys.executable, "-I", "-S", "-c", SUPERVISOR_SCRIPT, str(theirs.fileno()),
+                     owned_dir or ""],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,  # read only if it does not come up (bwrap's own error, say)
+                    cwd=cwd,
+                    env=environ,
+                    pass_fds=[theirs.fileno()],
+                    start_new_session=True,  # out of the terminal's group: Ctrl-C reaches the runner only
+                )  # fmt: skip
+                self.pid = self.process.pid
+            else:
+                _Zygote.fork_supervisor(theirs, cwd, environ, owned_dir)
         except OSError as exc:
             ours.close()
             raise EnvError(f"could not start the task's supervisor ({exc})") from None
@@ -688,19 +794,32 @@ class Supervisor:
         self._next_id = 0
 
     async def ready(self, timeout: float, what: str) -> None:
-        """Wait for the supervisor's first byte; EnvError with its stderr when it exits instead."""
+        """Wait for the supervisor's first byte (after its pid, when the zygote forked it); EnvError with its
+        stderr when it exits instead."""
         loop = asyncio.get_running_loop()
         self.sock.setblocking(False)
+        expected = 1 if self.process is not None else 5
+        received = b""
         try:
-            byte = await asyncio.wait_for(loop.sock_recv(self.sock, 1), timeout)
+            async with asyncio.timeout(timeout):
+                while len(received) < expected:
+                    chunk = await loop.sock_recv(self.sock, expected - len(received))
+                    if not chunk:
+                        break
+                    received += chunk
         except (TimeoutError, OSError):
-            byte = b""
+            pass
         finally:
             self.sock.setblocking(True)
-        if byte == b"R":
-            self.process.stderr.close()
+        if self.process is None and len(received) >= 4:
+            self.pid = struct.unpack("!i", received[:4])[0]
+        if received[-1:] == b"R" and len(received) == expected:
+            if self.process is not None:
+                self.process.stderr.close()
             return
         await asyncio.to_thread(self.stop, 1.0)
+        if self.process is None:
+            raise EnvError(f"{what} did not start (its supervisor did not answer)")
         why = " ".join(self.process.stderr.read(4096).decode(errors="replace").split())
         self.process.stderr.close()
         raise EnvError(f"{what} did not start ({why or f'exit code {self.process.returncode}'})")
@@ -728,11 +847,26 @@ class Supervisor:
         """End of the task: the supervisor kills every process the task left, then exits (blocking, bounded)."""
         with contextlib.suppress(OSError):
             self.sock.close()
+        if self.process is not None:
+            try:
+                self.process.wait(wait)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            return
+        if self.pid is None:
+            return
+        # Not our child (the zygote's): wait on a pidfd for its exit, then kill it if it is still there.
         try:
-            self.process.wait(wait)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            pidfd = os.pidfd_open(self.pid)
+        except OSError:
+            return  # already gone
+        try:
+            if not select.select([pidfd], [], [], wait)[0]:
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        finally:
+            os.close(pidfd)
 
 
 class LocalEnvironment(Environment):
