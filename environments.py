@@ -1425,7 +1425,9 @@ class CreationPacer:
     def __init__(self, rate: float = MODAL_CREATE_RATE, burst: int = MODAL_CREATE_BURST):
         self.interval = 1.0 / rate
         self.tolerance = (max(burst, 1) - 1) * self.interval
-        self._next = -math.inf  # virtual time the next slot is due at when no burst is left (GCRA's TAT)
+        # Virtual times the next slot is due at once no burst is left (GCRA's "theoretical arrival time"): one for
+        # the order of the queue, one for the creations that really went.
+        self._reserved = self._issued = -math.inf
         self._shift = 0.0
         self._held_until = -math.inf
 
@@ -1433,13 +1435,22 @@ class CreationPacer:
         return time.monotonic() - self._shift
 
     async def slot(self) -> None:
-        """Return when this caller may create a sandbox."""
-        now = self._virtual_now()
-        due = max(self._next, now)
-        self._next = due + self.interval
+        """Return when this caller may create a sandbox: first come, first served."""
+        due = max(self._reserved, self._virtual_now())
+        self._reserved = due + self.interval
         at = due - self.tolerance
-        while (wait := at - self._virtual_now()) > 0:  # the clock moves back while a hold is on: look again
-            await asyncio.sleep(wait)
+        while True:
+            now = self._virtual_now()
+            if at > now:  # the clock moves back while a hold is on: look again after each sleep
+                await asyncio.sleep(at - now)
+                continue
+            # A loop that stalled wakes every slot it passed at once: space them again by when they really go.
+            issue = max(self._issued, now)
+            if issue - self.tolerance > now:
+                at = issue - self.tolerance
+                continue
+            self._issued = issue + self.interval
+            return
 
     def hold(self, seconds: float) -> None:
         """Start no creation for ``seconds`` from now; overlapping holds merge (a hundred refusals at once pause
@@ -1496,17 +1507,26 @@ class ModalEnvironment(Environment):
 
     async def _start(self) -> None:
         sdk = self._sdk = self._sdk or _import_modal()
-        # The wait for a creation slot is our own queue (a thousand tasks at 25/s: 40 s for the last), so it is not
-        # part of --startup_timeout, which bounds what Modal takes from the first request on, retries included.
-        await self._pacer.slot()
         try:
-            self.sandbox = await asyncio.wait_for(self._create_within_rate_limit(sdk), self.settings.startup_timeout)
+            # Image.from_id/from_registry only describe the image (no I/O, no .aio needed); Sandbox.create resolves it.
+            image = self.image
+            image = sdk.Image.from_id(image) if image.startswith("im-") else sdk.Image.from_registry(image)
+            app = self._app = await asyncio.wait_for(
+                sdk.App.lookup.aio(self.settings.modal_app, create_if_missing=True), self.settings.startup_timeout
+            )
+            # The wait for a creation slot is our own queue (a thousand tasks at 25/s: 40 s for the last), not part
+            # of --startup_timeout, which bounds what Modal takes once asked, rate-limit retries included.
+            await self._pacer.slot()
+            self.sandbox = await asyncio.wait_for(
+                self._create_within_rate_limit(sdk, app, image), self.settings.startup_timeout
+            )
             self._unclaimed_tags = None
         except TimeoutError:
             if self._refusal is not None:
                 raise EnvError(
-                    f"no Modal sandbox for {self.image} within {self.settings.startup_timeout:g} s: Modal kept refusing "
-                    f"creations for its rate limit ({self._refusal}); fewer --workers or a longer --startup_timeout"
+                    f"no Modal sandbox for {self.image} within {self.settings.startup_timeout:g} s: Modal kept "
+                    f"refusing creations for its rate limit ({self._refusal}); fewer --workers or a longer "
+                    "--startup_timeout"
                 ) from None
             raise EnvError(
                 f"no Modal sandbox for {self.image} within {self.settings.startup_timeout:g} s: Modal unreachable "
@@ -1519,12 +1539,12 @@ class ModalEnvironment(Environment):
         # "." until the first command reports the absolute directory the image starts in.
         self.cwd = self.requested_cwd or "."
 
-    async def _create_within_rate_limit(self, sdk):
+    async def _create_within_rate_limit(self, sdk, app, image):
         """Create, and while Modal refuses for its rate limit, pause every task's creations and try again."""
         backoff, longest = MODAL_RATE_LIMIT_BACKOFF
         while True:
             try:
-                return await self._create(sdk)
+                return await self._create(sdk, app, image)
             except sdk.exception.ResourceExhaustedError as exc:
                 self._unclaimed_tags = None  # refused: Modal made nothing, there is nothing to sweep
                 self._refusal = _one_line(exc)
@@ -1532,10 +1552,7 @@ class ModalEnvironment(Environment):
             backoff = min(backoff * 2, longest)
             await self._pacer.slot()
 
-    async def _create(self, sdk):
-        # Image.from_id/from_registry only describe the image (no I/O, no .aio needed); Sandbox.create resolves it.
-        image = sdk.Image.from_id(self.image) if self.image.startswith("im-") else sdk.Image.from_registry(self.image)
-        app = self._app = await sdk.App.lookup.aio(self.settings.modal_app, create_if_missing=True)
+    async def _create(self, sdk, app, image):
         tags = {"run_id": self.settings.run_id}
         if self.task_id:
             tags["task_id"] = self.task_id

@@ -336,6 +336,8 @@ class FakeSandbox:
         return process
 
     async def _terminate(self, *, wait: bool = False) -> None:
+        if not self.terminated and not self.fake.keep_history:
+            self.fake.sandboxes.remove(self)
         self.terminated = True
         for process in self.processes:
             _kill_group(process.proc.pid)
@@ -354,8 +356,10 @@ class FakeModal:
     :class:`LongTail`), added to every creation and every exec; ``creation_limit``, a :class:`CreationLimit` every
     ``Sandbox.create`` must get a token from, else it raises :func:`rate_limit_error`; ``exec_script``, a callable
     ``argv -> (output bytes, exit code)`` that answers execs without starting a process (a thousand sandboxes of
-    real bash are more than a 2-core machine can host beside the runner). ``created_at`` (monotonic times of the
-    accepted creations) and ``refused`` count what the limit saw.
+    real bash are more than a 2-core machine can host beside the runner); ``keep_history = False`` still checks every
+    call against the real signatures but keeps no log of them and forgets terminated sandboxes, as the real SDK
+    does (a benchmark's heap is then the runner's, not the fake's). ``created_at`` (monotonic times of the accepted
+    creations) and ``refused`` count what the limit saw.
     """
 
     exception = modal.exception
@@ -375,6 +379,7 @@ class FakeModal:
         self.exec_latency: Callable[[], float] | None = None
         self.creation_limit: CreationLimit | None = None
         self.exec_script: Callable[[tuple[str, ...]], tuple[bytes, int]] | None = None
+        self.keep_history = True
         self.created_at: list[float] = []
         self.refused = 0
         self._making: set[asyncio.Task] = set()  # creations Modal carries on with after the caller gave up
@@ -389,7 +394,8 @@ class FakeModal:
 
     def record(self, name: str, args: tuple, kwargs: dict) -> None:
         bind_real(name, args, kwargs)
-        self.calls.append((name, args, kwargs))
+        if self.keep_history:
+            self.calls.append((name, args, kwargs))
 
     def called(self, name: str) -> list[dict]:
         return [kwargs for call, _, kwargs in self.calls if call == name]
