@@ -55,6 +55,8 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def child(args: argparse.Namespace) -> None:
+    if args.runner_root:  # the runner of another checkout (the figures before a change), this checkout's fake
+        sys.path.insert(0, str(Path(args.runner_root).resolve()))
     import fake_modal
 
     fake = fake_modal.FakeModal(tempfile.mkdtemp(prefix="bench-modal-"))
@@ -196,6 +198,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1000, help="tasks, all in flight at once (workers = tasks)")
     parser.add_argument("--commands", type=int, default=5, help="commands per task (then a final answer)")
     parser.add_argument("--latency", type=float, nargs=2, default=[2.0, 5.0], help="model latency range, seconds")
+    parser.add_argument("--runner_root", help="run mini_swe_runner.py/environments.py of this checkout instead")
     parser.add_argument("--profile", action="store_true", help="sample the loop's stack while it stalls (stderr)")
     parser.add_argument("--real_bash", action="store_true", help="run every command in a real bash process")
     args = parser.parse_args()
@@ -217,12 +220,15 @@ def main() -> None:
         command = [sys.executable, __file__, "--child", "--base_url", server.base_url, "--tasks", str(args.tasks)]
         command += ["--commands", str(args.commands)] + (["--real_bash"] if args.real_bash else [])
         command += ["--profile"] if args.profile else []
+        command += ["--runner_root", args.runner_root] if args.runner_root else []
         result = subprocess.run(command, capture_output=True, text=True)
-    sys.stderr.write(result.stderr[-5000:])
+    sys.stderr.write(result.stderr if args.profile else result.stderr[-5000:])
     if result.returncode != 0:
         sys.exit(f"the runner's process failed ({result.returncode}):\n{result.stderr[-3000:]}")
     m = json.loads(result.stdout.strip().splitlines()[-1])
     execs = "real bash" if args.real_bash else "answered from a script"
+    if args.runner_root:
+        print(f"runner code from {args.runner_root}")
     print(
         f"{args.tasks} tasks in flight (workers {args.tasks}), {args.commands} commands each, model "
         f"{args.latency[0]:g}-{args.latency[1]:g} s per call; fake Modal: creation limit 30/s burst 30, "
