@@ -139,7 +139,8 @@ class EnvSettings:
     sandbox_timeout: int = 3600
     """modal: the longest a sandbox may live, in seconds."""
     startup_timeout: float = 120.0
-    """Longest wait for a sandbox (or an ssh connection) before the task is recorded as env_error."""
+    """Longest wait for a sandbox (or an ssh connection) before the task is recorded as env_error. modal: from the
+    app lookup on, rate-limit retries included; a task's wait for its turn under MODAL_CREATE_RATE is not counted."""
     ssh_host: str | None = None
     """ssh: [user@]host[:port] of the machine commands run on."""
     ssh_key: str | None = None
