@@ -1512,15 +1512,15 @@ class ModalEnvironment(Environment):
             # Image.from_id/from_registry only describe the image (no I/O, no .aio needed); Sandbox.create resolves it.
             image = self.image
             image = sdk.Image.from_id(image) if image.startswith("im-") else sdk.Image.from_registry(image)
+            asked = time.monotonic()
             app = self._app = await asyncio.wait_for(
                 sdk.App.lookup.aio(self.settings.modal_app, create_if_missing=True), self.settings.startup_timeout
             )
+            left = self.settings.startup_timeout - (time.monotonic() - asked)
             # The wait for a creation slot is our own queue (a thousand tasks at 25/s: 40 s for the last), not part
             # of --startup_timeout, which bounds what Modal takes once asked, rate-limit retries included.
             await self._pacer.slot()
-            self.sandbox = await asyncio.wait_for(
-                self._create_within_rate_limit(sdk, app, image), self.settings.startup_timeout
-            )
+            self.sandbox = await asyncio.wait_for(self._create_within_rate_limit(sdk, app, image), max(left, 0.0))
             self._unclaimed_tags = None
         except TimeoutError:
             if self._refusal is not None:
@@ -1549,7 +1549,8 @@ class ModalEnvironment(Environment):
             except sdk.exception.ResourceExhaustedError as exc:
                 self._unclaimed_tags = None  # refused: Modal made nothing, there is nothing to sweep
                 self._refusal = _one_line(exc)
-            self._pacer.hold(backoff * random.uniform(0.5, 1.0))  # jitter: refusals at once do not retry at once
+            # Jittered, so runs in several processes sharing one workspace do not pause and resume in lockstep.
+            self._pacer.hold(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, longest)
             await self._pacer.slot()
 

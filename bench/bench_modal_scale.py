@@ -260,7 +260,12 @@ def main() -> None:
         f"{m['gc2_max_ms']:.1f} ms ({m['gc2_max_cpu_ms']:.1f} ms CPU)"
     )
     print(f"peak RSS of the runner process: {m['peak_rss_mb']:.0f} MB (target <= 600 MB)", end="")
-    print(f"; largest bash child: {m['bash_peak_rss_mb']:.0f} MB" if args.real_bash else "")
+    print(
+        f"; bash runs in processes of its own (ru_maxrss of children: {m['bash_peak_rss_mb']:.0f} MB, which counts "
+        "the forked copy of the runner before exec)"
+        if args.real_bash
+        else ""
+    )
 
 
 if __name__ == "__main__":
