@@ -23,6 +23,7 @@ import contextlib
 import json
 import math
 import os
+import random
 import re
 import secrets
 import select
@@ -139,7 +140,8 @@ class EnvSettings:
     sandbox_timeout: int = 3600
     """modal: the longest a sandbox may live, in seconds."""
     startup_timeout: float = 120.0
-    """Longest wait for a sandbox (or an ssh connection) before the task is recorded as env_error."""
+    """Longest wait for a sandbox (or an ssh connection) before the task is recorded as env_error. modal: from the
+    app lookup on, rate-limit retries included; a task's wait for its turn under MODAL_CREATE_RATE is not counted."""
     ssh_host: str | None = None
     """ssh: [user@]host[:port] of the machine commands run on."""
     ssh_key: str | None = None
@@ -1548,6 +1550,74 @@ MODAL_SWEEP_WAIT = 5.0
 """The longest close() looks for a sandbox whose creation never handed it to us (a hung network costs this)."""
 MODAL_SWEEP_INTERVAL = 1.0
 """How often close() looks again while Modal may still be making that sandbox."""
+MODAL_CREATE_RATE = 25.0
+"""Sandbox creations per second this process asks Modal for at most. Modal limits a workspace to about 30/s with a
+burst allowance (a large public SWE run reports it); staying under it keeps a thousand tasks from failing at once."""
+MODAL_CREATE_BURST = 4
+"""Creations that may go at once after a quiet spell: with the rate, at most 29 start in any second."""
+MODAL_RATE_LIMIT_BACKOFF = (1.0, 8.0)
+"""First and longest pause after Modal refuses a creation for its rate limit (doubling in between)."""
+
+
+class CreationPacer:
+    """Spaces sandbox creations to ``rate`` per second with ``burst`` allowed at once: one per process, shared by
+    every task (a generic cell rate algorithm, so no background task and no lock).
+
+    A task reserves a slot and sleeps until it comes; waiting holds no sandbox, no connection, no thread. The
+    schedule lives in a virtual clock (real time minus ``_shift``): :meth:`hold` moves every slot not yet reached
+    later at once, so the queue slows down behind a rate-limit refusal instead of pouring out when it ends.
+    Plain arithmetic on one event loop's thread, and usable from any number of event loops one after another.
+    """
+
+    def __init__(self, rate: float = MODAL_CREATE_RATE, burst: int = MODAL_CREATE_BURST):
+        self.interval = 1.0 / rate
+        self.tolerance = (max(burst, 1) - 1) * self.interval
+        # Virtual times the next slot is due at once no burst is left (GCRA's "theoretical arrival time"): one for
+        # the order of the queue, one for the creations that really went.
+        self._reserved = self._issued = -math.inf
+        self._shift = 0.0
+        self._held_until = -math.inf
+
+    def _virtual_now(self) -> float:
+        return time.monotonic() - self._shift
+
+    async def slot(self) -> None:
+        """Return when this caller may create a sandbox: first come, first served."""
+        due = max(self._reserved, self._virtual_now())
+        self._reserved = due + self.interval
+        at = due - self.tolerance
+        while True:
+            now = self._virtual_now()
+            if at > now:  # the clock moves back while a hold is on: look again after each sleep
+                await asyncio.sleep(at - now)
+                continue
+            # A loop that stalled wakes every slot it passed at once: space them again by when they really go.
+            issue = max(self._issued, now)
+            if issue - self.tolerance > now:
+                at = issue - self.tolerance
+                continue
+            self._issued = issue + self.interval
+            return
+
+    def hold(self, seconds: float) -> None:
+        """Start no creation for ``seconds`` from now; overlapping holds merge (a hundred refusals at once pause
+        the queue once, not a hundred times)."""
+        now = time.monotonic()
+        until = now + seconds
+        if until > self._held_until:
+            self._shift += until - max(self._held_until, now)
+            self._held_until = until
+
+
+_modal_pacer: CreationPacer | None = None
+
+
+def modal_creation_pacer() -> CreationPacer:
+    """The process's one pacer: every task of a run (and any other run in this process) shares Modal's limit."""
+    global _modal_pacer
+    if _modal_pacer is None:
+        _modal_pacer = CreationPacer()
+    return _modal_pacer
 
 
 class ModalEnvironment(Environment):
@@ -1564,11 +1634,19 @@ class ModalEnvironment(Environment):
     )
 
     def __init__(
-        self, settings: EnvSettings, image: str | None = None, cwd: str | None = None, task_id: str = "", sdk=None
+        self,
+        settings: EnvSettings,
+        image: str | None = None,
+        cwd: str | None = None,
+        task_id: str = "",
+        sdk=None,
+        pacer: CreationPacer | None = None,
     ):
         super().__init__(settings, image, cwd, task_id)
         self.sandbox = None
         self._sdk = sdk
+        self._pacer = pacer or modal_creation_pacer()
+        self._refusal: str | None = None  # Modal's last rate-limit refusal of this task's creation
         self._app = None
         # The tags of a sandbox Modal may have made without handing it to us (the creation timed out, was
         # cancelled or failed in flight); close() finds it by them. None once we hold the handle.
@@ -1577,9 +1655,26 @@ class ModalEnvironment(Environment):
     async def _start(self) -> None:
         sdk = self._sdk = self._sdk or _import_modal()
         try:
-            self.sandbox = await asyncio.wait_for(self._create(sdk), self.settings.startup_timeout)
+            # Image.from_id/from_registry only describe the image (no I/O, no .aio needed); Sandbox.create resolves it.
+            image = self.image
+            image = sdk.Image.from_id(image) if image.startswith("im-") else sdk.Image.from_registry(image)
+            asked = time.monotonic()
+            app = self._app = await asyncio.wait_for(
+                sdk.App.lookup.aio(self.settings.modal_app, create_if_missing=True), self.settings.startup_timeout
+            )
+            left = self.settings.startup_timeout - (time.monotonic() - asked)
+            # The wait for a creation slot is our own queue (a thousand tasks at 25/s: 40 s for the last), not part
+            # of --startup_timeout, which bounds what Modal takes once asked, rate-limit retries included.
+            await self._pacer.slot()
+            self.sandbox = await asyncio.wait_for(self._create_within_rate_limit(sdk, app, image), max(left, 0.0))
             self._unclaimed_tags = None
         except TimeoutError:
+            if self._refusal is not None:
+                raise EnvError(
+                    f"no Modal sandbox for {self.image} within {self.settings.startup_timeout:g} s: Modal kept "
+                    f"refusing creations for its rate limit ({self._refusal}); fewer --workers or a longer "
+                    "--startup_timeout"
+                ) from None
             raise EnvError(
                 f"no Modal sandbox for {self.image} within {self.settings.startup_timeout:g} s: Modal unreachable "
                 "(check the network), out of capacity, or the image is slow to build"
@@ -1591,10 +1686,21 @@ class ModalEnvironment(Environment):
         # "." until the first command reports the absolute directory the image starts in.
         self.cwd = self.requested_cwd or "."
 
-    async def _create(self, sdk):
-        # Image.from_id/from_registry only describe the image (no I/O, no .aio needed); Sandbox.create resolves it.
-        image = sdk.Image.from_id(self.image) if self.image.startswith("im-") else sdk.Image.from_registry(self.image)
-        app = self._app = await sdk.App.lookup.aio(self.settings.modal_app, create_if_missing=True)
+    async def _create_within_rate_limit(self, sdk, app, image):
+        """Create, and while Modal refuses for its rate limit, pause every task's creations and try again."""
+        backoff, longest = MODAL_RATE_LIMIT_BACKOFF
+        while True:
+            try:
+                return await self._create(sdk, app, image)
+            except sdk.exception.ResourceExhaustedError as exc:
+                self._unclaimed_tags = None  # refused: Modal made nothing, there is nothing to sweep
+                self._refusal = _one_line(exc)
+            # Jittered, so runs in several processes sharing one workspace do not pause and resume in lockstep.
+            self._pacer.hold(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, longest)
+            await self._pacer.slot()
+
+    async def _create(self, sdk, app, image):
         tags = {"run_id": self.settings.run_id}
         if self.task_id:
             tags["task_id"] = self.task_id

@@ -7,6 +7,7 @@ trajectory record -> writer. Everything for humans goes to stderr; stdout carrie
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import inspect
 import ipaddress
@@ -1906,6 +1907,10 @@ async def run_batch(config: RunConfig, prompts: list[Prompt]) -> RunOutcome:
         await ctx.model.close()
         output.close(keep=False)
         return RunOutcome(EXIT_FATAL, summarize([], time.monotonic() - started, skipped, outcomes), str(exc))
+    # What exists now (the SDKs, imported lazily up to the first request) lives as long as the run: out of the
+    # collector's sight, a full collection walks only the tasks' objects. Every full collection stalls the event
+    # loop; over the SDKs' ~150,000 objects alone it took ~100 ms on the 2-core machine (bench/bench_modal_scale.py).
+    gc.freeze()
     writer = output.writer
     progress = Progress(schedule.total, config.quiet, verifying=bool(outcomes.verified_ids))
     progress.not_needed(schedule.not_needed)

@@ -13,7 +13,11 @@ from the real SDK (modal 1.6, read from its source):
   cancelled): it carries its tags from the start and ``Sandbox.list(app_id=, tags=)`` finds it;
 - ``Sandbox.list`` yields the running sandboxes having at least the given tags (``.aio``: an async generator,
   the blocking form: a generator);
-- the exceptions are the real ``modal.exception`` classes.
+- the exceptions are the real ``modal.exception`` classes;
+- optional, off by default (see :class:`FakeModal`): Modal's latencies (an exec's round trip, a sandbox's creation,
+  each with a long tail) and its per-workspace creation rate limit, a token bucket; a creation over it raises
+  ``ResourceExhaustedError``, the class the SDK maps gRPC's RESOURCE_EXHAUSTED to (``modal/_grpc_client.py``) and
+  raises when the server attaches no retry policy (``modal/_utils/grpc_utils.py``).
 
 Every call is checked against the installed SDK's signature when it is made (a keyword the real SDK lacks is a
 ``TypeError`` here too) and recorded in ``calls`` for the contract test.
@@ -28,13 +32,17 @@ import functools
 import inspect
 import math
 import os
+import random
 import signal
 import subprocess
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpclib
 import modal
 import modal.container_process
 import modal.exception
@@ -73,6 +81,53 @@ def bind_real(name: str, args: tuple, kwargs: dict) -> inspect.BoundArguments:
     # Methods read off the class still list self/cls (synchronicity keeps cls even on classmethods).
     placeholder = (object(),) if first in ("self", "cls") else ()
     return signature.bind(*placeholder, *args, **kwargs)
+
+
+@dataclass
+class LongTail:
+    """A latency drawn from a log-normal distribution given by its median and 99th percentile (seconds)."""
+
+    median: float
+    p99: float
+    seed: int = 0
+    _random: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._random = random.Random(self.seed)
+
+    def __call__(self) -> float:
+        sigma = math.log(self.p99 / self.median) / 2.326  # z of the 99th percentile
+        return self.median * math.exp(self._random.gauss(0.0, sigma))
+
+
+@dataclass
+class CreationLimit:
+    """Modal's per-workspace sandbox creation limit as a token bucket: ``rate`` per second, ``burst`` at most."""
+
+    rate: float = 30.0
+    burst: int = 30
+    _tokens: float = field(init=False, default=0.0)
+    _last: float = field(init=False, default=0.0)
+
+    def __post_init__(self) -> None:
+        self._tokens, self._last = float(self.burst), time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+def rate_limit_error() -> modal.exception.ResourceExhaustedError:
+    """What the SDK raises for a RESOURCE_EXHAUSTED answer, built the way ``grpc_error_to_modal_exception`` does."""
+    message = "Too many sandbox creation requests: rate limit exceeded, please retry later"
+    error = modal.exception.ResourceExhaustedError(message)
+    error._grpc_message, error._grpc_status, error._grpc_details = message, grpclib.Status.RESOURCE_EXHAUSTED, None
+    return error
 
 
 class _Twin:
@@ -202,6 +257,36 @@ class FakeProcess:
         return 128 - code if code < 0 else code  # killed by a signal: 128 + signal, as the real SDK reports
 
 
+class ScriptedStream:
+    """A stream whose bytes were decided without running anything (``FakeModal.exec_script``)."""
+
+    def __init__(self, fake: FakeModal, data: bytes, text: bool):
+        self.fake, self.data, self.text = fake, data, text
+
+    def __aiter__(self):
+        self.fake.record("StreamReader.__aiter__", (), {})
+        return self._chunks()
+
+    async def _chunks(self):
+        data, self.data = self.data, b""
+        for start in range(0, len(data), CHUNK):
+            yield data[start : start + CHUNK].decode() if self.text else data[start : start + CHUNK]
+
+    def close(self) -> None:
+        self.data = b""
+
+
+class ScriptedProcess:
+    def __init__(self, fake: FakeModal, output: bytes, exit_code: int, text: bool):
+        self.exit_code = exit_code
+        self.stdout = ScriptedStream(fake, output, text)
+        self.stderr = ScriptedStream(fake, b"", text)
+        self.wait = _Twin(fake, "ContainerProcess.wait", self._wait)
+
+    async def _wait(self) -> int:
+        return self.exit_code
+
+
 class FakeSandbox:
     def __init__(self, fake: FakeModal, root: str, create_kwargs: dict):
         self.fake, self.root, self.create_kwargs = fake, root, create_kwargs
@@ -218,12 +303,17 @@ class FakeSandbox:
         return dict(self.tags)
 
     async def _exec(self, *args, timeout=None, workdir=None, env=None, text=True, **_):  # the rest: checked, unused
+        if self.fake.exec_latency is not None:
+            await asyncio.sleep(self.fake.exec_latency())  # the round trip to Modal and into the sandbox
         if self.terminated:
             raise modal.exception.ConflictError("Sandbox already finished")
         if workdir is not None and not workdir.startswith("/"):
             raise modal.exception.InvalidError(f"workdir must be an absolute path, got: {workdir}")
         if sum(len(arg) for arg in args) > ARG_MAX_CHARS:
             raise modal.exception.InvalidError("Total length of CMD arguments cannot exceed 65536 bytes (ARG_MAX).")
+        if self.fake.exec_script is not None:
+            output, exit_code = self.fake.exec_script(args)
+            return ScriptedProcess(self.fake, output, exit_code, text)
         # Spawned from a thread, so 64 forks at once do not stall the event loop (a real exec is an RPC), on pipes
         # of our own, so wait() returns when the process exits even if a background child keeps stdout open.
         (out_read, out_write), (err_read, err_write) = os.pipe(), os.pipe()
@@ -246,6 +336,8 @@ class FakeSandbox:
         return process
 
     async def _terminate(self, *, wait: bool = False) -> None:
+        if not self.terminated and not self.fake.keep_history:
+            self.fake.sandboxes.remove(self)
         self.terminated = True
         for process in self.processes:
             _kill_group(process.proc.pid)
@@ -259,6 +351,15 @@ class FakeModal:
     Knobs: ``create_delay``, how long Modal takes to make a sandbox once asked (math.inf: never), whether or not the
     caller still waits; ``reply_delay``, how much later the handle reaches the caller (math.inf: never);
     ``create_error``; ``list_delay`` (math.inf hangs) and ``list_error`` for ``Sandbox.list``.
+
+    Modal at scale (all off by default): ``create_latency`` and ``exec_latency``, callables drawing seconds (a
+    :class:`LongTail`), added to every creation and every exec; ``creation_limit``, a :class:`CreationLimit` every
+    ``Sandbox.create`` must get a token from, else it raises :func:`rate_limit_error`; ``exec_script``, a callable
+    ``argv -> (output bytes, exit code)`` that answers execs without starting a process (a thousand sandboxes of
+    real bash are more than a 2-core machine can host beside the runner); ``keep_history = False`` still checks every
+    call against the real signatures but keeps no log of them and forgets terminated sandboxes, as the real SDK
+    does (a benchmark's heap is then the runner's, not the fake's). ``created_at`` (monotonic times of the accepted
+    creations) and ``refused`` count what the limit saw.
     """
 
     exception = modal.exception
@@ -274,6 +375,13 @@ class FakeModal:
         self.create_error: BaseException | None = None
         self.list_delay = 0.0
         self.list_error: BaseException | None = None
+        self.create_latency: Callable[[], float] | None = None
+        self.exec_latency: Callable[[], float] | None = None
+        self.creation_limit: CreationLimit | None = None
+        self.exec_script: Callable[[tuple[str, ...]], tuple[bytes, int]] | None = None
+        self.keep_history = True
+        self.created_at: list[float] = []
+        self.refused = 0
         self._making: set[asyncio.Task] = set()  # creations Modal carries on with after the caller gave up
         self.App = type("App", (), {})()
         self.App.lookup = _Twin(self, "App.lookup", self._lookup)
@@ -286,7 +394,8 @@ class FakeModal:
 
     def record(self, name: str, args: tuple, kwargs: dict) -> None:
         bind_real(name, args, kwargs)
-        self.calls.append((name, args, kwargs))
+        if self.keep_history:
+            self.calls.append((name, args, kwargs))
 
     def called(self, name: str) -> list[dict]:
         return [kwargs for call, _, kwargs in self.calls if call == name]
@@ -309,6 +418,10 @@ class FakeModal:
     async def _create(self, *args, **kwargs) -> FakeSandbox:
         if self.create_error is not None:
             raise self.create_error
+        if self.creation_limit is not None and not self.creation_limit.take():
+            self.refused += 1
+            raise rate_limit_error()
+        self.created_at.append(time.monotonic())
         options = {"app": None, "image": None, "env": None, "workdir": None, "tags": None, **kwargs}
         if options["app"] is None:
             raise modal.exception.InvalidError("App is required")
@@ -324,7 +437,7 @@ class FakeModal:
         return sandbox
 
     async def _make_sandbox(self, options: dict) -> FakeSandbox:
-        await _sleep(self.create_delay)
+        await _sleep(self.create_delay + (self.create_latency() if self.create_latency is not None else 0.0))
         root = options["workdir"] or tempfile.mkdtemp(prefix="sandbox-", dir=self.root)
         Path(root).mkdir(parents=True, exist_ok=True)
         sandbox = FakeSandbox(self, root, options)

@@ -17,7 +17,7 @@ import warnings
 import modal
 import modal.exception
 import pytest
-from fake_modal import FakeModal, bind_real, real_function
+from fake_modal import CreationLimit, FakeModal, LongTail, bind_real, rate_limit_error, real_function
 
 import environments
 import mini_swe_runner
@@ -25,6 +25,7 @@ from environments import (
     AGENT_ENV_DEFAULTS,
     DEFAULT_IMAGE,
     MODAL_DRAIN_SECONDS,
+    CreationPacer,
     EnvError,
     EnvSettings,
     ModalEnvironment,
@@ -46,9 +47,9 @@ def fake(tmp_path):
     return FakeModal(tmp_path / "sandboxes")
 
 
-def make_env(fake, image=None, cwd=None, task_id="t1", image_setting=None, **settings):
+def make_env(fake, image=None, cwd=None, task_id="t1", image_setting=None, pacer=None, **settings):
     settings = EnvSettings(env_type="modal", image=image_setting, **settings)
-    return ModalEnvironment(settings, image=image, cwd=cwd, task_id=task_id, sdk=fake)
+    return ModalEnvironment(settings, image=image, cwd=cwd, task_id=task_id, sdk=fake, pacer=pacer)
 
 
 async def session(env, *commands, timeout=10):
@@ -483,6 +484,178 @@ def test_64_environments_share_one_event_loop(fake):
     blocking = {name for name, _, _ in fake.calls if not name.endswith(".aio")}
     assert blocking <= {"Image.from_registry", "Image.from_id", "StreamReader.__aiter__"}  # no I/O in these
     assert longest_stall < 0.5
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Modal's creation rate limit: creations are paced to it, and a refusal is waited out, not a failure
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def most_in_one_second(times):
+    times = sorted(times)
+    return max(sum(1 for t in times[i:] if t < start + 1.0) for i, start in enumerate(times))
+
+
+async def start_many(environments_):
+    await asyncio.gather(*(env.start() for env in environments_))
+    await asyncio.gather(*(env.close() for env in environments_))
+
+
+def test_pacer_spaces_slots_to_its_rate_after_a_burst():
+    pacer = CreationPacer(rate=20, burst=3)
+
+    async def scenario():
+        started = time.monotonic()
+
+        async def take():
+            await pacer.slot()
+            return time.monotonic() - started
+
+        return await asyncio.gather(*(take() for _ in range(30)))
+
+    times = run(scenario())
+    assert sum(1 for t in times if t < 0.03) == 3  # the burst goes at once, the rest one per 1/20 s
+    assert times == sorted(times)  # first come, first served
+    assert most_in_one_second(times) <= 3 + 20
+    assert (30 - 3) / 20 - 0.05 <= max(times) < (30 - 3) / 20 + 1.5  # generous: the machine is shared
+
+
+def test_pacer_hold_moves_the_whole_queue_later_once():
+    pacer = CreationPacer(rate=20, burst=1)
+
+    async def scenario():
+        started = time.monotonic()
+        times = []
+
+        async def take():
+            await pacer.slot()
+            times.append(time.monotonic() - started)
+
+        waiting = [asyncio.ensure_future(take()) for _ in range(5)]
+        await asyncio.sleep(0.01)
+        for _ in range(50):  # fifty refusals at once pause the queue once
+            pacer.hold(0.5)
+        await asyncio.gather(*waiting)
+        return times
+
+    times = run(scenario())
+    assert times[0] < 0.05  # it went before the hold
+    assert 0.5 <= times[1] < 0.5 + 1.0  # the rest waited the hold out, once, and kept their spacing
+    assert all(later - earlier >= 0.04 for earlier, later in zip(times[1:], times[2:], strict=False))
+
+
+def test_creations_over_modal_limit_are_paced_not_refused(fake):
+    fake.creation_limit = CreationLimit(rate=10, burst=3)
+    pacer = CreationPacer(rate=8, burst=2)
+    environments_ = [make_env(fake, task_id=str(n), pacer=pacer) for n in range(24)]
+    run(start_many(environments_))
+    assert fake.refused == 0
+    assert len(fake.created_at) == 24 and all(sandbox.terminated for sandbox in fake.sandboxes)
+    assert most_in_one_second(fake.created_at) <= 10
+
+
+def test_without_pacing_the_fake_refuses_and_each_refusal_is_retried(fake):
+    fake.creation_limit = CreationLimit(rate=20, burst=5)
+    pacer = CreationPacer(rate=1000, burst=1000)  # no pacing to speak of: the limit bites
+    environments_ = [make_env(fake, task_id=str(n), pacer=pacer) for n in range(30)]
+    run(start_many(environments_))
+    assert fake.refused > 0  # the limit was hit ...
+    assert len(fake.created_at) == 30  # ... and every task still got its sandbox
+    assert all(sandbox.terminated for sandbox in fake.sandboxes)
+    assert not any("list" in name for name, _, _ in fake.calls)  # a refused creation made nothing to sweep
+
+
+def test_refusals_past_startup_timeout_are_one_env_error(fake):
+    fake.creation_limit = CreationLimit(rate=1e-9, burst=0)  # Modal refuses every creation
+    env = make_env(fake, startup_timeout=1.5, pacer=CreationPacer(rate=1000, burst=1000))
+
+    async def scenario():
+        started = time.monotonic()
+        with pytest.raises(EnvError) as info:
+            await env.start()
+        took = time.monotonic() - started
+        await env.close()
+        return str(info.value), took
+
+    message, took = run(scenario())
+    assert message.startswith("no Modal sandbox for python:3.11-slim within 1.5 s: Modal kept refusing creations")
+    assert "rate limit" in message and "\n" not in message
+    assert 1.5 <= took < 4
+    assert fake.refused >= 2  # tried again within the bound
+    assert fake.sandboxes == [] and not any("list" in name for name, _, _ in fake.calls)
+
+
+def test_waiting_for_a_slot_is_not_startup_time_and_holds_no_sandbox(fake):
+    pacer = CreationPacer(rate=2, burst=1)
+    environments_ = [make_env(fake, task_id=str(n), startup_timeout=0.5, pacer=pacer) for n in range(3)]
+
+    async def scenario():
+        starting = [asyncio.ensure_future(env.start()) for env in environments_]
+        await asyncio.sleep(0.2)
+        made_while_queued = len(fake.sandboxes)
+        await asyncio.gather(*starting)  # the last waits 1 s for its slot, twice its startup_timeout: no error
+        for env in environments_:
+            await env.close()
+        return made_while_queued
+
+    assert run(scenario()) == 1
+    assert len(fake.created_at) == 3
+
+
+def test_cancelled_while_waiting_for_a_slot_leaves_nothing(fake):
+    pacer = CreationPacer(rate=0.5, burst=1)
+
+    async def scenario():
+        first = make_env(fake, task_id="first", pacer=pacer)
+        await first.start()
+        queued = make_env(fake, task_id="queued", pacer=pacer)
+        task = asyncio.ensure_future(queued.start())
+        await asyncio.sleep(0.1)
+        task.cancel()  # Ctrl-C or --task_timeout while it waits its turn
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await queued.close()
+        await first.close()
+
+    run(scenario())
+    assert len(fake.sandboxes) == 1 and len(fake.called("Sandbox.create.aio")) == 1
+    assert not any("list" in name for name, _, _ in fake.calls)
+
+
+def test_fake_rate_limit_error_is_what_the_sdk_raises_for_resource_exhausted():
+    import grpclib
+    from modal import _grpc_client
+
+    error = rate_limit_error()
+    assert type(error) is _grpc_client._STATUS_TO_EXCEPTION[grpclib.Status.RESOURCE_EXHAUSTED]
+    assert isinstance(error, modal.exception.ResourceExhaustedError) and isinstance(error, modal.exception.Error)
+    assert "rate limit" in str(error)
+
+
+def test_fake_latencies_and_scripted_execs(fake):
+    latency = LongTail(median=0.05, p99=0.5, seed=7)
+    draws = sorted(latency() for _ in range(2000))
+    assert 0.04 < draws[1000] < 0.06 and 0.3 < draws[1980] < 0.8
+    fake.exec_latency = LongTail(median=0.05, p99=0.06)
+    fake.exec_script = lambda argv: (b"scripted\n", 3)
+    fake.keep_history = False
+
+    async def scenario():
+        app = await fake.App.lookup.aio("a", create_if_missing=True)
+        sandbox = await fake.Sandbox.create.aio(app=app, image=fake.Image.from_registry("x"))
+        started = time.monotonic()
+        process = await sandbox.exec.aio("bash", "-c", "echo real", text=False)
+        took = time.monotonic() - started
+        output = b"".join([chunk async for chunk in process.stdout])
+        code = await process.wait.aio()
+        await sandbox.terminate.aio()
+        with pytest.raises(TypeError):  # still checked against the installed SDK
+            await sandbox.exec.aio("true", not_a_modal_option=1)
+        return output, code, took
+
+    output, code, took = run(scenario())
+    assert (output, code) == (b"scripted\n", 3) and took >= 0.04
+    assert fake.calls == [] and fake.sandboxes == []  # no history kept; terminated sandboxes forgotten
 
 
 # ---------------------------------------------------------------------------------------------------------------

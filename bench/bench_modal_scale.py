@@ -1,0 +1,272 @@
+"""A thousand tasks in flight through the Modal backend, against the fake SDK with Modal's latencies and rate limit.
+
+The runner (``mini_swe_runner.run_batch``, ``--env modal``, every task started at once) runs in a child process so
+its peak RSS is its own. The fake (tests/fake_modal.py) is what ``import modal`` finds in that process, so the
+runner's own code path is unchanged; it adds a long-tailed creation latency (median 1 s, p99 20 s), a long-tailed
+exec round trip (median 80 ms, p99 300 ms) and Modal's creation limit as a token bucket (30/s, burst 30; over it
+``Sandbox.create`` raises ``modal.exception.ResourceExhaustedError``). The model is tests/model_server.py's scripted
+server in this (parent) process, answering each call after 2-5 s.
+
+Execs are answered from a script by default (no process per command): a thousand sandboxes of real bash on a
+2-core machine measure the machine, not the runner. ``--real_bash`` runs them for real.
+
+Printed: creations and the most in any 1 s window (the limit: 30/s sustained), refusals the fake sent and
+env_errors tasks recorded, the event loop's longest stall (a heartbeat sleeping 10 ms in the runner's loop; its
+lateness) with its p99, peak RSS of the runner process.
+
+    python bench/bench_modal_scale.py                    # 1000 tasks, workers 1000, 5 commands each
+    python bench/bench_modal_scale.py --tasks 200 --commands 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import collections
+import gc
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+HEARTBEAT = 0.010
+
+
+def max_in_window(times: list[float], window: float = 1.0) -> int:
+    """The most events in any half-open window [t, t + window)."""
+    times = sorted(times)
+    return max((bisect.bisect_left(times, t + window) - i for i, t in enumerate(times)), default=0)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(fraction * len(ordered)), len(ordered) - 1)] if ordered else 0.0
+
+
+def child(args: argparse.Namespace) -> None:
+    if args.runner_root:  # the runner of another checkout (the figures before a change), this checkout's fake
+        sys.path.insert(0, str(Path(args.runner_root).resolve()))
+    import fake_modal
+
+    fake = fake_modal.FakeModal(tempfile.mkdtemp(prefix="bench-modal-"))
+    fake.create_latency = fake_modal.LongTail(median=1.0, p99=20.0, seed=1)
+    fake.exec_latency = fake_modal.LongTail(median=0.08, p99=0.3, seed=2)
+    fake.creation_limit = fake_modal.CreationLimit(rate=30.0, burst=30)
+    fake.keep_history = False  # every call is still checked against the installed SDK's signatures
+    if not args.real_bash:
+        fake.exec_script = lambda argv: (b"ok\n", 0)
+    sys.modules["modal"] = fake  # the SDK boundary: what the backend's `import modal` gets
+    os.environ.update(MODAL_TOKEN_ID="ak-bench", MODAL_TOKEN_SECRET="as-bench")  # preflight looks for a token
+
+    import mini_swe_runner
+    from environments import EnvSettings
+
+    lateness: list[float] = []
+    stalls: list[tuple[float, float, float]] = []  # (since start, lateness, loop CPU) of beats later than 50 ms
+    gc_pauses: list[tuple[float, float]] = []  # (wall, CPU) of each full collection
+    gc_started = [0.0, 0.0]
+
+    def gc_timer(phase: str, info: dict) -> None:
+        if phase == "start":
+            gc_started[:] = time.perf_counter(), time.thread_time()
+        elif info["generation"] == 2:
+            gc_pauses.append((time.perf_counter() - gc_started[0], time.thread_time() - gc_started[1]))
+
+    gc.callbacks.append(gc_timer)
+    live_peak = 0
+    started = time.monotonic()
+
+    async def heartbeat(stop: asyncio.Event) -> None:
+        nonlocal live_peak
+        beats = 0
+        while not stop.is_set():
+            before, cpu_before = time.monotonic(), time.thread_time()
+            await asyncio.sleep(HEARTBEAT)
+            last_beat[0] = time.monotonic()
+            lateness.append(late := last_beat[0] - before - HEARTBEAT)
+            if late > 0.05:  # with the loop thread's own CPU time in it: low means the machine, not us, held it
+                stalls.append((before - started, late, time.thread_time() - cpu_before))
+            beats += 1
+            if args.profile and beats == 4000:
+                objs = gc.get_objects()
+                print(
+                    "objects",
+                    len(objs),
+                    collections.Counter(type(o).__name__ for o in objs).most_common(25),
+                    file=sys.stderr,
+                )
+                del objs
+            if beats % 25 == 0:  # every quarter second: how many sandboxes are up at once
+                live_peak = max(live_peak, sum(1 for sandbox in fake.sandboxes if not sandbox.terminated))
+
+    last_beat = [time.monotonic()]
+    stall_stacks: collections.Counter = collections.Counter()
+
+    def watchdog(loop_thread: int) -> None:
+        """--profile: while the loop is 40 ms late, sample its thread's stack every 5 ms (what holds it)."""
+        while True:
+            time.sleep(0.005)
+            if time.monotonic() - last_beat[0] > 0.04:
+                frame = sys._current_frames().get(loop_thread)
+                if frame is not None:
+                    stack = traceback.extract_stack(frame)[-12:]
+                    stall_stacks[" <- ".join(f"{Path(f.filename).name}:{f.lineno}:{f.name}" for f in stack[::-1])] += 1
+
+    if args.profile:
+        threading.Thread(target=watchdog, args=(threading.get_ident(),), daemon=True).start()
+
+    async def run(config, prompts):
+        stop = asyncio.Event()
+        beat = asyncio.ensure_future(heartbeat(stop))
+        try:
+            return await mini_swe_runner.run_batch(config, prompts)
+        finally:
+            stop.set()
+            await beat
+
+    with tempfile.TemporaryDirectory() as tmp:
+        output = f"{tmp}/out.jsonl"
+        config = mini_swe_runner.RunConfig(
+            model="bench",
+            base_url=args.base_url,
+            api_key="bench-key",
+            output_file=output,
+            workers=args.tasks,
+            quiet=True,
+            max_iterations=args.commands + 2,
+            env=EnvSettings(env_type="modal", startup_timeout=120.0),
+        )
+        prompts = [mini_swe_runner.Prompt(index=i, text=f"task {i}", task_id=f"t{i}") for i in range(args.tasks)]
+        started = time.monotonic()
+        asyncio.run(run(config, prompts))
+        wall = time.monotonic() - started
+        with open(output, encoding="utf-8") as file:
+            records = [json.loads(line) for line in file]
+    if args.profile:
+        for stack, count in stall_stacks.most_common(15):
+            print(f"{count:5d} {stack}", file=sys.stderr)
+    env_errors = [r["error"] for r in records if r["exit_reason"] == "env_error"]
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(
+        json.dumps(
+            {
+                "wall": wall,
+                "records": len(records),
+                "completed": sum(1 for r in records if r["completed"]),
+                "exit_reasons": sorted({r["exit_reason"] for r in records}),
+                "creations": len(fake.created_at),
+                "max_creations_1s": max_in_window(fake.created_at),
+                "creation_span": max(fake.created_at) - min(fake.created_at) if fake.created_at else 0.0,
+                "refused": fake.refused,
+                "env_errors": len(env_errors),
+                "env_errors_rate_limit": sum(1 for e in env_errors if "rate limit" in e),
+                "env_error_sample": env_errors[:3],
+                "live_peak": live_peak,
+                "stall_max_ms": max(lateness) * 1000,
+                "stall_p99_ms": percentile(lateness, 0.99) * 1000,
+                "beats": len(lateness),
+                "stalls_over_50ms": [
+                    (round(at, 2), round(late * 1000, 1), round(cpu * 1000, 1)) for at, late, cpu in stalls
+                ],
+                "gc2_max_ms": max((wall for wall, _ in gc_pauses), default=0.0) * 1000,
+                "gc2_max_cpu_ms": max((cpu for _, cpu in gc_pauses), default=0.0) * 1000,
+                "gc2_count": len(gc_pauses),
+                "busy_max_ms": max((cpu for _, _, cpu in stalls), default=0.0) * 1000,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "bash_peak_rss_mb": children,
+                "gc_collections": [s["collections"] for s in gc.get_stats()],
+            }
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child", action="store_true")
+    parser.add_argument("--base_url")
+    parser.add_argument("--tasks", type=int, default=1000, help="tasks, all in flight at once (workers = tasks)")
+    parser.add_argument("--commands", type=int, default=5, help="commands per task (then a final answer)")
+    parser.add_argument("--latency", type=float, nargs=2, default=[2.0, 5.0], help="model latency range, seconds")
+    parser.add_argument("--runner_root", help="run mini_swe_runner.py/environments.py of this checkout instead")
+    parser.add_argument("--profile", action="store_true", help="sample the loop's stack while it stalls (stderr)")
+    parser.add_argument("--real_bash", action="store_true", help="run every command in a real bash process")
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+
+    from model_server import ScriptedModelServer, delayed, per_conversation, reply, tool_call
+
+    rng = random.Random(3)
+
+    def after_latency(step):
+        return lambda: delayed(rng.uniform(*args.latency), step)
+
+    commands = [f"echo step {n} && ls" for n in range(args.commands)]
+    script = per_conversation(
+        [after_latency(reply(None, [tool_call(c)])) for c in commands] + [after_latency(reply("done"))]
+    )
+    with ScriptedModelServer(script) as server:
+        command = [sys.executable, __file__, "--child", "--base_url", server.base_url, "--tasks", str(args.tasks)]
+        command += ["--commands", str(args.commands)] + (["--real_bash"] if args.real_bash else [])
+        command += ["--profile"] if args.profile else []
+        command += ["--runner_root", args.runner_root] if args.runner_root else []
+        result = subprocess.run(command, capture_output=True, text=True)
+    sys.stderr.write(result.stderr if args.profile else result.stderr[-5000:])
+    if result.returncode != 0:
+        sys.exit(f"the runner's process failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    m = json.loads(result.stdout.strip().splitlines()[-1])
+    execs = "real bash" if args.real_bash else "answered from a script"
+    if args.runner_root:
+        print(f"runner code from {args.runner_root}")
+    print(
+        f"{args.tasks} tasks in flight (workers {args.tasks}), {args.commands} commands each, model "
+        f"{args.latency[0]:g}-{args.latency[1]:g} s per call; fake Modal: creation limit 30/s burst 30, "
+        f"create latency median 1 s p99 20 s, exec latency median 80 ms p99 300 ms, execs {execs}"
+    )
+    print(
+        f"wall {m['wall']:.1f} s; records {m['records']}, completed {m['completed']}, exit reasons {m['exit_reasons']}"
+    )
+    print(f"sandboxes live at once, peak: {m['live_peak']}")
+    print(
+        f"creations: {m['creations']} over {m['creation_span']:.1f} s, most in any 1 s window: "
+        f"{m['max_creations_1s']} (limit 30/s sustained)"
+    )
+    print(
+        f"rate-limit refusals from the fake: {m['refused']}; env_errors: {m['env_errors']}, "
+        f"of them for the rate limit: {m['env_errors_rate_limit']} (target 0)"
+    )
+    if m["stalls_over_50ms"]:
+        print(f"  beats later than 50 ms (s since start, ms late, ms of loop CPU): {m['stalls_over_50ms'][:20]}")
+    if m["env_error_sample"]:
+        print(f"  e.g. {m['env_error_sample']}")
+    print(
+        f"event-loop stall (heartbeat {HEARTBEAT * 1000:g} ms, {m['beats']} beats): "
+        f"longest {m['stall_max_ms']:.1f} ms, p99 {m['stall_p99_ms']:.1f} ms (target longest <= 100 ms)"
+    )
+    print(
+        f"  of which the loop's own work (its thread's CPU time in the late beat; the rest is the machine's other "
+        f"load): longest {m['busy_max_ms']:.1f} ms; full garbage collections: {m['gc2_count']}, longest "
+        f"{m['gc2_max_ms']:.1f} ms ({m['gc2_max_cpu_ms']:.1f} ms CPU)"
+    )
+    print(f"peak RSS of the runner process: {m['peak_rss_mb']:.0f} MB (target <= 600 MB)", end="")
+    print(
+        f"; bash runs in processes of its own (ru_maxrss of children: {m['bash_peak_rss_mb']:.0f} MB, which counts "
+        "the forked copy of the runner before exec)"
+        if args.real_bash
+        else ""
+    )
+
+
+if __name__ == "__main__":
+    main()
