@@ -12,6 +12,7 @@ import hashlib
 import inspect
 import ipaddress
 import json
+import json.scanner
 import logging
 import math
 import os
@@ -497,6 +498,7 @@ def load_prompts(path: str, row_format: RowFormat | None = None) -> Sequence[Pro
 
 
 UTF8_BOM = b"\xef\xbb\xbf"
+_SCAN_JSON = json.scanner.make_scanner(json.JSONDecoder())
 ASCII_SPACE_BYTES = (ASCII_SPACE + "\n").encode()
 ID_BUCKETS = 256
 """Hashes of ids and texts are kept in this many arrays, so finding repeats needs a set of one bucket at a time."""
@@ -522,10 +524,12 @@ class PromptFile(Sequence[Prompt]):
         self._offsets = array("q")
         self._line_hashes = array("q")
         self._images: list[str | None] = [None]
-        self._image_of = array("I")
-        self._own_verify = bytearray()
+        self._image_and_verify = array("I")
+        """Per row: 2 x (its image's index in _images) + (1 if it has its own verifier)."""
         self._occurrence: dict[int, int] = {}
         """Row -> how often its text occurred on earlier rows, for the rows where that is not 0."""
+        self._derived_repeats: set[int] = set()
+        """Hashes of the texts that occur more than once while some id derives from its text."""
         id_hashes = self._first_pass()
         self._rows = range(len(self._offsets))
         if self._derived_repeats:
@@ -555,7 +559,15 @@ class PromptFile(Sequence[Prompt]):
             raise UsageError(f"--prompts_file {self.path} is not UTF-8 text (byte {start + exc.start})") from None
         if not text.startswith("{"):
             return text
+        # json's scanner itself: json.loads costs 3x as much on lines this short (bench/bench_input.py). The line
+        # is stripped of JSON's whitespace, so a value ending where the line ends is what json.loads would give.
         try:
+            value, end = _SCAN_JSON(text, 0)
+            if end == len(text):
+                return value
+        except (ValueError, StopIteration, RecursionError):
+            pass
+        try:  # not one JSON value: json.loads words the error
             return json.loads(text)
         except ValueError as exc:
             raise UsageError(f"{self.path}:{number}: not valid JSON ({exc.msg})") from None
@@ -567,9 +579,10 @@ class PromptFile(Sequence[Prompt]):
         first occurrence: :meth:`_ids_with_occurrences` corrects that when a text repeats)."""
         id_hashes = [array("q") for _ in range(ID_BUCKETS)]
         text_hashes = [array("q") for _ in range(ID_BUCKETS)]
-        derived = False
+        derived = quick = False
         image_index: dict[str | None, int] = {None: 0}
         plain = self.row_format == RowFormat()
+        offsets, line_hashes, image_and_verify = self._offsets, self._line_hashes, self._image_and_verify
         for start, number, stripped in self._lines():
             value = self._row_value(start, number, stripped)
             # The usual row, {"prompt": "...", "id": "..."}, is checked here without building a Prompt: 3 µs a
@@ -585,25 +598,32 @@ class PromptFile(Sequence[Prompt]):
             ):
                 if not task_id.isascii():
                     _checked_id(task_id, f"{self.path}:{number}")
-                image, verify = 0, 0
+                info, quick = 0, True
             else:
                 where = f"{self.path}:{number}"
                 prompt, explicit_id = _row_prompt(InputRow(where, f"line {number}", value), self.row_format)
                 text = prompt.text
                 derived = derived or explicit_id is None
                 task_id = _checked_id(explicit_id if explicit_id is not None else derived_task_id(text, 0), where)
-                image = image_index.setdefault(prompt.image, len(image_index))
-                verify = prompt.verify is not None
+                info = 2 * image_index.setdefault(prompt.image, len(image_index)) + (prompt.verify is not None)
+                key = hash(text)  # only texts here may need their occurrence counted (see below)
+                text_hashes[key % ID_BUCKETS].append(key)
             key = hash(task_id)
             id_hashes[key % ID_BUCKETS].append(key)
-            key = hash(text)
-            text_hashes[key % ID_BUCKETS].append(key)
-            self._offsets.append(start)
-            self._line_hashes.append(hash(stripped))
-            self._image_of.append(image)
-            self._own_verify.append(verify)
+            offsets.append(start)
+            line_hashes.append(hash(stripped))
+            image_and_verify.append(info)
         self._images = list(image_index)
-        self._derived_repeats = _repeated(text_hashes) if derived else set()
+        if not derived:
+            pass  # every id is explicit: how often a text occurs never matters
+        elif quick:  # ids derived from texts and rows taken the quick way, whose texts were not hashed: hash all
+            text_hashes = [array("q") for _ in range(ID_BUCKETS)]
+            for _, _, prompt in self._checked_rows():
+                key = hash(prompt.text)
+                text_hashes[key % ID_BUCKETS].append(key)
+            self._derived_repeats = _repeated(text_hashes)
+        else:
+            self._derived_repeats = _repeated(text_hashes)
         return id_hashes
 
     def _checked_rows(self) -> Iterator[tuple[int, InputRow, Prompt]]:
@@ -661,10 +681,16 @@ class PromptFile(Sequence[Prompt]):
 
     def image_of(self, position: int) -> str | None:
         """The prompt's own image, without reading it back."""
-        return self._images[self._image_of[self._rows[position]]]
+        return self._images[self._image_and_verify[self._rows[position]] >> 1]
+
+    def own_images(self) -> set[str | None]:
+        """The own images of every prompt of this view."""
+        rows = self._rows
+        return {self._images[info >> 1] for info in set(self._image_and_verify[rows.start : rows.stop : rows.step])}
 
     def any_own_verifier(self) -> bool:
-        return any(self._own_verify[row] for row in self._rows)
+        rows = self._rows
+        return any(info & 1 for info in set(self._image_and_verify[rows.start : rows.stop : rows.step]))
 
     def _prompt(self, row: int) -> Prompt:
         start = self._offsets[row]
@@ -2162,7 +2188,10 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
     loop = asyncio.get_running_loop()
     # Blocking SDK calls (docker) go to threads: enough of them for every worker at once.
     loop.set_default_executor(ThreadPoolExecutor(max_workers=config.workers + 8, thread_name_prefix="msr"))
-    own_images = {prompt_image(prompts, position) for position in schedule.pending_positions()}
+    if isinstance(prompts, PromptFile) and schedule.total == len(prompts) * config.samples:
+        own_images = prompts.own_images()  # every prompt is pending: no need to visit each
+    else:
+        own_images = {prompt_image(prompts, position) for position in schedule.pending_positions()}
     images = {environments.task_image(config.env, image) for image in own_images} - {None}
     try:
         await environments.preflight(config.env, images)
