@@ -692,6 +692,23 @@ class PromptFile(Sequence[Prompt]):
         rows = self._rows
         return any(info & 1 for info in set(self._image_and_verify[rows.start : rows.stop : rows.step]))
 
+    def task_ids(self) -> Iterator[str]:
+        """The task_id of every prompt of this view, in order, read in one pass without building the prompts (what
+        resume needs to match the output's records to the prompts)."""
+        rows = self._rows
+        row = -1
+        for start, number, stripped in self._lines():
+            row += 1
+            if row not in rows:
+                continue
+            value = self._row_value(start, number, stripped)
+            if type(value) is dict and type(task_id := value.get("id")) is str:
+                if len(value) == 2 and type(value.get("prompt")) is str and self.row_format == RowFormat():
+                    yield task_id  # the quick shape of _first_pass
+                    continue
+            prompt, explicit_id = _row_prompt(InputRow(self.path, self.path, value), self.row_format)
+            yield self._task_id(row, prompt.text, explicit_id)
+
     def _prompt(self, row: int) -> Prompt:
         start = self._offsets[row]
         self._handle.seek(start)
@@ -793,6 +810,11 @@ def has_any_verifier(prompts: Sequence[Prompt], config: "RunConfig") -> bool:
     if isinstance(prompts, PromptFile):
         return prompts.any_own_verifier()
     return any(verifier_for(p, config) is not None for p in prompts)
+
+
+def task_ids(prompts: Sequence[Prompt]) -> Iterator[str]:
+    """The prompts' task_ids in order (without reading a prompts file back prompt by prompt)."""
+    return prompts.task_ids() if isinstance(prompts, PromptFile) else (p.task_id for p in prompts)
 
 
 def prompt_image(prompts: Sequence[Prompt], position: int) -> str | None:
@@ -2084,16 +2106,16 @@ class SampleSchedule:
             for round_ in self.rounds:
                 round_.extend(range(len(prompts) - 1, -1, -1))
         else:
-            for position, prompt in enumerate(prompts):
+            for position, task_id in enumerate(task_ids(prompts)):
                 if until_passed is not None:
-                    self._task_ids.append(prompt.task_id)
-                if self._satisfied(prompt.task_id):
+                    self._task_ids.append(task_id)
+                if self._satisfied(task_id):
                     continue
                 for sample_index, round_ in enumerate(self.rounds):
-                    if (prompt.task_id, sample_index) not in done:
+                    if (task_id, sample_index) not in done:
                         round_.append(position)
                         if until_passed is not None:
-                            self.waiting[prompt.task_id] += 1
+                            self.waiting[task_id] += 1
             for round_ in self.rounds:
                 round_.reverse()
         self.total = sum(len(round_) for round_ in self.rounds)
@@ -2168,13 +2190,16 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
     output = OutputFile(config, config_hash(data_settings(config, system_prompt, tools)))
     done = output.open()
     if done:
-        prompt_ids = {p.task_id for p in prompts}
-        done = {key: reward for key, reward in done.items() if key[0] in prompt_ids}
+        prompt_ids = set(task_ids(prompts))
+        if any(task_id not in prompt_ids for task_id, _ in done):
+            done = {key: reward for key, reward in done.items() if key[0] in prompt_ids}
+        del prompt_ids
     schedule = SampleSchedule(prompts, config.samples, config.until_passed, done)
-    outcomes = SampleOutcomes(
-        rewards=dict(done), prompt_count=len(prompts), verified_ids=VerifiedIds(prompts, config), k=config.samples
-    )
     skipped = sum(1 for _, sample_index in done if sample_index < config.samples)
+    # The schedule has read ``done``: it becomes the outcomes' rewards (no copy: an output may hold 1,000,000).
+    outcomes = SampleOutcomes(
+        rewards=done, prompt_count=len(prompts), verified_ids=VerifiedIds(prompts, config), k=config.samples
+    )
     if skipped:
         log.warning(
             "resume: %d of %d sample(s) already in %s are skipped (--overwrite starts afresh)",

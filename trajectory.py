@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import json.scanner
+import math
 import os
 import stat
 import threading
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -375,9 +377,11 @@ def compact_for_resume(path: str, compaction_path: str | None = None) -> Compact
     byte to ``compaction_path`` (a temporary file beside it by default), synced, then renamed over the original, so
     a crash during compaction leaves either the old file or the new one, never a mix.
     """
-    kept: dict[tuple[str, int], tuple[int, int, float | None, str]] = {}
-    """(task_id, sample_index) -> (offset, length, reward, settings hash) of its last final line."""
-    first_metadata: dict[str, tuple[str, dict]] = {}
+    kept: dict[tuple[str, int], int] = {}
+    """(task_id, sample_index) -> its last final line's entry in the arrays below (compact: no tuple per key)."""
+    offsets, lengths, rewards, hashes = array("q"), array("q"), array("d"), array("I")
+    """Where the line is, its reward (NaN for null) and its settings hash (an index into ``first_metadata``)."""
+    first_metadata: dict[str, tuple[int, dict]] = {}
     retryable = duplicates = 0
     bad = [0]
     for offset, length, record in _valid_lines(path, bad):
@@ -389,18 +393,24 @@ def compact_for_resume(path: str, compaction_path: str | None = None) -> Compact
             duplicates += 1
         metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
         settings_hash = str(metadata.get("config_hash") or "")
-        settings_hash = first_metadata.setdefault(settings_hash, (settings_hash, metadata))[0]  # one str per hash
-        kept[key] = (offset, length, _reward_value(record.get("reward")), settings_hash)
+        reward = _reward_value(record.get("reward"))
+        kept[key] = len(offsets)
+        offsets.append(offset)
+        lengths.append(length)
+        rewards.append(math.nan if reward is None else reward)
+        hashes.append(first_metadata.setdefault(settings_hash, (len(first_metadata), metadata))[0])
     # The settings of the records kept, in the order their keys first appear (a superseded record's do not count).
+    metadata_at = {index: (settings_hash, metadata) for settings_hash, (index, metadata) in first_metadata.items()}
     settings: dict[str, dict] = {}
-    for _, _, _, settings_hash in kept.values():
-        if settings_hash not in settings:
-            settings[settings_hash] = first_metadata[settings_hash][1]
+    for entry in kept.values():
+        settings_hash, metadata = metadata_at[hashes[entry]]
+        settings.setdefault(settings_hash, metadata)
     # A last line cut just before its newline still parses; end it, or the next append would join it.
     if retryable or bad[0] or duplicates or not _ends_with_newline(path):
-        _atomic_write(path, _kept_lines(path, (where[:2] for where in kept.values())), compaction_path)
-    rewards = {key: reward for key, (_, _, reward, _) in kept.items()}
-    return CompactResult(rewards, retryable, bad[0], duplicates, settings)
+        places = ((offsets[entry], lengths[entry]) for entry in kept.values())
+        _atomic_write(path, _kept_lines(path, places), compaction_path)
+    done = {key: None if math.isnan(rewards[entry]) else rewards[entry] for key, entry in kept.items()}
+    return CompactResult(done, retryable, bad[0], duplicates, settings)
 
 
 def _valid_lines(path: str, bad_lines: list[int]) -> Iterator[tuple[int, int, dict]]:
