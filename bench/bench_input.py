@@ -2,7 +2,8 @@
 
 The real CLI runs in a child process against the scripted server. We measure, side by side in one run:
 - the time from starting the CLI to the first model request arriving at the server,
-- the child's peak RSS up to that moment (it is stopped with SIGTERM right after; ru_maxrss of the child),
+- the child's peak RSS up to that moment (VmHWM of its own memory, read just before it is stopped with SIGTERM:
+  ru_maxrss from wait4 would carry this process's own peak into every child it starts),
 for (a) a fresh run over a prompts file of N lines, (b) a resume over an output holding N finished records
 of those prompts (only the last prompt is left to run), and (c) the same with N/10, to show the growth.
 Then the shell use: a single --task's time and RSS to its first request, and the wall time of --help and of an
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,7 +62,7 @@ def first_task(server, prompts: Path | None, output: Path, resume: bool) -> dict
     work = Path(tempfile.mkdtemp(dir=output.parent))
     out = work / "out.jsonl"
     if resume:
-        out.write_bytes(output.read_bytes())
+        shutil.copyfile(output, out)  # streamed: this process must not grow by the output's size
     seen = len(server.requests)
     command = [
         sys.executable,
@@ -81,11 +82,20 @@ def first_task(server, prompts: Path | None, output: Path, resume: bool) -> dict
     while len(server.requests) == seen and child.poll() is None:
         time.sleep(0.005)
     elapsed = time.perf_counter() - started
+    peak_kb = peak_rss_kb(child.pid)
     child.send_signal(signal.SIGTERM)
-    _, status, usage = os.wait4(child.pid, 0)
-    if len(server.requests) == seen:
+    child.wait()
+    if len(server.requests) == seen or peak_kb is None:
         raise SystemExit(f"the CLI ended before any request: {child.stderr.read().decode()[-500:]}")
-    return {"seconds": elapsed, "peak_rss_mb": usage.ru_maxrss / 1024}
+    return {"seconds": elapsed, "peak_rss_mb": peak_kb / 1024}
+
+
+def peak_rss_kb(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
 
 
 def wall_time(argv: list[str]) -> float:
