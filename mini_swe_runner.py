@@ -508,11 +508,11 @@ class PromptFile(Sequence[Prompt]):
     """The prompts of a JSONL or plain-text file: every row checked in one streaming pass, then read back from the
     file one at a time, when its sample starts.
 
-    Memory holds about 21 bytes per row (its byte offset, a hash of its line, its image and whether it has its own
-    verifier), never the rows: a file of 1,000,000 lines used to take 14 s and 742 MB before its first task (see
-    bench/bench_input.py). Ids are checked for repeats by their hashes; only a repeated hash (a repeated id, or a
-    rare collision) costs a second pass, which compares the ids themselves. The file stays open, and a line that
-    changed after the check is refused when read back, never sent.
+    Memory holds about 20 bytes per row (its byte offset, a hash of its line, its image and whether it has its own
+    verifier; 16 more for hashes while checking), never the rows: a file of 1,000,000 lines used to take 14 s and
+    742 MB before its first task (see bench/bench_input.py). Ids are checked for repeats by their hashes; only a
+    repeated hash (a repeated id, or a rare collision) costs a second pass, which compares the ids themselves. The
+    file stays open, and a line that changed after the check is refused when read back, never sent.
 
     Slicing gives a view over the same file (--shard, --limit); a prompt's ``index`` stays its row in the file.
     """
@@ -533,7 +533,7 @@ class PromptFile(Sequence[Prompt]):
         id_hashes = self._first_pass()
         self._rows = range(len(self._offsets))
         if self._derived_repeats:
-            id_hashes = self._ids_with_occurrences(self._derived_repeats)
+            id_hashes = self._ids_with_occurrences()
         suspects = _repeated(id_hashes)
         if suspects:
             self._refuse_duplicate_ids(suspects)
@@ -543,8 +543,8 @@ class PromptFile(Sequence[Prompt]):
     def _lines(self) -> Iterator[tuple[int, int, bytes, object]]:
         """(byte offset, line number, line without its ASCII spaces, its value) of every non-empty line.
 
-        The usual line is decoded and parsed here; anything else goes to :meth:`_row_value`, which decides (a
-        method call less per line: 10% of the pass over 1,000,000 lines)."""
+        The usual line (ASCII, one JSON object) is decoded and parsed here; anything else goes to
+        :meth:`_row_value`, which decides."""
         self._handle.seek(0)
         offset = 0
         for number, raw in enumerate(self._handle, start=1):
@@ -662,7 +662,7 @@ class PromptFile(Sequence[Prompt]):
             prompt.task_id = self._task_id(row, prompt.text, explicit_id)
             yield row, input_row, prompt
 
-    def _ids_with_occurrences(self, repeats: set[int]) -> list[array]:
+    def _ids_with_occurrences(self) -> list[array]:
         id_hashes = [array("q") for _ in range(ID_BUCKETS)]
         for _, _, prompt in self._checked_rows():
             key = hash(prompt.task_id)
