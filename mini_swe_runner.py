@@ -2129,7 +2129,9 @@ class SampleSchedule:
         samples: int,
         until_passed: int | None,
         done: dict[tuple[str, int], float | None],
+        prompt_ids: Sequence[str] | None = None,
     ):
+        """``prompt_ids``: the prompts' task_ids when the caller has read them already (one pass over a file less)."""
         self.prompts = prompts
         self.until_passed = until_passed
         self.passed: Counter[str] = Counter(task_id for (task_id, _), reward in done.items() if reward == 1.0)
@@ -2144,7 +2146,7 @@ class SampleSchedule:
             for round_ in self.rounds:
                 round_.extend(range(len(prompts) - 1, -1, -1))
         else:
-            for position, task_id in enumerate(task_ids(prompts)):
+            for position, task_id in enumerate(task_ids(prompts) if prompt_ids is None else prompt_ids):
                 if until_passed is not None:
                     self._task_ids.append(task_id)
                 if self._satisfied(task_id):
@@ -2227,12 +2229,15 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
     system_prompt = render_system_prompt(config.system_prompt or DEFAULT_SYSTEM_PROMPT, config.env.env_type)
     output = OutputFile(config, config_hash(data_settings(config, system_prompt, tools)))
     done = output.open()
-    if done:
-        prompt_ids = set(task_ids(prompts))
-        if any(task_id not in prompt_ids for task_id, _ in done):
-            done = {key: reward for key, reward in done.items() if key[0] in prompt_ids}
-        del prompt_ids
-    schedule = SampleSchedule(prompts, config.samples, config.until_passed, done)
+    ids: list[str] | None = None
+    if done:  # read once, for the filter here and the schedule's rounds
+        ids = list(task_ids(prompts))
+        known = set(ids)
+        if any(task_id not in known for task_id, _ in done):
+            done = {key: reward for key, reward in done.items() if key[0] in known}
+        del known
+    schedule = SampleSchedule(prompts, config.samples, config.until_passed, done, ids)
+    del ids
     skipped = sum(1 for _, sample_index in done if sample_index < config.samples)
     # The schedule has read ``done``: it becomes the outcomes' rewards (no copy: an output may hold 1,000,000).
     outcomes = SampleOutcomes(
