@@ -480,10 +480,13 @@ def load_prompts(path: str, row_format: RowFormat | None = None) -> Sequence[Pro
     try:
         if suffix == ".parquet":
             prompts: Sequence[Prompt] = prompts_from_rows(_list_rows(_parquet_rows(path), path), row_format)
-        elif suffix == ".json":
+        elif suffix == ".json" or not os.path.isfile(path):  # a pipe (<(...), /dev/stdin) is read once, whole
             with open(path, encoding="utf-8-sig", errors="strict") as handle:  # -sig: a BOM is not a prompt
                 text = handle.read()
-            prompts = prompts_from_rows(_list_rows(_json_list(text, path), path), row_format)
+            if suffix == ".json":
+                prompts = prompts_from_rows(_list_rows(_json_list(text, path), path), row_format)
+            else:  # "\n" only: str.splitlines() would also split at U+2028, U+0085... inside JSON strings and text
+                prompts = prompts_from_rows(_line_rows(text.split("\n"), path), row_format)
         else:
             prompts = PromptFile(path, row_format or RowFormat())
     except FileNotFoundError:

@@ -434,3 +434,13 @@ def test_argument_errors_answer_without_importing_the_http_stack(tmp_path):
         assert result.returncode == 2, (argv, result.stderr[-300:])
         imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
         assert not {"openai", "httpx", "httpcore", "anyio"} & imported, argv
+
+
+def test_a_prompts_pipe_is_read_once_whole(tmp_path):
+    fifo = tmp_path / "prompts.jsonl"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text('{"prompt": "a", "id": "x"}\nplain\n'))
+    writer.start()
+    prompts = mini_swe_runner.load_prompts(str(fifo))  # a pipe cannot be read back: no PromptFile
+    writer.join(timeout=10)
+    assert prompts == mini_swe_runner.parse_prompt_lines(['{"prompt": "a", "id": "x"}', "plain"], str(fifo))
