@@ -6,12 +6,14 @@ trajectory record -> writer. Everything for humans goes to stderr; stdout carrie
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import gc
 import hashlib
 import inspect
 import ipaddress
 import json
+import json.scanner
 import logging
 import math
 import os
@@ -24,8 +26,9 @@ import sys
 import threading
 import time
 import typing
+from array import array
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -361,6 +364,65 @@ def _optional_text(value: object, name: str, where: str) -> str | None:
     return value
 
 
+def _row_prompt(row: InputRow, row_format: RowFormat) -> tuple[Prompt, str | None]:
+    """One input row checked and made a prompt, with its explicit id (None: the id derives from the text).
+
+    The prompt's ``index`` and ``task_id`` are left for the caller, which knows the row's position and how often
+    its text occurred before."""
+    where, obj = row.where, row.value
+    if isinstance(obj, str):
+        obj = {"prompt": obj}
+    elif not isinstance(obj, dict):
+        raise UsageError(f'{where}: not an object (give {{"prompt": ...}} rows)')
+    used: set[str] = set()
+    explicit_id, id_field = _first_field(obj, ID_FIELDS)
+    if explicit_id is not None:
+        if isinstance(explicit_id, bool) or not isinstance(explicit_id, (str, int)):
+            raise UsageError(f'{where}: "{id_field}" must be a string or an integer')
+        used.add(id_field)
+    # Template errors name the row's id too: in a dataset, that is what a user can look up.
+    label = where if explicit_id is None else f"{where} (id {str(explicit_id)!r})"
+    if row_format.prompt is not None:
+        text = row_format.prompt.format(obj, label)
+        if not text.strip():
+            raise UsageError(f"{label}: --prompt_template gives an empty prompt")
+    else:
+        text, text_field = _first_field(obj, TEXT_FIELDS)
+        if not isinstance(text, str) or not text.strip():
+            raise UsageError(
+                f'{where}: no prompt (give a non-empty "prompt", "task" or "problem_statement" string, '
+                "or --prompt_template)"
+            )
+        used.add(text_field)
+    if row_format.image is not None:
+        image = row_format.image.format(obj, label)
+    else:
+        image, image_field = _first_field(obj, IMAGE_FIELDS)
+        image = _optional_text(image, image_field or "image", where)
+        if image_field:
+            used.add(image_field)
+    cwd = _optional_text(obj.get("cwd"), "cwd", where)
+    used.add("cwd")
+    if row_format.verify is not None:
+        verify = row_format.verify.format(obj, label)
+    else:
+        verify = _optional_text(obj.get("verify"), "verify", where)
+        used.add("verify")
+    if verify is not None and not verify.strip():
+        raise UsageError(f"{where}: the verify command is empty")
+    fields = {k: v for k, v in obj.items() if k not in used}
+    prompt = Prompt(index=-1, text=text, task_id="", image=image, cwd=cwd, fields=fields, verify=verify)
+    return prompt, None if explicit_id is None else str(explicit_id)
+
+
+def _checked_id(task_id: str, where: str) -> str:
+    try:
+        task_id.encode("utf-8")
+    except UnicodeEncodeError:  # written as U+FFFD, a\ud800 and a\ud801 would become one id and clash forever
+        raise UsageError(f"{where}: id {task_id!r} holds a lone surrogate, which UTF-8 cannot store") from None
+    return task_id
+
+
 def prompts_from_rows(rows: Iterable[InputRow], row_format: RowFormat | None = None) -> list[Prompt]:
     """Prompts from input rows, every row checked (and every template filled) before any task runs."""
     row_format = row_format or RowFormat()
@@ -368,61 +430,16 @@ def prompts_from_rows(rows: Iterable[InputRow], row_format: RowFormat | None = N
     occurrences: Counter[str] = Counter()
     seen_ids: dict[str, str] = {}
     for row in rows:
-        where, obj = row.where, row.value
-        if isinstance(obj, str):
-            obj = {"prompt": obj}
-        elif not isinstance(obj, dict):
-            raise UsageError(f'{where}: not an object (give {{"prompt": ...}} rows)')
-        used: set[str] = set()
-        explicit_id, id_field = _first_field(obj, ID_FIELDS)
-        if explicit_id is not None:
-            if isinstance(explicit_id, bool) or not isinstance(explicit_id, (str, int)):
-                raise UsageError(f'{where}: "{id_field}" must be a string or an integer')
-            used.add(id_field)
-        # Template errors name the row's id too: in a dataset, that is what a user can look up.
-        label = where if explicit_id is None else f"{where} (id {str(explicit_id)!r})"
-        if row_format.prompt is not None:
-            text = row_format.prompt.format(obj, label)
-            if not text.strip():
-                raise UsageError(f"{label}: --prompt_template gives an empty prompt")
-        else:
-            text, text_field = _first_field(obj, TEXT_FIELDS)
-            if not isinstance(text, str) or not text.strip():
-                raise UsageError(
-                    f'{where}: no prompt (give a non-empty "prompt", "task" or "problem_statement" string, '
-                    "or --prompt_template)"
-                )
-            used.add(text_field)
-        if row_format.image is not None:
-            image = row_format.image.format(obj, label)
-        else:
-            image, image_field = _first_field(obj, IMAGE_FIELDS)
-            image = _optional_text(image, image_field or "image", where)
-            if image_field:
-                used.add(image_field)
-        cwd = _optional_text(obj.get("cwd"), "cwd", where)
-        used.add("cwd")
-        if row_format.verify is not None:
-            verify = row_format.verify.format(obj, label)
-        else:
-            verify = _optional_text(obj.get("verify"), "verify", where)
-            used.add("verify")
-        if verify is not None and not verify.strip():
-            raise UsageError(f"{where}: the verify command is empty")
-        occurrence = occurrences[text]
-        occurrences[text] += 1
-        task_id = str(explicit_id) if explicit_id is not None else derived_task_id(text, occurrence)
-        try:
-            task_id.encode("utf-8")
-        except UnicodeEncodeError:  # written as U+FFFD, a\ud800 and a\ud801 would become one id and clash forever
-            raise UsageError(f"{where}: id {task_id!r} holds a lone surrogate, which UTF-8 cannot store") from None
+        prompt, explicit_id = _row_prompt(row, row_format)
+        occurrence = occurrences[prompt.text]
+        occurrences[prompt.text] += 1
+        task_id = explicit_id if explicit_id is not None else derived_task_id(prompt.text, occurrence)
+        task_id = _checked_id(task_id, row.where)
         if task_id in seen_ids:
             raise UsageError(f"{row.where}: id {task_id!r} already used on {seen_ids[task_id]}")
         seen_ids[task_id] = row.place
-        fields = {k: v for k, v in obj.items() if k not in used}
-        prompts.append(
-            Prompt(index=len(prompts), text=text, task_id=task_id, image=image, cwd=cwd, fields=fields, verify=verify)
-        )
+        prompt.index, prompt.task_id = len(prompts), task_id
+        prompts.append(prompt)
     return prompts
 
 
@@ -455,31 +472,303 @@ def _list_rows(rows: Iterable[object], source: str) -> Iterator[InputRow]:
 MISSING_DATASETS_EXTRA = "pip install 'mini-swe-runner[datasets]'"
 
 
-def load_prompts(path: str, row_format: RowFormat | None = None) -> list[Prompt]:
-    """Prompts from a file, by suffix: ``.json`` (a list of objects), ``.parquet``, else JSONL or plain text."""
+def load_prompts(path: str, row_format: RowFormat | None = None) -> Sequence[Prompt]:
+    """Prompts from a file, by suffix: ``.json`` (a list of objects), ``.parquet``, else JSONL or plain text (a
+    :class:`PromptFile`, read back one prompt at a time)."""
     if os.path.isdir(path):
         raise UsageError(f"--prompts_file {path} is a directory, not a JSONL, JSON or parquet file")
     suffix = os.path.splitext(path)[1].lower()
     try:
         if suffix == ".parquet":
-            rows = _list_rows(_parquet_rows(path), path)
-        else:
+            prompts: Sequence[Prompt] = prompts_from_rows(_list_rows(_parquet_rows(path), path), row_format)
+        elif suffix == ".json" or not os.path.isfile(path):  # a pipe (<(...), /dev/stdin) is read once, whole
             with open(path, encoding="utf-8-sig", errors="strict") as handle:  # -sig: a BOM is not a prompt
                 text = handle.read()
-            rows = _list_rows(_json_list(text, path), path) if suffix == ".json" else None
+            if suffix == ".json":
+                prompts = prompts_from_rows(_list_rows(_json_list(text, path), path), row_format)
+            else:  # "\n" only: str.splitlines() would also split at U+2028, U+0085... inside JSON strings and text
+                prompts = prompts_from_rows(_line_rows(text.split("\n"), path), row_format)
+        else:
+            prompts = PromptFile(path, row_format or RowFormat())
     except FileNotFoundError:
         raise UsageError(f"--prompts_file {path} does not exist") from None
     except UnicodeDecodeError as exc:
         raise UsageError(f"--prompts_file {path} is not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise UsageError(f"cannot read --prompts_file {path}: {exc.strerror or exc}") from None
-    if rows is None:
-        # "\n" only: str.splitlines() would also split at U+2028, U+0085... inside JSON strings and plain text.
-        rows = _line_rows(text.split("\n"), path)
-    prompts = prompts_from_rows(rows, row_format)
     if not prompts:
         raise UsageError(f"--prompts_file {path} has no prompts")
     return prompts
+
+
+UTF8_BOM = b"\xef\xbb\xbf"
+_SCAN_JSON = json.scanner.make_scanner(json.JSONDecoder())
+ASCII_SPACE_BYTES = (ASCII_SPACE + "\n").encode()
+ID_BUCKETS = 256
+"""Hashes of ids and texts are kept in this many arrays, so finding repeats needs a set of one bucket at a time."""
+
+
+class PromptFile(Sequence[Prompt]):
+    """The prompts of a JSONL or plain-text file: every row checked in one streaming pass, then read back from the
+    file one at a time, when its sample starts.
+
+    Memory holds about 20 bytes per row (its byte offset, a hash of its line, its image and whether it has its own
+    verifier; 16 more for hashes while checking), never the rows: a file of 1,000,000 lines used to take 14 s and
+    742 MB before its first task (see bench/bench_input.py). Ids are checked for repeats by their hashes; only a
+    repeated hash (a repeated id, or a rare collision) costs a second pass, which compares the ids themselves. The
+    file stays open, and a line that changed after the check is refused when read back, never sent.
+
+    Slicing gives a view over the same file (--shard, --limit); a prompt's ``index`` stays its row in the file.
+    """
+
+    def __init__(self, path: str, row_format: RowFormat):
+        self.path = path
+        self.row_format = row_format
+        self._handle = open(path, "rb")  # noqa: SIM115 - read from for the whole run (see _prompt)
+        self._offsets = array("q")
+        self._line_hashes = array("q")
+        self._images: list[str | None] = [None]
+        self._image_and_verify = array("I")
+        """Per row: 2 x (its image's index in _images) + (1 if it has its own verifier)."""
+        self._occurrence: dict[int, int] = {}
+        """Row -> how often its text occurred on earlier rows, for the rows where that is not 0."""
+        self._derived_repeats: set[int] = set()
+        """Hashes of the texts that occur more than once while some id derives from its text."""
+        id_hashes = self._first_pass()
+        self._rows = range(len(self._offsets))
+        if self._derived_repeats:
+            id_hashes = self._ids_with_occurrences()
+        suspects = _repeated(id_hashes)
+        if suspects:
+            self._refuse_duplicate_ids(suspects)
+
+    # -- the checks, before any task runs --------------------------------------------------------------------
+
+    def _lines(self) -> Iterator[tuple[int, int, bytes, object]]:
+        """(byte offset, line number, line without its ASCII spaces, its value) of every non-empty line.
+
+        The usual line (ASCII, one JSON object) is decoded and parsed here; anything else goes to
+        :meth:`_row_value`, which decides."""
+        self._handle.seek(0)
+        offset = 0
+        for number, raw in enumerate(self._handle, start=1):
+            start, offset = offset, offset + len(raw)
+            if start == 0 and raw.startswith(UTF8_BOM):  # a BOM is not a prompt
+                raw, start = raw[3:], 3
+            stripped = raw.strip(ASCII_SPACE_BYTES)
+            if not stripped:
+                continue
+            if stripped.isascii() and stripped[0] == 0x7B:  # "{"
+                text = stripped.decode("ascii")
+                try:
+                    value, end = _SCAN_JSON(text, 0)
+                    if end == len(text):
+                        yield start, number, stripped, value
+                        continue
+                except (ValueError, StopIteration, RecursionError):
+                    pass
+            yield start, number, stripped, self._row_value(start, number, stripped)
+
+    def _row_value(self, start: int, number: int, stripped: bytes) -> object:
+        try:
+            text = stripped.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"--prompts_file {self.path} is not UTF-8 text (byte {start + exc.start})") from None
+        if not text.startswith("{"):
+            return text
+        # json's scanner itself: json.loads costs 3x as much on lines this short (bench/bench_input.py). The line
+        # is stripped of JSON's whitespace, so a value ending where the line ends is what json.loads would give.
+        try:
+            value, end = _SCAN_JSON(text, 0)
+            if end == len(text):
+                return value
+        except (ValueError, StopIteration, RecursionError):
+            pass
+        try:  # not one JSON value: json.loads words the error
+            return json.loads(text)
+        except ValueError as exc:
+            raise UsageError(f"{self.path}:{number}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise UsageError(f"{self.path}:{number}: JSON nested too deeply to be a prompt") from None
+
+    def _first_pass(self) -> list[array]:
+        """Check every row, note where it is; returns the id hashes (an id derived from a text assumes the text's
+        first occurrence: :meth:`_ids_with_occurrences` corrects that when a text repeats)."""
+        id_hashes = [array("q") for _ in range(ID_BUCKETS)]
+        text_hashes = [array("q") for _ in range(ID_BUCKETS)]
+        derived = quick = False
+        image_index: dict[str | None, int] = {None: 0}
+        plain = self.row_format == RowFormat()
+        offsets, line_hashes, image_and_verify = self._offsets, self._line_hashes, self._image_and_verify
+        for start, number, stripped, value in self._lines():
+            # The usual rows, {"prompt": "...", "id": "..."}, {"prompt": "..."} or plain text, are checked here without
+            # building a Prompt: 3 µs a row instead of 12 (bench/bench_input.py). Others go through _row_prompt.
+            if (
+                plain
+                and type(value) is dict
+                and len(value) == 2
+                and type(text := value.get("prompt")) is str
+                and type(task_id := value.get("id")) is str
+                and text
+                and not text.isspace()
+            ):
+                if not task_id.isascii():
+                    _checked_id(task_id, f"{self.path}:{number}")
+                info, quick = 0, True
+            elif (
+                plain
+                and (type(value) is str or (type(value) is dict and len(value) == 1))
+                and type(text := value if type(value) is str else value.get("prompt")) is str
+                and text
+                and not text.isspace()
+            ):  # a plain-text line, or {"prompt": "..."}: the id derives from the text
+                task_id, info, derived = derived_task_id(text, 0), 0, True
+                key = hash(text)
+                text_hashes[key % ID_BUCKETS].append(key)
+            else:
+                where = f"{self.path}:{number}"
+                prompt, explicit_id = _row_prompt(InputRow(where, f"line {number}", value), self.row_format)
+                text = prompt.text
+                derived = derived or explicit_id is None
+                task_id = _checked_id(explicit_id if explicit_id is not None else derived_task_id(text, 0), where)
+                info = 2 * image_index.setdefault(prompt.image, len(image_index)) + (prompt.verify is not None)
+                key = hash(text)  # only texts here may need their occurrence counted (see below)
+                text_hashes[key % ID_BUCKETS].append(key)
+            key = hash(task_id)
+            id_hashes[key % ID_BUCKETS].append(key)
+            offsets.append(start)
+            line_hashes.append(hash(stripped))
+            image_and_verify.append(info)
+        self._images = list(image_index)
+        if not derived:
+            pass  # every id is explicit: how often a text occurs never matters
+        elif quick:  # ids derived from texts and rows taken the quick way, whose texts were not hashed: hash all
+            text_hashes = [array("q") for _ in range(ID_BUCKETS)]
+            for _, _, prompt in self._checked_rows():
+                key = hash(prompt.text)
+                text_hashes[key % ID_BUCKETS].append(key)
+            self._derived_repeats = _repeated(text_hashes)
+        else:
+            self._derived_repeats = _repeated(text_hashes)
+        return id_hashes
+
+    def _checked_rows(self) -> Iterator[tuple[int, InputRow, Prompt]]:
+        """Every row again, as a prompt with its final id (a second pass: only when hashes repeat)."""
+        texts: Counter[str] = Counter()
+        for row, (_, number, _, value) in enumerate(self._lines()):
+            input_row = InputRow(f"{self.path}:{number}", f"line {number}", value)
+            prompt, explicit_id = _row_prompt(input_row, self.row_format)
+            if hash(prompt.text) in self._derived_repeats:  # counted exactly: equal hashes need not be equal texts
+                if explicit_id is None and texts[prompt.text]:
+                    self._occurrence[row] = texts[prompt.text]
+                texts[prompt.text] += 1
+            prompt.index = row
+            prompt.task_id = self._task_id(row, prompt.text, explicit_id)
+            yield row, input_row, prompt
+
+    def _ids_with_occurrences(self) -> list[array]:
+        id_hashes = [array("q") for _ in range(ID_BUCKETS)]
+        for _, _, prompt in self._checked_rows():
+            key = hash(prompt.task_id)
+            id_hashes[key % ID_BUCKETS].append(key)
+        return id_hashes
+
+    def _refuse_duplicate_ids(self, suspects: set[int]) -> None:
+        seen: dict[str, str] = {}
+        for _, row, prompt in self._checked_rows():
+            if hash(prompt.task_id) not in suspects:
+                continue
+            if prompt.task_id in seen:
+                raise UsageError(f"{row.where}: id {prompt.task_id!r} already used on {seen[prompt.task_id]}")
+            seen[prompt.task_id] = row.place
+
+    # -- reading back -----------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @typing.overload
+    def __getitem__(self, position: int) -> Prompt: ...
+    @typing.overload
+    def __getitem__(self, position: slice) -> "PromptFile": ...
+    def __getitem__(self, position):
+        if isinstance(position, slice):
+            return self.view(self._rows[position])
+        return self._prompt(self._rows[position])
+
+    def view(self, rows: range) -> "PromptFile":
+        """The same file's prompts at ``rows`` (file rows, not positions in this view)."""
+        other = copy.copy(self)
+        other._rows = rows
+        return other
+
+    def row_of(self, position: int) -> int:
+        return self._rows[position]
+
+    def image_of(self, position: int) -> str | None:
+        """The prompt's own image, without reading it back."""
+        return self._images[self._image_and_verify[self._rows[position]] >> 1]
+
+    def own_images(self) -> set[str | None]:
+        """The own images of every prompt of this view."""
+        rows = self._rows
+        return {self._images[info >> 1] for info in set(self._image_and_verify[rows.start : rows.stop : rows.step])}
+
+    def has_own_verifier(self, position: int) -> bool:
+        return bool(self._image_and_verify[self._rows[position]] & 1)
+
+    def any_own_verifier(self) -> bool:
+        rows = self._rows
+        return any(info & 1 for info in set(self._image_and_verify[rows.start : rows.stop : rows.step]))
+
+    def task_ids(self) -> Iterator[str]:
+        """The task_id of every prompt of this view, in order, read in one pass without building the prompts (what
+        resume needs to match the output's records to the prompts)."""
+        rows = self._rows
+        row = -1
+        for _, _, stripped, value in self._lines():
+            row += 1
+            if row not in rows:
+                continue
+            if row >= len(self._line_hashes) or hash(stripped) != self._line_hashes[row]:
+                raise self._changed(row)
+            if type(value) is dict and type(task_id := value.get("id")) is str:
+                if len(value) == 2 and type(value.get("prompt")) is str and self.row_format == RowFormat():
+                    yield task_id  # the quick shape of _first_pass
+                    continue
+            prompt, explicit_id = _row_prompt(InputRow(self.path, self.path, value), self.row_format)
+            yield self._task_id(row, prompt.text, explicit_id)
+
+    def _prompt(self, row: int) -> Prompt:
+        start = self._offsets[row]
+        self._handle.seek(start)
+        stripped = self._handle.readline().strip(ASCII_SPACE_BYTES)
+        if hash(stripped) != self._line_hashes[row]:
+            raise self._changed(row)
+        where = f"{self.path} row {row + 1}"
+        value = self._row_value(start, row + 1, stripped)
+        prompt, explicit_id = _row_prompt(InputRow(where, where, value), self.row_format)
+        prompt.index = row
+        prompt.task_id = self._task_id(row, prompt.text, explicit_id)
+        return prompt
+
+    def _changed(self, row: int) -> "FatalRunError":
+        return FatalRunError(
+            f"--prompts_file {self.path} changed during the run (row {row + 1} differs from what was checked); "
+            "rerun the same command to resume with the new file"
+        )
+
+    def _task_id(self, row: int, text: str, explicit_id: str | None) -> str:
+        return explicit_id if explicit_id is not None else derived_task_id(text, self._occurrence.get(row, 0))
+
+
+def _repeated(buckets: list[array]) -> set[int]:
+    """The hashes that occur more than once, looking at one bucket at a time."""
+    repeated: set[int] = set()
+    for bucket in buckets:
+        if len(set(bucket)) != len(bucket):
+            repeated.update(key for key, count in Counter(bucket).items() if count > 1)
+    return repeated
 
 
 def _json_list(text: str, path: str) -> list:
@@ -536,13 +825,34 @@ def load_dataset_prompts(name: str, split: str | None, row_format: RowFormat | N
     return prompts
 
 
-def select_shard(prompts: list[Prompt], shard: tuple[int, int] | None) -> list[Prompt]:
+def select_shard(prompts: Sequence[Prompt], shard: tuple[int, int] | None) -> Sequence[Prompt]:
     """The I-th of N (1-based) deterministic slices: prompt k belongs to shard (k mod N) + 1. Every sample of a
     prompt belongs to its prompt's shard, so --until_passed can count them."""
     if shard is None:
         return prompts
     number, count = shard
+    if isinstance(prompts, PromptFile):  # a prompt's index is its row: the shard is a stride, read nothing
+        return prompts[number - 1 :: count]
     return [p for p in prompts if p.index % count == number - 1]
+
+
+def has_any_verifier(prompts: Sequence[Prompt], config: "RunConfig") -> bool:
+    """Whether some prompt of the run has a verifier (without reading a prompts file back)."""
+    if config.verify is not None:
+        return True
+    if isinstance(prompts, PromptFile):
+        return prompts.any_own_verifier()
+    return any(verifier_for(p, config) is not None for p in prompts)
+
+
+def task_ids(prompts: Sequence[Prompt]) -> Iterator[str]:
+    """The prompts' task_ids in order (without reading a prompts file back prompt by prompt)."""
+    return prompts.task_ids() if isinstance(prompts, PromptFile) else (p.task_id for p in prompts)
+
+
+def prompt_image(prompts: Sequence[Prompt], position: int) -> str | None:
+    """The prompt's own image (without reading a prompts file back)."""
+    return prompts.image_of(position) if isinstance(prompts, PromptFile) else prompts[position].image
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1496,12 +1806,37 @@ class SampleOutcomes:
 
     rewards: dict[tuple[str, int], float | None]
     """(task_id, sample_index) -> reward of each final record (retryable ones are not final)."""
-    prompt_ids: list[str]
+    prompt_count: int
     """The run's prompts (after --shard)."""
-    verified_ids: set[str]
-    """The prompts that have a verifier."""
+    verified_ids: "Iterable[str]"
+    """The prompts that have a verifier (a set, or :class:`VerifiedIds`: read only when the summary needs them)."""
     k: int
     """--samples: the k of pass@k."""
+
+
+class VerifiedIds:
+    """The task_ids of the run's prompts that have a verifier, read from the prompts only when the summary needs
+    them: a prompts file is read back at the end of the run, not held through it."""
+
+    def __init__(self, prompts: Sequence[Prompt], config: "RunConfig"):
+        self.prompts, self.config = prompts, config
+        self._any = has_any_verifier(prompts, config)
+
+    def __bool__(self) -> bool:
+        return self._any
+
+    def __iter__(self) -> Iterator[str]:
+        if not self._any:
+            return
+        try:
+            if isinstance(self.prompts, PromptFile):  # ids and flags only: no prompt is built
+                for position, task_id in enumerate(self.prompts.task_ids()):
+                    if self.config.verify is not None or self.prompts.has_own_verifier(position):
+                        yield task_id
+            else:
+                yield from (p.task_id for p in self.prompts if verifier_for(p, self.config) is not None)
+        except FatalRunError as exc:  # the summary comes at the end of a run: say what it misses, never crash
+            log.warning("%s: pass figures cover the prompts read before it changed", exc)
 
 
 def verification_summary(outcomes: SampleOutcomes, verifier_errors: int) -> dict:
@@ -1551,7 +1886,7 @@ def summarize(
     if outcomes is None:  # this run's records are all there is
         outcomes = SampleOutcomes(
             rewards={trajectory.record_key(r): r["reward"] for r in records if not trajectory.is_retryable(r)},
-            prompt_ids=list(dict.fromkeys(r["task_id"] for r in records)),
+            prompt_count=len({r["task_id"] for r in records}),
             verified_ids={r["task_id"] for r in records if r["verification"] is not None},
             k=max((r["sample_index"] + 1 for r in records), default=1),
         )
@@ -1570,7 +1905,7 @@ def summarize(
         "tool_failures": tool_failures,
         "wall_time_s": round(wall_time, 3),
         "tasks_per_minute": round(total / wall_time * 60, 2) if wall_time > 0 else 0.0,
-        "samples_per_prompt": round(len(outcomes.rewards) / max(len(outcomes.prompt_ids), 1), 3),
+        "samples_per_prompt": round(len(outcomes.rewards) / max(outcomes.prompt_count, 1), 3),
         "samples_not_needed": not_needed,
         "verification": verification_summary(outcomes, verifier_errors) if outcomes.verified_ids else None,
     }
@@ -1785,53 +2120,86 @@ class SampleSchedule:
     ones are fewer than M: a sample that could turn out unneeded never starts. A prompt waiting on its running
     samples does not hold a worker: the worker takes the next prompt's sample instead, and only waits when no
     sample of any prompt can start.
+
+    Rounds hold positions in ``prompts``, 8 bytes each, and a prompt is read (from a :class:`PromptFile`: back from
+    its file) only when its sample starts; per-prompt counts are kept only for --until_passed, which needs them.
     """
 
     def __init__(
-        self, prompts: list[Prompt], samples: int, until_passed: int | None, done: dict[tuple[str, int], float | None]
+        self,
+        prompts: Sequence[Prompt],
+        samples: int,
+        until_passed: int | None,
+        done: dict[tuple[str, int], float | None],
+        prompt_ids: Sequence[str] | None = None,
     ):
+        """``prompt_ids``: the prompts' task_ids when the caller has read them already (one pass over a file less)."""
+        self.prompts = prompts
         self.until_passed = until_passed
         self.passed: Counter[str] = Counter(task_id for (task_id, _), reward in done.items() if reward == 1.0)
         self.running: Counter[str] = Counter()
         self.waiting: Counter[str] = Counter()
-        """Samples of a prompt not started yet (zeroed when the prompt needs no more)."""
+        """Samples of a prompt not started yet (zeroed when the prompt needs no more); with --until_passed only."""
+        self._task_ids: list[str] = []
+        """Position -> task_id, with --until_passed only: take() looks at prompts it may not start."""
         # Each round is kept reversed, so the next sample is at the end: taking it is O(1).
-        self.rounds: list[list[Prompt]] = []
-        for sample_index in range(samples):
-            round_ = [p for p in prompts if (p.task_id, sample_index) not in done and not self._satisfied(p)]
-            self.rounds.append(round_[::-1])
-            self.waiting.update(p.task_id for p in round_)
-        self.total = sum(self.waiting.values())
+        self.rounds: list[array] = [array("q") for _ in range(samples)]
+        if not done and until_passed is None:  # a fresh run: every sample of every prompt, nothing to read
+            for round_ in self.rounds:
+                round_.extend(range(len(prompts) - 1, -1, -1))
+        else:
+            for position, task_id in enumerate(task_ids(prompts) if prompt_ids is None else prompt_ids):
+                if until_passed is not None:
+                    self._task_ids.append(task_id)
+                if self._satisfied(task_id):
+                    continue
+                for sample_index, round_ in enumerate(self.rounds):
+                    if (task_id, sample_index) not in done:
+                        round_.append(position)
+                        if until_passed is not None:
+                            self.waiting[task_id] += 1
+            for round_ in self.rounds:
+                round_.reverse()
+        self.total = sum(len(round_) for round_ in self.rounds)
         self.not_needed = 0
         self._changed = asyncio.Event()
 
-    def _satisfied(self, prompt: Prompt) -> bool:
-        return self.until_passed is not None and self.passed[prompt.task_id] >= self.until_passed
+    def _satisfied(self, task_id: str) -> bool:
+        return self.until_passed is not None and self.passed[task_id] >= self.until_passed
 
     def take(self) -> Sample | None:
-        """The next sample that may start, or None when none may start now (see :meth:`wait`)."""
+        """The next sample that may start, or None when none may start now (see :meth:`wait`).
+
+        Raises FatalRunError when a prompts file changed under the run (see :class:`PromptFile`)."""
         for sample_index, round_ in enumerate(self.rounds):
+            if self.until_passed is None:
+                if round_:
+                    return Sample(self.prompts[round_.pop()], sample_index)
+                continue
             position = len(round_) - 1
             while position >= 0:
-                prompt = round_[position]
-                if self._satisfied(prompt):
+                task_id = self._task_ids[round_[position]]
+                if self._satisfied(task_id):
                     del round_[position]  # counted as not needed when the prompt was satisfied
-                elif (
-                    self.until_passed is not None
-                    and self.passed[prompt.task_id] + self.running[prompt.task_id] >= self.until_passed
-                ):
+                elif self.passed[task_id] + self.running[task_id] >= self.until_passed:
                     pass  # might become unneeded: decide when a running sample of it ends
                 else:
+                    sample = Sample(self.prompts[round_[position]], sample_index)
                     del round_[position]
-                    self.running[prompt.task_id] += 1
-                    self.waiting[prompt.task_id] -= 1
-                    return Sample(prompt, sample_index)
+                    self.running[task_id] += 1
+                    self.waiting[task_id] -= 1
+                    return sample
                 position -= 1
         return None
 
     def finished(self) -> bool:
         """No sample is left to start (after :meth:`take` has swept out those that are no longer needed)."""
         return not any(self.rounds)
+
+    def pending_positions(self) -> Iterator[int]:
+        """Positions of the prompts that have a sample left to start (once per sample)."""
+        for round_ in self.rounds:
+            yield from round_
 
     async def wait(self) -> None:
         """Until a running sample ends (or the run stops: see :meth:`wake`)."""
@@ -1843,35 +2211,40 @@ class SampleSchedule:
 
     def done(self, sample: Sample, passed: bool) -> int:
         """Book a sample's end; returns how many of its prompt's samples are no longer needed."""
-        task_id = sample.prompt.task_id
-        self.running[task_id] -= 1
         released = 0
-        if passed:
-            self.passed[task_id] += 1
-            if self._satisfied(sample.prompt):
-                released, self.waiting[task_id] = self.waiting[task_id], 0
-                self.not_needed += released
+        if self.until_passed is not None:
+            task_id = sample.prompt.task_id
+            self.running[task_id] -= 1
+            if passed:
+                self.passed[task_id] += 1
+                if self._satisfied(task_id):
+                    released, self.waiting[task_id] = self.waiting[task_id], 0
+                    self.not_needed += released
         self.wake()
         return released
 
 
-async def run_batch(config: RunConfig, prompts: list[Prompt]) -> RunOutcome:
+async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
     """Run every sample of every prompt not already recorded in the output, ``config.workers`` at a time."""
     started = time.monotonic()
     tools = [terminal_tool(config)]
     system_prompt = render_system_prompt(config.system_prompt or DEFAULT_SYSTEM_PROMPT, config.env.env_type)
     output = OutputFile(config, config_hash(data_settings(config, system_prompt, tools)))
     done = output.open()
-    prompt_ids = {p.task_id for p in prompts}
-    done = {key: reward for key, reward in done.items() if key[0] in prompt_ids}
-    schedule = SampleSchedule(prompts, config.samples, config.until_passed, done)
-    outcomes = SampleOutcomes(
-        rewards=dict(done),
-        prompt_ids=[p.task_id for p in prompts],
-        verified_ids={p.task_id for p in prompts if verifier_for(p, config) is not None},
-        k=config.samples,
-    )
+    ids: list[str] | None = None
+    if done:  # read once, for the filter here and the schedule's rounds
+        ids = list(task_ids(prompts))
+        known = set(ids)
+        if any(task_id not in known for task_id, _ in done):
+            done = {key: reward for key, reward in done.items() if key[0] in known}
+        del known
+    schedule = SampleSchedule(prompts, config.samples, config.until_passed, done, ids)
+    del ids
     skipped = sum(1 for _, sample_index in done if sample_index < config.samples)
+    # The schedule has read ``done``: it becomes the outcomes' rewards (no copy: an output may hold 1,000,000).
+    outcomes = SampleOutcomes(
+        rewards=done, prompt_count=len(prompts), verified_ids=VerifiedIds(prompts, config), k=config.samples
+    )
     if skipped:
         log.warning(
             "resume: %d of %d sample(s) already in %s are skipped (--overwrite starts afresh)",
@@ -1882,11 +2255,14 @@ async def run_batch(config: RunConfig, prompts: list[Prompt]) -> RunOutcome:
     if schedule.finished():
         output.close(keep=True)
         return RunOutcome(EXIT_OK, summarize([], time.monotonic() - started, skipped, outcomes, schedule.not_needed))
-    pending_prompts = [p for p in prompts if schedule.waiting[p.task_id]]
     loop = asyncio.get_running_loop()
     # Blocking SDK calls (docker) go to threads: enough of them for every worker at once.
     loop.set_default_executor(ThreadPoolExecutor(max_workers=config.workers + 8, thread_name_prefix="msr"))
-    images = {environments.task_image(config.env, p.image) for p in pending_prompts} - {None}
+    if isinstance(prompts, PromptFile) and schedule.total == len(prompts) * config.samples:
+        own_images = prompts.own_images()  # every prompt is pending: no need to visit each
+    else:
+        own_images = {prompt_image(prompts, position) for position in schedule.pending_positions()}
+    images = {environments.task_image(config.env, image) for image in own_images} - {None}
     try:
         await environments.preflight(config.env, images)
     except EnvError as exc:
@@ -1947,7 +2323,10 @@ async def run_batch(config: RunConfig, prompts: list[Prompt]) -> RunOutcome:
 
     async def worker() -> None:
         while not schedule.finished() and not ctx.stopping:
-            sample = schedule.take()
+            try:
+                sample = schedule.take()
+            except FatalRunError as exc:  # the prompts file changed under the run
+                return fail(str(exc))
             if sample is None:
                 if schedule.finished():  # what was left belonged to prompts that need no more samples
                     return
@@ -2386,7 +2765,7 @@ def main(
         raise SystemExit(outcome.exit_code)
 
 
-def load_run_prompts(config: RunConfig, task: object, prompts_file: object) -> list[Prompt]:
+def load_run_prompts(config: RunConfig, task: object, prompts_file: object) -> Sequence[Prompt]:
     """The run's prompts from --task, --prompts_file or --dataset, every row checked before any task runs."""
     if config.verify is not None and not config.verify.strip():
         raise UsageError("--verify is empty")
@@ -2404,7 +2783,7 @@ def load_run_prompts(config: RunConfig, task: object, prompts_file: object) -> l
         prompts = load_prompts(_text("prompts_file", prompts_file, allow_none=False), row_format)
     else:
         prompts = load_dataset_prompts(config.dataset, config.split, row_format)
-    if config.until_passed is not None and not any(verifier_for(p, config) for p in prompts):
+    if config.until_passed is not None and not has_any_verifier(prompts, config):
         raise UsageError(
             "--until_passed counts passed samples: give a verifier (--verify, --verify_template or a verify field)"
         )

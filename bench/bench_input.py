@@ -2,9 +2,12 @@
 
 The real CLI runs in a child process against the scripted server. We measure, side by side in one run:
 - the time from starting the CLI to the first model request arriving at the server,
-- the child's peak RSS up to that moment (it is stopped with SIGTERM right after; ru_maxrss of the child),
+- the child's peak RSS up to that moment (VmHWM of its own memory, read just before it is stopped with SIGTERM:
+  ru_maxrss from wait4 would carry this process's own peak into every child it starts),
 for (a) a fresh run over a prompts file of N lines, (b) a resume over an output holding N finished records
 of those prompts (only the last prompt is left to run), and (c) the same with N/10, to show the growth.
+Then the shell use: a single --task's time and RSS to its first request, and the wall time of --help and of an
+argument error (neither imports the HTTP stack; tests/test_batch.py checks that).
 
     python bench/bench_input.py                  # N = 1,000,000
     python bench/bench_input.py --lines 200000
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,19 +55,19 @@ def write_inputs(directory: Path, lines: int) -> tuple[Path, Path]:
     return prompts, output
 
 
-def first_task(server, prompts: Path, output: Path, resume: bool) -> dict:
+def first_task(server, prompts: Path | None, output: Path, resume: bool) -> dict:
+    """``prompts`` None: a single --task."""
     from conftest import clean_environ
 
     work = Path(tempfile.mkdtemp(dir=output.parent))
     out = work / "out.jsonl"
     if resume:
-        out.write_bytes(output.read_bytes())
+        shutil.copyfile(output, out)  # streamed: this process must not grow by the output's size
     seen = len(server.requests)
     command = [
         sys.executable,
         str(ROOT / "mini_swe_runner.py"),
-        "--prompts_file",
-        str(prompts),
+        *(["--task", "Solve one task and report."] if prompts is None else ["--prompts_file", str(prompts)]),
         "--base_url",
         server.base_url,
         "--output_file",
@@ -79,11 +82,28 @@ def first_task(server, prompts: Path, output: Path, resume: bool) -> dict:
     while len(server.requests) == seen and child.poll() is None:
         time.sleep(0.005)
     elapsed = time.perf_counter() - started
+    peak_kb = peak_rss_kb(child.pid)
     child.send_signal(signal.SIGTERM)
-    _, status, usage = os.wait4(child.pid, 0)
-    if len(server.requests) == seen:
+    child.wait()
+    if len(server.requests) == seen or peak_kb is None:
         raise SystemExit(f"the CLI ended before any request: {child.stderr.read().decode()[-500:]}")
-    return {"seconds": elapsed, "peak_rss_mb": usage.ru_maxrss / 1024}
+    return {"seconds": elapsed, "peak_rss_mb": peak_kb / 1024}
+
+
+def peak_rss_kb(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
+
+
+def wall_time(argv: list[str]) -> float:
+    from conftest import clean_environ
+
+    started = time.perf_counter()
+    subprocess.run([sys.executable, str(ROOT / "mini_swe_runner.py"), *argv], env=clean_environ(), capture_output=True)
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -110,6 +130,16 @@ def main() -> None:
                 f"{resumed['seconds']:>9.2f} {resumed['peak_rss_mb']:>7.0f}"
             )
         print(f"targets at {args.lines:,} lines: first task in < 3 s, peak RSS < 150 MB (fresh run and resume)")
+        single = first_task(server, None, Path(tmp) / "single.jsonl", resume=False)
+        python = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"])
+        python = time.perf_counter() - python
+        print(
+            f"single --task: first request after {single['seconds']:.2f} s, peak RSS {single['peak_rss_mb']:.0f} MB; "
+            f"--help {wall_time(['--help']):.2f} s, "
+            f"an argument error {wall_time(['--task', 'x', '--workers', '0']):.2f} s "
+            f"(a bare python start: {python:.2f} s)"
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -308,3 +309,138 @@ def test_task_timeout_flag(tmp_path):
     assert result.returncode == 0, result.stderr
     [record] = read_jsonl(tmp_path / "trajectories.jsonl")
     assert record["exit_reason"] == "timeout"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Large inputs: a prompts file checked in one pass and read back one prompt at a time (bench/bench_input.py)
+# ---------------------------------------------------------------------------------------------------------------
+
+MIXED_LINES = [
+    '{"prompt": "quick one", "id": "q1"}',
+    "plain text prompt",
+    '{"id": "q2", "prompt": "quick two, other key order"}',
+    '{"prompt": "with fields", "id": 7, "image": "img:1", "cwd": "/w", "verify": "true", "repo": "r", "n": 3}',
+    "",
+    "  plain text prompt  ",  # the same text again: its derived id takes occurrence 1
+    '{"task": "task field \\u00e9 \\ud83d\\ude00"}',
+    '{"prompt": "plain text prompt", "id": "explicit"}',  # counts as an occurrence of the text, too
+    "plain text prompt",
+    '{"prompt": "quick one", "id": "q3"}',
+]
+
+
+def test_prompt_file_gives_exactly_the_prompts_of_a_whole_read(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(MIXED_LINES).encode() + b"\r\n")
+    expected = mini_swe_runner.parse_prompt_lines(MIXED_LINES, str(path))
+    loaded = mini_swe_runner.load_prompts(str(path))
+    assert isinstance(loaded, mini_swe_runner.PromptFile)
+    assert len(loaded) == len(expected) == 9
+    assert list(loaded) == expected  # text, id (occurrences included), image, cwd, fields, verify, index
+    assert expected[-2].task_id == mini_swe_runner.derived_task_id("plain text prompt", 3)  # the explicit row counted
+    assert list(mini_swe_runner.task_ids(loaded)) == [p.task_id for p in expected]
+    assert loaded.own_images() == {None, "img:1"} and loaded.any_own_verifier()
+    assert [loaded.image_of(i) for i in range(len(loaded))] == [p.image for p in expected]
+
+
+@pytest.mark.parametrize("shard", [(1, 2), (2, 2), (2, 3), (3, 3), (1, 1)])
+def test_prompt_file_shards_and_limits_like_a_list(tmp_path, shard):
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(MIXED_LINES) + "\n")
+    as_list = mini_swe_runner.parse_prompt_lines(MIXED_LINES, str(path))
+    from_file = mini_swe_runner.select_shard(mini_swe_runner.load_prompts(str(path)), shard)
+    assert list(from_file) == mini_swe_runner.select_shard(as_list, shard)
+    assert list(from_file[:2]) == mini_swe_runner.select_shard(as_list, shard)[:2]
+    assert list(mini_swe_runner.task_ids(from_file[:2])) == [p.task_id for p in from_file[:2]]
+
+
+@pytest.mark.parametrize(
+    "lines, error",
+    [
+        (['{"prompt": "a", "id": "x"}', "b", '{"prompt": "c", "id": "x"}'], ":3: id 'x' already used on line 1"),
+        # A derived id is checked against explicit ones, occurrence included.
+        (
+            ["same", "same", json.dumps({"prompt": "z", "id": mini_swe_runner.derived_task_id("same", 1)})],
+            f":3: id '{mini_swe_runner.derived_task_id('same', 1)}' already used on line 2",
+        ),
+        (['{"prompt": "a", "id": 5}', '{"prompt": "b", "id": "5"}'], ":2: id '5' already used on line 1"),
+    ],
+)
+def test_prompt_file_refuses_duplicate_ids_naming_both_lines(tmp_path, lines, error):
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(mini_swe_runner.UsageError) as whole:
+        mini_swe_runner.parse_prompt_lines(lines, str(path))
+    with pytest.raises(mini_swe_runner.UsageError) as streamed:
+        mini_swe_runner.load_prompts(str(path))
+    assert str(streamed.value) == str(whole.value) and str(streamed.value).endswith(error)
+
+
+def test_prompt_file_refuses_a_line_changed_after_the_check_and_keeps_a_replaced_file(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "first", "id": "a"}\n{"prompt": "second", "id": "b"}\n')
+    loaded = mini_swe_runner.load_prompts(str(path))
+    # Replaced by a rename (an editor's save): the run goes on reading the file it checked.
+    replacement = tmp_path / "new.jsonl"
+    replacement.write_text('{"prompt": "other", "id": "z"}\n')
+    os.replace(replacement, path)
+    assert loaded[1].text == "second"
+    # Edited in place: the changed row is refused, never sent as a prompt nobody checked.
+    checked = tmp_path / "q.jsonl"
+    checked.write_text('{"prompt": "first", "id": "a"}\n{"prompt": "second", "id": "b"}\n')
+    loaded = mini_swe_runner.load_prompts(str(checked))
+    with open(checked, "r+b") as handle:
+        handle.seek(len('{"prompt": "first", "id": "a"}\n{"prompt": "'))
+        handle.write(b"SECOND")
+    assert loaded[0].text == "first"
+    with pytest.raises(mini_swe_runner.FatalRunError, match="changed during the run"):
+        loaded[1]
+
+
+def test_a_prompts_file_changed_during_a_run_stops_it_with_one_line(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(f'{{"prompt": "task {i}", "id": "t{i}"}}\n' for i in range(3)))
+    prompts = mini_swe_runner.load_prompts(str(path))
+    path.write_text("".join(f'{{"prompt": "TASK {i}", "id": "t{i}"}}\n' for i in range(3)))
+    with ScriptedModelServer(quick_script()) as server:
+        outcome = asyncio.run(mini_swe_runner.run_batch(make_config(server, tmp_path / "out.jsonl"), prompts))
+        assert not server.requests  # no prompt that was not checked reached the model
+    assert outcome.exit_code == 1 and "changed during the run" in outcome.message
+    assert not (tmp_path / "out.jsonl").exists() or not read_jsonl(tmp_path / "out.jsonl")
+
+
+def test_resume_over_a_prompt_file_skips_the_finished_samples(tmp_path):
+    path = write_prompts(tmp_path / "p.jsonl", 6, duplicate_every=3)
+    out = tmp_path / "out.jsonl"
+    with ScriptedModelServer(quick_script()) as server:
+        prompts = mini_swe_runner.load_prompts(str(path))
+        first = asyncio.run(mini_swe_runner.run_batch(make_config(server, out), prompts[:4]))
+        again = asyncio.run(mini_swe_runner.run_batch(make_config(server, out), prompts))
+    assert first.summary["tasks"] == 4 and again.summary["tasks"] == 2 and again.summary["skipped_already_done"] == 4
+    expected = {p.task_id for p in mini_swe_runner.parse_prompt_lines(path.read_text().splitlines(), "p")}
+    assert {r["task_id"] for r in read_jsonl(out)} == expected and len(read_jsonl(out)) == 6
+
+
+def test_argument_errors_answer_without_importing_the_http_stack(tmp_path):
+    for argv in (["--bogus", "1"], ["--task", "x", "--env", "nope"], ["--task", "x", "--workers", "0"], []):
+        result = subprocess.run(
+            [sys.executable, "-X", "importtime", str(Path(mini_swe_runner.__file__)), *argv],
+            capture_output=True,
+            text=True,
+            env=clean_environ(),
+            timeout=60,
+            cwd=tmp_path,
+        )
+        assert result.returncode == 2, (argv, result.stderr[-300:])
+        imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+        assert not {"openai", "httpx", "httpcore", "anyio"} & imported, argv
+
+
+def test_a_prompts_pipe_is_read_once_whole(tmp_path):
+    fifo = tmp_path / "prompts.jsonl"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text('{"prompt": "a", "id": "x"}\nplain\n'))
+    writer.start()
+    prompts = mini_swe_runner.load_prompts(str(fifo))  # a pipe cannot be read back: no PromptFile
+    writer.join(timeout=10)
+    assert prompts == mini_swe_runner.parse_prompt_lines(['{"prompt": "a", "id": "x"}', "plain"], str(fifo))

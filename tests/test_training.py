@@ -362,7 +362,7 @@ def test_pass_at_k_matches_a_hand_computation():
         "d": [0.0],  # n=1 c=0: 0 for pass@1, too few samples for pass@2
     }.items():
         rewards.update({(task_id, i): reward for i, reward in enumerate(outcomes)})
-    outcomes = SampleOutcomes(rewards, ["a", "b", "c", "d", "e"], {"a", "b", "c", "d"}, k=2)
+    outcomes = SampleOutcomes(rewards, 5, {"a", "b", "c", "d"}, k=2)
     summary = mini_swe_runner.summarize([], 1.0, 0, outcomes)
     verification = summary["verification"]
     assert verification["pass_at_1"] == pytest.approx((1 / 3 + 0 + 2 / 3 + 0) / 4, abs=1e-4)

@@ -624,6 +624,38 @@ def test_complete_last_line_missing_only_its_newline_survives_the_next_append(tm
     assert [r["task_id"] for r in again.records] == ["a", "b", "c"]
 
 
+def test_compact_copies_the_kept_lines_byte_for_byte_and_takes_settings_from_them_only(tmp_path):
+    path = tmp_path / "out.jsonl"
+    # Lines another writer spaced or ordered differently are kept exactly as written, never re-serialised.
+    spaced = json.dumps(success_record(task_id="a"), indent=None, separators=(",", ":")).encode() + b"  \n"
+    first = line(success_record(task_id="b", metadata={**success_record()["metadata"], "config_hash": "old"}))
+    later = line(success_record(task_id="b", metadata={**success_record()["metadata"], "config_hash": "new"}))
+    path.write_bytes(spaced + first + line(failure_record(task_id="c", exit_reason="api_error")) + later)
+    result = compact_for_resume(str(path))
+    assert path.read_bytes() == spaced + later
+    assert result.done == {("a", 0): None, ("b", 0): None}
+    # b's superseded record was written with settings "old": no record kept has them, so resume need not refuse.
+    assert set(result.settings) == {success_record()["metadata"]["config_hash"], "new"}
+
+
+@pytest.mark.parametrize(
+    "raw, kept",
+    [
+        (b"\xef\xbb\xbf" + line(success_record(task_id="a")), True),  # what json.loads takes, resume takes
+        (line(success_record(task_id="a"))[:-1] + b' {"task_id": "x"}\n', False),  # two values on one line
+        (line(success_record(task_id="a"))[:-2] + b"\n", False),  # its last brace lost
+        (line(success_record(task_id="a")).replace(b'"completed": true', b'"completed": tru'), False),
+        (line(success_record(task_id="a")).replace(b"sample", b"sam\xffple"), False),  # not UTF-8
+    ],
+)
+def test_a_damaged_line_never_passes_as_a_record(tmp_path, raw, kept):
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(line(success_record(task_id="ok")) + raw)
+    result = compact_for_resume(str(path))
+    assert result.done_ids == ({"ok", "a"} if kept else {"ok"})
+    assert result.dropped_bad_lines == (0 if kept else 1)
+
+
 def test_empty_file_compacts_to_nothing(tmp_path):
     path = tmp_path / "out.jsonl"
     path.write_bytes(b"")
