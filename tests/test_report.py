@@ -437,6 +437,8 @@ def test_a_truncated_output_is_folded_with_its_marker_visible(page):
     assert fold.get_attribute("open") is None and "show all" in fold.text
     assert not fold.find_elements("tag name", "pre")  # the whole output is rendered only when asked for
     fold.find_element("tag name", "summary").click()
+    # <details> fires its toggle event as a task after the click returns: the output is drawn then, not at once.
+    wait_for(lambda: fold.find_elements("tag name", "pre"), timeout=10)
     full = fold.find_element("tag name", "pre")
     marker = full.find_element("css selector", "span.marker")
     assert re.fullmatch(r"\[\.\.\. \d+ characters omitted \.\.\.\]", marker.text)
