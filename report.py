@@ -272,18 +272,23 @@ def summary_table(summary: dict) -> str:
     totals = summary["totals"]
     rows = [
         ("files", ", ".join(summary["files"])),
-        ("records", f"{records:,}" + (f" ({summary['malformed_lines']:,} malformed lines skipped)"
-                                      if summary["malformed_lines"] else "")),
+        (
+            "records",
+            f"{records:,}"
+            + (f" ({summary['malformed_lines']:,} malformed lines skipped)" if summary["malformed_lines"] else ""),
+        ),
         ("tasks", f"{summary['tasks']:,} distinct task ids"),
         ("completed", f"{summary['completed']:,} ({summary['completion_rate']:.1%})"),
     ]
     if summary["pass_rate"] is not None or verification["error"]:
         rate = "" if summary["pass_rate"] is None else f" (pass rate {summary['pass_rate']:.1%})"
-        rows.append((
-            "verified",
-            f"{verification['passed']:,} passed, {verification['failed']:,} failed{rate}, "
-            f"{verification['error']:,} verifier errors, {verification['none']:,} without a verifier",
-        ))
+        rows.append(
+            (
+                "verified",
+                f"{verification['passed']:,} passed, {verification['failed']:,} failed{rate}, "
+                f"{verification['error']:,} verifier errors, {verification['none']:,} without a verifier",
+            )
+        )
     rows += [
         ("exit reasons", _counts(summary["exit_reasons"])),
         ("models", _counts(summary["models"])),
@@ -291,8 +296,11 @@ def summary_table(summary: dict) -> str:
         ("environments", _counts(summary["env_types"])),
         ("api calls", f"{totals.get('api_calls', 0):,}"),
         ("tokens", f"{totals.get('tokens', 0):,}"),
-        ("tool calls", f"{totals.get('tool_calls', 0):,} ({totals.get('tool_failures', 0):,} failed, "
-                       f"{totals.get('truncated_outputs', 0):,} outputs truncated)"),
+        (
+            "tool calls",
+            f"{totals.get('tool_calls', 0):,} ({totals.get('tool_failures', 0):,} failed, "
+            f"{totals.get('truncated_outputs', 0):,} outputs truncated)",
+        ),
         ("task time", f"{totals.get('duration_s', 0):,.1f} s summed"),
     ]
     width = max(len(name) for name, _ in rows)
@@ -305,9 +313,9 @@ def summary_table(summary: dict) -> str:
     widths = [max(len(row[column]) for row in table) for column in range(len(header))]
     lines.append("")
     for row in table:
-        lines.append("  ".join(
-            cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)
-        ).rstrip())
+        lines.append(
+            "  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)).rstrip()
+        )
     return "\n".join(lines)
 
 
@@ -452,15 +460,25 @@ def _page_head(index_b64: bytes) -> bytes:
         f"style-src 'sha256-{base64.b64encode(hashlib.sha256(style).digest()).decode()}'; "
         "img-src data:"
     )
-    return b"".join([
-        b"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
-        b'<meta http-equiv="Content-Security-Policy" content="', policy.encode(), b'">\n',
-        b'<meta name="viewport" content="width=device-width, initial-scale=1">\n',
-        b"<title>mini-swe-runner report</title>\n<style>", style, b"</style>\n</head>\n<body>\n",
-        PAGE_BODY.encode(),
-        b'<script type="application/x-gzip-base64" id="index">', index_b64, b"</script>\n",
-        b"<script>", script, b"</script>\n",
-    ])
+    return b"".join(
+        [
+            b'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n',
+            b'<meta http-equiv="Content-Security-Policy" content="',
+            policy.encode(),
+            b'">\n',
+            b'<meta name="viewport" content="width=device-width, initial-scale=1">\n',
+            b"<title>mini-swe-runner report</title>\n<style>",
+            style,
+            b"</style>\n</head>\n<body>\n",
+            PAGE_BODY.encode(),
+            b'<script type="application/x-gzip-base64" id="index">',
+            index_b64,
+            b"</script>\n",
+            b"<script>",
+            script,
+            b"</script>\n",
+        ]
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -593,7 +611,6 @@ def stats_command(argv: list[str]) -> int:
     as_json = arguments.options.get("json")
     print(json.dumps(summary, indent=2, ensure_ascii=False) if as_json else summary_table(summary))
     return EXIT_OK
-
 
 
 # ---------------------------------------------------------------------------------------------------------------

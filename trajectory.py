@@ -31,6 +31,7 @@ def is_retryable(record: dict) -> bool:
     verification = record.get("verification")
     return isinstance(verification, dict) and verification.get("error") is not None
 
+
 RECORD_KEYS = (
     "prompt_index",
     "task_id",

@@ -35,11 +35,26 @@ sys.path.insert(0, str(ROOT))
 
 import trajectory  # noqa: E402
 
-TOOLS = [{"type": "function", "function": {"name": "terminal", "description": "Run a shell command.", "parameters": {
-    "type": "object", "properties": {"command": {"type": "string"}, "timeout": {"type": "integer"}},
-    "required": ["command"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "terminal",
+            "description": "Run a shell command.",
+            "parameters": {
+                "type": "object",
+                "properties": {"command": {"type": "string"}, "timeout": {"type": "integer"}},
+                "required": ["command"],
+            },
+        },
+    }
+]
 EXIT_MIX = (
-    ["completed"] * 70 + ["max_iterations"] * 15 + ["timeout"] * 5 + ["context_length"] * 4 + ["api_error"] * 3
+    ["completed"] * 70
+    + ["max_iterations"] * 15
+    + ["timeout"] * 5
+    + ["context_length"] * 4
+    + ["api_error"] * 3
     + ["env_error"] * 3
 )
 MODELS = ["openai/gpt-4.1-mini", "qwen/qwen3-coder", "deepseek/deepseek-r1"]
@@ -57,31 +72,51 @@ def make_record(rng: random.Random, number: int, texts: list[str], paths: list[s
     def piece(size: int) -> str:
         source = rng.choice(texts)
         start = rng.randrange(max(len(source) - size, 1))
-        return source[start:start + size]
+        return source[start : start + size]
 
     steps = rng.randint(3, 18)
     output_budget = mean_chars * rng.uniform(0.3, 1.7)
-    messages: list[dict] = [{"role": "user", "content": f"Task {number}: fix the bug described below.\n\n" + piece(
-        rng.randint(200, 1500))}]
+    messages: list[dict] = [
+        {"role": "user", "content": f"Task {number}: fix the bug described below.\n\n" + piece(rng.randint(200, 1500))}
+    ]
     for step in range(steps):
         path = rng.choice(paths)
-        command = rng.choice([f"cat {path}", f"grep -n 'def ' {path} | head -50", "python -m pytest -q -x",
-                              f"sed -n '{step * 20},{step * 20 + 80}p' {path}", f"ls -la {os.path.dirname(path)}"])
+        command = rng.choice(
+            [
+                f"cat {path}",
+                f"grep -n 'def ' {path} | head -50",
+                "python -m pytest -q -x",
+                f"sed -n '{step * 20},{step * 20 + 80}p' {path}",
+                f"ls -la {os.path.dirname(path)}",
+            ]
+        )
         call_id = f"call_{number}_{step}"
-        messages.append({
-            "role": "assistant",
-            "content": piece(rng.randint(40, 400)) if rng.random() < 0.6 else None,
-            "reasoning": piece(rng.randint(100, 1200)) if rng.random() < 0.5 else None,
-            "tool_calls": [{"id": call_id, "type": "function",
-                            "function": {"name": "terminal", "arguments": json.dumps({"command": command})}}],
-        })
+        messages.append(
+            {
+                "role": "assistant",
+                "content": piece(rng.randint(40, 400)) if rng.random() < 0.6 else None,
+                "reasoning": piece(rng.randint(100, 1200)) if rng.random() < 0.5 else None,
+                "tool_calls": [
+                    {
+                        "id": call_id,
+                        "type": "function",
+                        "function": {"name": "terminal", "arguments": json.dumps({"command": command})},
+                    }
+                ],
+            }
+        )
         size = int(rng.expovariate(steps / output_budget))
         output = piece(min(size, 50_000))
         if size > 20_000:  # what the runner's head+tail rule leaves of a long output
             output = f"{output[:10_000]}\n\n[... {size - 20_000} characters omitted ...]\n\n{output[-10_000:]}"
         code = 0 if rng.random() < 0.8 else rng.choice([1, 2, 124])
-        messages.append({"role": "tool", "tool_call_id": call_id,
-                         "content": json.dumps({"output": output, "exit_code": code, "error": None})})
+        messages.append(
+            {
+                "role": "tool",
+                "tool_call_id": call_id,
+                "content": json.dumps({"output": output, "exit_code": code, "error": None}),
+            }
+        )
     exit_reason = rng.choice(EXIT_MIX)
     completed = exit_reason == "completed"
     if completed:
@@ -99,12 +134,21 @@ def make_record(rng: random.Random, number: int, texts: list[str], paths: list[s
         exit_reason=exit_reason,
         api_calls=steps + completed,
         tool_stats={"terminal": {"count": steps, "success": steps - 1, "failure": 1}},
-        usage={"prompt_tokens": prompt_tokens, "completion_tokens": prompt_tokens // 10,
-               "total_tokens": prompt_tokens * 11 // 10, "reasoning_tokens": prompt_tokens // 40},
+        usage={
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": prompt_tokens // 10,
+            "total_tokens": prompt_tokens * 11 // 10,
+            "reasoning_tokens": prompt_tokens // 40,
+        },
         duration_s=rng.lognormvariate(3.5, 0.8),
         error=None if completed else f"stopped: {exit_reason}",
-        metadata={"model": rng.choice(MODELS), "env_type": "docker", "image": rng.choice(IMAGES),
-                  "timestamp": "2026-11-24T10:15:03+00:00", "config_hash": "3f1c9a0b"},
+        metadata={
+            "model": rng.choice(MODELS),
+            "env_type": "docker",
+            "image": rng.choice(IMAGES),
+            "timestamp": "2026-11-24T10:15:03+00:00",
+            "config_hash": "3f1c9a0b",
+        },
         verification=verification,
         sample_index=0,
     )
@@ -125,7 +169,8 @@ def run_view(records: Path, report: Path) -> tuple[float, float]:
     started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "mini_swe_runner.py"), "view", str(records), "--output_file", str(report)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -159,12 +204,14 @@ def measure_browser(report: Path, records: Path, samples: int) -> dict:
         driver.set_page_load_timeout(300)
         driver.get(report.as_uri())
         list_shown = driver.execute_script(
-            "const m = performance.getEntriesByName('mswr:list-shown'); return m.length ? m[0].startTime : null")
+            "const m = performance.getEntriesByName('mswr:list-shown'); return m.length ? m[0].startTime : null"
+        )
         deadline = time.monotonic() + 60
         while list_shown is None and time.monotonic() < deadline:
             time.sleep(0.05)
             list_shown = driver.execute_script(
-                "const m = performance.getEntriesByName('mswr:list-shown'); return m.length ? m[0].startTime : null")
+                "const m = performance.getEntriesByName('mswr:list-shown'); return m.length ? m[0].startTime : null"
+            )
         load_end = driver.execute_script("return performance.getEntriesByType('navigation')[0].loadEventEnd")
         rows = driver.execute_script("return document.getElementById('count').dataset.shown")
         # The trajectories to open: a random sample plus the largest and the longest records.
@@ -176,20 +223,27 @@ def measure_browser(report: Path, records: Path, samples: int) -> dict:
         chosen |= set(random.Random(7).sample(range(len(sizes)), samples - len(chosen)))
         timings = {}
         for number in sorted(chosen):
-            driver.execute_script("performance.clearMeasures('mswr:open'); location.hash = '#/t/' + arguments[0]",
-                                  number)
+            driver.execute_script(
+                "performance.clearMeasures('mswr:open'); location.hash = '#/t/' + arguments[0]", number
+            )
             deadline = time.monotonic() + 30
             while driver.execute_script("return document.getElementById('t-body').dataset.shown") != str(number):
                 if time.monotonic() > deadline:
                     raise SystemExit(f"trajectory {number} did not render")
                 time.sleep(0.01)
-            timings[number] = driver.execute_script(
-                "return performance.getEntriesByName('mswr:open').at(-1).duration")
+            timings[number] = driver.execute_script("return performance.getEntriesByName('mswr:open').at(-1).duration")
         errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     finally:
         driver.quit()
-    return {"list_shown_ms": list_shown, "load_end_ms": load_end, "rows": rows, "open_ms": timings,
-            "largest": max(sizes)[2], "longest": max(sizes, key=lambda s: s[1])[2], "errors": errors}
+    return {
+        "list_shown_ms": list_shown,
+        "load_end_ms": load_end,
+        "rows": rows,
+        "open_ms": timings,
+        "largest": max(sizes)[2],
+        "longest": max(sizes, key=lambda s: s[1])[2],
+        "errors": errors,
+    }
 
 
 def main() -> None:
@@ -213,16 +267,22 @@ def main() -> None:
         report_bytes = report.stat().st_size
         figures = measure_browser(report, records, args.samples)
     opens = sorted(figures["open_ms"].values())
-    print(f"view: {view_s:.1f} s ({input_bytes / 1e6 / view_s:.1f} MB/s), peak RSS {view_rss:.0f} MB; "
-          f"a quarter of the records ({quarter_bytes / 1e6:.0f} MB): {quarter_s:.1f} s, peak RSS {quarter_rss:.0f} MB "
-          f"(4x the input costs {view_rss / quarter_rss:.2f}x the memory)")
+    print(
+        f"view: {view_s:.1f} s ({input_bytes / 1e6 / view_s:.1f} MB/s), peak RSS {view_rss:.0f} MB; "
+        f"a quarter of the records ({quarter_bytes / 1e6:.0f} MB): {quarter_s:.1f} s, peak RSS {quarter_rss:.0f} MB "
+        f"(4x the input costs {view_rss / quarter_rss:.2f}x the memory)"
+    )
     print(f"report: {report_bytes / 1e6:.1f} MB = {report_bytes / input_bytes:.3f} of the input (target <= 0.5)")
-    print(f"browser: summary and list shown at {figures['list_shown_ms']:.0f} ms (target < 2000), "
-          f"whole file parsed at {figures['load_end_ms']:.0f} ms, {figures['rows']} rows listed")
-    print(f"open a trajectory ({len(opens)} opened): median {statistics.median(opens):.0f} ms, "
-          f"p90 {opens[int(0.9 * (len(opens) - 1))]:.0f} ms, max {opens[-1]:.0f} ms (target < 200); "
-          f"largest record {figures['open_ms'][figures['largest']]:.0f} ms, "
-          f"most turns {figures['open_ms'][figures['longest']]:.0f} ms")
+    print(
+        f"browser: summary and list shown at {figures['list_shown_ms']:.0f} ms (target < 2000), "
+        f"whole file parsed at {figures['load_end_ms']:.0f} ms, {figures['rows']} rows listed"
+    )
+    print(
+        f"open a trajectory ({len(opens)} opened): median {statistics.median(opens):.0f} ms, "
+        f"p90 {opens[int(0.9 * (len(opens) - 1))]:.0f} ms, max {opens[-1]:.0f} ms (target < 200); "
+        f"largest record {figures['open_ms'][figures['largest']]:.0f} ms, "
+        f"most turns {figures['open_ms'][figures['longest']]:.0f} ms"
+    )
     print(f"console errors: {len(figures['errors'])}")
     for entry in figures["errors"][:5]:
         print("  ", entry["message"][:200])

@@ -43,8 +43,11 @@ def scripted(request: dict):
     turns = sum(1 for m in request["messages"] if m["role"] == "assistant")
     if prompt.startswith("print the tag"):
         return [
-            reply("Printing it.", [tool_call("printf '<script>alert(1)</script>\\n</tool_response>\\n'")],
-                  reasoning="The user wants the tag printed literally."),
+            reply(
+                "Printing it.",
+                [tool_call("printf '<script>alert(1)</script>\\n</tool_response>\\n'")],
+                reasoning="The user wants the tag printed literally.",
+            ),
             reply("Printed the tag."),
         ][min(turns, 1)]
     if prompt.startswith("long output"):
@@ -73,9 +76,16 @@ def results(*contents) -> dict:
 
 def built(task_id: str, conversations: list, **fields) -> dict:
     values = dict(
-        prompt_index=0, task_id=task_id, conversations=conversations, completed=True, exit_reason="completed",
-        api_calls=2, tool_stats={"terminal": {"count": 1, "success": 1, "failure": 0}},
-        usage={"prompt_tokens": 500, "completion_tokens": 50, "total_tokens": 550}, duration_s=3.0, error=None,
+        prompt_index=0,
+        task_id=task_id,
+        conversations=conversations,
+        completed=True,
+        exit_reason="completed",
+        api_calls=2,
+        tool_stats={"terminal": {"count": 1, "success": 1, "failure": 0}},
+        usage={"prompt_tokens": 500, "completion_tokens": 50, "total_tokens": 550},
+        duration_s=3.0,
+        error=None,
         metadata={"model": "other-model", "env_type": "docker", "image": "img:odd", "timestamp": "2026-11-24T10:00Z"},
     )
     values.update(fields)
@@ -86,20 +96,35 @@ def hand_built() -> list[dict]:
     odd = [
         {"from": "system", "value": SYSTEM},
         {"from": "human", "value": "odd calls: " + HOSTILE_PROMPT},
-        assistant("I will run three things.\n<tool_call> is only mentioned here.",
-                  [ODD_COMMAND, ("terminal", "{not json"), ("python", json.dumps({"code": "print(1)"}))],
-                  reasoning="Thinking about </think> tags and <tool_call> too."),
-        results({"output": ODD_OUTPUT, "exit_code": 3, "error": "command failed <i>badly</i>"},
-                {"output": "", "exit_code": 2, "error": "not a valid JSON object"}, "plain string result"),
+        assistant(
+            "I will run three things.\n<tool_call> is only mentioned here.",
+            [ODD_COMMAND, ("terminal", "{not json"), ("python", json.dumps({"code": "print(1)"}))],
+            reasoning="Thinking about </think> tags and <tool_call> too.",
+        ),
+        results(
+            {"output": ODD_OUTPUT, "exit_code": 3, "error": "command failed <i>badly</i>"},
+            {"output": "", "exit_code": 2, "error": "not a valid JSON object"},
+            "plain string result",
+        ),
         assistant("All done.", []),
     ]
     return [
         built("odd-calls", odd, verification={"passed": True, "exit_code": 0, "output": "1 passed"}),
-        built("odd-calls", odd[:4], sample_index=1, completed=False, exit_reason="max_iterations",
-              error="<img src=x onerror=alert(3)> stopped",
-              verification={"passed": False, "exit_code": 1, "output": "F"}),
-        built("verifier-broke", odd[:2] + [assistant("Nothing to do.", [])], usage={"total_tokens": 99_999},
-              verification={"passed": False, "exit_code": None, "output": "", "error": "verifier image missing"}),
+        built(
+            "odd-calls",
+            odd[:4],
+            sample_index=1,
+            completed=False,
+            exit_reason="max_iterations",
+            error="<img src=x onerror=alert(3)> stopped",
+            verification={"passed": False, "exit_code": 1, "output": "F"},
+        ),
+        built(
+            "verifier-broke",
+            odd[:2] + [assistant("Nothing to do.", [])],
+            usage={"total_tokens": 99_999},
+            verification={"passed": False, "exit_code": None, "output": "", "error": "verifier image missing"},
+        ),
         {"task_id": "foreign", "conversations": "not a list", "usage": 5, "metadata": None, "duration_s": "slow"},
     ]
 
@@ -113,8 +138,13 @@ def run_files(tmp_path_factory) -> dict:
         config = make_config(server, first, max_iterations=3, max_output_chars=2000, max_retries=0)
         _, real = run_prompts(config, ["print the tag please", "long output please", "loop please", "broken request"])
     assert sorted(r["exit_reason"] for r in real) == ["api_error", "completed", "completed", "max_iterations"]
-    retried = built("retried", [{"from": "system", "value": SYSTEM}, {"from": "human", "value": "retried task"}],
-                    completed=False, exit_reason="env_error", error="sandbox died")
+    retried = built(
+        "retried",
+        [{"from": "system", "value": SYSTEM}, {"from": "human", "value": "retried task"}],
+        completed=False,
+        exit_reason="env_error",
+        error="sandbox died",
+    )
     with open(first, "ab") as handle:
         for record in hand_built() + [retried]:
             handle.write(trajectory.record_line(record))
@@ -161,8 +191,15 @@ def test_tool_outputs_are_decoded_from_the_opening_tag_on():
 
 
 def test_a_foreign_record_gives_zeros_not_an_exception():
-    facts = report.record_facts({"task_id": "x", "conversations": [None, 3, {"from": "tool", "value": 7}],
-                                 "usage": [], "tool_stats": {"terminal": "many"}, "sample_index": True})
+    facts = report.record_facts(
+        {
+            "task_id": "x",
+            "conversations": [None, 3, {"from": "tool", "value": 7}],
+            "usage": [],
+            "tool_stats": {"terminal": "many"},
+            "sample_index": True,
+        }
+    )
     assert (facts.turns, facts.tokens, facts.tool_calls, facts.sample_index) == (0, 0, 0, 0)
     assert facts.exit_reason == "unknown" and facts.verification == "none"
 
@@ -358,7 +395,11 @@ def test_overview_shows_the_run_at_a_glance(page):
     assert "max_iterations\n2" in breakdowns and "img:odd\n4" in breakdowns
     charts = page.find_elements("css selector", "#charts .chart")
     assert [c.find_element("tag name", "h3").text for c in charts] == [
-        "turns", "tokens", "duration", "output size (characters)"]
+        "turns",
+        "tokens",
+        "duration",
+        "output size (characters)",
+    ]
     assert all(c.find_elements("css selector", "svg rect.b") for c in charts)
     assert page.find_element("id", "count").text == "9 tasks"
 
@@ -452,14 +493,18 @@ def test_odd_blocks_are_decoded_from_the_opening_tag_on(page):
     body = page.find_element("id", "t-body")
     assert js(page, "return document.getElementById('t-body').querySelector('.t-title').textContent") == "odd-calls"
     assert [badge.text for badge in body.find_elements("css selector", ".t-title + div .badge")] == [
-        "completed", "verifier passed"]
+        "completed",
+        "verifier passed",
+    ]
     prompt = body.find_element("css selector", ".turn.human .text").get_attribute("textContent")
     assert prompt == "odd calls: " + HOSTILE_PROMPT
     gpt = body.find_elements("css selector", ".turn.gpt")[0]
     assert gpt.find_element("css selector", "details.reasoning pre").get_attribute("textContent") == (
-        "Thinking about </think> tags and <tool_call> too.")
+        "Thinking about </think> tags and <tool_call> too."
+    )
     assert gpt.find_element("css selector", ".text").get_attribute("textContent") == (
-        "I will run three things.\n<tool_call> is only mentioned here.")
+        "I will run three things.\n<tool_call> is only mentioned here."
+    )
     commands = [e.get_attribute("textContent") for e in gpt.find_elements("css selector", "pre.cmd")]
     assert commands == ["$ " + ODD_COMMAND, "{not json", json.dumps({"code": "print(1)"}, indent=2)]
     assert "exactly as the model sent them" in gpt.text and "tool: python" in gpt.text
@@ -481,7 +526,10 @@ def test_sample_error_and_damaged_records_render(page):
     body = page.find_element("id", "t-body")
     assert body.find_element("css selector", ".t-title").text == "odd-calls · sample 1"
     assert [badge.text for badge in body.find_elements("css selector", ".t-title + div .badge")] == [
-        "max_iterations", "not completed", "verifier failed"]
+        "max_iterations",
+        "not completed",
+        "verifier failed",
+    ]
     assert body.find_element("css selector", ".errorbox").text == "error: <img src=x onerror=alert(3)> stopped"
     assert not body.find_elements("tag name", "img")
     page.find_element("id", "t-back").click()
@@ -491,7 +539,8 @@ def test_sample_error_and_damaged_records_render(page):
     open_task(page, "verifier-broke")
     assert "verifier could not run" in page.find_element("id", "t-body").text
     assert "verifier image missing" in page.find_element("css selector", "#t-body details.verification").get_attribute(
-        "textContent")
+        "textContent"
+    )
     assert no_dialog(page)
 
 
