@@ -1547,9 +1547,8 @@ async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> di
     if stop is not None:
         raise FatalRunError(stop)
     secrets = config.env.secret_values
-    if verification is not None:
-        verification.output = redact(verification.output, secrets)
-        verification.error = None if verification.error is None else redact(verification.error, secrets)
+    if verification is not None and verification.error is not None:  # its output was redacted where it arose
+        verification.error = redact(verification.error, secrets)
     try:
         _answer_dangling_tool_calls(state)
         turns = trajectory.to_hermes(_redacted_model_text(state.messages[1:], secrets), ctx.tools)
@@ -2458,9 +2457,7 @@ def _number(name: str, value: object, kind: type, minimum: float, allow_none: bo
 def _text(name: str, value: object, allow_none: bool = True) -> str | None:
     if value is None and allow_none:
         return None
-    if isinstance(value, (tuple, list)):  # fire turns a,b into a tuple
-        return ",".join(str(v) for v in value)
-    if isinstance(value, bool):
+    if isinstance(value, bool):  # a bare text flag: fire reads it as True (protect_argv quotes every value)
         raise UsageError(f"--{name} needs a value")
     return str(value)
 
@@ -2504,8 +2501,7 @@ def _system_prompt(text: str | None, path: str | None) -> str | None:
 def _names(name: str, value: object) -> tuple[str, ...]:
     if value is None:
         return ()
-    items = value if isinstance(value, (tuple, list)) else str(value).split(",")
-    return tuple(str(item).strip() for item in items if str(item).strip())
+    return tuple(item.strip() for item in str(value).split(",") if item.strip())
 
 
 def _shard(value: object) -> tuple[int, int] | None:

@@ -445,19 +445,10 @@ def iter_records(paths: Iterable[str], bad_lines: list[int] | None = None) -> It
     """Every valid record of ``paths`` in order, as (path, byte offset of its line, record), streaming.
 
     Torn or invalid lines are skipped; their count is added to ``bad_lines[0]`` when a list is given."""
+    counter = bad_lines if bad_lines is not None else [0]
     for path in paths:
-        offset = 0
-        with open(path, "rb") as handle:
-            for raw in handle:
-                start, offset = offset, offset + len(raw)
-                if not raw.strip():
-                    continue
-                record = _parse_record_line(raw)
-                if record is None:
-                    if bad_lines is not None:
-                        bad_lines[0] += 1
-                    continue
-                yield path, start, record
+        for offset, _, record in _valid_lines(path, counter):
+            yield path, offset, record
 
 
 def record_key(record: dict) -> tuple[str, int]:

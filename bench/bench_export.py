@@ -22,25 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import mini_swe_runner  # noqa: E402
 import trajectory  # noqa: E402
 
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "terminal",
-            "description": "Run a bash command and return its output.",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "command": {"type": "string", "description": "The bash command to run."},
-                    "timeout": {"type": "integer", "description": "Seconds before the command is killed."},
-                },
-                "required": ["command"],
-            },
-        },
-    }
-]
+# The tool the runner really sends, so the generated records carry its real system turn.
+TOOLS = [mini_swe_runner.terminal_tool(mini_swe_runner.RunConfig(model="bench"))]
 PLAIN_READ = "import json,sys\nn=0\nfor line in open(sys.argv[1],'rb'):\n    json.loads(line); n+=1\nprint(n)"
 
 

@@ -33,22 +33,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import mini_swe_runner  # noqa: E402
 import trajectory  # noqa: E402
 
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "terminal",
-            "description": "Run a shell command.",
-            "parameters": {
-                "type": "object",
-                "properties": {"command": {"type": "string"}, "timeout": {"type": "integer"}},
-                "required": ["command"],
-            },
-        },
-    }
-]
+# The tool the runner really sends, so the generated records carry its real system turn.
+TOOLS = [mini_swe_runner.terminal_tool(mini_swe_runner.RunConfig(model="bench"))]
 EXIT_MIX = (
     ["completed"] * 70
     + ["max_iterations"] * 15
