@@ -966,6 +966,8 @@ class ModelClient:
         self.raw_response = Response
         self.config = config
         self.gate = RateGate(config.max_rpm)
+        self._body_ends: tuple[list[dict], bytes, bytes] | None = None
+        """(tools, the request's JSON before the messages, after them): see _request_body."""
         self.long_wait_logged = False
         pool = Limits(max_connections=config.workers + 4, max_keepalive_connections=config.workers + 4)
         self.client = openai.AsyncOpenAI(
@@ -1002,9 +1004,23 @@ class ModelClient:
         except Exception as exc:  # any other answer, or none in time: the model calls will tell
             log.debug("endpoint check at %s: %s", config.base_url, _short(exc))
 
-    def _request_body(self, messages: list[dict], tools: list[dict]) -> dict:
+    def _request_body(self, messages: list[dict], tools: list[dict], encoded: list[bytes] | None = None) -> bytes:
+        """The request's JSON, encoded as the SDK would (its openapi_dumps settings). ``encoded`` holds the task's
+        messages already encoded, in order (the history only grows): only new messages are encoded, so a call
+        costs its new turns, not the whole history again (the SDK re-encoded every message on every call)."""
+        encoded = [] if encoded is None else encoded
+        encoded.extend(_json_body(message) for message in messages[len(encoded) :])
+        if self._body_ends is None or self._body_ends[0] is not tools:  # the run's tools: one list, encoded once
+            fields = self._request_fields(tools)
+            rest = _json_body({key: value for key, value in fields.items() if key not in ("model", "messages")})
+            head = b'{"model":' + _json_body(self.config.model) + b',"messages":['
+            self._body_ends = (tools, head, b"]," + rest[1:] if len(rest) > 2 else b"]}")
+        _, head, tail = self._body_ends
+        return b"".join((head, b",".join(encoded), tail))
+
+    def _request_fields(self, tools: list[dict]) -> dict:
         config = self.config
-        kwargs: dict = {"model": config.model, "messages": messages, "tools": tools}
+        kwargs: dict = {"model": config.model, "messages": None, "tools": tools}  # --extra_body cannot replace them
         if config.temperature is not None:
             kwargs["temperature"] = config.temperature
         if config.max_tokens is not None:
@@ -1017,13 +1033,22 @@ class ModelClient:
             kwargs.setdefault(key, value)
         return kwargs
 
-    async def complete(self, messages: list[dict], tools: list[dict], clock: TaskClock | None = None) -> ModelTurn:
+    async def complete(
+        self,
+        messages: list[dict],
+        tools: list[dict],
+        clock: TaskClock | None = None,
+        encoded: list[bytes] | None = None,
+    ) -> ModelTurn:
         """The model's next turn. Transient failures are retried up to --max_retries; 429s are waited out for up
         to --max_rate_limit_wait instead, since a rate limit means wait, not fail. Waiting does not run the
-        task's clock."""
+        task's clock. ``encoded``: see :meth:`_request_body`."""
         config, openai = self.config, self.openai
         clock = clock or TaskClock()
-        body = self._request_body(messages, tools)
+        try:
+            body = self._request_body(messages, tools, encoded)
+        except (ValueError, RecursionError) as exc:  # no retry can help: the same text would be sent again
+            raise ModelCallError("api_error", f"the request cannot be sent as JSON: {_short(exc)}") from None
         failures = rate_limits = 0
         rate_limited_since: float | None = None
         while True:
@@ -1039,7 +1064,7 @@ class ModelClient:
                     # chat.completions.create, without its per-call param transform over the whole (growing)
                     # history and its response model construction, which made the client CPU-bound at 32
                     # workers (8.6 ms -> 2.8 ms per call at 14 messages; see bench/bench_batch.py).
-                    response = await self.client.post("/chat/completions", body=body, cast_to=self.raw_response)
+                    response = await self.client.post("/chat/completions", content=body, cast_to=self.raw_response)
                     payload = response.json()
                 turn = self._turn(payload)
             except TimeoutError:
@@ -1165,6 +1190,11 @@ class ModelClient:
             _usage_counts(payload.get("usage")),
             finish_reason if isinstance(finish_reason, str) else None,
         )
+
+
+def _json_body(value: object) -> bytes:
+    """JSON as the SDK encodes a request body (openai._utils._json.openapi_dumps): compact, UTF-8, no NaN."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 def _http_client(openai, limits, timeout: float):
@@ -1401,6 +1431,9 @@ class TaskState:
     """Everything one task accumulates; the record is built from it whatever way the task ends."""
 
     messages: list[dict] = field(default_factory=list)
+    """Only ever appended to: ``encoded`` holds the JSON of the first ones."""
+    encoded: list[bytes] = field(default_factory=list)
+    """The JSON of the messages the model was sent, in order (see ModelClient._request_body)."""
     api_calls: int = 0
     usage: dict = field(default_factory=trajectory.empty_usage)
     tool_stats: dict = field(default_factory=trajectory.empty_tool_stats)
@@ -1646,7 +1679,7 @@ async def _agent_loop(
             state.exit_reason = "max_iterations"
             return
         state.api_calls += 1  # counted when made: the call that finally fails is a call made too
-        turn = await ctx.model.complete(state.messages, ctx.tools, clock)
+        turn = await ctx.model.complete(state.messages, ctx.tools, clock, state.encoded)
         if ctx.output is not None:
             ctx.output.commit()  # the endpoint works: --overwrite may now replace the old records
         for key, value in turn.usage.items():
@@ -1863,50 +1896,72 @@ def verification_summary(outcomes: SampleOutcomes, verifier_errors: int) -> dict
     }
 
 
+@dataclass
+class RunTally:
+    """What the summary needs of the records this run wrote, added up as each is written: the records themselves
+    are not kept (a long run held every trajectory until its end, and every full garbage collection walked them)."""
+
+    tasks: int = 0
+    completed: int = 0
+    api_calls: int = 0
+    tool_calls: int = 0
+    tool_failures: int = 0
+    verifier_errors: int = 0
+    usage: dict = field(default_factory=trajectory.empty_usage)
+    by_exit_reason: Counter = field(default_factory=Counter)
+    failure_errors: Counter | None = field(default_factory=Counter)
+    """The errors of api_error/env_error records while every record so far is one; None once any other came."""
+
+    def add(self, record: dict) -> None:
+        self.tasks += 1
+        self.completed += bool(record["completed"])
+        self.api_calls += record["api_calls"]
+        self.tool_calls += record["tool_stats"]["terminal"]["count"]
+        self.tool_failures += record["tool_stats"]["terminal"]["failure"]
+        for key in self.usage:
+            self.usage[key] += record["usage"][key]
+        self.by_exit_reason[record["exit_reason"]] += 1
+        verification = record["verification"]
+        self.verifier_errors += verification is not None and verification["error"] is not None
+        if self.failure_errors is not None:
+            if record["exit_reason"] in ("api_error", "env_error"):
+                self.failure_errors[record["error"]] += 1
+            else:
+                self.failure_errors = None
+
+    def all_failed(self) -> tuple[str, int] | None:
+        """(the most common error, its count) when records were written and every one is api_error/env_error."""
+        if not self.tasks or not self.failure_errors:
+            return None
+        return self.failure_errors.most_common(1)[0]
+
+
 def summarize(
-    records: list[dict],
+    tally: RunTally,
     wall_time: float,
     skipped: int,
-    outcomes: SampleOutcomes | None = None,
+    outcomes: SampleOutcomes,
     not_needed: int = 0,
 ) -> dict:
-    """The run's statistics: task counts from the records this run wrote; ``verification`` (null when no prompt
-    has a verifier) and ``samples_per_prompt`` from ``outcomes``, every final sample of the run's prompts."""
-    total = len(records)
-    usage = trajectory.empty_usage()
-    tool_calls = tool_failures = api_calls = 0
-    for record in records:
-        for key in usage:
-            usage[key] += record["usage"][key]
-        tool_calls += record["tool_stats"]["terminal"]["count"]
-        tool_failures += record["tool_stats"]["terminal"]["failure"]
-        api_calls += record["api_calls"]
-    completed = sum(record["completed"] for record in records)
-    if outcomes is None:  # this run's records are all there is
-        outcomes = SampleOutcomes(
-            rewards={trajectory.record_key(r): r["reward"] for r in records if not trajectory.is_retryable(r)},
-            prompt_count=len({r["task_id"] for r in records}),
-            verified_ids={r["task_id"] for r in records if r["verification"] is not None},
-            k=max((r["sample_index"] + 1 for r in records), default=1),
-        )
-    verifier_errors = sum(
-        record["verification"] is not None and record["verification"]["error"] is not None for record in records
-    )
+    """The run's statistics: task counts from the records this run wrote (``tally``); ``verification`` (null when
+    no prompt has a verifier) and ``samples_per_prompt`` from ``outcomes``, every final sample of the run's
+    prompts."""
+    total = tally.tasks
     return {
         "tasks": total,
         "skipped_already_done": skipped,
-        "by_exit_reason": dict(Counter(record["exit_reason"] for record in records)),
-        "completed": completed,
-        "completion_rate": round(completed / total, 4) if total else 0.0,
-        "api_calls": api_calls,
-        "tokens": usage,
-        "tool_calls": tool_calls,
-        "tool_failures": tool_failures,
+        "by_exit_reason": dict(tally.by_exit_reason),
+        "completed": tally.completed,
+        "completion_rate": round(tally.completed / total, 4) if total else 0.0,
+        "api_calls": tally.api_calls,
+        "tokens": dict(tally.usage),
+        "tool_calls": tally.tool_calls,
+        "tool_failures": tally.tool_failures,
         "wall_time_s": round(wall_time, 3),
         "tasks_per_minute": round(total / wall_time * 60, 2) if wall_time > 0 else 0.0,
         "samples_per_prompt": round(len(outcomes.rewards) / max(outcomes.prompt_count, 1), 3),
         "samples_not_needed": not_needed,
-        "verification": verification_summary(outcomes, verifier_errors) if outcomes.verified_ids else None,
+        "verification": verification_summary(outcomes, tally.verifier_errors) if outcomes.verified_ids else None,
     }
 
 
@@ -2253,7 +2308,8 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
         )
     if schedule.finished():
         output.close(keep=True)
-        return RunOutcome(EXIT_OK, summarize([], time.monotonic() - started, skipped, outcomes, schedule.not_needed))
+        summary = summarize(RunTally(), time.monotonic() - started, skipped, outcomes, schedule.not_needed)
+        return RunOutcome(EXIT_OK, summary)
     loop = asyncio.get_running_loop()
     # Blocking SDK calls (docker) go to threads: enough of them for every worker at once.
     loop.set_default_executor(ThreadPoolExecutor(max_workers=config.workers + 8, thread_name_prefix="msr"))
@@ -2266,7 +2322,7 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
         await environments.preflight(config.env, images)
     except EnvError as exc:
         output.close(keep=False)
-        return RunOutcome(EXIT_FATAL, summarize([], time.monotonic() - started, skipped, outcomes), str(exc))
+        return RunOutcome(EXIT_FATAL, summarize(RunTally(), time.monotonic() - started, skipped, outcomes), str(exc))
 
     ctx = RunContext(
         config=config,
@@ -2281,7 +2337,7 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
     except FatalRunError as exc:
         await ctx.model.close()
         output.close(keep=False)
-        return RunOutcome(EXIT_FATAL, summarize([], time.monotonic() - started, skipped, outcomes), str(exc))
+        return RunOutcome(EXIT_FATAL, summarize(RunTally(), time.monotonic() - started, skipped, outcomes), str(exc))
     # What exists now (the SDKs, imported lazily up to the first request) lives as long as the run: out of the
     # collector's sight, a full collection walks only the tasks' objects. Every full collection stalls the event
     # loop; over the SDKs' ~150,000 objects alone it took ~100 ms on the 2-core machine (bench/bench_modal_scale.py).
@@ -2290,7 +2346,7 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
     progress = Progress(schedule.total, config.quiet, verifying=bool(outcomes.verified_ids))
     progress.not_needed(schedule.not_needed)
     running: set[asyncio.Task] = set()
-    written: list[dict] = []
+    tally = RunTally()
     stop: dict = {"signal": None, "fatal": None}
 
     def request_stop(signum: int) -> None:
@@ -2352,7 +2408,7 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
             except OSError as exc:  # the reader of a pipe went away, the disk is full...
                 where = "stdout" if config.output_file == "-" else config.output_file
                 return fail(f"cannot write to {where} ({exc.strerror or exc}); stopping")
-            written.append(record)
+            tally.add(record)
             if not trajectory.is_retryable(record):
                 outcomes.rewards[trajectory.record_key(record)] = record["reward"]
             progress.update(record)
@@ -2365,20 +2421,21 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
         progress.close()
         # --overwrite replaces the old file only if this run got somewhere: a model answered, or records were
         # written without a fatal error (a 401 or an unusable backend keeps the old records).
-        output.close(keep=bool(written) and stop["fatal"] is None)
+        output.close(keep=bool(tally.tasks) and stop["fatal"] is None)
         await ctx.model.close()
-    summary = summarize(written, time.monotonic() - started, skipped, outcomes, schedule.not_needed)
+    summary = summarize(tally, time.monotonic() - started, skipped, outcomes, schedule.not_needed)
     if stop["fatal"] is not None:
         return RunOutcome(EXIT_FATAL, summary, stop["fatal"])
     if stop["signal"] is not None:
         return RunOutcome(EXIT_SIGNAL[stop["signal"]], summary, "interrupted; rerun the same command to resume")
-    if written and all(record["exit_reason"] in ("api_error", "env_error") for record in written):
+    failed = tally.all_failed()
+    if failed is not None:
         # Nothing usable came out: a run that only failed must not look like a finished one to a script.
-        error, count = Counter(record["error"] for record in written).most_common(1)[0]
+        error, count = failed
         return RunOutcome(
             EXIT_FATAL,
             summary,
-            f"every task failed ({len(written)} api_error/env_error; {count} with: {error}); "
+            f"every task failed ({tally.tasks} api_error/env_error; {count} with: {error}); "
             "rerun the same command to retry them once the cause is fixed",
         )
     return RunOutcome(EXIT_OK, summary)

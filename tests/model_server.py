@@ -333,6 +333,8 @@ class ScriptedModelServer:
         self.models = models or Step(body=json.dumps({"object": "list", "data": [{"id": "scripted"}]}).encode())
         self.model_checks = 0
         self.requests: list[dict] = []
+        self.raw_requests: list[bytes] = []
+        """Each request's body as it came over the wire, beside its parsed form in ``requests``."""
         self.headers: list[dict] = []
         self._lock = threading.Lock()
         self._position = 0
@@ -360,6 +362,8 @@ class ScriptedModelServer:
                     request = json.loads(raw)
                 except ValueError:
                     request = {"_raw": raw.decode("utf-8", "replace")}
+                with server._lock:
+                    server.raw_requests.append(raw)
                 step = server._next_step(request, {k.lower(): v for k, v in self.headers.items()})
                 wait = step.delay + server.latency
                 if wait:

@@ -67,6 +67,40 @@ def test_request_carries_tool_ephemeral_system_prompt_and_key(out):
     assert request["messages"][0]["content"] not in json.dumps(record)
 
 
+def test_each_request_is_the_whole_history_as_json_the_sdk_would_send(out):
+    """The runner encodes each message once (the history only grows) and sends the bytes through the SDK: every
+    request must still be one JSON object with each key once, the full history in order, UTF-8 text unescaped,
+    and --extra_body unable to replace the messages."""
+    prompt = "Réponds en 中文 😀 \\ \"quoted\" </tool_call> {marker}"
+    script = per_conversation(
+        [reply("first ✓", [tool_call("printf 'ünï\\n'")]), reply(None, [tool_call("echo two")]), reply("done")]
+    )
+    with ScriptedModelServer(script) as server:
+        config = make_config(server, out, extra_body={"messages": "replaced?", "top_k": 20}, temperature=0.5)
+        _, [record] = run_prompts(config, [prompt])
+        raw, requests, headers = server.raw_requests, server.requests, server.headers
+
+    def no_repeated_keys(pairs: list) -> dict:
+        keys = [key for key, _ in pairs]
+        assert len(keys) == len(set(keys)), keys
+        return dict(pairs)
+
+    assert record["completed"] is True and len(raw) == 3
+    for body, request, header in zip(raw, requests, headers, strict=True):
+        assert json.loads(body, object_pairs_hook=no_repeated_keys) == request
+        assert header["content-type"] == "application/json"
+        assert request["model"] == "scripted-model" and request["top_k"] == 20 and request["temperature"] == 0.5
+        assert [t["function"]["name"] for t in request["tools"]] == ["terminal"]
+    assert json.dumps(prompt, ensure_ascii=False).encode() in raw[0]  # UTF-8 as it is, no \\u escapes
+    assert "ünï".encode() in raw[1]
+    first, second, third = (request["messages"] for request in requests)
+    assert first[1] == {"role": "user", "content": prompt}
+    assert second[:2] == first and third[: len(second)] == second  # each call: the one before, then what is new
+    assert [m["role"] for m in third] == ["system", "user", "assistant", "tool", "assistant", "tool"]
+    assert second[2]["content"] == "first ✓" and json.loads(second[3]["content"])["output"] == "ünï\n"
+    assert json.loads(third[5]["content"])["output"] == "two\n"
+
+
 def test_answer_without_tool_calls_completes(out):
     with ScriptedModelServer([reply("The answer is 4.")]) as server:
         _, [record] = run_prompts(make_config(server, out), ["what is 2+2?"])

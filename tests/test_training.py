@@ -363,7 +363,7 @@ def test_pass_at_k_matches_a_hand_computation():
     }.items():
         rewards.update({(task_id, i): reward for i, reward in enumerate(outcomes)})
     outcomes = SampleOutcomes(rewards, 5, {"a", "b", "c", "d"}, k=2)
-    summary = mini_swe_runner.summarize([], 1.0, 0, outcomes)
+    summary = mini_swe_runner.summarize(mini_swe_runner.RunTally(), 1.0, 0, outcomes)
     verification = summary["verification"]
     assert verification["pass_at_1"] == pytest.approx((1 / 3 + 0 + 2 / 3 + 0) / 4, abs=1e-4)
     assert verification["pass_at_k"] == pytest.approx((2 / 3 + 0 + 1) / 3, abs=1e-4)
