@@ -6,6 +6,7 @@ runs in a child process, so its peak RSS is its own.
 
     python bench/bench_batch.py                     # 128 tasks x 4 calls at 0.25 s, workers 1/8/32/64
     python bench/bench_batch.py --latency 0.1 --tasks 64
+    python bench/bench_batch.py --targets           # the two efficiency targets: 32 x 256 at 0.25 s, 128 x 1024 at 1 s
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=128)
     parser.add_argument("--calls", type=int, default=4)
     parser.add_argument("--latency", type=float, default=0.25)
+    parser.add_argument("--targets", action="store_true", help="run the two configurations of the efficiency target")
     args = parser.parse_args()
     if args.child:
         args.workers = args.workers[0]
@@ -102,6 +104,20 @@ def main() -> None:
     from model_server import ScriptedModelServer, per_conversation, reply, tool_call
 
     script = per_conversation([reply(None, [tool_call("true")])] * (args.calls - 1) + [reply("done")])
+    if args.targets:
+        header = ("workers", 8), ("tasks", 6), ("latency s", 9), ("wall s", 8), ("ideal s", 8), ("efficiency", 10)
+        print(" ".join(f"{name:>{width}}" for name, width in header), f"{'RSS MB':>7}")
+        for workers, tasks, latency in ((32, 256, 0.25), (128, 1024, 1.0)):
+            with ScriptedModelServer(script, latency=latency) as server:
+                measured = measure(server.base_url, workers, tasks, args.calls)
+            ideal = math.ceil(tasks / workers) * args.calls * latency
+            print(
+                f"{workers:>8} {tasks:>6} {latency:>9g} {measured['wall']:>8.2f} {ideal:>8.2f} "
+                f"{ideal / measured['wall']:>10.3f} {measured['peak_rss_mb']:>7.1f}",
+                flush=True,
+            )
+        print(f"target: efficiency >= 0.9 in both ({args.calls} calls per task, local environment, after start-up)")
+        return
     rows = {}
     with ScriptedModelServer(script, latency=args.latency) as server:
         print(f"{args.tasks} tasks x {args.calls} model calls, {args.latency:g} s per call, local environment")
