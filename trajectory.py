@@ -329,7 +329,7 @@ class JsonlWriter:
                 view = view[written:]
             if entry is not None:  # where the line landed: the file's end after it (O_APPEND) less its length
                 end = os.lseek(self._fd, 0, os.SEEK_CUR)
-                os.write(self._index_fd, _INDEX_ENTRY.pack(end - len(data), *entry))
+                os.write(self._index_fd, _pack_entry(end - len(data), *entry))
             if self._sync:
                 os.fsync(self._fd)
                 if self._index_fd >= 0:
@@ -364,18 +364,17 @@ class JsonlWriter:
 INDEX_MAGIC = b"MSRINDX1"
 _INDEX_HEADER = struct.Struct("<8sqq40x")
 """magic, the output's st_dev and st_ino (the file the entries describe); 64 bytes."""
-_INDEX_ENTRY = struct.Struct("<qqqqdqqq")
-"""offset, length, row, sample_index, reward (NaN for null), settings tag, source tag, flags; 64 bytes.
-
-``row`` is the record's row in the prompts its ``source tag`` names (0: no prompts file known, the row means
-nothing); the settings tag is :func:`settings_tag` of ``metadata.config_hash``."""
-_INDEX_FIELDS = 8
+_INDEX_ENTRY = struct.Struct("<qdqqIIII")
+"""offset, reward (NaN for null), settings tag, source tag (8 bytes each), length, row, sample_index, flags (4 bytes
+each); 48 bytes. ``row`` is the record's row in the prompts its source tag names (0: no prompts file known, the row
+means nothing); the settings tag is :func:`settings_tag` of ``metadata.config_hash``. Read back a field at a time
+over many entries (see _field): 8-byte fields at 8-byte places, 4-byte fields at 4-byte places."""
 INDEX_RETRYABLE = 1
 """Flag: resume drops this record (see :func:`is_retryable`)."""
 INDEX_PARSE = 2
 """Flag: the record's fields are not of the usual types: resume parses the line (as it does without an index)."""
 _INDEX_CHUNK = 65536
-"""Entries read at a time (4 MB): the index of 1,000,000 records (64 MB) is never held whole."""
+"""Entries read at a time (3 MB): the index of 1,000,000 records (48 MB) is never held whole."""
 _NEWLINE_WINDOW = 16 << 20
 """Bytes of the output mapped at a time to check the line ends: mapped pages count as the process's memory."""
 
@@ -402,11 +401,17 @@ def _config_hash(record: dict) -> str:
 
 
 def _is_count(value: object) -> bool:
-    return type(value) is int and 0 <= value < 1 << 62
+    return type(value) is int and 0 <= value < _COUNT_LIMIT
+
+
+def _pack_entry(
+    offset: int, length: int, row: int, sample: int, reward: float, settings: int, source: int, flags: int
+) -> bytes:
+    return _INDEX_ENTRY.pack(offset, reward, settings, source, length, row, sample, flags)
 
 
 def _index_entry(record: dict, length: int, source: int) -> tuple:
-    """The entry of a record's line, less its offset (known once the line is written)."""
+    """The fields of a record's entry after its offset (known once the line is written), as _pack_entry takes them."""
     row, sample = record.get("prompt_index"), record.get("sample_index", 0)
     flags = INDEX_RETRYABLE if is_retryable(record) else 0
     if not (isinstance(record.get("task_id"), str) and _is_count(row) and _is_count(sample)):
@@ -462,35 +467,61 @@ def _covered_end(fd: int, size: int) -> int:
     """Where the last whole entry of an index ends in its output (0 without entries)."""
     if size <= _INDEX_HEADER.size:
         return 0
-    offset, length = struct.unpack_from("<qq", os.pread(fd, 16, size - _INDEX_ENTRY.size))
-    return offset + length
+    entry = _INDEX_ENTRY.unpack(os.pread(fd, _INDEX_ENTRY.size, size - _INDEX_ENTRY.size))
+    return entry[0] + entry[4]
+
+
+_OTHER_SOURCE = 4
+"""Flag, in memory only: the entry was not written against the prompts resume matches against (or none are
+known), so its row means nothing here: resume finds its row by its task_id."""
+_COUNT_LIMIT = 1 << 32
+"""Rows, sample indexes and line lengths are kept in 4 bytes each: beyond, the index is not used."""
 
 
 @dataclass
 class _IndexColumns:
-    """The entries of a trusted index, one array per field, in file order."""
+    """What resume keeps of each valid line, one compact array per field, in file order: about 23 bytes a record
+    (1,000,000 records: 26 MB; the entries themselves take 48 MB)."""
 
     lengths: array
+    """"I": the line's length in bytes."""
     rows: array
+    """"I": the row of its task among the prompts (meaningless with _OTHER_SOURCE or INDEX_PARSE)."""
     samples: array
+    """"I": its sample_index."""
     rewards: array
+    """"d": its reward, NaN for null."""
     settings: array
-    sources: array
+    """"H": its settings tag's place in ``tags``."""
     flags: array
+    """"I": INDEX_RETRYABLE, INDEX_PARSE, _OTHER_SOURCE."""
+    tags: list[int] = field(default_factory=list)
+    tag_ids: dict[int, int] = field(default_factory=dict)
 
     @property
     def offsets(self) -> Iterator[int]:
         return itertools.accumulate(self.lengths, initial=0)
 
+    def settings_id(self, tag: int) -> int:
+        if (found := self.tag_ids.get(tag)) is None:
+            found = self.tag_ids[tag] = len(self.tags)
+            self.tags.append(tag)
+        return found
 
-def _trusted_index(path: str) -> _IndexColumns | None:
+
+def _empty_columns(count: int = 0) -> _IndexColumns:
+    """Columns for ``count`` entries, allocated at once (grown by appends, an array may take twice its size)."""
+    return _IndexColumns(*(array(code, bytes(count * array(code).itemsize)) for code in "IIIdHI"))
+
+
+def _trusted_index(path: str, source_tag: int = 0) -> _IndexColumns | None:
     """The index of ``path`` when it provably describes the file as it is, else None (resume then parses).
 
     Provably: the index names this very file (st_dev, st_ino: a file replaced by a rewrite, a copy or ``grep -v >``
     is another), nothing was written to the file after the index's last entry (mtime: a hand edit, an append by an
     older version, a crash between a line and its entry), its entries tile the file from its first byte to its last
     and every line ends with a newline where its entry says. A torn last entry (a crash mid-entry) leaves the file's
-    end uncovered, so it is not trusted either."""
+    end uncovered, so it is not trusted either. Read a chunk at a time: 1,000,000 entries in about 0.4 s."""
     try:
         with open(index_path(path), "rb") as index, open(path, "rb") as output:
             index_status, output_status = os.fstat(index.fileno()), os.fstat(output.fileno())
@@ -500,34 +531,57 @@ def _trusted_index(path: str) -> _IndexColumns | None:
                 return None
             if (index_status.st_size - _INDEX_HEADER.size) % _INDEX_ENTRY.size:
                 return None
-            columns = _empty_columns()
-            fields = tuple(getattr(columns, name) for name in _IndexColumns.__dataclass_fields__)
-            end = 0
+            count = (index_status.st_size - _INDEX_HEADER.size) // _INDEX_ENTRY.size
+            columns = _empty_columns(count)
+            first = end = 0
             while chunk := index.read(_INDEX_CHUNK * _INDEX_ENTRY.size):
-                if len(chunk) % _INDEX_ENTRY.size:
-                    return None  # the index grew while being read: not ours to judge
                 entries = memoryview(chunk)
-                offsets, lengths = _column(entries, 0), _column(entries, 1)
-                if min(lengths) <= 0 or offsets != array("q", itertools.accumulate(lengths[:-1], initial=end)):
+                size = len(chunk) // _INDEX_ENTRY.size
+                if len(chunk) % _INDEX_ENTRY.size or first + size > count:
+                    return None  # the index grew while being read: not ours to judge
+                lengths = _field(entries, 4)
+                ends = array("q", itertools.accumulate(lengths, initial=end))
+                if _field(entries, 0) != ends[:-1] or 0 in lengths:
                     return None
-                end = offsets[-1] + lengths[-1]
-                for number, column in enumerate(fields, start=1):
-                    column.extend(_column(entries, number))
-            if end != output_status.st_size or not _ends_are_newlines(output.fileno(), columns.lengths):
+                if not _ends_are_newlines(output.fileno(), ends):
+                    return None
+                end = ends[-1]
+                tags, sources, flags = _field(entries, 2), _field(entries, 3), _field(entries, 7)
+                for tag in set(tags):
+                    columns.settings_id(tag)
+                if len(columns.tags) >= 1 << 16:
+                    return None
+                if sources.count(source_tag) != size or not source_tag:
+                    other = map(operator.ne, sources, itertools.repeat(source_tag or None))
+                    flags = array(
+                        "I", map(operator.or_, flags, map(operator.mul, other, itertools.repeat(_OTHER_SOURCE)))
+                    )
+                part = slice(first, first + size)
+                columns.lengths[part] = lengths
+                columns.rows[part] = _field(entries, 5)
+                columns.samples[part] = _field(entries, 6)
+                columns.rewards[part] = _field(entries, 1)
+                if len(columns.tags) == 1:
+                    columns.settings[part] = array("H", [0]) * size
+                else:
+                    columns.settings[part] = array("H", map(columns.tag_ids.__getitem__, tags))
+                columns.flags[part] = flags
+                first += size
+            if first != count or end != output_status.st_size:
                 return None
             return columns
     except (OSError, ValueError):
         return None
 
 
-def _ends_are_newlines(fd: int, lengths: array) -> bool:
-    """Whether the byte before each line's end is a newline, mapping the file a window at a time (pages touched stay
-    counted as ours while mapped: all at once, 690 MB for 1,000,000 records)."""
+def _ends_are_newlines(fd: int, ends: array) -> bool:
+    """Whether the lines from ``ends[0]`` to ``ends[1]``, ``ends[1]`` to ``ends[2]``... each end with a newline, mapping
+    the file a window at a time (the pages touched count as ours while mapped: all at once, 690 MB for 1,000,000
+    records)."""
     import mmap
 
-    ends = array("q", itertools.accumulate(lengths))
-    first = 0
-    start = 0
+    first = 1
+    start = ends[0] // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
     while first < len(ends):
         size = min(_NEWLINE_WINDOW, ends[-1] - start)
         last = bisect.bisect_right(ends, start + size, lo=first)
@@ -536,7 +590,7 @@ def _ends_are_newlines(fd: int, lengths: array) -> bool:
             last = first + 1
         with mmap.mmap(fd, size, access=mmap.ACCESS_READ, offset=start) as window:
             at = map(operator.sub, ends[first:last], itertools.repeat(start + 1))
-            if not all(map(operator.eq, map(window.__getitem__, at), itertools.repeat(10))):
+            if bytes(map(window.__getitem__, at)).count(10) != last - first:
                 return False
         # The next window starts on a page boundary at or before the next line's first byte.
         start = ends[last - 1] // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
@@ -544,14 +598,16 @@ def _ends_are_newlines(fd: int, lengths: array) -> bool:
     return True
 
 
-def _empty_columns() -> _IndexColumns:
-    return _IndexColumns(*(array("d" if number == 4 else "q") for number in range(1, _INDEX_FIELDS)))
+_FIELD_PLACES = ((0, "q"), (1, "d"), (2, "q"), (3, "q"), (8, "I"), (9, "I"), (10, "I"), (11, "I"))
+"""Per field of _INDEX_ENTRY: its place in an entry counted in its own size, and its array type."""
 
 
-def _column(entries: memoryview, number: int) -> array:
-    code = "d" if number == 4 else "q"
+def _field(entries: memoryview, number: int) -> array:
+    """One field of every entry in ``entries``, as an array (a strided copy: no Python code per entry)."""
+    place, code = _FIELD_PLACES[number]
     column = array(code)
-    column.frombytes(entries.cast(code)[number::_INDEX_FIELDS].tobytes())
+    view = entries.cast(code)
+    column.frombytes(view[place :: _INDEX_ENTRY.size // view.itemsize].tobytes())
     return column
 
 
@@ -646,10 +702,11 @@ def compact_for_resume(
     not parsed, and when the file is rewritten or had to be parsed, the index is written anew for it. ``source``:
     records are matched to these prompts by row (``by_row``) instead of by key (``done``).
     """
-    if index and (columns := _trusted_index(path)) is not None:
+    tag = source.tag if source is not None else 0
+    if index and source is not None and (columns := _trusted_index(path, tag)) is not None:
         with contextlib.suppress(_IndexDisagrees):
             return _compact(path, _IndexedLines(path, columns), compaction_path, source, index)
-    return _compact(path, _ParsedLines(path), compaction_path, source, index)
+    return _compact(path, _ParsedLines(path, source), compaction_path, source, index)
 
 
 class _IndexDisagrees(Exception):
@@ -678,10 +735,15 @@ class _IndexedLines(_Lines):
         self.parsed = 0
 
     def _record(self, entry: int) -> dict:
-        if self.offsets is None:
+        if self.offsets is not None:
+            offset = self.offsets[entry]
+        elif entry < 4096:  # the settings check reads the first record of each settings hash: usually the first
+            offset = sum(itertools.islice(self.columns.lengths, entry))
+        else:
             self.offsets = array("q", self.columns.offsets)
+            offset = self.offsets[entry]
         with open(self.path, "rb") as handle:  # few lines are read this way: their entries cannot place them
-            handle.seek(self.offsets[entry])
+            handle.seek(offset)
             record = _parse_record_line(handle.read(self.columns.lengths[entry]))
         self.parsed += 1
         if record is None:
@@ -694,25 +756,24 @@ class _IndexedLines(_Lines):
     def metadata(self, entry: int) -> tuple[str, dict]:
         record = self._record(entry)
         config_hash = _config_hash(record)
-        if settings_tag(config_hash) != self.columns.settings[entry]:
+        if settings_tag(config_hash) != self.columns.tags[self.columns.settings[entry]]:
             raise _IndexDisagrees
         metadata = record.get("metadata")
         return config_hash, metadata if isinstance(metadata, dict) else {}
 
 
 class _ParsedLines(_Lines):
-    """Every line parsed (no index describes the file), keeping the key of each record and the metadata of the
-    first record of each settings hash."""
+    """Every line parsed (no index describes the file). A record whose task is among ``source``'s prompts is placed
+    on its row here; the others keep their key, and the first record of each settings hash its metadata."""
 
-    def __init__(self, path: str):
-        self.columns = _empty_columns()
-        self.keys: list[tuple[str, int]] = []
+    def __init__(self, path: str, source: PromptsSource | None):
+        self.columns = columns = _empty_columns()
+        self.keys: dict[int, tuple[str, int]] = {}
         self.first: dict[int, tuple[str, dict]] = {}
         self.starts = array("q")
-        self.parsed = 0
-        self.bad = 0
+        self.parsed = self.bad = 0
         self.blank = False
-        columns, end = self.columns, 0
+        end = 0
         with open(path, "rb") as handle:
             for raw in handle:
                 start, end = end, end + len(raw)
@@ -724,19 +785,23 @@ class _ParsedLines(_Lines):
                 if record is None:
                     self.bad += 1
                     continue
-                _, row, sample, reward, settings, _, flags = _index_entry(record, len(raw), 0)
-                self.keys.append(record_key(record))
+                _, _, _, reward, tag, _, flags = _index_entry(record, len(raw), 0)
+                task_id, sample = key = record_key(record)
+                row = source.locate(task_id) if source is not None and not flags & INDEX_PARSE else None
+                if row is None or not _is_count(sample):
+                    row, sample, flags = 0, 0, flags | _OTHER_SOURCE
+                    self.keys[len(self.starts)] = key
+                settings = columns.settings_id(tag)
+                if settings not in self.first:
+                    metadata = record.get("metadata")
+                    self.first[settings] = (_config_hash(record), metadata if isinstance(metadata, dict) else {})
                 self.starts.append(start)
                 columns.lengths.append(len(raw))
                 columns.rows.append(row)
                 columns.samples.append(sample)
                 columns.rewards.append(reward)
                 columns.settings.append(settings)
-                columns.sources.append(0)
                 columns.flags.append(flags)
-                if settings not in self.first:
-                    metadata = record.get("metadata")
-                    self.first[settings] = (_config_hash(record), metadata if isinstance(metadata, dict) else {})
         self.ends_with_newline = _ends_with_newline(path)
 
     def key(self, entry: int) -> tuple[str, int]:
@@ -776,7 +841,8 @@ def _compact(
         places = ((starts[entry], columns.lengths[entry]) for entry in kept_entries)
         _atomic_write(path, _kept_lines(path, places), compaction_path)
     if index and (rewrite or isinstance(lines, _ParsedLines)):
-        _write_index(path, columns, kept_entries, newline_added, compaction_path)
+        tag = source.tag if source is not None else 0
+        _write_index(path, columns, kept_entries, newline_added, tag, compaction_path)
     rewards = columns.rewards
     done = {key: None if math.isnan(rewards[entry]) else rewards[entry] for key, entry in keyed.items()}
     result = CompactResult(done, retryable, lines.bad, duplicates, settings, by_row)
@@ -803,27 +869,27 @@ def _place(lines: _Lines, source: PromptsSource | None) -> tuple[dict[int, RowSa
     by_row: dict[int, array] = {}
     keyed: dict[tuple[str, int], int] = {}
     retryable = duplicates = 0
-    rows, samples, sources, flags = columns.rows, columns.samples, columns.sources, columns.flags
+    rows, samples, flags = columns.rows, columns.samples, columns.flags
     for entry in range(len(columns.lengths)):
         if flags[entry] & INDEX_RETRYABLE:
             retryable += 1
             continue
-        if source is not None and sources[entry] == source.tag and not flags[entry] & INDEX_PARSE:
+        if source is not None and not flags[entry] & (INDEX_PARSE | _OTHER_SOURCE):
             row, sample = rows[entry], samples[entry]
             if row >= source.rows:
                 raise _IndexDisagrees  # written against these prompts, yet past their end
         else:
             key = lines.key(entry)
-            row = source.locate(key[0]) if source is not None else None
-            if row is None:
+            row = source.locate(key[0]) if source is not None and not isinstance(lines, _ParsedLines) else None
+            if row is None or not _is_count(key[1]):  # (a _ParsedLines has placed what it could already)
                 duplicates += key in keyed
                 keyed[key] = entry
-                sources[entry] = 0
+                flags[entry] |= _OTHER_SOURCE
                 continue
             sample = key[1]
-            rows[entry], samples[entry], sources[entry], flags[entry] = row, sample, source.tag, 0
+            rows[entry], samples[entry], flags[entry] = row, sample, 0
         if (entries := by_row.get(sample)) is None:
-            entries = by_row[sample] = array("q", [-1]) * source.rows
+            entries = by_row[sample] = array("i", [-1]) * source.rows
         duplicates += entries[row] >= 0
         entries[row] = entry
     placed = {sample: RowSamples(entries, columns.rewards) for sample, entries in by_row.items()}
@@ -839,53 +905,61 @@ def _placeable_by_tag(columns: _IndexColumns, source: PromptsSource) -> bool:
     count = len(columns.lengths)
     return (
         count > 0
-        and columns.sources.count(source.tag) == count
+        and count < 1 << 31
         and columns.flags.count(0) + columns.flags.count(INDEX_RETRYABLE) == count
-        and min(columns.rows) >= 0
         and max(columns.rows) < source.rows
-        and min(columns.samples) >= 0
         and max(columns.samples) < _MAX_INDEXED_SAMPLES
     )
 
 
 def _place_by_tag(columns: _IndexColumns, source: PromptsSource) -> tuple[dict[int, RowSamples], dict, int, int]:
-    """:func:`_place` with no Python code per record: 1,000,000 records in about 0.2 s instead of 1.5 s."""
+    """:func:`_place` with no Python code per record (1,000,000 records: about 0.1 s instead of 1.5 s)."""
     count = len(columns.lengths)
-    final = bytes(map(operator.not_, columns.flags))
+    final_count = columns.flags.count(0)
     by_row: dict[int, RowSamples] = {}
     duplicates = 0
     sample_values = sorted(set(columns.samples))
     for sample in sample_values:
-        if len(sample_values) == 1:
-            mask = final
+        if len(sample_values) == 1 and final_count == count:  # the usual file: every entry, in order
+            chosen: Iterable[int] = range(count)
+            rows: Iterable[int] = columns.rows
+            size = count
         else:
-            mask = bytes(map(operator.and_, final, map(operator.eq, columns.samples, itertools.repeat(sample))))
-        chosen = array("q", itertools.compress(range(count), mask))
-        if not chosen:
+            mask = map(operator.eq, columns.flags, itertools.repeat(0))
+            if len(sample_values) > 1:
+                mask = map(operator.and_, mask, map(operator.eq, columns.samples, itertools.repeat(sample)))
+            chosen = array("i", itertools.compress(range(count), mask))
+            rows = map(columns.rows.__getitem__, chosen)
+            size = len(chosen)
+        if not size:
             continue
-        entries = array("q", [-1]) * source.rows
+        entries = array("i", [-1]) * source.rows
         # In file order: a later record of the same row and sample takes the place of an earlier one.
-        collections.deque(map(entries.__setitem__, map(columns.rows.__getitem__, chosen), chosen), maxlen=0)
-        duplicates += len(chosen) - (len(entries) - entries.count(-1))
+        collections.deque(map(entries.__setitem__, rows, chosen), maxlen=0)
+        duplicates += size - (len(entries) - entries.count(-1))
         by_row[sample] = RowSamples(entries, columns.rewards)
-    return by_row, {}, count - final.count(1), duplicates
+    return by_row, {}, count - final_count, duplicates
 
 
-def _write_index(path: str, columns: _IndexColumns, kept: Iterable[int], newline_added: int, temp: str | None) -> None:
+def _write_index(
+    path: str, columns: _IndexColumns, kept: Iterable[int], newline_added: int, source_tag: int, temp: str | None
+) -> None:
     """A new index for ``path`` whose lines are the ``kept`` entries' lines, in order (after a rewrite, or for a file
     that was read without one), replacing the old one atomically."""
     directory, name = os.path.split(os.path.abspath(path))
     temp = (temp or os.path.join(directory, f".{name}.compact-{os.getpid()}")) + ".index"
-    pack = _INDEX_ENTRY.pack
-    fields = (columns.rows, columns.samples, columns.rewards, columns.settings, columns.sources)
+    rows, samples, rewards, flags = columns.rows, columns.samples, columns.rewards, columns.flags
     with open(temp, "wb") as handle:
         handle.write(_index_header(os.stat(path)))
         offset, batch = 0, []
         for entry in kept:
             length = columns.lengths[entry] + (entry == newline_added)
-            row, sample, reward, settings, source = (values[entry] for values in fields)
-            flags = columns.flags[entry] & INDEX_PARSE
-            batch.append(pack(offset, length, row, sample, reward, settings, source, flags))
+            source = 0 if flags[entry] & (INDEX_PARSE | _OTHER_SOURCE) else source_tag
+            settings = columns.tags[columns.settings[entry]]
+            entry_flags = flags[entry] & INDEX_PARSE
+            batch.append(
+                _pack_entry(offset, length, rows[entry], samples[entry], rewards[entry], settings, source, entry_flags)
+            )
             offset += length
             if len(batch) == _INDEX_CHUNK:
                 handle.write(b"".join(batch))
