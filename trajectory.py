@@ -676,9 +676,10 @@ class CompactResult:
     by_row: dict[int, RowSamples] = field(default_factory=dict)
     """With a ``source``: sample_index -> the final records kept whose task is among its prompts."""
     parsed_lines: int = 0
-    """Lines parsed as JSON (every line, without an index that describes the file)."""
+    """Lines parsed as JSON: every line without an index that describes the file; with one, those it could not place
+    on a row, and the first record of each settings hash (for the settings check)."""
     indexed_lines: int = 0
-    """Lines whose record was taken from the index without parsing them."""
+    """Records taken from the index: placed on their row (or dropped as retryable) without parsing their line."""
 
     @property
     def done_ids(self) -> set[str]:
@@ -733,6 +734,9 @@ class _IndexedLines(_Lines):
         self.path, self.columns = path, columns
         self.offsets: array | None = None
         self.parsed = 0
+        self.keys_read = 0
+        """Lines parsed because their entry could not place them (the others are not parsed, but one per settings
+        hash, for the settings check)."""
 
     def _record(self, entry: int) -> dict:
         if self.offsets is not None:
@@ -751,6 +755,7 @@ class _IndexedLines(_Lines):
         return record
 
     def key(self, entry: int) -> tuple[str, int]:
+        self.keys_read += 1
         return record_key(self._record(entry))
 
     def metadata(self, entry: int) -> tuple[str, dict]:
@@ -847,7 +852,7 @@ def _compact(
     done = {key: None if math.isnan(rewards[entry]) else rewards[entry] for key, entry in keyed.items()}
     result = CompactResult(done, retryable, lines.bad, duplicates, settings, by_row)
     result.parsed_lines = lines.parsed
-    result.indexed_lines = count - lines.parsed if isinstance(lines, _IndexedLines) else 0
+    result.indexed_lines = count - lines.keys_read if isinstance(lines, _IndexedLines) else 0
     return result
 
 
@@ -967,6 +972,11 @@ def _write_index(
         handle.write(b"".join(batch))
         handle.flush()
         os.fsync(handle.fileno())
+        # Its time is its output's at least: a file whose mtime lies ahead (clock skew, a copy that kept a later
+        # time) is described by this index all the same, since it was read whole under the lock just now.
+        output_mtime = os.stat(path).st_mtime_ns
+        if os.fstat(handle.fileno()).st_mtime_ns < output_mtime:
+            os.utime(handle.fileno(), ns=(output_mtime, output_mtime))
     os.replace(temp, index_path(path))
     sync_directory(directory)
 
