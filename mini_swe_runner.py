@@ -1997,8 +1997,6 @@ class OutputFile:
         self.shown = "stdout" if config.output_file == "-" else config.output_file
         self.target = config.output_file
         self.writer: trajectory.JsonlWriter | None = None
-        self.compacted: trajectory.CompactResult | None = None
-        """What resume found in the file (None for a new file)."""
         self._prompts: PromptFile | None = None
         self._index_source = 0
         self._lock_fd: int | None = None
@@ -2059,7 +2057,6 @@ class OutputFile:
         compacted = trajectory.compact_for_resume(
             self.target, compaction_path=self._sibling("compact"), source=source, index=True
         )
-        self.compacted = compacted
         log.debug(
             "resume: %d line(s) of %s taken from its index, %d parsed",
             compacted.indexed_lines,
@@ -2181,7 +2178,8 @@ class DoneSamples:
     trajectory.compact_for_resume), plus those this run finishes: what the schedule skips and the summary counts.
 
     Read like the mapping (task_id, sample_index) -> reward it stands for, without holding one: an output of
-    1,000,000 records took 354 MB as a dict of tuples (bench/bench_input.py), here 8 bytes a row for each sample.
+    1,000,000 records took 354 MB as a dict of tuples (bench/bench_input.py), here 4 bytes a row for each sample
+    and 8 a record (its reward).
     Iterating it reads the prompts' ids back from the file (the summary's pass figures and --until_passed only)."""
 
     def __init__(self, prompts: PromptFile, by_row: dict[int, trajectory.RowSamples]):

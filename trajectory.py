@@ -330,10 +330,8 @@ class JsonlWriter:
             if entry is not None:  # where the line landed: the file's end after it (O_APPEND) less its length
                 end = os.lseek(self._fd, 0, os.SEEK_CUR)
                 os.write(self._index_fd, _pack_entry(end - len(data), *entry))
-            if self._sync:
-                os.fsync(self._fd)
-                if self._index_fd >= 0:
-                    os.fsync(self._index_fd)
+            if self._sync:  # the line only: an entry lost with the machine costs the next resume a full parse, and
+                os.fsync(self._fd)  # one that outlives its line points past the file's end, so it is not trusted
             self.written += 1
 
     def close(self) -> None:
