@@ -316,7 +316,8 @@ class JsonlWriter:
             regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
             self._sync = sync and regular
             if index_source is not None and regular:
-                self._index_fd = _open_index_for_append(index_file or index_path(path), self._fd)
+                with contextlib.suppress(OSError):  # the index only saves work: without it, resume parses
+                    self._index_fd = _open_index_for_append(index_file or index_path(path), self._fd)
         self.written = 0
 
     def write(self, record: dict) -> None:
@@ -845,7 +846,8 @@ def _compact(
         _atomic_write(path, _kept_lines(path, places), compaction_path)
     if index and (rewrite or isinstance(lines, _ParsedLines)):
         tag = source.tag if source is not None else 0
-        _write_index(path, columns, kept_entries, newline_added, tag, compaction_path)
+        with contextlib.suppress(OSError):  # a stale index left beside the file names another file, or lies behind it
+            _write_index(path, columns, kept_entries, newline_added, tag, compaction_path)
     rewards = columns.rewards
     done = {key: None if math.isnan(rewards[entry]) else rewards[entry] for key, entry in keyed.items()}
     result = CompactResult(done, retryable, lines.bad, duplicates, settings, by_row)
