@@ -12,10 +12,12 @@ import gc
 import hashlib
 import inspect
 import ipaddress
+import itertools
 import json
 import json.scanner
 import logging
 import math
+import operator
 import os
 import random
 import re
@@ -501,6 +503,8 @@ def load_prompts(path: str, row_format: RowFormat | None = None) -> Sequence[Pro
     return prompts
 
 
+PROMPTS_TAG_VERSION = 1
+"""Part of every prompts file's tag (see PromptFile.source_tag): raised when the way ids derive from rows changes."""
 UTF8_BOM = b"\xef\xbb\xbf"
 _SCAN_JSON = json.scanner.make_scanner(json.JSONDecoder())
 ASCII_SPACE_BYTES = (ASCII_SPACE + "\n").encode()
@@ -534,6 +538,18 @@ class PromptFile(Sequence[Prompt]):
         """Row -> how often its text occurred on earlier rows, for the rows where that is not 0."""
         self._derived_repeats: set[int] = set()
         """Hashes of the texts that occur more than once while some id derives from its text."""
+        self._id_hash_by_row = array("q")
+        """Row -> hash() of its task_id, for :meth:`locate` (8 bytes a row)."""
+        self._rows_by_id_hash: dict[int, int] | None = None
+        status = os.fstat(self._handle.fileno())  # before the pass: any later change of the file changes the tag
+        self.source_tag = trajectory.stable_tag(
+            f"prompts\0{PROMPTS_TAG_VERSION}\0{status.st_dev}\0{status.st_ino}\0{status.st_size}\0"
+            f"{status.st_mtime_ns}\0{status.st_ctime_ns}\0{row_format!r}"
+        )
+        """Names this file as it is now, with these row settings, in the output's resume index: a record written
+        under the same tag was written for the task on its row here, so resume matches it without parsing it. A
+        file written to since (mtime, and ctime, which no tool sets back), replaced or read with other --prompt_field
+        settings gets another tag."""
         id_hashes = self._first_pass()
         self._rows = range(len(self._offsets))
         if self._derived_repeats:
@@ -636,6 +652,7 @@ class PromptFile(Sequence[Prompt]):
                 text_hashes[key % ID_BUCKETS].append(key)
             key = hash(task_id)
             id_hashes[key % ID_BUCKETS].append(key)
+            self._id_hash_by_row.append(key)
             offsets.append(start)
             line_hashes.append(hash(stripped))
             image_and_verify.append(info)
@@ -668,9 +685,10 @@ class PromptFile(Sequence[Prompt]):
 
     def _ids_with_occurrences(self) -> list[array]:
         id_hashes = [array("q") for _ in range(ID_BUCKETS)]
-        for _, _, prompt in self._checked_rows():
+        for row, _, prompt in self._checked_rows():
             key = hash(prompt.task_id)
             id_hashes[key % ID_BUCKETS].append(key)
+            self._id_hash_by_row[row] = key
         return id_hashes
 
     def _refuse_duplicate_ids(self, suspects: set[int]) -> None:
@@ -738,6 +756,24 @@ class PromptFile(Sequence[Prompt]):
                     continue
             prompt, explicit_id = _row_prompt(InputRow(self.path, self.path, value), self.row_format)
             yield self._task_id(row, prompt.text, explicit_id)
+
+    @property
+    def file_rows(self) -> int:
+        """The rows of the whole file (a view's rows are some of them)."""
+        return len(self._offsets)
+
+    def locate(self, task_id: str) -> int | None:
+        """The row of the file whose task_id is ``task_id``, or None: by hash, without reading the file. Two ids
+        with one 64-bit hash (siphash) would be taken for each other: over n records and n rows, a chance of about
+        n^2 / 2^64, 5e-8 at 1,000,000 (and the record stays in the output whatever resume decides)."""
+        key = hash(task_id)
+        if self._rows_by_id_hash is None:
+            if len(self._offsets) < 4096:  # a scan of a short file costs less than the map of a long one
+                with contextlib.suppress(ValueError):
+                    return self._id_hash_by_row.index(key)
+                return None
+            self._rows_by_id_hash = dict(zip(self._id_hash_by_row, range(len(self._id_hash_by_row)), strict=True))
+        return self._rows_by_id_hash.get(key)
 
     def _prompt(self, row: int) -> Prompt:
         start = self._offsets[row]
@@ -1836,7 +1872,7 @@ class SampleOutcomes:
     """Every final sample of the run's prompts in the output, earlier runs' and this run's: the figures that
     need all samples of a prompt (pass@k, samples per prompt) come from here, not from this run's records alone."""
 
-    rewards: dict[tuple[str, int], float | None]
+    rewards: "dict[tuple[str, int], float | None] | DoneSamples"
     """(task_id, sample_index) -> reward of each final record (retryable ones are not final)."""
     prompt_count: int
     """The run's prompts (after --shard)."""
@@ -2016,13 +2052,18 @@ class OutputFile:
         self.shown = "stdout" if config.output_file == "-" else config.output_file
         self.target = config.output_file
         self.writer: trajectory.JsonlWriter | None = None
+        self._prompts: PromptFile | None = None
+        self._index_source = 0
         self._lock_fd: int | None = None
         self._pending_replacement: str | None = None  # --overwrite: the new file, renamed over target at commit
 
-    def open(self) -> dict[tuple[str, int], float | None]:
+    def open(self, prompts: Sequence[Prompt] = ()) -> "dict[tuple[str, int], float | None] | DoneSamples":
         """Lock, check and compact the file; returns the samples already finished in it: (task_id, sample_index)
-        -> reward."""
+        -> reward, or for a prompts file, :class:`DoneSamples` (by row: the records the index places on their row are
+        not parsed)."""
         path = self.config.output_file
+        self._prompts = prompts if isinstance(prompts, PromptFile) else None
+        self._index_source = self._prompts.source_tag if self._prompts is not None else 0
         if path == "-":
             self.writer = trajectory.JsonlWriter("-")
             return {}
@@ -2038,7 +2079,7 @@ class OutputFile:
             self.close(keep=False)
             raise
 
-    def _open_file(self, path: str) -> dict[tuple[str, int], float | None]:
+    def _open_file(self, path: str) -> "dict[tuple[str, int], float | None] | DoneSamples":
         if os.path.isdir(path):
             raise UsageError(f"--output_file {path} is a directory")
         if os.path.exists(path) and not os.path.isfile(path):  # a pipe or a device: appended to as it is
@@ -2055,14 +2096,28 @@ class OutputFile:
                 raise PermissionError(path)
             # The old records stay where they are until the run is known to work (commit).
             self._pending_replacement = self._sibling("new")
-            self.writer = trajectory.JsonlWriter(self._pending_replacement)
+            self.writer = trajectory.JsonlWriter(
+                self._pending_replacement, index_source=self._index_source, index_file=self._pending_index()
+            )
             return {}
         if not os.path.exists(self.target):
-            self.writer = trajectory.JsonlWriter(self.target)
+            self.writer = trajectory.JsonlWriter(self.target, index_source=self._index_source)
             return {}
         if not os.access(self.target, os.W_OK):
             raise PermissionError(path)
-        compacted = trajectory.compact_for_resume(self.target, compaction_path=self._sibling("compact"))
+        prompts = self._prompts
+        source = None
+        if prompts is not None:
+            source = trajectory.PromptsSource(prompts.source_tag, prompts.file_rows, prompts.locate)
+        compacted = trajectory.compact_for_resume(
+            self.target, compaction_path=self._sibling("compact"), source=source, index=True
+        )
+        log.debug(
+            "resume: %d line(s) of %s taken from its index, %d parsed",
+            compacted.indexed_lines,
+            path,
+            compacted.parsed_lines,
+        )
         self._check_settings(compacted.settings)
         dropped = []
         if compacted.dropped_retryable:
@@ -2075,8 +2130,14 @@ class OutputFile:
             dropped.append(f"{compacted.dropped_duplicates} duplicate record(s)")
         if dropped:
             log.warning("resume: dropped %s from %s; those tasks run again", " and ".join(dropped), path)
-        self.writer = trajectory.JsonlWriter(self.target)
+        self.writer = trajectory.JsonlWriter(self.target, index_source=self._index_source)
+        if prompts is not None:  # records of tasks that are not among the prompts are kept, but not the run's
+            return DoneSamples(prompts, compacted.by_row)
         return compacted.done
+
+    def _pending_index(self) -> str:
+        """--overwrite's new file's index (removed with it as a leftover; renamed with it at commit)."""
+        return self._sibling("new") + ".index"
 
     def _sibling(self, kind: str) -> str:
         directory, name = os.path.split(self.target)
@@ -2139,6 +2200,14 @@ class OutputFile:
         if pending is None:
             return
         os.replace(pending, self.target)  # the writer's descriptor follows the file: appends continue in it
+        # Then its index (the writer's descriptor follows it too). A crash between the two leaves the old index
+        # beside the new file: it names the old file (st_ino), so resume parses every line instead of trusting it.
+        index = self._pending_index()
+        if os.path.exists(index):
+            os.replace(index, trajectory.index_path(self.target))
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(trajectory.index_path(self.target))
         trajectory.sync_directory(os.path.dirname(self.target))
 
     def close(self, keep: bool) -> None:
@@ -2150,12 +2219,68 @@ class OutputFile:
             if keep:
                 self.commit()
             else:
-                with contextlib.suppress(OSError):
-                    os.unlink(self._pending_replacement)
+                for leftover in (self._pending_replacement, self._pending_index()):
+                    with contextlib.suppress(OSError):
+                        os.unlink(leftover)
                 self._pending_replacement = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # the lock file stays: removing it would race with a runner opening it
             self._lock_fd = None
+
+
+class DoneSamples:
+    """The samples of a prompts file's prompts already finished in the output, by row, as resume found them (see
+    trajectory.compact_for_resume), plus those this run finishes: what the schedule skips and the summary counts.
+
+    Read like the mapping (task_id, sample_index) -> reward it stands for, without holding one: an output of
+    1,000,000 records took 354 MB as a dict of tuples (bench/bench_input.py), here 4 bytes a row for each sample
+    and 8 a record (its reward).
+    Iterating it reads the prompts' ids back from the file (the summary's pass figures and --until_passed only)."""
+
+    def __init__(self, prompts: PromptFile, by_row: dict[int, trajectory.RowSamples]):
+        self.prompts = prompts
+        rows = prompts._rows
+        self._by_position = {
+            sample: (samples.entries[rows.start : rows.stop : rows.step], samples) for sample, samples in by_row.items()
+        }
+        """sample_index -> (the record of each position of the run's prompts: -1 none, its place in the rewards)."""
+        self.added: dict[tuple[str, int], float | None] = {}
+        """This run's final samples."""
+
+    def pending_positions(self, sample_index: int) -> array:
+        """Positions of the run's prompts with no final record of ``sample_index``, last first."""
+        last = len(self.prompts) - 1
+        if sample_index not in self._by_position:
+            return array("q", range(last, -1, -1))
+        entries = self._by_position[sample_index][0]
+        missing = map(operator.lt, reversed(entries), itertools.repeat(0))
+        return array("q", itertools.compress(range(last, -1, -1), missing))
+
+    def count_below(self, samples: int) -> int:
+        """The samples found at resume with a sample_index below ``samples``."""
+        return sum(
+            len(entries) - entries.count(-1) for sample, (entries, _) in self._by_position.items() if sample < samples
+        )
+
+    def __len__(self) -> int:
+        return self.count_below(1 << 62) + len(self.added)
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def __setitem__(self, key: tuple[str, int], reward: float | None) -> None:
+        self.added[key] = reward
+
+    def items(self) -> Iterator[tuple[tuple[str, int], float | None]]:
+        if self._by_position:
+            for position, task_id in enumerate(self.prompts.task_ids()):
+                for sample, (entries, samples) in self._by_position.items():
+                    if entries[position] >= 0:
+                        yield (task_id, sample), samples.reward(self.prompts._rows[position])
+        yield from self.added.items()
+
+    def __iter__(self) -> Iterator[tuple[str, int]]:
+        return (key for key, _ in self.items())
 
 
 @dataclass(frozen=True)
@@ -2184,13 +2309,17 @@ class SampleSchedule:
         prompts: Sequence[Prompt],
         samples: int,
         until_passed: int | None,
-        done: dict[tuple[str, int], float | None],
+        done: "dict[tuple[str, int], float | None] | DoneSamples",
         prompt_ids: Sequence[str] | None = None,
     ):
         """``prompt_ids``: the prompts' task_ids when the caller has read them already (one pass over a file less)."""
         self.prompts = prompts
         self.until_passed = until_passed
-        self.passed: Counter[str] = Counter(task_id for (task_id, _), reward in done.items() if reward == 1.0)
+        if isinstance(done, DoneSamples) and until_passed is not None:  # counts per prompt: the ids are read anyway
+            done = dict(done.items())
+        self.passed: Counter[str] = Counter()
+        if until_passed is not None:
+            self.passed.update(task_id for (task_id, _), reward in done.items() if reward == 1.0)
         self.running: Counter[str] = Counter()
         self.waiting: Counter[str] = Counter()
         """Samples of a prompt not started yet (zeroed when the prompt needs no more); with --until_passed only."""
@@ -2201,6 +2330,8 @@ class SampleSchedule:
         if not done and until_passed is None:  # a fresh run: every sample of every prompt, nothing to read
             for round_ in self.rounds:
                 round_.extend(range(len(prompts) - 1, -1, -1))
+        elif isinstance(done, DoneSamples):  # by row: nothing is read, no Python code runs per prompt
+            self.rounds = [done.pending_positions(sample_index) for sample_index in range(samples)]
         else:
             for position, task_id in enumerate(task_ids(prompts) if prompt_ids is None else prompt_ids):
                 if until_passed is not None:
@@ -2284,9 +2415,9 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
     tools = [terminal_tool(config)]
     system_prompt = render_system_prompt(config.system_prompt or DEFAULT_SYSTEM_PROMPT, config.env.env_type)
     output = OutputFile(config, config_hash(data_settings(config, system_prompt, tools)))
-    done = output.open()
+    done = output.open(prompts)
     ids: list[str] | None = None
-    if done:  # read once, for the filter here and the schedule's rounds
+    if done and not isinstance(done, DoneSamples):  # read once, for the filter here and the schedule's rounds
         ids = list(task_ids(prompts))
         known = set(ids)
         if any(task_id not in known for task_id, _ in done):
@@ -2294,7 +2425,10 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
         del known
     schedule = SampleSchedule(prompts, config.samples, config.until_passed, done, ids)
     del ids
-    skipped = sum(1 for _, sample_index in done if sample_index < config.samples)
+    if isinstance(done, DoneSamples):
+        skipped = done.count_below(config.samples)
+    else:
+        skipped = sum(1 for _, sample_index in done if sample_index < config.samples)
     # The schedule has read ``done``: it becomes the outcomes' rewards (no copy: an output may hold 1,000,000).
     outcomes = SampleOutcomes(
         rewards=done, prompt_count=len(prompts), verified_ids=VerifiedIds(prompts, config), k=config.samples

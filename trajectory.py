@@ -7,15 +7,22 @@ flight; the reader tolerates the torn last line such a crash can leave. Imports 
 
 from __future__ import annotations
 
+import bisect
+import collections
+import contextlib
+import hashlib
+import itertools
 import json
 import json.scanner
 import math
+import operator
 import os
 import stat
+import struct
 import threading
 from array import array
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 
 EXIT_REASONS = ("completed", "max_iterations", "api_error", "context_length", "env_error", "timeout", "interrupted")
 RETRYABLE_EXIT_REASONS = frozenset({"api_error", "env_error", "interrupted"})
@@ -290,30 +297,42 @@ def record_line(record: dict) -> bytes:
 class JsonlWriter:
     """Appends whole records, one ``write`` per line, flushed and synced, safe to share between threads.
 
-    ``path`` "-" writes to stdout (no sync: a pipe has nothing to sync).
+    ``path`` "-" writes to stdout (no sync: a pipe has nothing to sync). With ``index_source`` (a regular file only),
+    every line also gets an entry in the resume index beside it (see :func:`index_path`): what resume needs of the
+    record without parsing it. ``index_source`` is the tag of the prompts the records come from (0: none known).
     """
 
-    def __init__(self, path: str, sync: bool = True):
+    def __init__(self, path: str, sync: bool = True, index_source: int | None = None, index_file: str | None = None):
         self.path = path
         self._lock = threading.Lock()
+        self._index_fd = -1
+        self._index_source = index_source or 0
         if path == "-":
             self._fd = os.dup(1)
             self._sync = False
         else:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             # Only a regular file can be synced: a FIFO or a device (/dev/null) answers fsync with EINVAL.
-            self._sync = sync and stat.S_ISREG(os.fstat(self._fd).st_mode)
+            regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
+            self._sync = sync and regular
+            if index_source is not None and regular:
+                with contextlib.suppress(OSError):  # the index only saves work: without it, resume parses
+                    self._index_fd = _open_index_for_append(index_file or index_path(path), self._fd)
         self.written = 0
 
     def write(self, record: dict) -> None:
         data = record_line(record)
+        entry = _index_entry(record, len(data), self._index_source) if self._index_fd >= 0 else None
         with self._lock:
             view = memoryview(data)
             while view:  # O_APPEND + one buffer: a line is never interleaved with another writer's bytes
                 written = os.write(self._fd, view)
                 view = view[written:]
-            if self._sync:
-                os.fsync(self._fd)
+            if entry is not None:  # where the line landed: the file's end after it (O_APPEND) less its length
+                end = os.lseek(self._fd, 0, os.SEEK_CUR)
+                os.write(self._index_fd, _pack_entry(end - len(data), *entry))
+            if self._sync:  # the line only: an entry lost with the machine costs the next resume a full parse, and
+                os.fsync(self._fd)  # one that outlives its line points past the file's end, so it is not trusted
             self.written += 1
 
     def close(self) -> None:
@@ -321,12 +340,274 @@ class JsonlWriter:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+            if self._index_fd >= 0:
+                os.close(self._index_fd)
+                self._index_fd = -1
 
     def __enter__(self) -> JsonlWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The resume index: what resume needs of each record, so a resumed run need not parse 1,000,000 lines
+# ---------------------------------------------------------------------------------------------------------------
+# Parsing a 677-byte record takes 5.6 us with json's scanner, and an output of 1,000,000 records took 16 s and 351 MB
+# to resume (bench/bench_input.py). The writer appends one fixed-size entry per line to ``.NAME.index`` beside the
+# output; resume trusts it only when it provably describes the file as it is (see _trusted_index), and parses every
+# line as before otherwise. A record is never lost through the index: it only ever decides which lines need not be
+# parsed, and compaction copies lines byte for byte whichever way they were read.
+
+INDEX_MAGIC = b"MSRINDX1"
+_INDEX_HEADER = struct.Struct("<8sqq40x")
+"""magic, the output's st_dev and st_ino (the file the entries describe); 64 bytes."""
+_INDEX_ENTRY = struct.Struct("<qdqqIIII")
+"""offset, reward (NaN for null), settings tag, source tag (8 bytes each), length, row, sample_index, flags (4 bytes
+each); 48 bytes. ``row`` is the record's row in the prompts its source tag names (0: no prompts file known, the row
+means nothing); the settings tag is :func:`settings_tag` of ``metadata.config_hash``. Read back a field at a time
+over many entries (see _field): 8-byte fields at 8-byte places, 4-byte fields at 4-byte places."""
+INDEX_RETRYABLE = 1
+"""Flag: resume drops this record (see :func:`is_retryable`)."""
+INDEX_PARSE = 2
+"""Flag: the record's fields are not of the usual types: resume parses the line (as it does without an index)."""
+_INDEX_CHUNK = 65536
+"""Entries read at a time (3 MB): the index of 1,000,000 records (48 MB) is never held whole."""
+_NEWLINE_WINDOW = 16 << 20
+"""Bytes of the output mapped at a time to check the line ends: mapped pages count as the process's memory."""
+
+
+def index_path(path: str) -> str:
+    """The resume index beside an output (hidden, like the output's ``.NAME.lock``)."""
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f".{name}.index")
+
+
+def stable_tag(text: str) -> int:
+    """A 64-bit tag of ``text`` that is the same in every process (Python's hash() of a str is not), never 0."""
+    value = int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+    return (value - (1 << 64) if value >= 1 << 63 else value) or 1
+
+
+def settings_tag(config_hash: str) -> int:
+    return stable_tag("settings\0" + config_hash)
+
+
+def _config_hash(record: dict) -> str:
+    metadata = record.get("metadata")
+    return str(metadata.get("config_hash") or "") if isinstance(metadata, dict) else ""
+
+
+def _is_count(value: object) -> bool:
+    return type(value) is int and 0 <= value < _COUNT_LIMIT
+
+
+def _pack_entry(
+    offset: int, length: int, row: int, sample: int, reward: float, settings: int, source: int, flags: int
+) -> bytes:
+    return _INDEX_ENTRY.pack(offset, reward, settings, source, length, row, sample, flags)
+
+
+def _index_entry(record: dict, length: int, source: int) -> tuple:
+    """The fields of a record's entry after its offset (known once the line is written), as _pack_entry takes them."""
+    row, sample = record.get("prompt_index"), record.get("sample_index", 0)
+    flags = INDEX_RETRYABLE if is_retryable(record) else 0
+    if not (isinstance(record.get("task_id"), str) and _is_count(row) and _is_count(sample)):
+        flags, row, sample = flags | INDEX_PARSE, 0, 0
+    reward = _reward_value(record.get("reward"))
+    return (
+        length,
+        row,
+        sample,
+        math.nan if reward is None else reward,
+        settings_tag(_config_hash(record)),
+        source,
+        flags,
+    )
+
+
+def _index_header(status: os.stat_result) -> bytes:
+    return _INDEX_HEADER.pack(INDEX_MAGIC, status.st_dev, status.st_ino)
+
+
+def _open_index_for_append(path: str, output_fd: int) -> int:
+    """The index at ``path``, ready for appending: continued when it describes the whole output as it is, started
+    afresh for an empty output, else emptied and not written (the next resume parses every line, and writes it
+    anew); -1 then."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        output = os.fstat(output_fd)
+        index = os.fstat(fd)
+        whole = _INDEX_HEADER.size + (index.st_size - _INDEX_HEADER.size) // _INDEX_ENTRY.size * _INDEX_ENTRY.size
+        current = (
+            index.st_size >= _INDEX_HEADER.size
+            and os.pread(fd, _INDEX_HEADER.size, 0) == _index_header(output)
+            and output.st_mtime_ns <= index.st_mtime_ns
+            and _covered_end(fd, whole) == output.st_size
+        )
+        if current:
+            if whole != index.st_size:  # a torn last entry: its line is not covered
+                os.ftruncate(fd, whole)
+                current = _covered_end(fd, whole) == output.st_size
+        if not current:
+            os.ftruncate(fd, 0)
+            if output.st_size != 0:
+                os.close(fd)
+                return -1
+            os.write(fd, _index_header(output))
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _covered_end(fd: int, size: int) -> int:
+    """Where the last whole entry of an index ends in its output (0 without entries)."""
+    if size <= _INDEX_HEADER.size:
+        return 0
+    entry = _INDEX_ENTRY.unpack(os.pread(fd, _INDEX_ENTRY.size, size - _INDEX_ENTRY.size))
+    return entry[0] + entry[4]
+
+
+_OTHER_SOURCE = 4
+"""Flag, in memory only: the entry was not written against the prompts resume matches against (or none are
+known), so its row means nothing here: resume finds its row by its task_id."""
+_COUNT_LIMIT = 1 << 32
+"""Rows, sample indexes and line lengths are kept in 4 bytes each: beyond, the index is not used."""
+
+
+@dataclass
+class _IndexColumns:
+    """What resume keeps of each valid line, one compact array per field, in file order: about 23 bytes a record
+    (1,000,000 records: 26 MB; the entries themselves take 48 MB)."""
+
+    lengths: array
+    """"I": the line's length in bytes."""
+    rows: array
+    """"I": the row of its task among the prompts (meaningless with _OTHER_SOURCE or INDEX_PARSE)."""
+    samples: array
+    """"I": its sample_index."""
+    rewards: array
+    """"d": its reward, NaN for null."""
+    settings: array
+    """"H": its settings tag's place in ``tags``."""
+    flags: array
+    """"I": INDEX_RETRYABLE, INDEX_PARSE, _OTHER_SOURCE."""
+    tags: list[int] = field(default_factory=list)
+    tag_ids: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def offsets(self) -> Iterator[int]:
+        return itertools.accumulate(self.lengths, initial=0)
+
+    def settings_id(self, tag: int) -> int:
+        if (found := self.tag_ids.get(tag)) is None:
+            found = self.tag_ids[tag] = len(self.tags)
+            self.tags.append(tag)
+        return found
+
+
+def _empty_columns(count: int = 0) -> _IndexColumns:
+    """Columns for ``count`` entries, allocated at once (grown by appends, an array may take twice its size)."""
+    return _IndexColumns(*(array(code, bytes(count * array(code).itemsize)) for code in "IIIdHI"))
+
+
+def _trusted_index(path: str, source_tag: int = 0) -> _IndexColumns | None:
+    """The index of ``path`` when it provably describes the file as it is, else None (resume then parses).
+
+    Provably: the index names this very file (st_dev, st_ino: a file replaced by a rewrite, a copy or ``grep -v >``
+    is another), nothing was written to the file after the index's last entry (mtime: a hand edit, an append by an
+    older version, a crash between a line and its entry), its entries tile the file from its first byte to its last
+    and every line ends with a newline where its entry says. A torn last entry (a crash mid-entry) leaves the file's
+    end uncovered, so it is not trusted either. Read a chunk at a time: 1,000,000 entries in about 0.4 s."""
+    try:
+        with open(index_path(path), "rb") as index, open(path, "rb") as output:
+            index_status, output_status = os.fstat(index.fileno()), os.fstat(output.fileno())
+            if index.read(_INDEX_HEADER.size) != _index_header(output_status):
+                return None
+            if output_status.st_mtime_ns > index_status.st_mtime_ns:
+                return None
+            if (index_status.st_size - _INDEX_HEADER.size) % _INDEX_ENTRY.size:
+                return None
+            count = (index_status.st_size - _INDEX_HEADER.size) // _INDEX_ENTRY.size
+            columns = _empty_columns(count)
+            first = end = 0
+            while chunk := index.read(_INDEX_CHUNK * _INDEX_ENTRY.size):
+                entries = memoryview(chunk)
+                size = len(chunk) // _INDEX_ENTRY.size
+                if len(chunk) % _INDEX_ENTRY.size or first + size > count:
+                    return None  # the index grew while being read: not ours to judge
+                lengths = _field(entries, 4)
+                ends = array("q", itertools.accumulate(lengths, initial=end))
+                if _field(entries, 0) != ends[:-1] or 0 in lengths:
+                    return None
+                if not _ends_are_newlines(output.fileno(), ends):
+                    return None
+                end = ends[-1]
+                tags, sources, flags = _field(entries, 2), _field(entries, 3), _field(entries, 7)
+                for tag in set(tags):
+                    columns.settings_id(tag)
+                if len(columns.tags) >= 1 << 16:
+                    return None
+                if sources.count(source_tag) != size or not source_tag:
+                    other = map(operator.ne, sources, itertools.repeat(source_tag or None))
+                    flags = array(
+                        "I", map(operator.or_, flags, map(operator.mul, other, itertools.repeat(_OTHER_SOURCE)))
+                    )
+                part = slice(first, first + size)
+                columns.lengths[part] = lengths
+                columns.rows[part] = _field(entries, 5)
+                columns.samples[part] = _field(entries, 6)
+                columns.rewards[part] = _field(entries, 1)
+                if len(columns.tags) == 1:
+                    columns.settings[part] = array("H", [0]) * size
+                else:
+                    columns.settings[part] = array("H", map(columns.tag_ids.__getitem__, tags))
+                columns.flags[part] = flags
+                first += size
+            if first != count or end != output_status.st_size:
+                return None
+            return columns
+    except (OSError, ValueError):
+        return None
+
+
+def _ends_are_newlines(fd: int, ends: array) -> bool:
+    """Whether the lines from ``ends[0]`` to ``ends[1]``, ``ends[1]`` to ``ends[2]``... each end with a newline, mapping
+    the file a window at a time (the pages touched count as ours while mapped: all at once, 690 MB for 1,000,000
+    records)."""
+    import mmap
+
+    first = 1
+    start = ends[0] // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
+    while first < len(ends):
+        size = min(_NEWLINE_WINDOW, ends[-1] - start)
+        last = bisect.bisect_right(ends, start + size, lo=first)
+        if last == first:  # one line longer than the window: map up to its end
+            size = ends[first] - start
+            last = first + 1
+        with mmap.mmap(fd, size, access=mmap.ACCESS_READ, offset=start) as window:
+            at = map(operator.sub, ends[first:last], itertools.repeat(start + 1))
+            if bytes(map(window.__getitem__, at)).count(10) != last - first:
+                return False
+        # The next window starts on a page boundary at or before the next line's first byte.
+        start = ends[last - 1] // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
+        first = last
+    return True
+
+
+_FIELD_PLACES = ((0, "q"), (1, "d"), (2, "q"), (3, "q"), (8, "I"), (9, "I"), (10, "I"), (11, "I"))
+"""Per field of _INDEX_ENTRY: its place in an entry counted in its own size, and its array type."""
+
+
+def _field(entries: memoryview, number: int) -> array:
+    """One field of every entry in ``entries``, as an array (a strided copy: no Python code per entry)."""
+    place, code = _FIELD_PLACES[number]
+    column = array(code)
+    view = entries.cast(code)
+    column.frombytes(view[place :: _INDEX_ENTRY.size // view.itemsize].tobytes())
+    return column
 
 
 @dataclass
@@ -353,22 +634,61 @@ def read_records(path: str) -> ReadResult:
 
 
 @dataclass
+class PromptsSource:
+    """The prompts a resumed run matches the output's records against (the runner's prompts file)."""
+
+    tag: int
+    """What the writer named them by in the index (``index_source``): its entries with this tag were written
+    against these very prompts, so their ``row`` is their task's row here."""
+    rows: int
+    locate: Callable[[str], int | None]
+    """The row of a task_id among the prompts, or None: for the records the index does not place."""
+
+
+@dataclass
+class RowSamples:
+    """The final records of one sample_index kept in the file, by the row of their task among the prompts."""
+
+    entries: array
+    """row -> the record's place in ``rewards`` (-1: no final record of this sample)."""
+    rewards: array
+    """The records' rewards (NaN for null)."""
+
+    def reward(self, row: int) -> float | None:
+        value = self.rewards[self.entries[row]]
+        return None if math.isnan(value) else value
+
+    def count(self) -> int:
+        return len(self.entries) - self.entries.count(-1)
+
+
+@dataclass
 class CompactResult:
     done: dict[tuple[str, int], float | None]
-    """(task_id, sample_index) of every final record kept in the file, with its reward."""
+    """(task_id, sample_index) of every final record kept in the file, with its reward; with a ``source``, only
+    those whose task is not among its prompts (the others are in ``by_row``)."""
     dropped_retryable: int
     dropped_bad_lines: int
     dropped_duplicates: int
     settings: dict[str, dict]
     """metadata.config_hash of the kept records -> the metadata of one of them (what resume compares)."""
+    by_row: dict[int, RowSamples] = field(default_factory=dict)
+    """With a ``source``: sample_index -> the final records kept whose task is among its prompts."""
+    parsed_lines: int = 0
+    """Lines parsed as JSON: every line without an index that describes the file; with one, those it could not place
+    on a row, and the first record of each settings hash (for the settings check)."""
+    indexed_lines: int = 0
+    """Records taken from the index: placed on their row (or dropped as retryable) without parsing their line."""
 
     @property
     def done_ids(self) -> set[str]:
-        """task_ids with at least one final record kept in the file."""
+        """task_ids with at least one final record kept in the file (without a ``source``)."""
         return {task_id for task_id, _ in self.done}
 
 
-def compact_for_resume(path: str, compaction_path: str | None = None) -> CompactResult:
+def compact_for_resume(
+    path: str, compaction_path: str | None = None, source: PromptsSource | None = None, index: bool = False
+) -> CompactResult:
     """Rewrite ``path`` atomically keeping one final record per (task_id, sample_index); retryable (see
     :func:`is_retryable`) and torn records are dropped.
 
@@ -377,41 +697,288 @@ def compact_for_resume(path: str, compaction_path: str | None = None) -> Compact
     bench/bench_input.py). Only when something is dropped is the file rewritten, by copying the kept lines byte for
     byte to ``compaction_path`` (a temporary file beside it by default), synced, then renamed over the original, so
     a crash during compaction leaves either the old file or the new one, never a mix.
+
+    ``index``: use and keep the resume index beside ``path`` (see :func:`_trusted_index`): lines it describes are
+    not parsed, and when the file is rewritten or had to be parsed, the index is written anew for it. ``source``:
+    records are matched to these prompts by row (``by_row``) instead of by key (``done``).
     """
-    kept: dict[tuple[str, int], int] = {}
-    """(task_id, sample_index) -> its last final line's entry in the arrays below (compact: no tuple per key)."""
-    offsets, lengths, rewards, hashes = array("q"), array("q"), array("d"), array("I")
-    """Where the line is, its reward (NaN for null) and its settings hash (an index into ``first_metadata``)."""
-    first_metadata: dict[str, tuple[int, dict]] = {}
+    tag = source.tag if source is not None else 0
+    if index and source is not None and (columns := _trusted_index(path, tag)) is not None:
+        with contextlib.suppress(_IndexDisagrees):
+            return _compact(path, _IndexedLines(path, columns), compaction_path, source, index)
+    return _compact(path, _ParsedLines(path, source), compaction_path, source, index)
+
+
+class _IndexDisagrees(Exception):
+    """A line the index points at is not the record it describes: the index is not used."""
+
+
+class _Lines:
+    """The valid lines of an output, as columns (the index's fields), whichever way they were read."""
+
+    columns: _IndexColumns
+    bad: int = 0
+    blank: bool = False
+    ends_with_newline: bool = True
+
+    def key(self, entry: int) -> tuple[str, int]:
+        raise NotImplementedError
+
+    def metadata(self, entry: int) -> tuple[str, dict]:
+        raise NotImplementedError
+
+
+class _IndexedLines(_Lines):
+    def __init__(self, path: str, columns: _IndexColumns):
+        self.path, self.columns = path, columns
+        self.offsets: array | None = None
+        self.parsed = 0
+        self.keys_read = 0
+        """Lines parsed because their entry could not place them (the others are not parsed, but one per settings
+        hash, for the settings check)."""
+
+    def _record(self, entry: int) -> dict:
+        if self.offsets is not None:
+            offset = self.offsets[entry]
+        elif entry < 4096:  # the settings check reads the first record of each settings hash: usually the first
+            offset = sum(itertools.islice(self.columns.lengths, entry))
+        else:
+            self.offsets = array("q", self.columns.offsets)
+            offset = self.offsets[entry]
+        with open(self.path, "rb") as handle:  # few lines are read this way: their entries cannot place them
+            handle.seek(offset)
+            record = _parse_record_line(handle.read(self.columns.lengths[entry]))
+        self.parsed += 1
+        if record is None:
+            raise _IndexDisagrees
+        return record
+
+    def key(self, entry: int) -> tuple[str, int]:
+        self.keys_read += 1
+        return record_key(self._record(entry))
+
+    def metadata(self, entry: int) -> tuple[str, dict]:
+        record = self._record(entry)
+        config_hash = _config_hash(record)
+        if settings_tag(config_hash) != self.columns.tags[self.columns.settings[entry]]:
+            raise _IndexDisagrees
+        metadata = record.get("metadata")
+        return config_hash, metadata if isinstance(metadata, dict) else {}
+
+
+class _ParsedLines(_Lines):
+    """Every line parsed (no index describes the file). A record whose task is among ``source``'s prompts is placed
+    on its row here; the others keep their key, and the first record of each settings hash its metadata."""
+
+    def __init__(self, path: str, source: PromptsSource | None):
+        self.columns = columns = _empty_columns()
+        self.keys: dict[int, tuple[str, int]] = {}
+        self.first: dict[int, tuple[str, dict]] = {}
+        self.starts = array("q")
+        self.parsed = self.bad = 0
+        self.blank = False
+        end = 0
+        with open(path, "rb") as handle:
+            for raw in handle:
+                start, end = end, end + len(raw)
+                if not raw.strip():
+                    self.blank = True
+                    continue
+                record = _parse_record_line(raw)
+                self.parsed += 1
+                if record is None:
+                    self.bad += 1
+                    continue
+                _, _, _, reward, tag, _, flags = _index_entry(record, len(raw), 0)
+                task_id, sample = key = record_key(record)
+                row = source.locate(task_id) if source is not None and not flags & INDEX_PARSE else None
+                if row is None or not _is_count(sample):
+                    row, sample, flags = 0, 0, flags | _OTHER_SOURCE
+                    self.keys[len(self.starts)] = key
+                settings = columns.settings_id(tag)
+                if settings not in self.first:
+                    metadata = record.get("metadata")
+                    self.first[settings] = (_config_hash(record), metadata if isinstance(metadata, dict) else {})
+                self.starts.append(start)
+                columns.lengths.append(len(raw))
+                columns.rows.append(row)
+                columns.samples.append(sample)
+                columns.rewards.append(reward)
+                columns.settings.append(settings)
+                columns.flags.append(flags)
+        self.ends_with_newline = _ends_with_newline(path)
+
+    def key(self, entry: int) -> tuple[str, int]:
+        return self.keys[entry]
+
+    def metadata(self, entry: int) -> tuple[str, dict]:
+        return self.first[self.columns.settings[entry]]
+
+
+def _compact(
+    path: str, lines: _Lines, compaction_path: str | None, source: PromptsSource | None, index: bool
+) -> CompactResult:
+    columns = lines.columns
+    count = len(columns.lengths)
+    by_row, keyed, retryable, duplicates = _place(lines, source)
+    kept_entries: Iterable[int]
+    if duplicates or retryable:
+        placed = (_kept_of(rows.entries) for rows in by_row.values())
+        kept_entries = sorted(itertools.chain(keyed.values(), *placed))
+    else:
+        kept_entries = range(count)
+    # The settings of the records kept, in file order (a superseded record's do not count).
+    settings: dict[str, dict] = {}
+    seen_tags: set[int] = set()
+    for entry in kept_entries if (duplicates or retryable) else _first_of_each(columns.settings):
+        tag = columns.settings[entry]
+        if tag not in seen_tags:
+            seen_tags.add(tag)
+            config_hash, metadata = lines.metadata(entry)
+            settings.setdefault(config_hash, metadata)
+    rewrite = bool(retryable or lines.bad or duplicates or not lines.ends_with_newline or (index and lines.blank))
+    newline_added = -1
+    if rewrite:
+        starts = lines.starts if isinstance(lines, _ParsedLines) else array("q", columns.offsets)
+        if count and not lines.ends_with_newline and starts[-1] + columns.lengths[-1] == os.path.getsize(path):
+            newline_added = count - 1  # the last line, cut before its newline: copied with one
+        places = ((starts[entry], columns.lengths[entry]) for entry in kept_entries)
+        _atomic_write(path, _kept_lines(path, places), compaction_path)
+    if index and (rewrite or isinstance(lines, _ParsedLines)):
+        tag = source.tag if source is not None else 0
+        with contextlib.suppress(OSError):  # a stale index left beside the file names another file, or lies behind it
+            _write_index(path, columns, kept_entries, newline_added, tag, compaction_path)
+    rewards = columns.rewards
+    done = {key: None if math.isnan(rewards[entry]) else rewards[entry] for key, entry in keyed.items()}
+    result = CompactResult(done, retryable, lines.bad, duplicates, settings, by_row)
+    result.parsed_lines = lines.parsed
+    result.indexed_lines = count - lines.keys_read if isinstance(lines, _IndexedLines) else 0
+    return result
+
+
+def _kept_of(entries: array) -> Iterator[int]:
+    return itertools.compress(entries, map(operator.ge, entries, itertools.repeat(0)))
+
+
+def _first_of_each(values: array) -> list[int]:
+    """The first entry of each distinct value, in file order."""
+    return sorted(values.index(value) for value in set(values))
+
+
+def _place(lines: _Lines, source: PromptsSource | None) -> tuple[dict[int, RowSamples], dict, int, int]:
+    """Which record of each sample is kept: by_row (records placed on the prompts' rows), keyed (the others), and
+    the counts of retryable and superseded records. Later records supersede earlier ones of the same sample."""
+    columns = lines.columns
+    if source is not None and _placeable_by_tag(columns, source):
+        return _place_by_tag(columns, source)
+    by_row: dict[int, array] = {}
+    keyed: dict[tuple[str, int], int] = {}
     retryable = duplicates = 0
-    bad = [0]
-    for offset, length, record in _valid_lines(path, bad):
-        if is_retryable(record):
+    rows, samples, flags = columns.rows, columns.samples, columns.flags
+    for entry in range(len(columns.lengths)):
+        if flags[entry] & INDEX_RETRYABLE:
             retryable += 1
             continue
-        key = record_key(record)
-        if key in kept:
-            duplicates += 1
-        metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
-        settings_hash = str(metadata.get("config_hash") or "")
-        reward = _reward_value(record.get("reward"))
-        kept[key] = len(offsets)
-        offsets.append(offset)
-        lengths.append(length)
-        rewards.append(math.nan if reward is None else reward)
-        hashes.append(first_metadata.setdefault(settings_hash, (len(first_metadata), metadata))[0])
-    # The settings of the records kept, in the order their keys first appear (a superseded record's do not count).
-    metadata_at = {index: (settings_hash, metadata) for settings_hash, (index, metadata) in first_metadata.items()}
-    settings: dict[str, dict] = {}
-    for entry in kept.values():
-        settings_hash, metadata = metadata_at[hashes[entry]]
-        settings.setdefault(settings_hash, metadata)
-    # A last line cut just before its newline still parses; end it, or the next append would join it.
-    if retryable or bad[0] or duplicates or not _ends_with_newline(path):
-        places = ((offsets[entry], lengths[entry]) for entry in kept.values())
-        _atomic_write(path, _kept_lines(path, places), compaction_path)
-    done = {key: None if math.isnan(rewards[entry]) else rewards[entry] for key, entry in kept.items()}
-    return CompactResult(done, retryable, bad[0], duplicates, settings)
+        if source is not None and not flags[entry] & (INDEX_PARSE | _OTHER_SOURCE):
+            row, sample = rows[entry], samples[entry]
+            if row >= source.rows:
+                raise _IndexDisagrees  # written against these prompts, yet past their end
+        else:
+            key = lines.key(entry)
+            row = source.locate(key[0]) if source is not None and not isinstance(lines, _ParsedLines) else None
+            if row is None or not _is_count(key[1]):  # (a _ParsedLines has placed what it could already)
+                duplicates += key in keyed
+                keyed[key] = entry
+                flags[entry] |= _OTHER_SOURCE
+                continue
+            sample = key[1]
+            rows[entry], samples[entry], flags[entry] = row, sample, 0
+        if (entries := by_row.get(sample)) is None:
+            entries = by_row[sample] = array("i", [-1]) * source.rows
+        duplicates += entries[row] >= 0
+        entries[row] = entry
+    placed = {sample: RowSamples(entries, columns.rewards) for sample, entries in by_row.items()}
+    return placed, keyed, retryable, duplicates
+
+
+_MAX_INDEXED_SAMPLES = 1 << 12
+"""Sample indexes placed by the quick way (one array of rows each); a record beyond goes the general way."""
+
+
+def _placeable_by_tag(columns: _IndexColumns, source: PromptsSource) -> bool:
+    """Whether every entry was written against ``source`` with the usual fields (then :func:`_place_by_tag`)."""
+    count = len(columns.lengths)
+    return (
+        count > 0
+        and count < 1 << 31
+        and columns.flags.count(0) + columns.flags.count(INDEX_RETRYABLE) == count
+        and max(columns.rows) < source.rows
+        and max(columns.samples) < _MAX_INDEXED_SAMPLES
+    )
+
+
+def _place_by_tag(columns: _IndexColumns, source: PromptsSource) -> tuple[dict[int, RowSamples], dict, int, int]:
+    """:func:`_place` with no Python code per record (1,000,000 records: about 0.1 s instead of 1.5 s)."""
+    count = len(columns.lengths)
+    final_count = columns.flags.count(0)
+    by_row: dict[int, RowSamples] = {}
+    duplicates = 0
+    sample_values = sorted(set(columns.samples))
+    for sample in sample_values:
+        if len(sample_values) == 1 and final_count == count:  # the usual file: every entry, in order
+            chosen: Iterable[int] = range(count)
+            rows: Iterable[int] = columns.rows
+            size = count
+        else:
+            mask = map(operator.eq, columns.flags, itertools.repeat(0))
+            if len(sample_values) > 1:
+                mask = map(operator.and_, mask, map(operator.eq, columns.samples, itertools.repeat(sample)))
+            chosen = array("i", itertools.compress(range(count), mask))
+            rows = map(columns.rows.__getitem__, chosen)
+            size = len(chosen)
+        if not size:
+            continue
+        entries = array("i", [-1]) * source.rows
+        # In file order: a later record of the same row and sample takes the place of an earlier one.
+        collections.deque(map(entries.__setitem__, rows, chosen), maxlen=0)
+        duplicates += size - (len(entries) - entries.count(-1))
+        by_row[sample] = RowSamples(entries, columns.rewards)
+    return by_row, {}, count - final_count, duplicates
+
+
+def _write_index(
+    path: str, columns: _IndexColumns, kept: Iterable[int], newline_added: int, source_tag: int, temp: str | None
+) -> None:
+    """A new index for ``path`` whose lines are the ``kept`` entries' lines, in order (after a rewrite, or for a file
+    that was read without one), replacing the old one atomically."""
+    directory, name = os.path.split(os.path.abspath(path))
+    temp = (temp or os.path.join(directory, f".{name}.compact-{os.getpid()}")) + ".index"
+    rows, samples, rewards, flags = columns.rows, columns.samples, columns.rewards, columns.flags
+    with open(temp, "wb") as handle:
+        handle.write(_index_header(os.stat(path)))
+        offset, batch = 0, []
+        for entry in kept:
+            length = columns.lengths[entry] + (entry == newline_added)
+            source = 0 if flags[entry] & (INDEX_PARSE | _OTHER_SOURCE) else source_tag
+            settings = columns.tags[columns.settings[entry]]
+            entry_flags = flags[entry] & INDEX_PARSE
+            batch.append(
+                _pack_entry(offset, length, rows[entry], samples[entry], rewards[entry], settings, source, entry_flags)
+            )
+            offset += length
+            if len(batch) == _INDEX_CHUNK:
+                handle.write(b"".join(batch))
+                batch.clear()
+        handle.write(b"".join(batch))
+        handle.flush()
+        os.fsync(handle.fileno())
+        # Its time is its output's at least: a file whose mtime lies ahead (clock skew, a copy that kept a later
+        # time) is described by this index all the same, since it was read whole under the lock just now.
+        output_mtime = os.stat(path).st_mtime_ns
+        if os.fstat(handle.fileno()).st_mtime_ns < output_mtime:
+            os.utime(handle.fileno(), ns=(output_mtime, output_mtime))
+    os.replace(temp, index_path(path))
+    sync_directory(directory)
 
 
 def _valid_lines(path: str, bad_lines: list[int]) -> Iterator[tuple[int, int, dict]]:

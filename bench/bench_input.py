@@ -4,8 +4,10 @@ The real CLI runs in a child process against the scripted server. We measure, si
 - the time from starting the CLI to the first model request arriving at the server,
 - the child's peak RSS up to that moment (VmHWM of its own memory, read just before it is stopped with SIGTERM:
   ru_maxrss from wait4 would carry this process's own peak into every child it starts),
-for (a) a fresh run over a prompts file of N lines, (b) a resume over an output holding N finished records
-of those prompts (only the last prompt is left to run), and (c) the same with N/10, to show the growth.
+for (a) a fresh run over a prompts file of N lines, (b) a resume over an output holding N - 1 finished records
+of those prompts as the runner writes them, with its resume index (only the last prompt is left to run), (c) the
+same resume over a copy of that output, which its index does not describe (every line is parsed, as for an output
+written by an older version), and (d) the same with N/10, to show the growth.
 Then the shell use: a single --task's time and RSS to its first request, and the wall time of --help and of an
 argument error (neither imports the HTTP stack; tests/test_batch.py checks that).
 
@@ -30,13 +32,18 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 
 def write_inputs(directory: Path, lines: int) -> tuple[Path, Path]:
+    """The prompts file, and an output of the N - 1 first tasks as the runner writes it, with its resume index."""
     prompts = directory / f"prompts-{lines}.jsonl"
     output = directory / f"done-{lines}.jsonl"
+    import mini_swe_runner
     import trajectory
 
-    with prompts.open("w") as p, output.open("wb") as o:
+    with prompts.open("w") as p:
         for index in range(lines):
             p.write(json.dumps({"prompt": f"Solve task number {index} and report.", "id": f"task-{index}"}) + "\n")
+    source = mini_swe_runner.PromptFile(str(prompts), mini_swe_runner.RowFormat()).source_tag
+    with trajectory.JsonlWriter(str(output), sync=False, index_source=source) as o:
+        for index in range(lines):
             if index < lines - 1:  # every task but the last is already done
                 record = trajectory.build_record(
                     prompt_index=index,
@@ -51,17 +58,21 @@ def write_inputs(directory: Path, lines: int) -> tuple[Path, Path]:
                     error=None,
                     metadata={"model": "bench", "env_type": "local", "image": None, "timestamp": "2026-01-01"},
                 )
-                o.write(trajectory.record_line(record))
+                o.write(record)
     return prompts, output
 
 
-def first_task(server, prompts: Path | None, output: Path, resume: bool) -> dict:
-    """``prompts`` None: a single --task."""
+def first_task(server, prompts: Path | None, output: Path, resume: bool, index: bool = True) -> dict:
+    """``prompts`` None: a single --task. ``index``: resume with the output's index (False: as an output written
+    by an older version, or whose index no longer describes it: every line is parsed)."""
     from conftest import clean_environ
 
     work = Path(tempfile.mkdtemp(dir=output.parent))
     out = work / "out.jsonl"
-    if resume:
+    if resume and index:  # the very file the runner wrote: its index names it (st_ino), so it is moved, not copied
+        output.rename(out)
+        (output.parent / f".{output.name}.index").rename(work / ".out.jsonl.index")
+    elif resume:
         shutil.copyfile(output, out)  # streamed: this process must not grow by the output's size
     seen = len(server.requests)
     command = [
@@ -117,19 +128,23 @@ def main() -> None:
         for lines in (args.lines // 10, args.lines):
             prompts, output = write_inputs(Path(tmp), lines)
             size = prompts.stat().st_size / 1e6
+            out_size = output.stat().st_size / 1e6
             fresh = first_task(server, prompts, output, resume=False)
+            parsed = first_task(server, prompts, output, resume=True, index=False)
             resumed = first_task(server, prompts, output, resume=True)
-            rows.append((lines, size, output.stat().st_size / 1e6, fresh, resumed))
+            rows.append((lines, size, out_size, fresh, resumed, parsed))
         print(
             f"{'lines':>9} {'prompts MB':>10} {'fresh: s':>9} {'RSS MB':>7} {'output MB':>9} {'resume: s':>9} "
-            f"{'RSS MB':>7}"
+            f"{'RSS MB':>7} {'no index: s':>11} {'RSS MB':>7}"
         )
-        for lines, size, out_size, fresh, resumed in rows:
+        for lines, size, out_size, fresh, resumed, parsed in rows:
             print(
                 f"{lines:>9} {size:>10.0f} {fresh['seconds']:>9.2f} {fresh['peak_rss_mb']:>7.0f} {out_size:>9.0f} "
-                f"{resumed['seconds']:>9.2f} {resumed['peak_rss_mb']:>7.0f}"
+                f"{resumed['seconds']:>9.2f} {resumed['peak_rss_mb']:>7.0f} "
+                f"{parsed['seconds']:>11.2f} {parsed['peak_rss_mb']:>7.0f}"
             )
         print(f"targets at {args.lines:,} lines: first task in < 3 s, peak RSS < 150 MB (fresh run and resume)")
+        print("no index: the same resume over a copy of the output (its index names the original): every line parsed")
         single = first_task(server, None, Path(tmp) / "single.jsonl", resume=False)
         python = time.perf_counter()
         subprocess.run([sys.executable, "-c", "pass"])

@@ -1,0 +1,341 @@
+"""The resume index (.NAME.index beside an output): written by the writer, trusted by resume only while it provably
+describes the file, and never a way to lose a record or to let a damaged line pass as one.
+
+Each case compares what resume found with what a full parse of the file says (read_records), and checks through
+CompactResult's counters which way the file was read: ``indexed_lines`` (placed from the index, not parsed) and
+``parsed_lines``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import read_jsonl, run_cli
+from model_server import ScriptedModelServer, reply
+
+import trajectory
+from trajectory import JsonlWriter, PromptsSource, build_record, compact_for_resume, index_path, read_records
+
+ROOT = Path(__file__).resolve().parent.parent
+TAG = 0x5EED_0F_1D
+ROWS = 50
+
+
+def record(row: int, sample: int = 0, exit_reason: str = "completed", reward: float | None = None, **metadata):
+    verification = None
+    if reward is not None:
+        verification = {"passed": reward == 1.0, "exit_code": 0, "output": "", "duration_s": 0.1, "error": None}
+    return build_record(
+        prompt_index=row,
+        task_id=f"task-{row}",
+        sample_index=sample,
+        conversations=[{"from": "human", "value": f"do {row}"}],
+        completed=exit_reason == "completed",
+        exit_reason=exit_reason,
+        api_calls=1,
+        tool_stats=trajectory.empty_tool_stats(),
+        usage=trajectory.empty_usage(),
+        duration_s=1.0,
+        error=None,
+        verification=verification,
+        metadata={"model": "m", "env_type": "local", "image": None, "timestamp": "2026-01-01", **metadata},
+    )
+
+
+def source() -> PromptsSource:
+    ids = {f"task-{row}": row for row in range(ROWS)}
+    return PromptsSource(TAG, ROWS, ids.get)
+
+
+def write(path: Path, records: list[dict], tag: int = TAG) -> None:
+    with JsonlWriter(str(path), sync=False, index_source=tag) as writer:
+        for one in records:
+            writer.write(one)
+
+
+def found(result: trajectory.CompactResult) -> dict[tuple[str, int], float | None]:
+    """What resume found, as the mapping (task_id, sample_index) -> reward."""
+    done = dict(result.done)
+    for sample, rows in result.by_row.items():
+        for row in range(ROWS):
+            if rows.entries[row] >= 0:
+                done[(f"task-{row}", sample)] = rows.reward(row)
+    return done
+
+
+def expected(path: Path) -> dict[tuple[str, int], float | None]:
+    """The last final record of each key, by a full parse (the reference resume must agree with)."""
+    done = {}
+    for one in read_records(str(path)).records:
+        key = trajectory.record_key(one)
+        if trajectory.is_retryable(one):
+            continue
+        done[key] = one["reward"]
+    return done
+
+
+def later(path: Path, than: Path) -> None:
+    """Make ``path``'s mtime later than ``than``'s (a hand edit happens after the run; file times can be coarse)."""
+    when = than.stat().st_mtime_ns + 2_000_000_000
+    os.utime(path, ns=(when, when))
+
+
+def test_the_writer_indexes_every_line_and_resume_trusts_it_without_parsing(tmp_path):
+    out = tmp_path / "out.jsonl"
+    records = [record(row, reward=1.0 if row % 3 == 0 else 0.0) for row in range(10)]
+    records.append(record(3, sample=1, reward=None))
+    write(out, records)
+    elsewhere = record(0)
+    elsewhere.update(task_id="elsewhere", prompt_index=99)
+    write(out, [elsewhere], tag=TAG + 1)  # a run of other prompts appended to the same output
+    records.append(elsewhere)
+    assert os.path.getsize(index_path(str(out))) == 64 + 48 * len(records)
+
+    result = compact_for_resume(str(out), source=source(), index=True)
+    assert result.indexed_lines == len(records) - 1  # "elsewhere" is no prompt's task: its line is read for its key
+    assert result.parsed_lines == 1 + 1  # that line, and the one record whose settings resume compares
+    assert found(result) == expected(out)
+    assert result.done == {("elsewhere", 0): None}  # kept, but not the prompts' (the run ignores it)
+    assert (
+        result.by_row[0].reward(3) == 1.0 and result.by_row[0].reward(4) == 0.0 and result.by_row[1].reward(3) is None
+    )
+    assert result.settings == {"": records[0]["metadata"]}
+
+
+def test_a_file_without_index_is_parsed_whole_then_indexed_for_next_time(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b"".join(trajectory.record_line(record(row)) for row in range(5)))  # an older version's file
+    first = compact_for_resume(str(out), source=source(), index=True)
+    assert (first.parsed_lines, first.indexed_lines) == (5, 0)
+    second = compact_for_resume(str(out), source=source(), index=True)
+    assert (second.parsed_lines, second.indexed_lines) == (1, 5)
+    assert found(first) == found(second) == expected(out)
+
+
+def test_compaction_rewrites_the_index_with_the_file(tmp_path):
+    out = tmp_path / "out.jsonl"
+    write(
+        out,
+        [
+            record(0, reward=0.0),
+            record(1, exit_reason="api_error"),
+            record(2),
+            record(0, reward=1.0),  # supersedes the first
+            record(1, exit_reason="env_error"),
+        ],
+    )
+    inode = out.stat().st_ino
+    result = compact_for_resume(str(out), source=source(), index=True)
+    assert (result.dropped_retryable, result.dropped_duplicates, result.indexed_lines) == (2, 1, 5)
+    assert out.stat().st_ino != inode  # rewritten
+    assert [json.loads(line)["task_id"] for line in out.read_bytes().splitlines()] == ["task-2", "task-0"]
+    assert found(result) == expected(out) == {("task-0", 0): 1.0, ("task-2", 0): None}
+    # The new index describes the new file: trusted as it is, and the writer goes on appending to both.
+    again = compact_for_resume(str(out), source=source(), index=True)
+    assert (again.indexed_lines, again.dropped_duplicates, again.dropped_retryable) == (2, 0, 0)
+    write(out, [record(5)])
+    third = compact_for_resume(str(out), source=source(), index=True)
+    assert third.indexed_lines == 3 and found(third) == expected(out)
+    assert sorted(os.listdir(tmp_path)) == [".out.jsonl.index", "out.jsonl"]
+
+
+def test_records_written_against_other_prompts_are_matched_by_task_id(tmp_path):
+    out = tmp_path / "out.jsonl"
+    write(out, [record(row) for row in range(4)], tag=TAG + 1)  # another prompts file (or the same one, changed)
+    result = compact_for_resume(str(out), source=source(), index=True)
+    assert (result.indexed_lines, result.parsed_lines) == (0, 4 + 1)
+    assert found(result) == expected(out) and result.done == {}
+
+
+def _stale_by_hand_edit(out: Path, index: Path) -> None:
+    data = out.read_bytes().replace(b'"reward": null', b'"reward": 1.0 ', 1)  # same length, in place
+    with out.open("r+b") as handle:
+        handle.write(data)
+    later(out, index)
+
+
+def _stale_by_grep(out: Path, index: Path) -> None:
+    subprocess.run(["bash", "-c", f"grep -v '\"task-2\"' {out} > {out}.tmp && mv {out}.tmp {out}"], check=True)
+
+
+def _stale_by_concatenation(out: Path, index: Path) -> None:
+    other = out.parent / "other.jsonl"
+    other.write_bytes(trajectory.record_line(record(7)) + trajectory.record_line(record(1, sample=1)))
+    subprocess.run(["bash", "-c", f"cat {other} >> {out}"], check=True)
+    other.unlink()
+    # Even with its mtime set back, the file now has bytes no entry covers.
+    stamp = index.stat().st_mtime_ns
+    os.utime(out, ns=(stamp, stamp))
+
+
+def _stale_by_moved_newline(out: Path, index: Path) -> None:
+    # A line's newline moved into the line, its mtime set back: the file's length and time are as the index says,
+    # its newlines are not.
+    lines = out.read_bytes().splitlines(keepends=True)
+    stamp = index.stat().st_mtime_ns
+    with out.open("r+b") as handle:
+        handle.seek(len(lines[0]))
+        handle.write(lines[1][:20] + b"\n" + lines[1][20:-1])
+    os.utime(out, ns=(stamp, stamp))
+
+
+def _stale_by_truncated_index(out: Path, index: Path) -> None:
+    os.truncate(index, index.stat().st_size - 10)
+
+
+def _stale_by_index_of_another_file(out: Path, index: Path) -> None:
+    other = out.parent / "other.jsonl"
+    write(other, [record(row) for row in range(5)])
+    shutil.copyfile(index_path(str(other)), index)
+    os.unlink(index_path(str(other)))
+    other.unlink()
+
+
+@pytest.mark.parametrize(
+    "make_stale",
+    [
+        _stale_by_hand_edit,
+        _stale_by_grep,
+        _stale_by_concatenation,
+        _stale_by_moved_newline,
+        _stale_by_truncated_index,
+        _stale_by_index_of_another_file,
+    ],
+)
+def test_an_index_that_no_longer_describes_the_file_is_not_trusted(tmp_path, make_stale):
+    out = tmp_path / "out.jsonl"
+    index = Path(index_path(str(out)))
+    write(out, [record(row) for row in range(5)])
+    make_stale(out, index)
+    lines = [line for line in out.read_bytes().splitlines() if line.strip()]
+    result = compact_for_resume(str(out), source=source(), index=True)
+    assert result.indexed_lines == 0 and result.parsed_lines == len(lines)
+    assert found(result) == expected(out)
+    # and the index written for the file as it is now is trusted next time
+    again = compact_for_resume(str(out), source=source(), index=True)
+    assert again.indexed_lines == len(read_records(str(out)).records) and found(again) == found(result)
+
+
+def test_a_line_without_its_entry_after_a_crash_is_parsed_with_the_rest(tmp_path):
+    # What a kill -9 between a record's line and its entry leaves: the line, and no entry.
+    out = tmp_path / "out.jsonl"
+    write(out, [record(row) for row in range(3)])
+    with out.open("ab") as handle:
+        handle.write(trajectory.record_line(record(3, reward=1.0)))
+    later(out, Path(index_path(str(out))))
+    result = compact_for_resume(str(out), source=source(), index=True)
+    assert result.parsed_lines == 4 and found(result) == expected(out)
+    assert found(result)[("task-3", 0)] == 1.0
+
+
+def test_kill_9_while_writing_never_loses_or_invents_a_record(tmp_path):
+    out = tmp_path / "out.jsonl"
+    script = (
+        "import sys, itertools\n"
+        f"sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+        "from test_resume_index import record, TAG, ROWS\n"
+        "from trajectory import JsonlWriter\n"
+        f"writer = JsonlWriter({str(out)!r}, sync=False, index_source=TAG)\n"
+        "print('ready', flush=True)\n"
+        "for n in itertools.count():\n"
+        "    writer.write(record(n % ROWS, sample=n // ROWS % 3))\n"
+    )
+    for delay in (0.05, 0.11, 0.23):
+        child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+        assert child.stdout.readline() == b"ready\n"
+        time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        reference = expected(out)
+        result = compact_for_resume(str(out), source=source(), index=True)
+        assert found(result) == reference and reference
+        assert read_records(str(out)).bad_lines == 0
+
+
+def test_an_empty_index_for_a_non_empty_file_is_not_continued(tmp_path):
+    # The writer never starts entries in the middle of a file it has no index for: they would not tile it.
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(trajectory.record_line(record(0)))
+    write(out, [record(1)])
+    assert os.path.getsize(index_path(str(out))) == 0
+    result = compact_for_resume(str(out), source=source(), index=True)
+    assert result.parsed_lines == 2 and found(result) == expected(out)
+
+
+# -- through the CLI: what the runner writes, --overwrite, and the lock --------------------------------------------
+
+
+def _resume_line(stderr: str) -> str:
+    return next(line for line in stderr.splitlines() if "taken from its index" in line)
+
+
+def test_the_cli_resumes_from_its_index_and_overwrite_replaces_it_with_the_file(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"say {n}", "id": f"t{n}"}) + "\n" for n in range(6)))
+    out = tmp_path / "out.jsonl"
+    with ScriptedModelServer(lambda request: reply("ok")) as server:
+        base = ["--prompts_file", str(prompts), "--base_url", server.base_url, "--output_file", str(out), "--quiet"]
+        assert run_cli([*base, "--limit", "4"], cwd=tmp_path).returncode == 0
+        resumed = run_cli([*base, "--verbose"], cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
+        assert "resume: 4 line(s)" in _resume_line(resumed.stderr) and "1 parsed" in _resume_line(resumed.stderr)
+        assert len(server.requests) == 6  # the 4 done were skipped
+        assert sorted(r["task_id"] for r in read_jsonl(out)) == [f"t{n}" for n in range(6)]
+
+        overwritten = run_cli([*base, "--overwrite", "--limit", "2"], cwd=tmp_path)
+        assert overwritten.returncode == 0, overwritten.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            ".out.jsonl.index",
+            ".out.jsonl.lock",
+            "out.jsonl",
+            "p.jsonl",
+        ]
+        again = run_cli([*base, "--verbose"], cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert "resume: 2 line(s)" in _resume_line(again.stderr)
+        assert len(server.requests) == 6 + 2 + 4
+    assert sorted(r["task_id"] for r in read_jsonl(out)) == [f"t{n}" for n in range(6)]
+
+
+def test_a_changed_prompts_file_is_matched_by_task_id_not_by_row(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"say {n}", "id": f"t{n}"}) + "\n" for n in range(4)))
+    out = tmp_path / "out.jsonl"
+    with ScriptedModelServer(lambda request: reply("ok")) as server:
+        base = ["--prompts_file", str(prompts), "--base_url", server.base_url, "--output_file", str(out), "--quiet"]
+        assert run_cli(base, cwd=tmp_path).returncode == 0
+        # New prompts in front: every done task is on another row now, and the file is another file.
+        prompts.write_text(
+            "".join(json.dumps({"prompt": f"say {n}", "id": f"t{n}"}) + "\n" for n in [9, 8, 3, 2, 1, 0])
+        )
+        resumed = run_cli([*base, "--verbose"], cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
+        assert "resume: 0 line(s)" in _resume_line(resumed.stderr)
+        assert len(server.requests) == 4 + 2
+    assert sorted(r["task_id"] for r in read_jsonl(out)) == ["t0", "t1", "t2", "t3", "t8", "t9"]
+
+
+def test_a_second_runner_is_refused_and_leaves_the_index_alone(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("a\nb\nc\n")
+    out = tmp_path / "out.jsonl"
+    with ScriptedModelServer(lambda request: reply("ok")) as server:
+        base = ["--prompts_file", str(prompts), "--base_url", server.base_url, "--output_file", str(out), "--quiet"]
+        assert run_cli([*base, "--limit", "2"], cwd=tmp_path).returncode == 0
+        index = Path(index_path(str(out)))
+        before = (out.read_bytes(), index.read_bytes())
+        import fcntl
+
+        with open(tmp_path / ".out.jsonl.lock", "a+") as lock:  # another runner holds the output
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            refused = run_cli(base, cwd=tmp_path)
+        assert refused.returncode == 2 and "in use by another mini-swe-runner" in refused.stderr
+        assert (out.read_bytes(), index.read_bytes()) == before
