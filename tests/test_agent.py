@@ -71,7 +71,7 @@ def test_each_request_is_the_whole_history_as_json_the_sdk_would_send(out):
     """The runner encodes each message once (the history only grows) and sends the bytes through the SDK: every
     request must still be one JSON object with each key once, the full history in order, UTF-8 text unescaped,
     and --extra_body unable to replace the messages."""
-    prompt = "Réponds en 中文 😀 \\ \"quoted\" </tool_call> {marker}"
+    prompt = 'Réponds en 中文 😀 \\ "quoted" </tool_call> {marker}'
     script = per_conversation(
         [reply("first ✓", [tool_call("printf 'ünï\\n'")]), reply(None, [tool_call("echo two")]), reply("done")]
     )
