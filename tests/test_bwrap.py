@@ -70,7 +70,7 @@ def test_a_given_cwd_is_the_writable_place_and_survives(tmp_path):
 def test_own_pid_namespace():
     _, results = run_commands(["ls /proc | grep -c '^[0-9]'; echo $$"])
     count, pid = results[0].output.split()
-    assert int(count) < 10  # bwrap's init, the supervisor, a keeper, bash and what it runs; not the host's processes
+    assert int(count) < 10  # bwrap's init, the supervisor, bash and what it runs; not the host's processes
     assert int(pid) < 100
 
 
@@ -180,3 +180,15 @@ def test_sys_executable_runs_inside(tmp_path):
     assert check.returncode == 0
     _, results = run_commands([f"{sys.executable} -I -S -c 'print(40 + 2)'"])
     assert results[0].output == "42\n"
+
+
+def test_a_command_that_kills_its_parent_is_an_error_result_and_the_task_goes_on_in_a_new_sandbox():
+    # Its parent is the sandbox's supervisor: the sandbox goes with it (and every process in its PID namespace);
+    # the next command gets a new one on the same task directory.
+    sleep = f"sleep 9{os.getpid() % 100000:05d}"
+    _, results = run_commands(
+        ["echo kept > mine.txt; echo gone > /tmp/private", f"kill -KILL $PPID; {sleep}", "cat mine.txt; ls /tmp"]
+    )
+    assert results[1].exit_code == -1 and "killed the process that ran it" in results[1].error
+    assert results[2].ok and results[2].output.startswith("kept\n") and "private" not in results[2].output
+    assert subprocess.run(["pgrep", "-f", sleep], capture_output=True).returncode == 1  # nothing of it runs
