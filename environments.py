@@ -1064,7 +1064,7 @@ class LocalEnvironment(Environment):
         loop = asyncio.get_running_loop()
         if self._supervisor is None or self._supervisor.gone:  # a command killed its parent: this one gets a new one
             if self._supervisor is not None:
-                await asyncio.to_thread(self._supervisor.stop, 1.0)
+                await asyncio.to_thread(self._supervisor.stop, 0)
             await self._start_supervisor()
         supervisor = self._supervisor
         out_read, out_write = os.pipe()
@@ -1094,8 +1094,8 @@ class LocalEnvironment(Environment):
         deadline = loop.call_later(timeout, on_deadline)
         try:
             outcome = await exited
-            if outcome is _NO_ANSWER:  # the supervisor does not answer (stopped?): it goes, with its processes
-                supervisor._stop_listening()
+            if outcome is None or outcome is _NO_ANSWER:  # the supervisor died, or does not answer (stopped?)
+                supervisor._stop_listening()  # it goes now, with whatever it left running
                 await asyncio.to_thread(supervisor.stop, 0)
             if not output_done.done():  # bash is gone; drain what is left, briefly if a background child holds it
                 with contextlib.suppress(TimeoutError):

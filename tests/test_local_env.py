@@ -519,11 +519,25 @@ def test_nothing_outlives_a_runner_killed_with_sigkill():
 
 
 def test_a_command_that_kills_its_parent_is_an_error_result_and_the_task_goes_on():
+    server = f"sleep 8{os.getpid() % 100000:05d}"
     sleep = f"sleep 9{os.getpid() % 100000:05d}"
-    results = run_commands([f"kill -KILL $PPID; {sleep}", "echo next"], timeout=10)
-    assert results[0].exit_code == -1 and "killed the process that ran it" in results[0].error
-    assert results[1].ok and results[1].output == "next\n"
-    assert wait_until_gone(sleep) == []  # what the dead parent ran did not leak
+
+    async def scenario():
+        env = LocalEnvironment(EnvSettings())
+        await env.start()
+        try:
+            results = [await env.execute(f"setsid {server} >/dev/null 2>&1 &", 10)]
+            results.append(await env.execute(f"kill -KILL $PPID; {sleep}", 10))
+            left = await asyncio.to_thread(wait_until_gone, "sleep [89]" + sleep[7:])
+            return results + [await env.execute("echo next", 10)], left
+        finally:
+            await env.close()
+
+    results, left = asyncio.run(scenario())
+    assert results[1].exit_code == -1 and "killed the process that ran it" in results[1].error
+    # What the dead parent ran goes with it, during the task (an earlier command's server too: it was the parent's).
+    assert left == []
+    assert results[2].ok and results[2].output == "next\n"
 
 
 def test_a_command_that_stops_its_parent_times_out_and_the_task_goes_on():
