@@ -943,6 +943,7 @@ class Supervisor:
         return command_id, exited
 
     def forget(self, command_id: int) -> None:
+        """Stop waiting for a command's exit (it was given up: the task was cancelled)."""
         self._exits.pop(command_id, None)
 
     def _on_readable(self) -> None:
@@ -953,7 +954,7 @@ class Supervisor:
         except OSError:
             chunk = b""
         if not chunk:
-            self._stop_listening()
+            self.stop_listening()
             for exited in self._exits.values():
                 if not exited.done():
                     exited.set_result(None)
@@ -968,8 +969,8 @@ class Supervisor:
             if exited is not None and not exited.done():
                 exited.set_result((exit_code, error))
 
-    def _stop_listening(self) -> None:
-        """Called in the event loop's thread, before the socket closes."""
+    def stop_listening(self) -> None:
+        """No more exit statuses: call it in the event loop's thread, before the socket closes."""
         self.gone = True
         loop, self._loop = self._loop, None
         if loop is not None and not loop.is_closed():
@@ -992,7 +993,7 @@ class Supervisor:
 
     def stop(self, wait: float = SUPERVISOR_EXIT_WAIT) -> None:
         """End of the task: the supervisor kills every process the task left, then exits (blocking, bounded).
-        Call ``_stop_listening`` first from the event loop's thread, if that is where this one is not."""
+        From the event loop, call ``stop_listening`` first (this may run in a thread: the loop's reader goes first)."""
         self.gone = True
         with contextlib.suppress(OSError):
             self.sock.close()
@@ -1023,7 +1024,8 @@ class LocalEnvironment(Environment):
 
     Not a sandbox: commands run as the runner's user with full access to the machine and network. What it
     does guarantee: no secret-looking variable reaches them, they are not the runner's children, and nothing
-    they start outlives a timeout or the task.
+    they start outlives the task; what a command starts dies at its timeout (found by the MSR_COMMAND_ID in its
+    environment, see SUPERVISOR_SCRIPT), while what earlier commands left running lives on.
     """
 
     name = "local"
@@ -1095,7 +1097,7 @@ class LocalEnvironment(Environment):
         try:
             outcome = await exited
             if outcome is None or outcome is _NO_ANSWER:  # the supervisor died, or does not answer (stopped?)
-                supervisor._stop_listening()  # it goes now, with whatever it left running
+                supervisor.stop_listening()  # it goes now, with whatever it left running
                 await asyncio.to_thread(supervisor.stop, 0)
             if not output_done.done():  # bash is gone; drain what is left, briefly if a background child holds it
                 with contextlib.suppress(TimeoutError):
@@ -1120,7 +1122,7 @@ class LocalEnvironment(Environment):
     async def _close(self) -> None:
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None:
-            supervisor._stop_listening()
+            supervisor.stop_listening()
             await asyncio.to_thread(supervisor.stop)
         if self._temp_dir:
             await asyncio.to_thread(self._remove_temp_dir)
