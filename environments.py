@@ -695,9 +695,12 @@ while True:
     body = read_exact(struct.unpack("!I", header)[0]) if len(header) == 4 else None
     if body is None:  # the runner closed its end (close, abandon) or died: nothing of the task may outlive it
         me = os.getpid()
-        kill_until_gone(lambda table: subtrees(table, [me]))
+        with open("/proc/%d/task/%d/children" % (me, me), "rb") as f:
+            left = f.read().split()  # orphans are re-parented to us: no child, no descendant
+        if left:  # walking /proc costs about 1 ms per 70 processes on the machine
+            kill_until_gone(lambda table: subtrees(table, [me]))
         if sys.argv[2]:  # the task's temporary directory (the runner removes it too, unless it died)
-            import shutil
+            import shutil  # imported by the zygote already (about 4 ms of CPU per task otherwise)
             shutil.rmtree(sys.argv[2], ignore_errors=True)
         os._exit(0)
     request = json.loads(body)
@@ -723,7 +726,7 @@ ZYGOTE_SCRIPT = r"""
 # supervisor's source. It is a child subreaper: when a supervisor dies before its time (a command may kill its
 # parent), what the supervisor ran is re-parented here, and killed. It ends when the runner's end of the control
 # socket closes (the runner ended or died).
-import array, ctypes, json, os, select, signal, socket, struct, sys, time  # the supervisor's imports, done once
+import array, ctypes, json, os, select, shutil, signal, socket, struct, sys, time  # the supervisor's, done once
 code = compile(sys.argv[2], "<supervisor>", "exec")
 control = socket.socket(fileno=int(sys.argv[1]))
 ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
