@@ -7,7 +7,7 @@
 - where the CPU of one local command goes, across every process: the runner (its RUSAGE_SELF), the supervisor
   (its own utime + stime in /proc/<pid>/stat) and its children (cutime + cstime: bash, reaped by the supervisor),
   beside the same bash spawned bare from this process (RUSAGE_CHILDREN); CPU, not wall time, is what limits a
-  batch of many workers on few cores;
+  batch of many workers on few cores; and what a local task costs around its commands (start, close);
 - bwrap vs local (target: bwrap <= 1.5x local);
 - ssh vs a bare exec of the same command on the same asyncssh connection (target <= 1.2x). Starts the test suite's
   throwaway sshd on 127.0.0.1 (needs openssh-server and asyncssh); skipped with a line when it cannot.
@@ -178,6 +178,27 @@ async def cpu_split(n: int, warmup: int) -> None:
     print(f"  {'bash spawned bare':30} {bare / n * 1000:6.3f} ms  (ours above bare bash: {above:.3f} ms)")
 
 
+async def task_start_and_close(n: int, warmup: int) -> None:
+    """Medians of a local task's start() (its supervisor forked by the zygote) and close() (which waits for the
+    supervisor to clean up and exit), each task running one command between them."""
+    starts, closes = [], []
+    for i in range(warmup + n):
+        env = create_environment(EnvSettings())
+        started = time.perf_counter()
+        await env.start()
+        ready = time.perf_counter()
+        await env.execute(COMMAND, 30)
+        closing = time.perf_counter()
+        await env.close()
+        if i >= warmup:
+            starts.append(ready - started)
+            closes.append(time.perf_counter() - closing)
+    print(
+        f"local task around its commands, n={n}: start median {statistics.median(starts) * 1000:.2f} ms, "
+        f"close median {statistics.median(closes) * 1000:.2f} ms"
+    )
+
+
 async def ssh(n: int, warmup: int, server) -> None:
     env = create_environment(server.settings())
     await env.start()
@@ -206,6 +227,7 @@ def main() -> None:
     args = parser.parse_args()
     asyncio.run(local_and_bwrap(args.n, args.warmup))
     asyncio.run(cpu_split(args.cpu_n, args.warmup))
+    asyncio.run(task_start_and_close(args.n, args.warmup))
     try:
         import ssh_support
 
