@@ -534,8 +534,8 @@ class Environment:
 # kills what the dead one left. When the runner's end of the socket closes - close(), abandon(), or the runner
 # dying however it dies - the supervisor kills every descendant and exits.
 #
-# Protocol, runner -> supervisor: frames of a 4-byte length + JSON. {"run": id, "argv": [...]} carries one fd
-# (SCM_RIGHTS), the write end of the command's output pipe; {"kill": id} kills a command's processes.
+# Protocol, runner -> supervisor: frames of a 4-byte length + JSON. {"run": id, "argv": [...], "cwd": dir} carries
+# one fd (SCM_RIGHTS), the write end of the command's output pipe; {"kill": id} kills a command's processes.
 # Supervisor -> runner: "R" once (ready), then 12 bytes per command when its bash ends: id, exit code (as
 # os.waitstatus_to_exitcode gives it) and an errno (not 0: bash could not be started).
 SUPERVISOR_SCRIPT = r"""
@@ -638,11 +638,12 @@ def reap():
         if command_id is not None:
             report(command_id, os.waitstatus_to_exitcode(status))
 
-def spawn(command_id, argv, out_fd):
+def spawn(command_id, argv, cwd, out_fd):
     environ = base_environ.copy()
     environ[MARK[:-1]] = b"%d" % command_id
     started[command_id] = int(time.clock_gettime(time.CLOCK_BOOTTIME) * TICKS)
     try:
+        os.chdir(cwd)  # by name each time: the task's directory may have been removed (or made again) since
         # posix_spawn (vfork underneath): no copy of this process per command.
         bash = os.posix_spawnp(
             argv[0], argv, environ,
@@ -705,7 +706,7 @@ while True:
         os._exit(0)
     request = json.loads(body)
     if "run" in request:
-        spawn(request["run"], request["argv"], fds[0])
+        spawn(request["run"], request["argv"], request["cwd"], fds[0])
     elif "kill" in request:
         command_id = request["kill"]
         kill_until_gone(lambda table: command_processes(table, command_id))
@@ -932,8 +933,8 @@ class Supervisor:
         self.process.stderr.close()
         raise EnvError(f"{what} did not start ({why or f'exit code {self.process.returncode}'})")
 
-    def run(self, argv: list[str], out_fd: int) -> tuple[int, asyncio.Future]:
-        """Start ``argv`` with ``out_fd`` as its stdout and stderr: (command id, future of its exit).
+    def run(self, argv: list[str], cwd: str, out_fd: int) -> tuple[int, asyncio.Future]:
+        """Start ``argv`` in ``cwd`` with ``out_fd`` as its stdout and stderr: (command id, future of its exit).
 
         The future's result is (exit code, errno), errno not 0 when bash could not be started; or None when the
         supervisor died before it could say."""
@@ -941,7 +942,7 @@ class Supervisor:
         command_id = self._next_id
         exited = self._exits[command_id] = self._loop.create_future()
         try:
-            self.send({"run": command_id, "argv": argv}, [out_fd])
+            self.send({"run": command_id, "argv": argv, "cwd": cwd}, [out_fd])
         except EnvError:
             del self._exits[command_id]
             raise
@@ -1077,7 +1078,7 @@ class LocalEnvironment(Environment):
         out_read, out_write = os.pipe()
         os.set_blocking(out_read, False)
         try:
-            command_id, exited = supervisor.run(argv, out_write)
+            command_id, exited = supervisor.run(argv, self.base, out_write)
         except EnvError:
             os.close(out_read)
             raise
@@ -1121,7 +1122,7 @@ class LocalEnvironment(Environment):
             raise CommandError("the command killed the process that ran it; no exit code")
         exit_code, error = outcome
         if error:
-            raise CommandError(f"bash could not be started ({os.strerror(error)})")
+            raise CommandError(f"could not start bash in {self.base} ({os.strerror(error)})")
         return exit_code
 
     async def _close(self) -> None:

@@ -586,3 +586,12 @@ def test_each_command_carries_its_own_id():
     results = run_commands(["echo $MSR_COMMAND_ID", "echo $MSR_COMMAND_ID", cleared])
     first, second = int(results[0].output), int(results[1].output)
     assert second != first and results[2].output == "none\n"
+
+
+def test_a_removed_task_directory_is_an_error_result_naming_it(tmp_path):
+    base = tmp_path / "task"
+    base.mkdir()
+    commands = ['cd / && rm -rf "$OLDPWD" && echo removed', "echo never"]
+    removed, after = run_commands(commands, EnvSettings(cwd=str(base)))
+    assert removed.ok and removed.output == "removed\n"
+    assert after.exit_code == -1 and after.error == f"could not start bash in {base} (No such file or directory)"
