@@ -922,9 +922,7 @@ class Supervisor:
         if received[-1:] == b"R" and len(received) == expected:
             if self.process is not None:
                 self.process.stderr.close()
-            # Exit statuses come back on the socket: one reader for the task's life, not a pipe per command.
-            self._loop = loop
-            loop.add_reader(self.sock.fileno(), self._on_readable)
+            self._listen(loop)
             return
         await asyncio.to_thread(self.stop, 1.0)
         if self.process is None:
@@ -938,9 +936,12 @@ class Supervisor:
 
         The future's result is (exit code, errno), errno not 0 when bash could not be started; or None when the
         supervisor died before it could say."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # started under another event loop (asyncio.run per call)
+            self._listen(loop)
         self._next_id += 1
         command_id = self._next_id
-        exited = self._exits[command_id] = self._loop.create_future()
+        exited = self._exits[command_id] = loop.create_future()
         try:
             self.send({"run": command_id, "argv": argv, "cwd": cwd}, [out_fd])
         except EnvError:
@@ -974,6 +975,13 @@ class Supervisor:
             exited = self._exits.pop(command_id, None)
             if exited is not None and not exited.done():
                 exited.set_result((exit_code, error))
+
+    def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Exit statuses come back on the socket: one reader for the task's life, not a pipe per command.
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.sock.fileno())
+        self._loop = loop
+        loop.add_reader(self.sock.fileno(), self._on_readable)
 
     def stop_listening(self) -> None:
         """No more exit statuses: call it in the event loop's thread, before the socket closes."""

@@ -595,3 +595,13 @@ def test_a_removed_task_directory_is_an_error_result_naming_it(tmp_path):
     removed, after = run_commands(commands, EnvSettings(cwd=str(base)))
     assert removed.ok and removed.output == "removed\n"
     assert after.exit_code == -1 and after.error == f"could not start bash in {base} (No such file or directory)"
+
+
+def test_an_environment_started_under_one_event_loop_runs_commands_under_another():
+    env = LocalEnvironment(EnvSettings())
+    asyncio.run(env.start())
+    try:
+        assert asyncio.run(env.execute("echo one", 10)).output == "one\n"
+        assert asyncio.run(env.execute("echo two", 10)).output == "two\n"
+    finally:
+        asyncio.run(env.close())
