@@ -686,7 +686,9 @@ while True:
     if sock.fileno() not in ready:
         continue
     fds = array.array("i")
-    header, ancillary, _, _ = sock.recvmsg(4, socket.CMSG_SPACE(fds.itemsize))
+    # MSG_CMSG_CLOEXEC: bash gets the output pipe on 1 and 2 only (a stray copy would keep the pipe open, and the
+    # runner waiting for its end, as long as anything the command left in the background runs)
+    header, ancillary, _, _ = sock.recvmsg(4, socket.CMSG_SPACE(fds.itemsize), socket.MSG_CMSG_CLOEXEC)
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(data[: len(data) - len(data) % fds.itemsize])

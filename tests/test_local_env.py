@@ -605,3 +605,10 @@ def test_an_environment_started_under_one_event_loop_runs_commands_under_another
         assert asyncio.run(env.execute("echo two", 10)).output == "two\n"
     finally:
         asyncio.run(env.close())
+
+
+def test_the_command_holds_no_descriptor_of_ours():
+    # 0 is /dev/null, 1 and 2 the output pipe, 9 the wrapper's copy of stdout for its cwd report: nothing else (a
+    # stray copy of the pipe would keep it open as long as anything the command started in the background runs).
+    result = run_one("ls /proc/$$/fd")
+    assert result.output.split() == ["0", "1", "2", "9"]
