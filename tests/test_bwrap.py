@@ -70,7 +70,7 @@ def test_a_given_cwd_is_the_writable_place_and_survives(tmp_path):
 def test_own_pid_namespace():
     _, results = run_commands(["ls /proc | grep -c '^[0-9]'; echo $$"])
     count, pid = results[0].output.split()
-    assert int(count) < 10  # bwrap's init, the supervisor, a keeper, bash and what it runs; not the host's processes
+    assert int(count) < 10  # bwrap's init, the supervisor, bash and what it runs; not the host's processes
     assert int(pid) < 100
 
 
@@ -180,3 +180,25 @@ def test_sys_executable_runs_inside(tmp_path):
     assert check.returncode == 0
     _, results = run_commands([f"{sys.executable} -I -S -c 'print(40 + 2)'"])
     assert results[0].output == "42\n"
+
+
+def test_a_command_that_kills_its_parent_is_an_error_result_and_the_task_goes_on_in_a_new_sandbox():
+    # Its parent is the sandbox's supervisor: that sandbox goes at once, with every process in its PID namespace;
+    # the next command gets a new one on the same task directory.
+    sleep = f"sleep 9{os.getpid() % 100000:05d}"
+
+    async def scenario():
+        env = BwrapEnvironment(EnvSettings(env_type="bwrap"))
+        await env.start()
+        try:
+            commands = ("echo kept > mine.txt", f"kill -KILL $PPID; {sleep}")
+            results = [await env.execute(command, 20) for command in commands]
+            left = subprocess.run(["pgrep", "-f", sleep], capture_output=True, text=True).stdout
+            return results + [await env.execute("cat mine.txt", 20)], left
+        finally:
+            await env.close()
+
+    results, left = asyncio.run(scenario())
+    assert results[1].exit_code == -1 and "killed the process that ran it" in results[1].error
+    assert left == ""  # nothing of the dead sandbox runs, before the task's end
+    assert results[2].ok and results[2].output == "kept\n"

@@ -424,7 +424,7 @@ def test_commands_are_not_the_runners_children_and_their_parent_holds_no_secret(
     assert lines[0] != f"ppid={os.getpid()}" and lines[0].startswith("ppid=")
     assert lines[1] == "0"  # the process above the command has no secret-looking variable
     assert "No such file" in lines[2]  # and does not sit in the runner's directory
-    assert lines[3] != f"gp={os.getpid()}"  # nor is its parent the runner: command -> keeper -> supervisor -> runner
+    assert lines[3] != f"gp={os.getpid()}"  # nor is its parent the runner: command -> supervisor -> zygote -> runner
 
 
 def test_signalling_the_parent_does_not_stop_the_runner():
@@ -443,12 +443,28 @@ ESCAPES = {
 }
 
 
+def time_out_then_look(command: str, timeout: float, marker: str) -> tuple[ExecResult, list[str]]:
+    """Run ``command`` into its timeout; what still runs ``marker`` while the task goes on (its end kills all)."""
+
+    async def scenario():
+        env = LocalEnvironment(EnvSettings())
+        await env.start()
+        try:
+            result = await env.execute(command, timeout)
+            return result, await asyncio.to_thread(wait_until_gone, marker)
+        finally:
+            await env.close()
+
+    return asyncio.run(scenario())
+
+
 @pytest.mark.parametrize("escape", ESCAPES, ids=list(ESCAPES))
 def test_escaped_background_children_die_at_the_commands_timeout(escape):
     sleep = f"sleep 6{os.getpid() % 1000:03d}{len(escape):03d}"
-    result = run_one(ESCAPES[escape].format(sleep=sleep) + "\nsleep 0.3; echo launched; sleep 30", timeout=1.5)
+    command = ESCAPES[escape].format(sleep=sleep) + "\nsleep 0.3; echo launched; sleep 30"
+    result, left = time_out_then_look(command, 1.5, sleep)
     assert result.exit_code == 124 and result.output.startswith("launched")
-    assert wait_until_gone(sleep) == []
+    assert left == []
 
 
 @pytest.mark.parametrize("escape", ESCAPES, ids=list(ESCAPES))
@@ -502,7 +518,97 @@ def test_nothing_outlives_a_runner_killed_with_sigkill():
         time.sleep(0.05)
 
 
-def test_a_command_that_kills_its_keeper_is_an_error_result_and_the_task_goes_on():
-    results = run_commands(["kill -KILL $PPID; sleep 5", "echo next"], timeout=10)
-    assert results[0].exit_code == -1 and "killed the process that ran it" in results[0].error
+def test_a_command_that_kills_its_parent_is_an_error_result_and_the_task_goes_on():
+    server = f"sleep 8{os.getpid() % 100000:05d}"
+    sleep = f"sleep 9{os.getpid() % 100000:05d}"
+
+    async def scenario():
+        env = LocalEnvironment(EnvSettings())
+        await env.start()
+        try:
+            results = [await env.execute(f"setsid {server} >/dev/null 2>&1 &", 10)]
+            results.append(await env.execute(f"kill -KILL $PPID; {sleep}", 10))
+            left = await asyncio.to_thread(wait_until_gone, "sleep [89]" + sleep[7:])
+            return results + [await env.execute("echo next", 10)], left
+        finally:
+            await env.close()
+
+    results, left = asyncio.run(scenario())
+    assert results[1].exit_code == -1 and "killed the process that ran it" in results[1].error
+    # What the dead parent ran goes with it, during the task (an earlier command's server too: it was the parent's).
+    assert left == []
+    assert results[2].ok and results[2].output == "next\n"
+
+
+def test_a_command_that_stops_its_parent_times_out_and_the_task_goes_on():
+    sleep = f"sleep 2{os.getpid() % 100000:05d}"
+    results = run_commands([f"kill -STOP $PPID; {sleep}", "echo next"], timeout=1)
+    assert results[0].exit_code == 124 and "timed out" in results[0].output
     assert results[1].ok and results[1].output == "next\n"
+    assert wait_until_gone(sleep) == []
+
+
+def test_a_background_server_outlives_a_later_commands_timeout_and_dies_at_the_tasks_end():
+    server = f"sleep 6{os.getpid() % 100000:05d}"
+    plain_daemon = f"sleep 5{os.getpid() % 100000:05d}"
+    cleared_daemon = f"sleep 4{os.getpid() % 100000:05d}"
+
+    async def scenario():
+        env = LocalEnvironment(EnvSettings())
+        await env.start()
+        started = await env.execute(
+            f"setsid nohup {server} >/dev/null 2>&1 & setsid env -i {cleared_daemon} >/dev/null 2>&1 & echo up", 10
+        )
+        timed_out = await env.execute(f"setsid nohup {plain_daemon} >/dev/null 2>&1 & sleep 30", 1)
+        await asyncio.sleep(0.2)
+        running = {name: bool(processes_running(name)) for name in (server, plain_daemon, cleared_daemon)}
+        await env.close()
+        return started, timed_out, running
+
+    started, timed_out, running = asyncio.run(scenario())
+    assert started.ok and timed_out.exit_code == 124
+    # Command 1's processes (one with its environment cleared, started before command 2) are not command 2's.
+    assert running == {server: True, plain_daemon: False, cleared_daemon: True}
+    assert wait_until_gone(server) == [] and wait_until_gone(cleared_daemon) == []
+
+
+def test_a_daemon_that_cleared_its_environment_dies_at_the_commands_timeout():
+    sleep = f"sleep 3{os.getpid() % 100000:05d}"
+    escapes = f"( setsid env -i {sleep} >/dev/null 2>&1 & ); setsid env -i sh -c '{sleep}1 >/dev/null 2>&1 &'"
+    result, left = time_out_then_look(escapes + "; sleep 0.3; echo launched; sleep 30", 1.5, sleep)
+    assert result.exit_code == 124 and result.output.startswith("launched")
+    assert left == []
+
+
+def test_each_command_carries_its_own_id():
+    # The id is what a timeout uses to tell a command's escaped processes from those of the commands before it.
+    cleared = "env -i sh -c 'echo ${MSR_COMMAND_ID:-none}'"
+    results = run_commands(["echo $MSR_COMMAND_ID", "echo $MSR_COMMAND_ID", cleared])
+    first, second = int(results[0].output), int(results[1].output)
+    assert second != first and results[2].output == "none\n"
+
+
+def test_a_removed_task_directory_is_an_error_result_naming_it(tmp_path):
+    base = tmp_path / "task"
+    base.mkdir()
+    commands = ['cd / && rm -rf "$OLDPWD" && echo removed', "echo never"]
+    removed, after = run_commands(commands, EnvSettings(cwd=str(base)))
+    assert removed.ok and removed.output == "removed\n"
+    assert after.exit_code == -1 and after.error == f"could not start bash in {base} (No such file or directory)"
+
+
+def test_an_environment_started_under_one_event_loop_runs_commands_under_another():
+    env = LocalEnvironment(EnvSettings())
+    asyncio.run(env.start())
+    try:
+        assert asyncio.run(env.execute("echo one", 10)).output == "one\n"
+        assert asyncio.run(env.execute("echo two", 10)).output == "two\n"
+    finally:
+        asyncio.run(env.close())
+
+
+def test_the_command_holds_no_descriptor_of_ours():
+    # 0 is /dev/null, 1 and 2 the output pipe, 9 the wrapper's copy of stdout for its cwd report: nothing else (a
+    # stray copy of the pipe would keep it open as long as anything the command started in the background runs).
+    result = run_one("ls /proc/$$/fd")
+    assert result.output.split() == ["0", "1", "2", "9"]
