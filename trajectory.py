@@ -620,17 +620,9 @@ class ReadResult:
 
 def read_records(path: str) -> ReadResult:
     """Read an output file, skipping torn or invalid lines (see :func:`_parse_record_line`) instead of failing."""
-    records, bad = [], 0
-    with open(path, "rb") as handle:
-        for raw in handle:
-            if not raw.strip():
-                continue
-            record = _parse_record_line(raw)
-            if record is None:
-                bad += 1
-            else:
-                records.append(record)
-    return ReadResult(records, bad)
+    bad = [0]
+    records = [record for _, _, record in _valid_lines(path, bad)]
+    return ReadResult(records, bad[0])
 
 
 @dataclass
@@ -657,9 +649,6 @@ class RowSamples:
     def reward(self, row: int) -> float | None:
         value = self.rewards[self.entries[row]]
         return None if math.isnan(value) else value
-
-    def count(self) -> int:
-        return len(self.entries) - self.entries.count(-1)
 
 
 @dataclass
@@ -775,37 +764,27 @@ class _ParsedLines(_Lines):
         self.keys: dict[int, tuple[str, int]] = {}
         self.first: dict[int, tuple[str, dict]] = {}
         self.starts = array("q")
-        self.parsed = self.bad = 0
-        self.blank = False
-        end = 0
-        with open(path, "rb") as handle:
-            for raw in handle:
-                start, end = end, end + len(raw)
-                if not raw.strip():
-                    self.blank = True
-                    continue
-                record = _parse_record_line(raw)
-                self.parsed += 1
-                if record is None:
-                    self.bad += 1
-                    continue
-                _, _, _, reward, tag, _, flags = _index_entry(record, len(raw), 0)
-                task_id, sample = key = record_key(record)
-                row = source.locate(task_id) if source is not None and not flags & INDEX_PARSE else None
-                if row is None or not _is_count(sample):
-                    row, sample, flags = 0, 0, flags | _OTHER_SOURCE
-                    self.keys[len(self.starts)] = key
-                settings = columns.settings_id(tag)
-                if settings not in self.first:
-                    metadata = record.get("metadata")
-                    self.first[settings] = (_config_hash(record), metadata if isinstance(metadata, dict) else {})
-                self.starts.append(start)
-                columns.lengths.append(len(raw))
-                columns.rows.append(row)
-                columns.samples.append(sample)
-                columns.rewards.append(reward)
-                columns.settings.append(settings)
-                columns.flags.append(flags)
+        bad, blank = [0], [0]
+        for start, length, record in _valid_lines(path, bad, blank):
+            _, _, _, reward, tag, _, flags = _index_entry(record, length, 0)
+            task_id, sample = key = record_key(record)
+            row = source.locate(task_id) if source is not None and not flags & INDEX_PARSE else None
+            if row is None or not _is_count(sample):
+                row, sample, flags = 0, 0, flags | _OTHER_SOURCE
+                self.keys[len(self.starts)] = key
+            settings = columns.settings_id(tag)
+            if settings not in self.first:
+                metadata = record.get("metadata")
+                self.first[settings] = (_config_hash(record), metadata if isinstance(metadata, dict) else {})
+            self.starts.append(start)
+            columns.lengths.append(length)
+            columns.rows.append(row)
+            columns.samples.append(sample)
+            columns.rewards.append(reward)
+            columns.settings.append(settings)
+            columns.flags.append(flags)
+        self.bad, self.blank = bad[0], blank[0] > 0
+        self.parsed = len(self.starts) + self.bad  # every line that was not blank
         self.ends_with_newline = _ends_with_newline(path)
 
     def key(self, entry: int) -> tuple[str, int]:
@@ -981,13 +960,18 @@ def _write_index(
     sync_directory(directory)
 
 
-def _valid_lines(path: str, bad_lines: list[int]) -> Iterator[tuple[int, int, dict]]:
-    """(byte offset, length, record) of every valid line of ``path``; torn or invalid ones are counted."""
+def _valid_lines(
+    path: str, bad_lines: list[int], blank_lines: list[int] | None = None
+) -> Iterator[tuple[int, int, dict]]:
+    """(byte offset, length, record) of every valid line of ``path``; torn or invalid ones are counted, and blank
+    ones too when ``blank_lines`` is given."""
     offset = 0
     with open(path, "rb") as handle:
         for raw in handle:
             start, offset = offset, offset + len(raw)
             if not raw.strip():
+                if blank_lines is not None:
+                    blank_lines[0] += 1
                 continue
             record = _parse_record_line(raw)
             if record is None:
