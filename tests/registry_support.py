@@ -126,14 +126,14 @@ def seeded_image(host: str, number: int, tag: str = "v1") -> str:
     return f"{host}/msr/img{number}:{tag}"
 
 
-def seed(registry: Registry, count: int = SEEDED) -> None:
+def seed(registry: Registry, count: int = SEEDED, layer_bytes: int = LAYER_BYTES) -> None:
     """Push ``count`` images, each the test image plus a layer of its own (/layer holding its number and random
     bytes), then forget them locally so that a run must pull them."""
     client = engine()
     for number in range(count):
         container = client.containers.run(
             TEST_IMAGE,
-            ["bash", "-c", f"echo img{number} > /layer-id && head -c {LAYER_BYTES} /dev/urandom > /layer"],
+            ["bash", "-c", f"echo img{number} > /layer-id && head -c {layer_bytes} /dev/urandom > /layer"],
             detach=True,
         )
         try:
