@@ -240,3 +240,22 @@ def test_image_flags_are_checked_before_anything_runs(tmp_path):
         assert result.returncode == 2 and fragment in result.stderr and "Traceback" not in result.stderr
     result = run_cli(["--task", "x", "--model", "m", "--max_image_disk", "1g"], cwd=tmp_path)
     assert result.returncode == 2 and "--max_image_disk does nothing with --env local" in result.stderr
+
+
+def test_samples_that_until_passed_makes_unneeded_give_their_image_back(fresh, tmp_path):
+    """Two prompts x 3 samples with --until_passed 1: the first sample of each passes, the other two never start,
+    so each image is free once that sample ended and the budget removes it; without that bookkeeping both would be
+    held to the end."""
+    images = [seeded_image(fresh.host, 4), seeded_image(fresh.host, 5)]
+    settings = EnvSettings(env_type="docker", pull="missing", max_image_disk=1, concurrency=1)
+    with ScriptedModelServer(SCRIPT) as server:
+        config = make_config(
+            server, tmp_path / "out.jsonl", env=settings, workers=1, samples=3, until_passed=1, verify="true"
+        )
+        outcome = asyncio.run(mini_swe_runner.run_batch(config, prompts_for(images)))
+    records = read_jsonl(tmp_path / "out.jsonl")
+    assert outcome.exit_code == 0, outcome.error
+    assert len(records) == 2 and all(r["reward"] == 1.0 for r in records)
+    assert outcome.summary["samples_not_needed"] == 4
+    assert sorted(outcome.summary["images"]["removed"]) == sorted(images)
+    assert local_tags(f"{fresh.host}/") == set()
