@@ -38,6 +38,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -122,6 +124,10 @@ class EnvSettings:
     """How many tasks run at once (--workers): sizes shared connection pools."""
     pull: str = "missing"
     """docker: missing, always or never."""
+    pull_workers: int = 2
+    """docker: how many images are pulled at once, ahead of the tasks that use them."""
+    max_image_disk: int | None = None
+    """docker: bytes the images this run pulled may hold on disk; beyond it, those no pending task needs go."""
     network: str = "bridge"
     """docker network mode; 'none' cuts the network (bwrap: --unshare-net, modal: block_network)."""
     memory: str | None = None
@@ -158,6 +164,9 @@ class EnvSettings:
         _at_least("workers", self.concurrency, 1)
         if self.pull not in PULL_POLICIES:
             raise SettingsError(f"--pull must be missing, always or never, not {self.pull!r}")
+        _at_least("pull_workers", self.pull_workers, 1)
+        if self.max_image_disk is not None:
+            _at_least("max_image_disk", self.max_image_disk, 1)
         if not self.network:
             raise SettingsError("--network needs a value (bridge or none)")
         if self.cpus is not None:
@@ -521,6 +530,11 @@ class Environment:
     @classmethod
     def cleanup_leftovers(cls) -> str | None:
         """Remove what runs that died left behind; a line saying what was removed, or None if nothing can be left."""
+        return None
+
+    @classmethod
+    def image_store(cls, settings: EnvSettings) -> ImageStore | None:
+        """Where this backend's images are checked, pulled and removed (see ImageSupply); None when it has none."""
         return None
 
 
@@ -1360,7 +1374,20 @@ class DockerEnvironment(Environment):
     uses_image = True
     needs_absolute_cwd = True
     flags = frozenset(
-        {"image", "cwd", "pull", "network", "memory", "cpus", "pids_limit", "volume", "env_var", "no_hardening"}
+        {
+            "image",
+            "cwd",
+            "pull",
+            "pull_workers",
+            "max_image_disk",
+            "network",
+            "memory",
+            "cpus",
+            "pids_limit",
+            "volume",
+            "env_var",
+            "no_hardening",
+        }
     )
 
     def __init__(self, settings: EnvSettings, image: str | None = None, cwd: str | None = None, task_id: str = ""):
@@ -1484,6 +1511,10 @@ class DockerEnvironment(Environment):
     @classmethod
     def cleanup_leftovers(cls) -> str | None:
         return f"docker: removed {reap_stale_containers()} container(s) left by dead runs"
+
+    @classmethod
+    def image_store(cls, settings: EnvSettings) -> ImageStore:
+        return DockerImages(settings)
 
 
 DOCKER_MIN_MEMORY = 6 * 1024 * 1024
@@ -1658,13 +1689,13 @@ def reap_stale_containers(client=None) -> int:
 
 
 async def docker_preflight(settings: EnvSettings, images: set[str]) -> None:
-    """Daemon reachable, options valid, every image present (pulled per --pull); stale containers reaped."""
+    """Daemon reachable, options and image names valid; stale containers reaped. Images are pulled later, ahead of
+    the tasks that use them (ImageSupply)."""
     await asyncio.to_thread(_docker_preflight_sync, settings, images)
 
 
 def _docker_preflight_sync(settings: EnvSettings, images: set[str]) -> None:
     import docker
-    from docker.utils import parse_repository_tag
 
     images = sorted(i for i in images if i) or [settings.image or DEFAULT_IMAGE]
     for image in images:  # the prompts' own images were not checked with the flags
@@ -1685,28 +1716,7 @@ def _docker_preflight_sync(settings: EnvSettings, images: set[str]) -> None:
             raise EnvError(f"--network {settings.network} does not exist: docker network create it first") from None
     with contextlib.suppress(EnvError):  # a stale container we cannot remove must not stop a new run
         reap_stale_containers(client)
-    for image in images:
-        present = True
-        try:
-            client.api.inspect_image(image)
-        except docker.errors.ImageNotFound:
-            present = False
-        except docker.errors.APIError as exc:
-            raise EnvError(f"image {image} cannot be used: {_one_line(exc)}") from None
-        if settings.pull == "always" or (settings.pull == "missing" and not present):
-            repository, tag = parse_repository_tag(image)
-            try:
-                client.api.pull(repository, tag=tag or "latest")
-            except docker.errors.APIError as exc:
-                raise EnvError(
-                    f"image {image} could not be pulled ({_one_line(exc)}): check its name, "
-                    f"or build it (docker build -t {image} .)"
-                ) from None
-        elif not present:
-            raise EnvError(
-                f"image {image} is not present locally and --pull never forbids pulling: "
-                f"docker pull {image}, docker build -t {image} ., or use --pull missing"
-            )
+    # The images themselves are made ready task by task (ImageSupply): one that cannot be had costs its own tasks.
 
 
 @contextlib.contextmanager
@@ -1745,6 +1755,284 @@ def _one_line(exc: object, limit: int = 300) -> str:
 def _name_part(task_id: str) -> str:
     part = re.sub(r"[^a-zA-Z0-9_.-]+", "-", task_id).strip("-.")[:40]
     return f"{part}-" if part else ""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Images: pulled ahead of the tasks that use them, in parallel, within a disk budget
+# ---------------------------------------------------------------------------------------------------------------
+# SWE-bench-style runs use one image per instance: hundreds of images of several GB each. The runner tells the
+# supply every image its pending samples will use, in the order they will start; the supply pulls them ahead,
+# --pull_workers at a time and each once, and a task waits only for its own image. An image that cannot be had
+# fails only the tasks that use it (env_error with the registry's message; resume tries again). With
+# --max_image_disk, images this run pulled that no pending or running task needs are removed, oldest use first;
+# images that were there before the run are never touched.
+
+
+@dataclass
+class PreparedImage:
+    pulled: bool
+    """This run pulled it (it was not on the engine before): only such an image may be removed."""
+    size: int
+    """Bytes on disk as the engine reports them (layers shared with other images are counted in each)."""
+
+
+class ImageStore:
+    """What the supply needs of a backend's images. Both methods block: the supply runs them in threads."""
+
+    def prepare(self, image: str, on_bytes: Callable[[int], None]) -> PreparedImage:
+        """Make ``image`` usable (check, pull per --pull), reporting downloaded bytes; EnvError in one line if not."""
+        raise NotImplementedError
+
+    def remove(self, image: str) -> None:
+        raise NotImplementedError
+
+
+class DockerImages(ImageStore):
+    def __init__(self, settings: EnvSettings):
+        self.settings = settings
+
+    def _api(self):
+        return docker_client(self.settings.concurrency).api
+
+    def _size(self, image: str) -> int | None:
+        """The image's size, or None when the engine does not have it."""
+        import docker
+
+        try:
+            return int(self._api().inspect_image(image).get("Size") or 0)
+        except docker.errors.ImageNotFound:
+            return None
+        except Exception as exc:
+            raise _as_env_error(exc, f"image {image} cannot be used") from None
+
+    def prepare(self, image: str, on_bytes: Callable[[int], None]) -> PreparedImage:
+        import docker
+        from docker.utils import parse_repository_tag
+
+        size = self._size(image)
+        if size is not None and self.settings.pull != "always":
+            return PreparedImage(pulled=False, size=size)
+        if size is None and self.settings.pull == "never":
+            raise EnvError(
+                f"image {image} is not present locally and --pull never forbids pulling: "
+                f"docker pull {image}, docker build -t {image} ., or use --pull missing"
+            )
+        repository, tag = parse_repository_tag(image)
+        layers: dict[str, int] = {}  # layer id -> bytes downloaded so far
+        try:
+            for event in self._api().pull(repository, tag=tag or "latest", stream=True, decode=True):
+                if not isinstance(event, dict):
+                    continue
+                if event.get("error"):  # the registry's own words: manifest unknown, unauthorized, EOF...
+                    raise EnvError(f"image {image} could not be pulled: {_one_line(event['error'])}")
+                detail = event.get("progressDetail") or {}
+                if event.get("status") == "Downloading" and isinstance(detail.get("current"), int):
+                    layer = str(event.get("id"))
+                    grown = detail["current"] - layers.get(layer, 0)
+                    if grown > 0:
+                        layers[layer] = detail["current"]
+                        on_bytes(grown)
+        except EnvError:
+            raise
+        except docker.errors.APIError as exc:
+            raise EnvError(
+                f"image {image} could not be pulled ({_one_line(exc)}): check its name, "
+                f"or build it (docker build -t {image} .)"
+            ) from None
+        except Exception as exc:
+            raise _as_env_error(exc, f"image {image} could not be pulled") from None
+        pulled_size = self._size(image)
+        if pulled_size is None:
+            raise EnvError(f"image {image} could not be pulled: the engine does not have it after the pull")
+        return PreparedImage(pulled=size is None, size=pulled_size)
+
+    def remove(self, image: str) -> None:
+        # Not forced: should a container still use the image, the engine refuses and the image stays.
+        self._api().remove_image(image)
+
+
+class ImageSupply:
+    """Makes each task's image ready before its sandbox starts (see the banner above).
+
+    ``uses``: image -> how many pending samples will run in it, in the order their first sample will start.
+    A task calls :meth:`ready` before its sandbox starts and :meth:`release` when it has ended; samples that will
+    never start (--until_passed) are given back with :meth:`forget`.
+    """
+
+    def __init__(self, store: ImageStore, uses: dict[str, int], workers: int = 2, max_disk: int | None = None):
+        self.store, self.workers, self.max_disk = store, workers, max_disk
+        self.order = list(uses)
+        self.remaining: Counter[str] = Counter(uses)
+        self.in_use: Counter[str] = Counter()
+        self.last_use: dict[str, float] = {}
+        self.held: dict[str, int] = {}
+        """Images this run pulled and still has -> their size: what --max_image_disk counts and may remove."""
+        self.pulling: set[str] = set()
+        self.failed: dict[str, str] = {}
+        """Image -> why it could not be had."""
+        self.ready_count = 0
+        self.removed: list[str] = []
+        self.unremovable: dict[str, str] = {}
+        """Image -> why --max_image_disk could not remove it."""
+        self.downloaded = 0
+        """Bytes pulled so far (as the engine reports its downloads)."""
+        self._results: dict[str, asyncio.Future] = {}
+        self._started: set[str] = set()
+        self._demanded: list[str] = []
+        self._next = 0
+        self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._removals: set[asyncio.Task] = set()
+        self._bytes_lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start pulling ahead (within the running event loop)."""
+        if not self._tasks:
+            self._tasks = [asyncio.ensure_future(self._work()) for _ in range(min(self.workers, len(self.order)))]
+
+    async def ready(self, image: str) -> None:
+        """Until ``image`` can be used; EnvError (in one line) when it cannot be had."""
+        result = self._result(image)
+        if image not in self._started and image not in self._demanded:
+            self._demanded.append(image)
+            self._wake()
+        error = await asyncio.shield(result)
+        if error is not None:
+            raise EnvError(error)
+        self.in_use[image] += 1
+
+    def release(self, image: str, used: bool = True) -> None:
+        """A task that was to run in ``image`` has ended (``used``: it got the image from :meth:`ready`)."""
+        if used:
+            self.in_use[image] -= 1
+        self.remaining[image] -= 1
+        self.last_use[image] = time.monotonic()
+        self._trim()
+        self._wake()
+
+    def forget(self, image: str, count: int) -> None:
+        """``count`` samples that were to run in ``image`` will not start."""
+        if count:
+            self.remaining[image] -= count
+            self._trim()
+            self._wake()
+
+    def counts(self) -> dict:
+        return {
+            "images": len(self.order),
+            "ready": self.ready_count,
+            "pulling": len(self.pulling),
+            "failed": len(self.failed),
+            "bytes": self.downloaded,
+        }
+
+    async def close(self) -> None:
+        """Stop pulling ahead and finish the removals under way."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._removals:
+            await asyncio.wait(self._removals, timeout=30)
+
+    def _result(self, image: str) -> asyncio.Future:
+        result = self._results.get(image)
+        if result is None:
+            result = self._results[image] = asyncio.get_running_loop().create_future()
+        return result
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _over_budget(self) -> bool:
+        return self.max_disk is not None and sum(self.held.values()) >= self.max_disk
+
+    def _pick(self) -> str | None:
+        """The next image to prepare: one a task waits for first; else, while the disk budget allows, the next in
+        the order of use that some pending sample still needs."""
+        while self._demanded:
+            image = self._demanded.pop(0)
+            if image not in self._started:
+                return image
+        if self._over_budget():
+            return None
+        while self._next < len(self.order):
+            image = self.order[self._next]
+            self._next += 1
+            if image not in self._started and self.remaining[image] > 0:
+                return image
+        return None
+
+    async def _work(self) -> None:
+        while True:
+            image = self._pick()
+            if image is None:
+                await self._changed.wait()
+                continue
+            self._started.add(image)
+            self.pulling.add(image)
+            result = self._result(image)
+            try:
+                prepared = await asyncio.to_thread(self.store.prepare, image, self._count)
+            except EnvError as exc:
+                self.failed[image] = str(exc)
+                result.set_result(str(exc))
+                continue
+            except Exception as exc:  # a bug of ours or the SDK's: the image's tasks say so, the run goes on
+                self.failed[image] = f"image {image} could not be made ready: {type(exc).__name__}: {_one_line(exc)}"
+                result.set_result(self.failed[image])
+                continue
+            finally:
+                self.pulling.discard(image)
+                self._wake()
+            self.ready_count += 1
+            if prepared.pulled:
+                self.held[image] = prepared.size
+            result.set_result(None)
+            self._trim()
+
+    def _count(self, size: int) -> None:
+        with self._bytes_lock:  # called from the pulling threads
+            self.downloaded += size
+
+    def _trim(self) -> None:
+        """Over the disk budget: remove the images this run pulled that nothing needs any more, oldest use first."""
+        if self.max_disk is None:
+            return
+        total = sum(self.held.values())
+        idle = sorted(
+            (self.last_use.get(image, 0.0), image)
+            for image in self.held
+            if self.remaining[image] <= 0 and self.in_use[image] <= 0
+        )
+        for _, image in idle:
+            if total <= self.max_disk:
+                break
+            total -= self.held.pop(image)
+            removal = asyncio.ensure_future(self._remove(image))
+            self._removals.add(removal)
+            removal.add_done_callback(self._removals.discard)
+
+    async def _remove(self, image: str) -> None:
+        try:
+            await asyncio.to_thread(self.store.remove, image)
+        except Exception as exc:  # an image we cannot remove costs disk, never the run
+            self.unremovable[image] = _one_line(exc)
+            return
+        self.removed.append(image)
+        # Should a task want it again after all, it is pulled again.
+        self._started.discard(image)
+        self._results.pop(image, None)
+        self.ready_count -= 1
+        self._wake()
+
+
+def image_supply(settings: EnvSettings, uses: dict[str, int]) -> ImageSupply | None:
+    """The run's image supply, or None when its backend has no images to pull."""
+    store = BACKENDS[settings.env_type].image_store(settings)
+    if store is None or not uses:
+        return None
+    return ImageSupply(store, uses, settings.pull_workers, settings.max_image_disk)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1515,6 +1515,8 @@ class RunContext:
 
     early_failures: EarlyFailureWatch = field(default_factory=EarlyFailureWatch)
     """Stops the run when its first tasks all end in the same permanent API error."""
+    images: "environments.ImageSupply | None" = None
+    """Pulls the tasks' images ahead of them (backends with images only)."""
 
 
 VERIFIED_ENDINGS = frozenset({"completed", "max_iterations"})
@@ -1575,7 +1577,13 @@ async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> di
     started_wall, started = datetime.now(UTC), time.monotonic()
     env = None
     permanent_error = None
+    got_image = False
     try:
+        if ctx.images is not None:
+            # Before the task's clocks start: waiting for a pull is not the agent's time.
+            await ctx.images.ready(image)
+            got_image = True
+            started_wall, started = datetime.now(UTC), time.monotonic()
         async with asyncio.timeout(config.task_timeout) as deadline:
             env = environments.create_environment(config.env, image=image, cwd=prompt.cwd, task_id=prompt.task_id)
             ctx.live_environments.add(env)
@@ -1612,6 +1620,8 @@ async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> di
         if env is not None:
             await _close_quietly(env, prompt.task_id)
             ctx.live_environments.discard(env)
+        if ctx.images is not None:  # after the sandbox is gone: the image may be removed now
+            ctx.images.release(image, used=got_image)
     stop = ctx.early_failures.observe(permanent_error)
     if stop is not None:
         raise FatalRunError(stop)
@@ -1807,9 +1817,18 @@ class Progress:
     """done/total, completed, failed (and passed, when verifying), rate and ETA on stderr: a bar on a terminal,
     plain periodic lines otherwise."""
 
-    def __init__(self, total: int, quiet: bool, stream=None, interval: float = 10.0, verifying: bool = False):
+    def __init__(
+        self,
+        total: int,
+        quiet: bool,
+        stream=None,
+        interval: float = 10.0,
+        verifying: bool = False,
+        images: "environments.ImageSupply | None" = None,
+    ):
         self.total, self.quiet, self.stream, self.interval = total, quiet, stream or sys.stderr, interval
         self.verifying = verifying
+        self.images = images
         self.done = self.completed = self.passed = 0
         self.started = self.last_line = time.monotonic()
         self.bar = None
@@ -1828,6 +1847,8 @@ class Progress:
             counts = {"completed": self.completed, "failed": self.done - self.completed}
             if self.verifying:
                 counts["passed"] = self.passed
+            if self.images is not None:
+                counts["images"] = self.images_text()
             self.bar.set_postfix(counts, refresh=False)
             self.bar.update(1)
         elif time.monotonic() - self.last_line >= self.interval or self.done == self.total:
@@ -1849,10 +1870,20 @@ class Progress:
         eta = (self.total - self.done) / (self.done / elapsed) if self.done else float("nan")
         eta_text = "?" if eta != eta else f"{eta:.0f}s"
         passed = f", {self.passed} passed" if self.verifying else ""
+        images = f"; images {self.images_text()}" if self.images is not None else ""
         return (
             f"progress: {self.done}/{self.total} done, {self.completed} completed, "
-            f"{self.done - self.completed} failed{passed}, {rate:.1f} tasks/min, ETA {eta_text}"
+            f"{self.done - self.completed} failed{passed}, {rate:.1f} tasks/min, ETA {eta_text}{images}"
         )
+
+    def images_text(self) -> str:
+        counts = self.images.counts()
+        text = f"{counts['ready']}/{counts['images']} ready"
+        if counts["pulling"]:
+            text += f", {counts['pulling']} pulling"
+        if counts["failed"]:
+            text += f", {counts['failed']} failed"
+        return text + f", {counts['bytes'] / 1e6:.0f} MB pulled"
 
     def close(self) -> None:
         if self.bar is not None:
@@ -1978,6 +2009,7 @@ def summarize(
     skipped: int,
     outcomes: SampleOutcomes,
     not_needed: int = 0,
+    images: "environments.ImageSupply | None" = None,
 ) -> dict:
     """The run's statistics: task counts from the records this run wrote (``tally``); ``verification`` (null when
     no prompt has a verifier) and ``samples_per_prompt`` from ``outcomes``, every final sample of the run's
@@ -1998,6 +2030,18 @@ def summarize(
         "samples_per_prompt": round(len(outcomes.rewards) / max(outcomes.prompt_count, 1), 3),
         "samples_not_needed": not_needed,
         "verification": verification_summary(outcomes, tally.verifier_errors) if outcomes.verified_ids else None,
+        "images": None if images is None else images_summary(images),
+    }
+
+
+def images_summary(images: "environments.ImageSupply") -> dict:
+    """What the run's images cost: how many were needed, pulled and removed, and those that could not be had."""
+    return {
+        "needed": len(images.order),
+        "pulled_bytes": images.downloaded,
+        "removed": list(images.removed),
+        "failed": dict(images.failed),
+        "not_removed": dict(images.unremovable),
     }
 
 
@@ -2011,6 +2055,13 @@ def summary_text(summary: dict, output_file: str) -> str:
         f"{summary['wall_time_s']:.1f}s, {summary['tasks_per_minute']:.1f} tasks/min; "
         f"{summary['skipped_already_done']} skipped as already done -> {where}"
     )
+    images = summary.get("images")
+    if images and images["failed"]:
+        listed = sorted(images["failed"].items())
+        failed = "; ".join(f"{image} ({why})" for image, why in listed[:5])
+        failed += f"; and {len(listed) - 5} more (see --stats_file)" if len(listed) > 5 else ""
+        text += f"\nimages: {len(images['failed'])} of {images['needed']} could not be had (their tasks: env_error, "
+        text += f"rerun on resume): {failed}"
     verification = summary.get("verification")
     if verification:
 
@@ -2386,6 +2437,11 @@ class SampleSchedule:
         for round_ in self.rounds:
             yield from round_
 
+    def positions_in_order(self) -> Iterator[int]:
+        """Like :meth:`pending_positions`, in the order the samples will start."""
+        for round_ in self.rounds:
+            yield from reversed(round_)
+
     async def wait(self) -> None:
         """Until a running sample ends (or the run stops: see :meth:`wake`)."""
         await self._changed.wait()
@@ -2407,6 +2463,17 @@ class SampleSchedule:
                     self.not_needed += released
         self.wake()
         return released
+
+
+def image_uses(config: RunConfig, prompts: Sequence[Prompt], schedule: "SampleSchedule") -> dict[str, int]:
+    """Image -> how many of the run's pending samples run in it, in the order their first sample starts (none for
+    backends without images)."""
+    uses: dict[str, int] = {}
+    if environments.BACKENDS[config.env.env_type].uses_image:
+        for position in schedule.positions_in_order():
+            image = environments.task_image(config.env, prompt_image(prompts, position))
+            uses[image] = uses.get(image, 0) + 1
+    return uses
 
 
 async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
@@ -2465,6 +2532,7 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
         system_prompt=system_prompt,
         config_hash=output.config_hash,
         output=output,
+        images=environments.image_supply(config.env, image_uses(config, prompts, schedule)),
     )
     try:
         await ctx.model.check_endpoint()
@@ -2476,8 +2544,10 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
     # collector's sight, a full collection walks only the tasks' objects. Every full collection stalls the event
     # loop; over the SDKs' ~150,000 objects alone it took ~100 ms on the 2-core machine (bench/bench_modal_scale.py).
     gc.freeze()
+    if ctx.images is not None:
+        ctx.images.start()
     writer = output.writer
-    progress = Progress(schedule.total, config.quiet, verifying=bool(outcomes.verified_ids))
+    progress = Progress(schedule.total, config.quiet, verifying=bool(outcomes.verified_ids), images=ctx.images)
     progress.not_needed(schedule.not_needed)
     running: set[asyncio.Task] = set()
     tally = RunTally()
@@ -2534,7 +2604,10 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
                 raise
             finally:
                 running.discard(task)
-                progress.not_needed(schedule.done(sample, record is not None and record["reward"] == 1.0))
+                released = schedule.done(sample, record is not None and record["reward"] == 1.0)
+                progress.not_needed(released)
+                if ctx.images is not None:
+                    ctx.images.forget(environments.task_image(config.env, sample.prompt.image), released)
             if stop["fatal"] is not None:
                 return  # tasks cut short by a fatal error are worth nothing: nothing written
             try:
@@ -2557,7 +2630,9 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
         # written without a fatal error (a 401 or an unusable backend keeps the old records).
         output.close(keep=bool(tally.tasks) and stop["fatal"] is None)
         await ctx.model.close()
-    summary = summarize(tally, time.monotonic() - started, skipped, outcomes, schedule.not_needed)
+        if ctx.images is not None:
+            await ctx.images.close()
+    summary = summarize(tally, time.monotonic() - started, skipped, outcomes, schedule.not_needed, ctx.images)
     if stop["fatal"] is not None:
         return RunOutcome(EXIT_FATAL, summary, stop["fatal"])
     if stop["signal"] is not None:
@@ -2752,6 +2827,8 @@ def main(
     system_prompt_file: str | None = None,
     pass_env: str | None = None,
     pull: str | None = None,
+    pull_workers: int | None = None,
+    max_image_disk: str | None = None,
     network: str | None = None,
     memory: str | None = None,
     cpus: float | None = None,
@@ -2818,6 +2895,9 @@ def main(
         system_prompt_file: Read the system prompt from this UTF-8 file (same placeholders as --system_prompt).
         pass_env: local/bwrap: comma-separated variables passed to commands even though they look secret.
         pull: docker: pull images when missing, always or never (default missing).
+        pull_workers: docker: images pulled at once, ahead of the tasks that use them (default 2).
+        max_image_disk: docker: disk the images this run pulled may hold, e.g. 50g; past it, those no pending
+            task needs are removed, oldest use first (images present before the run are never removed).
         network: docker/modal/bwrap network: bridge (default; bwrap: the host's) or none.
         memory: docker/modal memory limit, e.g. 4g.
         cpus: docker/modal CPU limit, e.g. 2.
@@ -2851,6 +2931,8 @@ def main(
         "cwd": ("cwd", lambda v: _text("cwd", v)),
         "pass_env": ("pass_env", lambda v: _names("pass_env", v)),
         "pull": ("pull", lambda v: _text("pull", v)),
+        "pull_workers": ("pull_workers", lambda v: int(_number("pull_workers", v, int, no_limit))),
+        "max_image_disk": ("max_image_disk", lambda v: environments.parse_size(str(v), "--max_image_disk")),
         "network": ("network", lambda v: _text("network", v)),
         "memory": ("memory", lambda v: _text("memory", v)),
         "cpus": ("cpus", lambda v: _number("cpus", v, float, no_limit)),
@@ -2866,7 +2948,8 @@ def main(
         "ssh_known_hosts": ("ssh_known_hosts", lambda v: _text("ssh_known_hosts", v)),
     }
     given = {
-        "image": image, "cwd": cwd, "pass_env": pass_env, "pull": pull, "network": network, "memory": memory,
+        "image": image, "cwd": cwd, "pass_env": pass_env, "pull": pull, "pull_workers": pull_workers,
+        "max_image_disk": max_image_disk, "network": network, "memory": memory,
         "cpus": cpus, "pids_limit": pids_limit, "volume": volume, "env_var": env_var, "no_hardening": no_hardening,
         "modal_app": modal_app, "sandbox_timeout": sandbox_timeout, "startup_timeout": startup_timeout,
         "ssh_host": ssh_host, "ssh_key": ssh_key, "ssh_known_hosts": ssh_known_hosts,

@@ -73,6 +73,44 @@ def variant_image() -> str:
     return VARIANT_IMAGE
 
 
+PODMAN_SOCKET = os.environ.get("MSR_PODMAN_SOCKET", "/run/mini-swe-runner-podman.sock")
+"""Where scripts/podman-engine.sh serves Podman's Docker-compatible API (with the test image imported)."""
+
+
+def _podman_problem() -> str | None:
+    try:
+        import docker
+
+        client = docker.DockerClient(base_url=f"unix://{PODMAN_SOCKET}")
+        client.ping()
+        client.images.get(TEST_IMAGE)
+    except Exception as exc:  # noqa: BLE001 - any failure means "no usable Podman service"
+        return f"no Podman service with {TEST_IMAGE} on {PODMAN_SOCKET} ({type(exc).__name__}: {exc}); run " + (
+            "scripts/podman-engine.sh"
+        )
+    return None
+
+
+@pytest.fixture
+def podman_engine(monkeypatch) -> str:
+    """DOCKER_HOST pointing at the Podman service for this test (skips, or fails on CI, without one)."""
+    problem = _podman_problem()
+    if problem:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but {problem}", pytrace=False)
+        pytest.skip(problem)
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{PODMAN_SOCKET}")
+    return PODMAN_SOCKET
+
+
+@functools.cache
+def podman():
+    """A docker SDK client of the Podman service, for looking at its containers from outside."""
+    import docker
+
+    return docker.DockerClient(base_url=f"unix://{PODMAN_SOCKET}")
+
+
 def docker_settings(**overrides) -> EnvSettings:
     """Settings for one test: the local test image, never pull, a run id of its own."""
     values = {"env_type": "docker", "image": TEST_IMAGE, "pull": "never", "run_id": f"test{secrets.token_hex(4)}"}
@@ -80,8 +118,8 @@ def docker_settings(**overrides) -> EnvSettings:
     return EnvSettings(**values)
 
 
-def run_containers(run_id: str) -> list[str]:
+def run_containers(run_id: str, client=None) -> list[str]:
     """Names of the containers (running or not) labelled with ``run_id``, from one list call (``containers.list()``
     inspects each container in a second request, which fails when one is removed in between)."""
-    listed = engine().api.containers(all=True, filters={"label": f"mini-swe-runner.run-id={run_id}"})
+    listed = (client or engine()).api.containers(all=True, filters={"label": f"mini-swe-runner.run-id={run_id}"})
     return [c["Names"][0].lstrip("/") for c in listed]

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
-from docker_support import TEST_IMAGE, docker_engine, run_containers  # noqa: F401
+from docker_support import TEST_IMAGE, docker_engine, podman, podman_engine, run_containers  # noqa: F401
 from ssh_support import sshd_fixture  # noqa: F401
 
 from environments import KILL_GRACE, EnvError, EnvSettings, create_environment
@@ -54,7 +54,11 @@ def docker_leftovers(env, marker: str) -> list[str]:
     return [f"container {name}" for name in run_containers(env.settings.run_id)] + processes_running(marker)
 
 
-@pytest.fixture(params=["local", "bwrap", "docker", "ssh", "modal"])
+def podman_leftovers(env, marker: str) -> list[str]:
+    return [f"container {name}" for name in run_containers(env.settings.run_id, podman())] + processes_running(marker)
+
+
+@pytest.fixture(params=["local", "bwrap", "docker", "podman", "ssh", "modal"])
 def backend(request, tmp_path) -> Backend:
     name = request.param
     if name == "local":
@@ -73,6 +77,14 @@ def backend(request, tmp_path) -> Backend:
             return create_environment(settings)
 
         return Backend(name, make_docker, docker_leftovers)
+    if name == "podman":  # the docker backend against Podman's Docker-compatible service
+        request.getfixturevalue("podman_engine")
+
+        def make_podman(**s):
+            settings = EnvSettings(env_type="docker", image=TEST_IMAGE, pull="never", run_id=secrets.token_hex(4), **s)
+            return create_environment(settings)
+
+        return Backend(name, make_podman, podman_leftovers)
     if name == "ssh":
         server = request.getfixturevalue("sshd")
         return Backend(name, lambda **s: create_environment(server.settings(**s)), local_leftovers)

@@ -10,13 +10,23 @@ import time
 import tracemalloc
 
 import pytest
-from docker_support import TEST_IMAGE, docker_engine, docker_settings, engine, run_containers, variant_image  # noqa: F401
+from docker_support import (  # noqa: F401
+    TEST_IMAGE,
+    docker_engine,
+    docker_settings,
+    engine,
+    podman,
+    podman_engine,
+    run_containers,
+    variant_image,
+)
 
 import environments
 from environments import (
     DOCKER_CLIENT_GRACE,
     KILL_GRACE,
     DockerEnvironment,
+    DockerImages,
     EnvError,
     EnvSettings,
     SettingsError,
@@ -193,13 +203,23 @@ def test_per_task_image_override():
 
 @needs_engine
 def test_hardening_is_visible_in_docker_inspect():
+    check_hardening(engine())
+
+
+@pytest.mark.usefixtures("podman_engine")
+def test_podman_runs_the_docker_backend_with_the_same_hardening():
+    """Podman's Docker-compatible service (scripts/podman-engine.sh): the same container settings take effect."""
+    check_hardening(podman())
+
+
+def check_hardening(client) -> None:
     settings = docker_settings(memory="256m", cpus=0.5, pids_limit=100, network="none")
 
     async def scenario():
         env = DockerEnvironment(settings)
         await env.start()
         try:
-            host_config = engine().api.inspect_container(env.container_id)["HostConfig"]
+            host_config = client.api.inspect_container(env.container_id)["HostConfig"]
             status = await env.execute("grep -E '^(NoNewPrivs|CapEff)' /proc/self/status; ls /sys/class/net", 10)
             root_work = await env.execute("touch /tmp/f && chown nobody /tmp/f && chmod u+s /tmp/f && ls -l /tmp/f", 10)
             return host_config, status, root_work
@@ -207,27 +227,37 @@ def test_hardening_is_visible_in_docker_inspect():
             await env.close()
 
     host_config, status, root_work = asyncio.run(scenario())
-    assert host_config["CapDrop"] == ["ALL"]
-    assert {cap.removeprefix("CAP_") for cap in host_config["CapAdd"]} >= {"CHOWN", "DAC_OVERRIDE", "SETUID", "SETGID"}
-    assert "SYS_ADMIN" not in str(host_config["CapAdd"]) and "NET_RAW" not in str(host_config["CapAdd"])
+    # Docker reports ALL dropped and the needed ones added back; Podman, which starts from a smaller default set,
+    # lists each capability it dropped and none added. The container's CapEff below is what counts.
+    dropped = {cap.removeprefix("CAP_") for cap in host_config["CapDrop"]}
+    added = {cap.removeprefix("CAP_") for cap in host_config["CapAdd"] or ()}
+    assert dropped == {"ALL"} or {"NET_RAW", "SYS_CHROOT", "MKNOD", "AUDIT_WRITE"} <= dropped
+    assert added <= set(environments.HARDENED_CAPS)
     assert "no-new-privileges" in host_config["SecurityOpt"]
     assert host_config["PidsLimit"] == 100 and host_config["Memory"] == 256 * 1024**2
     assert host_config["NanoCpus"] == 500_000_000 and host_config["NetworkMode"] == "none"
     lines = status.output.split()
     assert lines[lines.index("NoNewPrivs:") + 1] == "1"
-    assert int(lines[lines.index("CapEff:") + 1], 16) < 1 << 21  # nothing at or above CAP_SYS_ADMIN (21)
+    # Exactly the capabilities a root package install needs (HARDENED_CAPS), nothing else.
+    hardened = {"CHOWN": 0, "DAC_OVERRIDE": 1, "FOWNER": 3, "FSETID": 4, "KILL": 5, "SETGID": 6, "SETUID": 7}
+    hardened["NET_BIND_SERVICE"] = 10
+    assert set(environments.HARDENED_CAPS) == set(hardened)
+    assert int(lines[lines.index("CapEff:") + 1], 16) == sum(1 << bit for bit in hardened.values())
     assert lines[-1] == "lo"  # network none: loopback only
     assert root_work.ok and "nobody" in root_work.output  # what a root package install needs still works
+    assert run_containers(settings.run_id, client) == []  # removed on close
 
-    open_config = asyncio.run(hardening_off())
-    assert not open_config["CapDrop"] and not open_config["SecurityOpt"]
+    open_config = asyncio.run(hardening_off(client))
+    # The engine's own defaults (Podman drops a few capabilities even then), not ours.
+    assert "ALL" not in (open_config["CapDrop"] or ()) and "SYS_CHROOT" not in str(open_config["CapDrop"])
+    assert "no-new-privileges" not in str(open_config["SecurityOpt"])
 
 
-async def hardening_off():
+async def hardening_off(client):
     env = DockerEnvironment(docker_settings(hardening=False))
     await env.start()
     try:
-        return engine().api.inspect_container(env.container_id)["HostConfig"]
+        return client.api.inspect_container(env.container_id)["HostConfig"]
     finally:
         await env.close()
 
@@ -350,13 +380,13 @@ def test_preflight_accepts_a_present_image_and_reaps():
 def test_missing_image_is_a_one_line_error():
     missing = "mini-swe-runner-test:does-not-exist"
     with pytest.raises(EnvError) as caught:
-        asyncio.run(docker_preflight(docker_settings(), {TEST_IMAGE, missing}))
+        DockerImages(docker_settings()).prepare(missing, lambda size: None)
     assert_one_line(caught.value, missing, "docker pull", "docker build", "--pull")
 
     unpullable = "msr-no-such-user/msr-no-such-image:v0"
     with pytest.raises(EnvError) as caught:
-        asyncio.run(docker_preflight(docker_settings(pull="missing"), {unpullable}))
-    assert_one_line(caught.value, unpullable, "could not be pulled", "docker build")
+        DockerImages(docker_settings(pull="missing")).prepare(unpullable, lambda size: None)
+    assert_one_line(caught.value, unpullable, "could not be pulled")
 
     settings = docker_settings(image=missing)
     with pytest.raises(EnvError) as caught:

@@ -106,7 +106,11 @@ def test_missing_image_is_one_line_from_the_cli(tmp_path):
     missing = "mini-swe-runner-test:not-built"
     with ScriptedModelServer(per_conversation([reply("done")])) as server:
         result = run_cli(["--task", "x", *docker_args(server, image=missing)], cwd=tmp_path)
+    # A missing image costs its own tasks (env_error, retried on resume), not the batch: here that is every task,
+    # so the run ends with one line saying so and naming the fix.
     assert result.returncode == 1, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and missing in lines[0] and "docker pull" in lines[0], result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "every task failed" in last and missing in last and "docker pull" in last, result.stderr
     assert "Traceback" not in result.stderr
+    [record] = read_jsonl(tmp_path / "trajectories.jsonl")
+    assert record["exit_reason"] == "env_error" and missing in record["error"]
