@@ -213,10 +213,16 @@ class SummaryBuilder:
     env_types: Counter = field(default_factory=Counter)
     totals: Counter = field(default_factory=Counter)
     values: dict[str, list[float]] = field(default_factory=lambda: {key: [] for key, _ in DISTRIBUTIONS})
+    per_task: dict[str, list[int]] = field(default_factory=dict)
+    """task_id -> [samples, samples that passed, samples the verifier judged]: pass@k per task."""
 
     def add(self, facts: RecordFacts) -> None:
         self.records += 1
         self.task_ids.add(facts.task_id)
+        counts = self.per_task.setdefault(facts.task_id, [0, 0, 0])
+        counts[0] += 1
+        counts[1] += facts.verification == "passed"
+        counts[2] += facts.verification in ("passed", "failed")
         self.completed += facts.completed
         self.verification[facts.verification] += 1
         self.exit_reasons[facts.exit_reason] += 1
@@ -240,12 +246,24 @@ class SummaryBuilder:
             "completion_rate": self.completed / self.records if self.records else 0.0,
             "verification": {state: self.verification[state] for state in VERIFICATION_STATES},
             "pass_rate": self.verification["passed"] / verified if verified else None,
+            "pass_at_k": self._pass_at_k(),
             "exit_reasons": dict(self.exit_reasons.most_common()),
             "models": dict(self.models.most_common()),
             "images": dict(self.images.most_common()),
             "env_types": dict(self.env_types.most_common()),
             "totals": {key: self.totals[key] for key in sorted(self.totals)},
             "distributions": {key: distribution(self.values[key]) for key, _ in DISTRIBUTIONS},
+        }
+
+    def _pass_at_k(self) -> dict | None:
+        """Over the tasks a verifier judged: how many have a sample that passed (k: each task's samples)."""
+        judged = [counts for counts in self.per_task.values() if counts[2]]
+        if not judged:
+            return None
+        return {
+            "tasks": len(judged),
+            "passed": sum(1 for counts in judged if counts[1]),
+            "max_k": max(counts[0] for counts in self.per_task.values()),
         }
 
 
@@ -288,6 +306,15 @@ def summary_table(summary: dict) -> str:
                 "verified",
                 f"{verification['passed']:,} passed, {verification['failed']:,} failed{rate}, "
                 f"{verification['error']:,} verifier errors, {verification['none']:,} without a verifier",
+            )
+        )
+    pass_at_k = summary["pass_at_k"]
+    if pass_at_k and pass_at_k["max_k"] > 1:
+        rows.append(
+            (
+                "pass@k",
+                f"{pass_at_k['passed']:,} of {pass_at_k['tasks']:,} verified tasks have a sample that passed "
+                f"({pass_at_k['passed'] / pass_at_k['tasks']:.1%}), k up to {pass_at_k['max_k']}",
             )
         )
     rows += [
@@ -695,7 +722,7 @@ select, input, button { font: inherit; color: var(--fg); background: var(--bg); 
   border-radius: 6px; padding: 4px 6px; }
 button { cursor: pointer; }
 .count { color: var(--muted); margin-bottom: 4px; }
-.row { display: grid; grid-template-columns: 220px 26px 44px 130px 150px 52px 70px 66px 70px 1fr; gap: 8px;
+.row { display: grid; grid-template-columns: 220px 26px 52px 130px 150px 52px 70px 66px 70px 1fr; gap: 8px;
   align-items: center;
   height: 28px; padding: 0 8px; border-bottom: 1px solid var(--line); white-space: nowrap; overflow: hidden; }
 .row > span { overflow: hidden; text-overflow: ellipsis; }
@@ -1103,13 +1130,9 @@ function renderOverview(summary) {
   if (v.passed + v.failed) cards.push(card(percent(v.passed, v.passed + v.failed),
     `passed (${int(v.passed)} of ${int(v.passed + v.failed)} verified)`));
   if (v.error) cards.push(card(int(v.error), "verifier could not run", "warn"));
-  const judged = state.groups.filter((g) => g.verified), most = state.groups.reduce((k, g) => Math.max(k,
-    g.nums.length), 0);
-  if (most > 1 && judged.length) {
-    const solved = judged.filter((g) => g.passed).length;
-    cards.push(card(percent(solved, judged.length),
-      `pass@k: tasks with a passing sample (${int(solved)} of ${int(judged.length)}, k up to ${most})`));
-  }
+  const k = summary.pass_at_k;
+  if (k && k.max_k > 1) cards.push(card(percent(k.passed, k.tasks),
+    `pass@k: tasks with a passing sample (${int(k.passed)} of ${int(k.tasks)}, k up to ${k.max_k})`));
   const t = summary.totals;
   cards.push(card(compact(t.tokens || 0), "tokens"), card(int(t.tool_calls || 0),
     `tool calls (${int(t.tool_failures || 0)} failed)`),

@@ -178,6 +178,7 @@ def test_summary_counts_the_last_record_of_each_task_and_sample(run_files):
     assert summary["completed"] == 5
     assert summary["verification"] == {"passed": 1, "failed": 1, "error": 1, "none": 6}
     assert summary["pass_rate"] == 0.5
+    assert summary["pass_at_k"] == {"tasks": 1, "passed": 1, "max_k": 2}  # odd-calls; verifier-broke was not judged
     assert summary["models"] == {"scripted-model": 4, "other-model": 4, "unknown": 1}
     assert summary["totals"]["truncated_outputs"] == 1
     assert summary["distributions"]["tokens"]["max"] == 99_999
@@ -716,3 +717,11 @@ def test_image_names_are_shown_from_where_they_differ(swe_page):
     ]
     choose(page, "f-image", IMAGE.format("sympy__sympy-20590"))
     assert shown(page) == 1
+
+
+def test_stats_gives_pass_at_k_as_the_page_does(swe_report):
+    result = run_cli(["stats", str(swe_report.parent / "swe.jsonl")])
+    assert result.returncode == 0, result.stderr
+    assert re.search(
+        r"^pass@k\s+2 of 3 verified tasks have a sample that passed \(66\.7%\), k up to 3$", result.stdout, re.M
+    )
