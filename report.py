@@ -779,6 +779,8 @@ const R_NUM = 0, R_ID = 1, R_SAMPLE = 2, R_PINDEX = 3, R_EXIT = 4, R_COMPLETED =
 const ROW_HEIGHT = 28;
 const FOLD_LINES = 30, FOLD_CHARS = 4000, PREVIEW_LINES = 12;
 const MARKER = /\[\.\.\. (\d+) characters omitted \.\.\.\]/g;
+const PATCH_CUT = /\[mini-swe-runner: patch cut at \d+ of \d+ bytes\]|\[\.\.\. \d+ characters omitted \.\.\.\]/;
+// PATCH_CUT is trajectory.PATCH_CUT_MARKER (tests/test_report.py checks they are the same pattern).
 const OUTCOMES = [["", "all"], ["completed", "completed"], ["incomplete", "not completed"],
   ["passed", "verifier passed"], ["failed", "verifier failed"], ["error", "verifier could not run"],
   ["none", "no verifier"]];
@@ -1032,7 +1034,9 @@ function renderPatch(patch) {
   const files = (patch.match(/^diff --git /gm) || []).length;
   const summary = el("summary", null, patch ? `patch: ${int(files)} file(s), +${int(added)} −${int(removed)}` :
     "patch: empty (the agent changed nothing)");
-  if (patch.match(MARKER)) summary.append(" ", el("span", {class: "badge warn"}, "truncated: not the whole diff"));
+  if (PATCH_CUT.test(patch)) {
+    summary.append(" ", el("span", {class: "badge warn"}, "truncated: not the whole diff"));
+  }
   const box = el("details", {class: "patch"}, summary);
   box.addEventListener("toggle", () => {
     if (!box.open || box.querySelector("pre")) return;

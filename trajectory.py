@@ -1638,8 +1638,11 @@ def export(paths: list[str], output_file: str, options: ExportOptions) -> Export
 # A model_patch of "" or null is "an empty patch" (submitted, never resolved); model_name_or_path names the log dir.
 SWEBENCH_KEYS = ("instance_id", "model_name_or_path", "model_patch")
 SWEBENCH_PICKS = ("passed", "first")
-PATCH_CUT_MARKER = re.compile(r"\[\.\.\. \d+ characters omitted \.\.\.\]")
-"""What the one truncation rule (head + tail) puts where it cut: a patch carrying it is not the whole diff."""
+PATCH_CUT_MARKER = re.compile(
+    r"\[mini-swe-runner: patch cut at \d+ of \d+ bytes\]|\[\.\.\. \d+ characters omitted \.\.\.\]"
+)
+"""Where a patch was cut: the patch capture's size limit, or the one truncation rule of outputs (head + tail).
+A patch carrying either is not the whole diff. The page (report.py) matches the same pattern."""
 
 
 def record_patch(record: dict) -> str | None:

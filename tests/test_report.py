@@ -307,6 +307,8 @@ def test_report_is_self_contained_and_carries_no_record_text(report_file):
     for text in ("alert(", "</tool_response>", "odd calls", "onerror"):
         assert text not in html
     assert html.count("<script") == html.count("</script>")
+    # The page tells a cut patch by the pattern the export uses.
+    assert f"const PATCH_CUT = /{trajectory.PATCH_CUT_MARKER.pattern}/;" in report.PAGE_SCRIPT
     for fragment in ("<script", "</script", "<!--"):  # what could end or re-nest the element our code is in
         assert fragment not in report.PAGE_SCRIPT.lower()
     # No untrusted text is ever parsed as HTML by the page.
@@ -565,7 +567,7 @@ def test_previous_and_next_walk_the_filtered_list(page):
 # ---------------------------------------------------------------------------------------------------------------
 
 IMAGE = "ghcr.io/example-org/swe-bench-images/sweb.eval.x86_64.{}:latest"
-CUT = "\n[... 90000 characters omitted ...]\n"
+CUT = "\n[mini-swe-runner: patch cut at 200 of 90000 bytes]\n"
 
 
 def swe_patch(task: str, sample: int) -> str:

@@ -149,8 +149,15 @@ def test_pick_first_only_and_model_name(tmp_path):
     assert "3 left out by the filters" in result.stderr
 
 
-def test_a_truncated_or_missing_patch_is_left_out_and_counted(tmp_path):
-    cut = "diff --git a/x b/x\n+" + "y" * 50 + "\n[... 120000 characters omitted ...]\n+z\n"
+@pytest.mark.parametrize(
+    "marker",
+    [
+        "\n[mini-swe-runner: patch cut at 60 of 120000 bytes]\n",  # the patch capture's size limit
+        "\n[... 120000 characters omitted ...]\n+z\n",  # the head + tail rule of outputs
+    ],
+)
+def test_a_truncated_or_missing_patch_is_left_out_and_counted(tmp_path, marker):
+    cut = "diff --git a/x b/x\n+" + "y" * 50 + marker
     records = [
         record("cut", True, cut),
         record("cut", False, patch_of("cut-whole"), sample_index=1),  # not chosen: the passed one is
