@@ -242,3 +242,10 @@ def test_export_features_load_the_predictions(tmp_path, monkeypatch):
         cache_dir=str(tmp_path / "c"),
     )
     assert rows.to_list() == list(harness_reads(out).values())
+
+
+def test_help_names_the_format_and_its_flags():
+    result = export(["--help"])
+    assert result.returncode == 0
+    for text in ("swebench", "--pick", "--model_name"):
+        assert text in result.stdout
