@@ -1718,7 +1718,7 @@ def export_swebench(paths: list[str], output_file: str, options: ExportOptions) 
                 continue
             metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
             model = options.model_name or (metadata.get("model") if isinstance(metadata.get("model"), str) else "")
-            row = dict(zip(SWEBENCH_KEYS, (instance, model or "unknown", patch), strict=True))
+            row = {"instance_id": instance, "model_name_or_path": model or "unknown", "model_patch": patch}
             # ASCII JSON: the harness opens the file without an encoding, so it must read the same in any locale.
             text = json.dumps(row, ensure_ascii=True)
             yield ((",\n" if result.written else "\n") + text if as_list else text + "\n").encode("ascii")
