@@ -15,7 +15,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import make_config, run_cli, run_prompts
+from model_server import ScriptedModelServer, reply
 
 import trajectory
 
@@ -249,3 +250,36 @@ def test_help_names_the_format_and_its_flags():
     assert result.returncode == 0
     for text in ("swebench", "--pick", "--model_name"):
         assert text in result.stdout
+
+
+def test_instance_ids_of_a_real_run(tmp_path):
+    """Rows as SWE-bench gives them (instance_id, problem_statement) and a row that also has an id, run through the
+    real batch driver with two samples each: one prediction per instance, under the row's instance_id."""
+    rows = [
+        json.dumps({"instance_id": "django__django-11099", "problem_statement": "fix the validator"}),
+        json.dumps({"id": "row-2", "instance_id": "astropy__astropy-12907", "problem_statement": "fix the model"}),
+    ]
+    with ScriptedModelServer(lambda request: reply("done")) as server:
+        _, records = run_prompts(make_config(server, tmp_path / "run.jsonl", samples=2), rows)
+    assert sorted((r["task_id"], r["sample_index"]) for r in records) == [
+        ("django__django-11099", 0),
+        ("django__django-11099", 1),
+        ("row-2", 0),
+        ("row-2", 1),
+    ]
+    # What the patch capture adds (the swe branch): the top-level patch key, after error and before metadata.
+    with_patch = []
+    for r in records:
+        metadata = r.pop("metadata")
+        with_patch.append({**r, "patch": patch_of(f"{r['task_id']}-{r['sample_index']}"), "metadata": metadata})
+    source = write(tmp_path / "with-patch.jsonl", with_patch)
+    out = tmp_path / "preds.json"
+    result = export([str(source), "--format", "swebench", "--output_file", str(out)])
+    assert result.returncode == 0, result.stderr
+    assert {k: p["model_patch"] for k, p in harness_reads(out).items()} == {
+        "django__django-11099": patch_of("django__django-11099-0"),
+        "astropy__astropy-12907": patch_of("row-2-0"),
+    }
+    result = export([str(tmp_path / "run.jsonl"), "--format", "swebench", "--output_file", str(out)])
+    assert result.returncode == 0 and json.loads(out.read_text()) == []  # records without a patch: nothing to submit
+    assert "2 instances left out: the chosen sample has no patch recorded" in result.stderr
