@@ -3136,6 +3136,19 @@ def _export_parser():
         action="store_true",
         help="end on the model turn that sent the completion command",
     )
+    parser.add_argument(
+        "--pick",
+        choices=trajectory.SWEBENCH_PICKS,
+        default="passed",
+        help="swebench: the sample exported per instance: the first that passed, else the first (passed, default), "
+        "or the first (first)",
+    )
+    parser.add_argument(
+        "--model_name",
+        "--model-name",
+        metavar="NAME",
+        help="swebench: model_name_or_path (default: the records' model)",
+    )
     return parser
 
 
@@ -3202,9 +3215,13 @@ def export_command(argv: list[str]) -> int:
                 empty_think=args.empty_think,
                 drop_final_echo=args.drop_final_echo,
                 final_output_marker=FINAL_OUTPUT_MARKER,
+                pick=args.pick,
+                model_name=args.model_name,
             )
         except ValueError as exc:
             raise UsageError(f"export: {exc}") from None
+        if options.format == "swebench" and not output.endswith((".json", ".jsonl")):
+            raise UsageError(f"export: the SWE-bench harness reads only .json or .jsonl predictions, not {output}")
     except UsageError as exc:
         print(f"mini-swe-runner: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -3222,9 +3239,14 @@ def export_command(argv: list[str]) -> int:
 
 def export_summary(result: trajectory.ExportResult, output: str, format: str) -> str:
     lines = [f"exported {result.written} of {result.read} records to {output} ({format})"]
+    if format == "swebench":
+        lines = [f"exported {result.written} predictions (one per instance) of {result.read} records to {output}"]
     for count, what in (
         (result.superseded, "superseded by a later record of the same task and sample"),
         (result.filtered, "left out by the filters"),
+        (result.not_chosen, "other samples of an exported instance, not chosen (--pick)"),
+        (result.without_patch, "instances left out: the chosen sample has no patch recorded"),
+        (result.cut_patch, "instances left out: the chosen sample's patch was truncated, not the whole diff"),
         (result.unrepresentable, f"with no model turn that {format} can end on"),
         (result.bad_lines, "lines that are not records (torn or damaged)"),
     ):
@@ -3232,6 +3254,8 @@ def export_summary(result: trajectory.ExportResult, output: str, format: str) ->
             lines.append(f"  {count} {what}")
     if result.unreadable:
         lines.append(f"  {result.unreadable} records whose turns cannot be read back, first: {result.first_unreadable}")
+    if result.first_left_out:
+        lines.append(f"  first instance left out for its patch: {result.first_left_out}")
     return "\n".join(lines)
 
 
@@ -3239,7 +3263,7 @@ SUBCOMMANDS = {
     "cleanup": "remove what runs that died left behind (Docker containers, Modal sandboxes)",
     "view": "write one self-contained HTML report of record files (view --help)",
     "stats": "print the summary of record files as a table (stats --help)",
-    "export": "stream record files into one training file: hermes, openai or sharegpt (export --help)",
+    "export": "record files into one training file (hermes, openai, sharegpt) or SWE-bench predictions (export --help)",
 }
 """First words that are commands, not prompts; anything else that is not a flag is refused."""
 

@@ -9,7 +9,8 @@ quick for large runs because every trajectory is embedded separately, gzip + bas
 list come from one small compressed index ahead of them. Base64 has no "<", so no data can close the element
 that carries it, and the page puts every piece of record text into the DOM as text (textContent), never as HTML.
 Writing streams: trajectories go to a temporary file as they are read, the index (one small row per record) is
-kept in memory and written first, then the trajectories are copied after it.
+kept in memory and written first, then the trajectories are copied after it. The page groups the rows by task_id:
+the k samples of a task are one list row (passes out of k) and open side by side.
 """
 
 from __future__ import annotations
@@ -212,10 +213,16 @@ class SummaryBuilder:
     env_types: Counter = field(default_factory=Counter)
     totals: Counter = field(default_factory=Counter)
     values: dict[str, list[float]] = field(default_factory=lambda: {key: [] for key, _ in DISTRIBUTIONS})
+    per_task: dict[str, list[int]] = field(default_factory=dict)
+    """task_id -> [samples, samples that passed, samples the verifier judged]: pass@k per task."""
 
     def add(self, facts: RecordFacts) -> None:
         self.records += 1
         self.task_ids.add(facts.task_id)
+        counts = self.per_task.setdefault(facts.task_id, [0, 0, 0])
+        counts[0] += 1
+        counts[1] += facts.verification == "passed"
+        counts[2] += facts.verification in ("passed", "failed")
         self.completed += facts.completed
         self.verification[facts.verification] += 1
         self.exit_reasons[facts.exit_reason] += 1
@@ -239,12 +246,24 @@ class SummaryBuilder:
             "completion_rate": self.completed / self.records if self.records else 0.0,
             "verification": {state: self.verification[state] for state in VERIFICATION_STATES},
             "pass_rate": self.verification["passed"] / verified if verified else None,
+            "pass_at_k": self._pass_at_k(),
             "exit_reasons": dict(self.exit_reasons.most_common()),
             "models": dict(self.models.most_common()),
             "images": dict(self.images.most_common()),
             "env_types": dict(self.env_types.most_common()),
             "totals": {key: self.totals[key] for key in sorted(self.totals)},
             "distributions": {key: distribution(self.values[key]) for key, _ in DISTRIBUTIONS},
+        }
+
+    def _pass_at_k(self) -> dict | None:
+        """Over the tasks a verifier judged: how many have a sample that passed (k: each task's samples)."""
+        judged = [counts for counts in self.per_task.values() if counts[2]]
+        if not judged:
+            return None
+        return {
+            "tasks": len(judged),
+            "passed": sum(1 for counts in judged if counts[1]),
+            "max_k": max(counts[0] for counts in self.per_task.values()),
         }
 
 
@@ -287,6 +306,15 @@ def summary_table(summary: dict) -> str:
                 "verified",
                 f"{verification['passed']:,} passed, {verification['failed']:,} failed{rate}, "
                 f"{verification['error']:,} verifier errors, {verification['none']:,} without a verifier",
+            )
+        )
+    pass_at_k = summary["pass_at_k"]
+    if pass_at_k and pass_at_k["max_k"] > 1:
+        rows.append(
+            (
+                "pass@k",
+                f"{pass_at_k['passed']:,} of {pass_at_k['tasks']:,} verified tasks have a sample that passed "
+                f"({pass_at_k['passed'] / pass_at_k['tasks']:.1%}), k up to {pass_at_k['max_k']}",
             )
         )
     rows += [
@@ -675,7 +703,7 @@ h2 { font-size: 15px; margin: 16px 0 6px; }
 .bd-row { display: grid; grid-template-columns: minmax(90px, 42%) 1fr 60px; gap: 8px; align-items: center;
   cursor: pointer; padding: 1px 4px; border-radius: 4px; }
 .bd-row:hover { background: var(--card); }
-.bd-name { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+.bd-name { overflow-wrap: anywhere; }
 .bd-bar { height: 10px; background: var(--bar); border-radius: 3px; }
 .bd-count { text-align: right; font-variant-numeric: tabular-nums; color: var(--muted); }
 .charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(300px, 1fr)); gap: 14px; }
@@ -694,7 +722,7 @@ select, input, button { font: inherit; color: var(--fg); background: var(--bg); 
   border-radius: 6px; padding: 4px 6px; }
 button { cursor: pointer; }
 .count { color: var(--muted); margin-bottom: 4px; }
-.row { display: grid; grid-template-columns: 220px 26px 130px 150px 52px 70px 66px 70px 1fr; gap: 8px;
+.row { display: grid; grid-template-columns: 220px 26px 52px 130px 150px 52px 70px 66px 70px 1fr; gap: 8px;
   align-items: center;
   height: 28px; padding: 0 8px; border-bottom: 1px solid var(--line); white-space: nowrap; overflow: hidden; }
 .row > span { overflow: hidden; text-overflow: ellipsis; }
@@ -715,6 +743,11 @@ a.row:hover, a.row:focus { background: var(--card); outline: none; }
 .trajnav a { color: var(--accent); }
 #t-position { color: var(--muted); }
 .t-title { font-size: 17px; margin: 4px 0 6px; word-break: break-all; }
+.t-group { font-size: 17px; margin: 4px 0 8px; word-break: break-all; }
+.samples { display: grid; grid-auto-flow: column; grid-auto-columns: minmax(440px, 1fr); gap: 14px; overflow-x: auto; }
+.sample { min-width: 0; border-left: 2px solid var(--line); padding-left: 10px; }
+pre.diff .d-add { color: var(--good); } pre.diff .d-del { color: var(--bad); }
+pre.diff .d-hunk { color: var(--accent); } pre.diff .d-file { font-weight: 600; }
 .errorbox { border: 1px solid var(--bad); background: color-mix(in srgb, var(--bad) 8%, var(--bg)); border-radius: 6px;
   padding: 6px 10px; margin: 8px 0; white-space: pre-wrap; word-break: break-word; }
 .stats { display: grid; grid-template-columns: repeat(auto-fill, minmax(230px, 1fr)); gap: 2px 16px; margin: 8px 0; }
@@ -746,6 +779,8 @@ const R_NUM = 0, R_ID = 1, R_SAMPLE = 2, R_PINDEX = 3, R_EXIT = 4, R_COMPLETED =
 const ROW_HEIGHT = 28;
 const FOLD_LINES = 30, FOLD_CHARS = 4000, PREVIEW_LINES = 12;
 const MARKER = /\[\.\.\. (\d+) characters omitted \.\.\.\]/g;
+const PATCH_CUT = /\[mini-swe-runner: patch cut at \d+ of \d+ bytes\]|\[\.\.\. \d+ characters omitted \.\.\.\]/;
+// PATCH_CUT is trajectory.PATCH_CUT_MARKER (tests/test_report.py checks they are the same pattern).
 const OUTCOMES = [["", "all"], ["completed", "completed"], ["incomplete", "not completed"],
   ["passed", "verifier passed"], ["failed", "verifier failed"], ["error", "verifier could not run"],
   ["none", "no verifier"]];
@@ -756,7 +791,8 @@ const SORTS = [["", "file order"],
   ["output-desc", "output size, largest first"], ["output-asc", "output size, smallest first"]];
 const SORT_COLUMN = {duration: R_DURATION, turns: R_TURNS, tokens: R_TOKENS, output: R_OUTPUT};
 
-const state = {index: null, rows: [], order: [], searchText: null, cache: new Map(), openNum: null};
+const state = {index: null, rows: [], order: [], searchText: null, cache: new Map(), openNum: null, groups: [],
+  groupIndex: [], matched: []};
 const $ = (id) => document.getElementById(id);
 
 // ---- DOM helpers: every string becomes a text node, never markup ----
@@ -988,6 +1024,32 @@ function renderTurn(turn, gptNumber) {
   }
   return turnBox("other", String(from), el("pre", null, value));
 }
+function renderPatch(patch) {
+  // The task's final git diff: a summary line, the diff itself drawn only when opened (it can be long).
+  let added = 0, removed = 0;
+  for (const line of patch.split("\n")) {
+    if (line.startsWith("+") && !line.startsWith("+++")) added++;
+    else if (line.startsWith("-") && !line.startsWith("---")) removed++;
+  }
+  const files = (patch.match(/^diff --git /gm) || []).length;
+  const summary = el("summary", null, patch ? `patch: ${int(files)} file(s), +${int(added)} −${int(removed)}` :
+    "patch: empty (the agent changed nothing)");
+  if (PATCH_CUT.test(patch)) {
+    summary.append(" ", el("span", {class: "badge warn"}, "truncated: not the whole diff"));
+  }
+  const box = el("details", {class: "patch"}, summary);
+  box.addEventListener("toggle", () => {
+    if (!box.open || box.querySelector("pre")) return;
+    const pre = el("pre", {class: "diff"}), lines = patch.split("\n");
+    lines.forEach((line, i) => {
+      const kind = /^(diff |\+\+\+ |--- )/.test(line) ? "d-file" : line.startsWith("@@") ? "d-hunk"
+        : line.startsWith("+") ? "d-add" : line.startsWith("-") ? "d-del" : "";
+      pre.append(textWithMarkers(el("span", kind ? {class: kind} : null), i < lines.length - 1 ? line + "\n" : line));
+    });
+    box.append(pre);
+  });
+  return box;
+}
 function stat(key, value) {
   return el("div", {title: `${key}: ${value}`}, el("span", {class: "k"}, key), String(value));
 }
@@ -1034,6 +1096,7 @@ function renderRecord(record, row) {
     box.append(foldedText(asText(v.output ?? ""), "verifier output", "out"));
     body.push(box);
   }
+  if (typeof record.patch === "string") body.push(renderPatch(record.patch));
   let gptNumber = 0;
   const turns = Array.isArray(record.conversations) ? record.conversations : [];
   if (!turns.length) body.push(el("div", {class: "note"}, "this record has no conversation"));
@@ -1047,6 +1110,22 @@ function card(value, label, cls) {
   box.append(el("div", {class: "value"}, value), el("div", {class: "label"}, label));
   return box;
 }
+function shortNames(names) {
+  // Names that share a long prefix (registry/org/sweb.eval.x86_64.django__django-11099:latest) are shown from the
+  // separator before the part that differs, so the part that tells them apart is never the part that is cut.
+  const labels = new Map(names.map((name) => [name, name]));
+  const real = names.filter((name) => name !== "(none)");
+  if (real.length < 2) return labels;
+  let prefix = real[0];
+  for (const name of real) {
+    let i = 0;
+    while (i < prefix.length && prefix[i] === name[i]) i++;
+    prefix = prefix.slice(0, i);
+  }
+  const cut = Math.max(...Array.from("/:._-", (c) => prefix.lastIndexOf(c))) + 1;
+  if (cut >= 16) for (const name of real) labels.set(name, "…" + name.slice(cut));
+  return labels;
+}
 function renderOverview(summary) {
   $("files").textContent = summary.files.join(", ");
   const v = summary.verification;
@@ -1055,20 +1134,25 @@ function renderOverview(summary) {
   if (v.passed + v.failed) cards.push(card(percent(v.passed, v.passed + v.failed),
     `passed (${int(v.passed)} of ${int(v.passed + v.failed)} verified)`));
   if (v.error) cards.push(card(int(v.error), "verifier could not run", "warn"));
+  const k = summary.pass_at_k;
+  if (k && k.max_k > 1) cards.push(card(percent(k.passed, k.tasks),
+    `pass@k: tasks with a passing sample (${int(k.passed)} of ${int(k.tasks)}, k up to ${k.max_k})`));
   const t = summary.totals;
   cards.push(card(compact(t.tokens || 0), "tokens"), card(int(t.tool_calls || 0),
     `tool calls (${int(t.tool_failures || 0)} failed)`),
     card(int(t.truncated_outputs || 0), "outputs truncated", t.truncated_outputs ? "warn" : ""));
   if (summary.malformed_lines) cards.push(card(int(summary.malformed_lines), "malformed lines skipped", "warn"));
   $("cards").replaceChildren(...cards);
+  const images = shortNames(Object.keys(summary.images));
   const groups = [["exit reasons", summary.exit_reasons, "f-exit"], ["models", summary.models, "f-model"],
-    ["images", summary.images, "f-image"]];
-  $("breakdowns").replaceChildren(...groups.map(([title, counts, filter]) => {
+    ["images", summary.images, "f-image", images]];
+  $("breakdowns").replaceChildren(...groups.map(([title, counts, filter, labels]) => {
     const max = Math.max(1, ...Object.values(counts));
     const box = el("div", {class: "breakdown"}, el("h3", null, title));
     for (const [name, count] of Object.entries(counts)) {
       const bar = el("div", {class: "bd-bar"}); bar.style.width = (100 * count / max) + "%";
-      const line = el("div", {class: "bd-row", title: `show only ${name}`}, el("span", {class: "bd-name"}, name),
+      const line = el("div", {class: "bd-row", title: `show only ${name}`}, el("span", {class: "bd-name"},
+        labels ? labels.get(name) : name),
         el("div", null, bar), el("span", {class: "bd-count"}, int(count)));
       line.addEventListener("click", () => { $(filter).value = name; applyFilters(); $("tasks").scrollIntoView(); });
       box.append(line);
@@ -1107,8 +1191,9 @@ function histogram(title, values, format) {
   return box;
 }
 function renderCharts() {
-  const pick = (column) => state.order.map((num) => state.rows[num][column]);
-  $("charts-title").textContent = `Per task (${int(state.order.length)} shown)`;
+  const pick = (column) => state.matched.map((num) => state.rows[num][column]);
+  const samples = state.matched.length !== state.order.length ? `, ${int(state.matched.length)} samples` : "";
+  $("charts-title").textContent = `Per task (${int(state.order.length)} shown${samples})`;
   $("charts").replaceChildren(histogram("turns", pick(R_TURNS), compact), histogram("tokens", pick(R_TOKENS), compact),
     histogram("duration", pick(R_DURATION), seconds), histogram("output size (characters)", pick(R_OUTPUT), compact));
 }
@@ -1170,23 +1255,31 @@ function refreshFacets(f) {
     `${name} (${int(facets[facet].get(name) || 0)})`])];
   fillSelect($("f-exit"), menu("exit", Object.keys(state.index.summary.exit_reasons)), f.exit);
   fillSelect($("f-model"), menu("model", state.index.models), f.model);
-  fillSelect($("f-image"), menu("image", state.index.images), f.image);
+  const images = shortNames(state.index.images);
+  fillSelect($("f-image"), menu("image", state.index.images).map(([value, label]) => [value, value ?
+    images.get(value) + label.slice(value.length) : label]), f.image);
   fillSelect($("f-outcome"), OUTCOMES.map(([value, label]) => [value, value ?
     `${label} (${int(facets.outcome.get(value) || 0)})` : `all (${int(base.outcome)})`]), f.outcome);
 }
 function applyFilters() {
   const f = filterValues();
-  const order = [];
-  for (const row of state.rows) if (matches(row, f)) order.push(row[R_NUM]);
-  if (f.sort) {
-    const [key, direction] = f.sort.split("-"), column = SORT_COLUMN[key], sign = direction === "asc" ? 1 : -1;
-    order.sort((a, b) => sign * (state.rows[a][column] - state.rows[b][column]) || a - b);
+  // A task is listed (as one row, its first record's number) when any of its samples passes the filters.
+  const order = [], matched = [], listed = new Set();
+  for (const row of state.rows) {
+    if (!matches(row, f)) continue;
+    matched.push(row[R_NUM]);
+    const group = groupOf(row[R_NUM]);
+    if (!listed.has(group)) { listed.add(group); order.push(group.lead); }
   }
-  state.order = order;
+  const [key, direction] = f.sort ? f.sort.split("-") : [], column = SORT_COLUMN[key];
+  const sign = direction === "asc" ? 1 : -1;
+  order.sort((a, b) => (f.sort ? sign * (groupMean(groupOf(a), column) - groupMean(groupOf(b), column)) : 0) || a - b);
+  state.order = order; state.matched = matched;
   refreshFacets(f);
-  const total = state.rows.length;
-  $("count").textContent = order.length === total ? `${int(total)} tasks` :
-    `${int(order.length)} of ${int(total)} tasks match`;
+  const total = state.groups.length;
+  const samples = state.rows.length > total ? ` (${int(matched.length)} samples)` : "";
+  $("count").textContent = (order.length === total ? `${int(total)} tasks` :
+    `${int(order.length)} of ${int(total)} tasks match`) + samples;
   $("count").dataset.shown = String(order.length);
   $("count").dataset.query = $("f-text").value;
   $("list-spacer").style.height = (order.length * ROW_HEIGHT) + "px";
@@ -1202,16 +1295,59 @@ function statusCell(row) {
   if (row[R_COMPLETED]) return el("span", {class: "ok", title: "completed"}, "●");
   return el("span", {class: "fail", title: "not completed"}, "○");
 }
+function groupOf(num) { return state.groups[state.groupIndex[num]]; }
+function groupMean(group, column) {
+  return group.nums.reduce((sum, num) => sum + state.rows[num][column], 0) / group.nums.length;
+}
+function buildGroups() {
+  // The k samples of a task (one task_id) are one group, in sample order; groups keep the file order.
+  const byId = new Map();
+  for (const row of state.rows) {
+    let group = byId.get(row[R_ID]);
+    if (!group) {
+      group = {index: state.groups.length, lead: row[R_NUM], nums: [], passed: 0, verified: 0};
+      byId.set(row[R_ID], group);
+      state.groups.push(group);
+    }
+    state.groupIndex[row[R_NUM]] = group.index;
+    group.nums.push(row[R_NUM]);
+    group.passed += row[R_VERIF] === "passed";
+    group.verified += row[R_VERIF] === "passed" || row[R_VERIF] === "failed";
+  }
+  const bySample = (a, b) => state.rows[a][R_SAMPLE] - state.rows[b][R_SAMPLE] || a - b;
+  for (const group of state.groups) group.nums.sort(bySample);
+}
+function passText(group) {
+  const k = group.nums.length;
+  return group.verified ? `pass@${k} = ${group.passed ? 1 : 0}: ${group.passed} of ${k} samples passed` :
+    "no sample was judged by a verifier";
+}
+function groupStatus(group) {
+  const rows = group.nums.map((num) => state.rows[num]);
+  if (group.passed) return el("span", {class: "ok", title: passText(group)}, "✔");
+  if (group.verified) return el("span", {class: "fail", title: passText(group)}, "✘");
+  if (rows.some((row) => row[R_VERIF] === "error")) return el("span", {class: "note", title: "verifier could not run"},
+    "?");
+  if (rows.every((row) => row[R_COMPLETED])) return el("span", {class: "ok", title: "all completed"}, "●");
+  return el("span", {class: "fail", title: "not all completed"}, "○");
+}
 function listRow(num) {
-  const row = state.rows[num];
+  const group = groupOf(num), row = state.rows[num], k = group.nums.length;
+  const rows = group.nums.map((n) => state.rows[n]);
   const prompt = row[R_PROMPT].slice(0, 300).replace(/\s+/g, " ");
+  const distinct = (values) => [...new Set(values)].join(", ");
+  const mean = (column) => k === 1 ? row[column] : groupMean(group, column);
   const a = el("a", {class: "row", href: "#/t/" + num, num: String(num), title: row[R_ID]},
-    el("span", null, row[R_ID] + (row[R_SAMPLE] ? ` ·${row[R_SAMPLE]}` : "")), statusCell(row),
-    el("span", {class: row[R_COMPLETED] ? "" : "fail"}, row[R_EXIT]), el("span", null,
-      state.index.models[row[R_MODEL]]),
-    el("span", {class: "num"}, row[R_TURNS]), el("span", {class: "num"}, compact(row[R_TOKENS])),
-    el("span", {class: "num"}, seconds(row[R_DURATION])), el("span", {class: "num"}, compact(row[R_OUTPUT])),
+    el("span", null, row[R_ID] + (k > 1 ? ` ×${k}` : row[R_SAMPLE] ? ` ·${row[R_SAMPLE]}` : "")),
+    k > 1 ? groupStatus(group) : statusCell(row),
+    el("span", {class: "pk", title: passText(group)}, group.verified ? `${group.passed}/${k}` : "–"),
+    el("span", {class: rows.every((r) => r[R_COMPLETED]) ? "" : "fail"}, distinct(rows.map((r) => r[R_EXIT]))),
+    el("span", null, distinct(rows.map((r) => state.index.models[r[R_MODEL]]))),
+    el("span", {class: "num"}, k === 1 ? row[R_TURNS] : compact(mean(R_TURNS))),
+    el("span", {class: "num"}, compact(mean(R_TOKENS))),
+    el("span", {class: "num"}, seconds(mean(R_DURATION))), el("span", {class: "num"}, compact(mean(R_OUTPUT))),
     el("span", {class: "muted"}, prompt));
+  if (k > 1) a.title = `${row[R_ID]}: ${k} samples (figures are their means); ${passText(group)}`;
   return a;
 }
 function renderRows() {
@@ -1230,19 +1366,22 @@ function renderRows() {
 async function openTrajectory(num) {
   performance.mark("mswr:open-start");
   $("overview").hidden = true; $("tasks").hidden = true; $("trajectory").hidden = false;
-  const position = state.order.indexOf(num);
+  const group = groupOf(num), lead = group ? group.lead : num;
+  const position = state.order.indexOf(lead);
   $("t-position").textContent = position >= 0 ? `${int(position + 1)} of ${int(state.order.length)} tasks` : "";
   $("t-prev").disabled = position <= 0; $("t-next").disabled = position < 0 || position >= state.order.length - 1;
   const body = $("t-body");
-  state.openNum = num;
+  state.openNum = lead;
   body.dataset.shown = "";
   body.replaceChildren(el("div", {class: "muted"}, "decoding…"));
   try {
-    const row = state.rows[num];
-    if (!row) throw new Error("no task number " + num + " in this report");
-    const record = await loadRecord(num);
-    if (state.openNum !== num) return;
-    body.replaceChildren(...renderRecord(record, row));
+    if (!group) throw new Error("no task number " + num + " in this report");
+    const records = await Promise.all(group.nums.map(loadRecord));
+    if (state.openNum !== lead) return;
+    if (records.length === 1) body.replaceChildren(...renderRecord(records[0], state.rows[lead]));
+    else body.replaceChildren(el("div", {class: "t-group"}, `${state.rows[lead][R_ID]} · ${records.length} samples · `
+      + passText(group)), el("div", {class: "samples"}, ...records.map((record, i) => el("div",
+      {class: "sample", num: String(group.nums[i])}, ...renderRecord(record, state.rows[group.nums[i]])))));
   } catch (error) {
     body.replaceChildren(el("div", {class: "errorbox"}, "cannot show this trajectory: " + error.message));
   }
@@ -1271,11 +1410,12 @@ function step(delta) {
 async function start() {
   const index = JSON.parse(await gunzipBase64($("index").textContent));
   state.index = index; state.rows = index.rows;
+  buildGroups();
   renderOverview(index.summary);
   fillSelect($("f-sort"), SORTS, "");
-  const columns = ["task", "", "exit reason", "model", "turns", "tokens", "duration", "output", "prompt"];
+  const columns = ["task", "", "passed", "exit reason", "model", "turns", "tokens", "duration", "output", "prompt"];
   $("list-head").replaceChildren(...columns
-    .map((name, i) => el("span", {class: i >= 4 && i <= 7 ? "num" : ""}, name)));
+    .map((name, i) => el("span", {class: i >= 5 && i <= 8 ? "num" : ""}, name)));
   const menus = ["f-exit", "f-outcome", "f-model", "f-image", "f-sort"];
   for (const id of menus) $(id).addEventListener("change", applyFilters);
   let timer = 0;

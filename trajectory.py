@@ -17,6 +17,7 @@ import json.scanner
 import math
 import operator
 import os
+import re
 import stat
 import struct
 import threading
@@ -1086,7 +1087,7 @@ def sync_directory(directory: str) -> None:
 # From records to training sets: the dataset schema, Hermes text back to messages, and export
 # ---------------------------------------------------------------------------------------------------------------
 
-EXPORT_FORMATS = ("hermes", "openai", "sharegpt")
+EXPORT_FORMATS = ("hermes", "openai", "sharegpt", "swebench")
 EMPTY_THINK = "<think>\n</think>\n"
 """What hermes-agent's batch_runner writes on a gpt turn without reasoning."""
 
@@ -1173,6 +1174,8 @@ def export_features(format: str):
         "reward": value("float64"),
         "metadata": _metadata_schema(value),
     }
+    if format == "swebench":
+        return datasets.Features({key: string for key in SWEBENCH_KEYS})
     if format == "sharegpt":
         return datasets.Features(
             {"conversations": [{"from": string, "value": string}], "system": string, "tools": string, **common}
@@ -1435,10 +1438,22 @@ class ExportOptions:
     drop_final_echo: bool = False
     """End on the gpt turn that sent the completion command, without the tool turn of its echo."""
     final_output_marker: str = "MINI_SWE_AGENT_FINAL_OUTPUT"
+    pick: str = "passed"
+    """swebench: which sample of an instance: ``passed`` (the first that passed, else the first) or ``first``."""
+    model_name: str | None = None
+    """swebench: the predictions' ``model_name_or_path`` (default: the record's metadata.model)."""
 
     def __post_init__(self) -> None:
         if self.format not in EXPORT_FORMATS:
             raise ValueError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not {self.format!r}")
+        if self.pick not in SWEBENCH_PICKS:
+            raise ValueError(f"--pick must be one of {', '.join(SWEBENCH_PICKS)}, not {self.pick!r}")
+        if self.format != "swebench" and (self.pick != "passed" or self.model_name is not None):
+            raise ValueError("--pick and --model_name apply to --format swebench")
+        if self.format == "swebench" and (self.empty_think or self.drop_final_echo):
+            raise ValueError("--empty_think and --drop_final_echo shape conversations; swebench writes patches")
+        if self.model_name is not None and not self.model_name.strip():
+            raise ValueError("--model_name must not be empty")
         if self.only not in (None, "completed", "passed"):
             raise ValueError(f"--only must be completed or passed, not {self.only!r}")
         unknown = [reason for reason in self.exit_reasons if reason not in EXIT_REASONS]
@@ -1568,6 +1583,14 @@ class ExportResult:
     bad_lines: int = 0
     first_unreadable: str | None = None
     """task_id and reason of the first unreadable record, for the message."""
+    not_chosen: int = 0
+    """swebench: samples of an instance other than the one exported."""
+    without_patch: int = 0
+    """swebench: instances left out because the chosen sample has no patch (null: none was recorded)."""
+    cut_patch: int = 0
+    """swebench: instances left out because the chosen sample's patch was truncated (not the whole diff)."""
+    first_left_out: str | None = None
+    """swebench: the instance_id of the first instance left out for its patch, for the message."""
 
 
 def export(paths: list[str], output_file: str, options: ExportOptions) -> ExportResult:
@@ -1577,6 +1600,8 @@ def export(paths: list[str], output_file: str, options: ExportOptions) -> Export
     The output is written to a temporary file beside it and renamed into place at the end, so a failed export
     leaves no partial file (an existing file at that path stays as it was).
     """
+    if options.format == "swebench":
+        return export_swebench(paths, output_file, options)
     result = ExportResult()
     bad_lines, read = [0], [0]
 
@@ -1603,6 +1628,104 @@ def export(paths: list[str], output_file: str, options: ExportOptions) -> Export
 
     _atomic_write_new(output_file, rows())
     result.read, result.bad_lines = read[0], bad_lines[0]
+    return result
+
+
+# SWE-bench predictions: what the official harness reads (swebench/harness/utils.py get_predictions_from_file and
+# run_evaluation.py, August 2026). A path ending .json holds a JSON list (or an object of predictions), a path ending
+# .jsonl one JSON object per line (every line is parsed: no blank line), nothing else is read. Predictions become a
+# dict by instance_id, so a second prediction of an instance would silently replace the first: one per instance.
+# A model_patch of "" or null is "an empty patch" (submitted, never resolved); model_name_or_path names the log dir.
+SWEBENCH_KEYS = ("instance_id", "model_name_or_path", "model_patch")
+SWEBENCH_PICKS = ("passed", "first")
+PATCH_CUT_MARKER = re.compile(
+    r"\[mini-swe-runner: patch cut at \d+ of \d+ bytes\]|\[\.\.\. \d+ characters omitted \.\.\.\]"
+)
+"""Where a patch was cut: the patch capture's size limit, or the one truncation rule of outputs (head + tail).
+A patch carrying either is not the whole diff. The page (report.py) matches the same pattern."""
+
+
+def record_patch(record: dict) -> str | None:
+    """The record's ``patch``: its final git diff, or None (no repository, or a record from before patches)."""
+    patch = record.get("patch")
+    return patch if isinstance(patch, str) else None
+
+
+def patch_is_cut(patch: str) -> bool:
+    return PATCH_CUT_MARKER.search(patch) is not None
+
+
+def swebench_instance_id(record: dict) -> str:
+    """The input row's ``instance_id`` kept in metadata.prompt_fields (a row that also had an ``id``), else the
+    task_id, which is the row's instance_id when that was its id."""
+    metadata = record.get("metadata")
+    fields = metadata.get("prompt_fields") if isinstance(metadata, dict) else None
+    try:
+        fields = json.loads(fields) if isinstance(fields, str) else None
+    except ValueError:
+        fields = None
+    value = fields.get("instance_id") if isinstance(fields, dict) else None
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value):
+        return str(value)
+    return str(record.get("task_id"))
+
+
+def _swebench_rank(record: dict, pick: str) -> tuple[int, int]:
+    """Lower is chosen: by the sample index, passed samples first when ``pick`` is ``passed``."""
+    verification = record.get("verification")
+    passed = isinstance(verification, dict) and verification.get("passed") is True
+    return (0 if passed or pick == "first" else 1), record_key(record)[1]
+
+
+def export_swebench(paths: list[str], output_file: str, options: ExportOptions) -> ExportResult:
+    """One prediction per instance, for the official SWE-bench harness: ``output_file`` ends .json (a list) or
+    .jsonl. Of an instance's records (the last of each task and sample, through the filters) one is chosen by
+    ``options.pick``; an instance whose chosen patch is null or truncated is left out and counted, never exported
+    as if whole. Two streaming passes; memory holds one small entry per instance."""
+    if not output_file.endswith((".json", ".jsonl")):
+        raise ValueError(f"the SWE-bench harness reads predictions from a .json or .jsonl file, not {output_file}")
+    as_list = output_file.endswith(".json")
+    result = ExportResult()
+    bad_lines, read = [0], [0]
+    chosen: dict[str, tuple[tuple[int, int], tuple[str, int]]] = {}
+    unique = 0
+    for record in last_records(paths, bad_lines, read):
+        unique += 1
+        if not options.keeps(record):
+            result.filtered += 1
+            continue
+        instance, rank = swebench_instance_id(record), _swebench_rank(record, options.pick)
+        if instance in chosen:
+            result.not_chosen += 1
+            if rank >= chosen[instance][0]:
+                continue
+        chosen[instance] = (rank, record_key(record))
+    result.read, result.bad_lines, result.superseded = read[0], bad_lines[0], read[0] - unique
+
+    def predictions() -> Iterator[bytes]:
+        yield b"[" if as_list else b""
+        for record in last_records(paths):
+            instance = swebench_instance_id(record)
+            if instance not in chosen or chosen[instance][1] != record_key(record):
+                continue
+            patch = record_patch(record)
+            if patch is None or patch_is_cut(patch):
+                if patch is None:
+                    result.without_patch += 1
+                else:
+                    result.cut_patch += 1
+                result.first_left_out = result.first_left_out or instance
+                continue
+            metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
+            model = options.model_name or (metadata.get("model") if isinstance(metadata.get("model"), str) else "")
+            row = {"instance_id": instance, "model_name_or_path": model or "unknown", "model_patch": patch}
+            # ASCII JSON: the harness opens the file without an encoding, so it must read the same in any locale.
+            text = json.dumps(row, ensure_ascii=True)
+            yield ((",\n" if result.written else "\n") + text if as_list else text + "\n").encode("ascii")
+            result.written += 1
+        yield b"\n]\n" if as_list else b""
+
+    _atomic_write_new(output_file, predictions())
     return result
 
 

@@ -178,6 +178,7 @@ def test_summary_counts_the_last_record_of_each_task_and_sample(run_files):
     assert summary["completed"] == 5
     assert summary["verification"] == {"passed": 1, "failed": 1, "error": 1, "none": 6}
     assert summary["pass_rate"] == 0.5
+    assert summary["pass_at_k"] == {"tasks": 1, "passed": 1, "max_k": 2}  # odd-calls; verifier-broke was not judged
     assert summary["models"] == {"scripted-model": 4, "other-model": 4, "unknown": 1}
     assert summary["totals"]["truncated_outputs"] == 1
     assert summary["distributions"]["tokens"]["max"] == 99_999
@@ -306,6 +307,8 @@ def test_report_is_self_contained_and_carries_no_record_text(report_file):
     for text in ("alert(", "</tool_response>", "odd calls", "onerror"):
         assert text not in html
     assert html.count("<script") == html.count("</script>")
+    # The page tells a cut patch by the pattern the export uses.
+    assert f"const PATCH_CUT = /{trajectory.PATCH_CUT_MARKER.pattern}/;" in report.PAGE_SCRIPT
     for fragment in ("<script", "</script", "<!--"):  # what could end or re-nest the element our code is in
         assert fragment not in report.PAGE_SCRIPT.lower()
     # No untrusted text is ever parsed as HTML by the page.
@@ -391,6 +394,7 @@ def test_overview_shows_the_run_at_a_glance(page):
     cards = page.find_element("id", "cards").text
     assert "9\nrecords" in cards and "8\ndistinct tasks" in cards and "55.6%\ncompleted (5)" in cards
     assert "50.0%\npassed (1 of 2 verified)" in cards and "2\nmalformed lines skipped" in cards
+    assert "100.0%\npass@k: tasks with a passing sample (1 of 1, k up to 2)" in cards  # odd-calls: 1 of 2 passed
     breakdowns = page.find_element("id", "breakdowns").text
     assert "max_iterations\n2" in breakdowns and "img:odd\n4" in breakdowns
     charts = page.find_elements("css selector", "#charts .chart")
@@ -401,20 +405,20 @@ def test_overview_shows_the_run_at_a_glance(page):
         "output size (characters)",
     ]
     assert all(c.find_elements("css selector", "svg rect.b") for c in charts)
-    assert page.find_element("id", "count").text == "9 tasks"
+    assert page.find_element("id", "count").text == "8 tasks (9 samples)"  # the two samples of odd-calls: one row
 
 
 def test_filters_and_their_counts(page):
-    assert shown(page) == 9
+    assert shown(page) == 8
     choose(page, "f-exit", "max_iterations")
-    assert shown(page) == 2 and page.find_element("id", "count").text == "2 of 9 tasks match"
+    assert shown(page) == 2 and page.find_element("id", "count").text == "2 of 8 tasks match (2 samples)"
     # The other menus count what the exit-reason filter lets through.
     labels = [o.text for o in page.find_elements("css selector", "#f-model option")]
     assert labels == ["all (2)", "scripted-model (1)", "other-model (1)", "unknown (0)"]
     choose(page, "f-model", "other-model")
     assert shown(page) == 1
     choose(page, "f-exit", "")
-    assert shown(page) == 4
+    assert shown(page) == 3  # odd-calls (both samples), verifier-broke, retried
     choose(page, "f-outcome", "passed")
     assert shown(page) == 1
     choose(page, "f-outcome", "error")
@@ -489,8 +493,8 @@ def test_a_truncated_output_is_folded_with_its_marker_visible(page):
 
 
 def test_odd_blocks_are_decoded_from_the_opening_tag_on(page):
-    open_task(page, "odd calls", matching=3)  # both samples and verifier-broke share the prompt; sample 0 is first
-    body = page.find_element("id", "t-body")
+    open_task(page, "odd calls", matching=2)  # odd-calls (two samples) and verifier-broke share the prompt
+    body = page.find_element("css selector", "#t-body .sample")  # sample 0, the first column
     assert js(page, "return document.getElementById('t-body').querySelector('.t-title').textContent") == "odd-calls"
     assert [badge.text for badge in body.find_elements("css selector", ".t-title + div .badge")] == [
         "completed",
@@ -522,8 +526,8 @@ def test_odd_blocks_are_decoded_from_the_opening_tag_on(page):
 
 
 def test_sample_error_and_damaged_records_render(page):
-    open_task(page, "onerror")  # the error text of sample 1 of odd-calls
-    body = page.find_element("id", "t-body")
+    open_task(page, "onerror")  # the error text of sample 1 of odd-calls: the task opens with both samples
+    body = page.find_elements("css selector", "#t-body .sample")[1]
     assert body.find_element("css selector", ".t-title").text == "odd-calls · sample 1"
     assert [badge.text for badge in body.find_elements("css selector", ".t-title + div .badge")] == [
         "max_iterations",
@@ -556,3 +560,170 @@ def test_previous_and_next_walk_the_filtered_list(page):
     page.find_element("id", "t-back").click()
     wait_for(lambda: page.find_element("id", "tasks").is_displayed(), timeout=10)
     assert shown(page) == 5  # the filter survived the visit
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A SWE-style run: k samples per task, patches, long image names that differ only at the end
+# ---------------------------------------------------------------------------------------------------------------
+
+IMAGE = "ghcr.io/example-org/swe-bench-images/sweb.eval.x86_64.{}:latest"
+CUT = "\n[mini-swe-runner: patch cut at 200 of 90000 bytes]\n"
+
+
+def swe_patch(task: str, sample: int) -> str:
+    name = f"src/{task}.py"
+    head = f"diff --git a/{name} b/{name}\n--- a/{name}\n+++ b/{name}\n"
+    return head + f"@@ -1,2 +1,2 @@\n-bug()\n+fix({sample}) <b>\n ok\n"
+
+
+def swe_record(task: str, sample: int, passed: bool, patch: str | None = "", *, patch_key: bool = True) -> dict:
+    record = built(
+        task,
+        [{"from": "system", "value": SYSTEM}, {"from": "human", "value": f"solve {task}"}],
+        sample_index=sample,
+        duration_s=10.0 * (sample + 1),
+        verification={"passed": passed, "exit_code": 0 if passed else 1, "output": "tests"},
+        metadata={"model": "m", "env_type": "docker", "image": IMAGE.format(task), "timestamp": "t"},
+    )
+    if not patch_key:  # a record from before patches were recorded
+        return record
+    metadata = record.pop("metadata")
+    return {**record, "patch": swe_patch(task, sample) if patch == "" else patch, "metadata": metadata}
+
+
+@pytest.fixture(scope="module")
+def swe_report(tmp_path_factory) -> Path:
+    where = tmp_path_factory.mktemp("swe-report")
+    records = [
+        swe_record("django__django-11099", 0, False),
+        swe_record("astropy__astropy-12907", 0, False, None),  # no repository: patch null
+        swe_record("django__django-11099", 1, True),
+        swe_record("django__django-11099", 2, False, swe_patch("django__django-11099", 2) + CUT),
+        swe_record("astropy__astropy-12907", 1, False, patch_key=False),
+        swe_record("sympy__sympy-20590", 0, True),
+    ]
+    source = where / "swe.jsonl"
+    source.write_bytes(b"".join(trajectory.record_line(r) for r in records))
+    output = where / "swe.html"
+    result = run_cli(["view", str(source), "--output_file", str(output)])
+    assert result.returncode == 0, result.stderr
+    return output
+
+
+def open_row(driver, position: int) -> None:
+    """Click the list's row at ``position`` (no filter), wait for its task to render."""
+    row = driver.find_elements("css selector", "#list a.row")[position]
+    number = row.get_attribute("data-num")
+    row.click()
+    wait_for(lambda: js(driver, "return document.getElementById('t-body').dataset.shown") == number, timeout=10)
+
+
+@pytest.fixture
+def swe_page(browser, swe_report):
+    browser.get(swe_report.as_uri())
+    wait_for(lambda: browser.execute_script("return document.body.dataset.ready") == "1", timeout=20)
+    yield browser
+    browser.console += browser.get_log("browser")
+    errors = [entry["message"] for entry in browser.console if entry["level"] == "SEVERE"]
+    assert not errors, f"errors in the page's console: {errors}"
+
+
+def test_the_samples_of_a_task_are_one_row_with_passes_out_of_k(swe_page):
+    page = swe_page
+    assert page.find_element("id", "count").text == "3 tasks (6 samples)"
+    rows = page.find_elements("css selector", "#list a.row")
+    cells = [[span.text for span in row.find_elements("tag name", "span")][:3] for row in rows]
+    assert cells == [
+        ["django__django-11099 ×3", "✔", "1/3"],
+        ["astropy__astropy-12907 ×2", "✘", "0/2"],
+        ["sympy__sympy-20590", "✔", "1/1"],
+    ]
+    status = rows[0].find_elements("tag name", "span")[1]
+    assert status.get_attribute("title") == "pass@3 = 1: 1 of 3 samples passed"
+    assert rows[0].find_elements("css selector", "span.num")[2].text == "20 s"  # the mean of 10, 20 and 30 s
+    cards = page.find_element("id", "cards").text
+    assert "66.7%\npass@k: tasks with a passing sample (2 of 3, k up to 3)" in cards
+    assert "33.3%\npassed (2 of 6 verified)" in cards
+    choose(page, "f-outcome", "passed")  # a task is listed when one of its samples matches
+    assert shown(page) == 2 and page.find_element("id", "count").text == "2 of 3 tasks match (2 samples)"
+    choose(page, "f-sort", "duration-desc")
+    assert [row.get_attribute("data-num") for row in page.find_elements("css selector", "#list a.row")] == ["0", "5"]
+
+
+def test_a_task_opens_with_its_samples_side_by_side(swe_page):
+    page = swe_page
+    open_row(page, 0)
+    assert page.find_element("css selector", "#t-body .t-group").text == (
+        "django__django-11099 · 3 samples · pass@3 = 1: 1 of 3 samples passed"
+    )
+    columns = page.find_elements("css selector", "#t-body .samples > .sample")
+    assert [c.find_element("css selector", ".t-title").text for c in columns] == [
+        "django__django-11099",
+        "django__django-11099 · sample 1",
+        "django__django-11099 · sample 2",
+    ]
+    assert [c.find_elements("css selector", ".t-title + div .badge")[-1].text for c in columns] == [
+        "verifier failed",
+        "verifier passed",
+        "verifier failed",
+    ]
+    places = [c.rect for c in columns]
+    assert places[0]["y"] == places[1]["y"] == places[2]["y"]  # side by side, not one under the other
+    assert places[0]["x"] + places[0]["width"] <= places[1]["x"] < places[2]["x"]
+    assert page.find_element("id", "t-position").text == "1 of 3 tasks"
+    page.find_element("id", "t-next").click()
+    wait_for(lambda: page.find_element("id", "t-position").text == "2 of 3 tasks", timeout=10)
+    assert len(page.find_elements("css selector", "#t-body .samples > .sample")) == 2
+
+
+def test_each_trajectory_shows_its_patch(swe_page):
+    page = swe_page
+    open_row(page, 0)
+    columns = page.find_elements("css selector", "#t-body .sample")
+    patch = columns[1].find_element("css selector", "details.patch")
+    summary = patch.find_element("tag name", "summary")
+    assert summary.text == "patch: 1 file(s), +1 −1"
+    assert patch.get_attribute("open") is None and not patch.find_elements("tag name", "pre")
+    summary.click()
+    wait_for(lambda: patch.find_elements("tag name", "pre"), timeout=10)
+    diff = patch.find_element("css selector", "pre.diff")
+    assert diff.get_attribute("textContent") == swe_patch("django__django-11099", 1)  # exact, markup as text
+    assert diff.find_element("css selector", ".d-add").get_attribute("textContent") == "+fix(1) <b>\n"
+    assert diff.find_element("css selector", ".d-del").get_attribute("textContent") == "-bug()\n"
+    assert not diff.find_elements("tag name", "b")
+    cut = columns[2].find_element("css selector", "details.patch summary")
+    assert "truncated: not the whole diff" in cut.text
+    page.find_element("id", "t-next").click()
+    wait_for(lambda: page.find_element("id", "t-position").text == "2 of 3 tasks", timeout=10)
+    assert not page.find_elements("css selector", "#t-body details.patch")  # null, and absent in an old record
+
+
+def test_image_names_are_shown_from_where_they_differ(swe_page):
+    page = swe_page
+    names = page.find_elements("css selector", "#breakdowns .breakdown:last-child .bd-name")
+    assert [n.text for n in names] == [
+        "…django__django-11099:latest",
+        "…astropy__astropy-12907:latest",
+        "…sympy__sympy-20590:latest",
+    ]
+    for name in names:  # nothing hidden: the whole label is on screen
+        assert js(page, "return arguments[0].scrollWidth <= arguments[0].clientWidth", name)
+    rows = page.find_elements("css selector", "#breakdowns .breakdown:last-child .bd-row")
+    assert rows[0].get_attribute("title") == "show only " + IMAGE.format("django__django-11099")
+    options = [o.text for o in page.find_elements("css selector", "#f-image option")]
+    assert options == [  # the menus count samples
+        "all (6)",
+        "…django__django-11099:latest (3)",
+        "…astropy__astropy-12907:latest (2)",
+        "…sympy__sympy-20590:latest (1)",
+    ]
+    choose(page, "f-image", IMAGE.format("sympy__sympy-20590"))
+    assert shown(page) == 1
+
+
+def test_stats_gives_pass_at_k_as_the_page_does(swe_report):
+    result = run_cli(["stats", str(swe_report.parent / "swe.jsonl")])
+    assert result.returncode == 0, result.stderr
+    assert re.search(
+        r"^pass@k\s+2 of 3 verified tasks have a sample that passed \(66\.7%\), k up to 3$", result.stdout, re.M
+    )
