@@ -39,7 +39,6 @@ from urllib.parse import urlparse
 
 import environments
 import trajectory
-from environments import EnvError, EnvSettings, ExecResult, redact
 
 __version__ = "0.2.0"
 
@@ -71,6 +70,26 @@ class UsageError(Exception):
 class FatalRunError(Exception):
     """Every task would fail the same way (bad key, unknown model, no backend): one line, exit code 1."""
 
+
+def check_own_modules(*modules: object) -> None:
+    """Refuse, in one line, a module of another distribution imported in place of ours. PyPI has top-level
+    modules named ``trajectory`` and ``report`` too, and Python quietly imports whichever comes first on sys.path:
+    the wrong one would fail later, far from the cause, or not at all."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for module in modules:
+        where = getattr(module, "__file__", None)
+        if where is None or os.path.dirname(os.path.abspath(where)) != here:
+            name = getattr(module, "__name__", "?")
+            raise SystemExit(
+                f"mini-swe-runner: `import {name}` found another package's module ({where or 'a namespace package'})"
+                f", not mini-swe-runner's: uninstall the package that provides it (pip uninstall {name}) or install "
+                "mini-swe-runner in a virtualenv of its own"
+            )
+
+
+check_own_modules(environments, trajectory)
+# After the check: another package's module of that name has none of these names, and would fail right here.
+from environments import EnvError, EnvSettings, ExecResult, redact  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------
 # Configuration
@@ -3418,6 +3437,8 @@ def run_subcommand(name: str, argv: list[str]) -> int:
     if name == "export":
         return export_command(argv)
     import report  # only the report commands need it
+
+    check_own_modules(report)
 
     return report.view_command(argv) if name == "view" else report.stats_command(argv)
 
