@@ -1590,9 +1590,7 @@ def export_row(record: dict, options: ExportOptions, notes: RowNotes | None = No
     conversations = record.get("conversations")
     if not isinstance(conversations, list) or not all(isinstance(turn, dict) for turn in conversations):
         raise RecordFormatError("the record has no conversations list")
-    if not conversations or conversations[0].get("from") != "system":
-        raise RecordFormatError("the conversation does not start with the system turn")
-    notes.compressed = COMPRESSION_METRICS in record or parse_system_turn(conversations[0]["value"])[1] != ""
+    notes.compressed = COMPRESSION_METRICS in record
     # The whole conversation is read before the echo is dropped: the tool turn tells how many calls its gpt turn made.
     drop_echo = options.drop_final_echo and ends_with_final_echo(conversations, options.final_output_marker)
     if options.format == "hermes":
@@ -1609,6 +1607,7 @@ def export_row(record: dict, options: ExportOptions, notes: RowNotes | None = No
     }
     if options.format == "openai":
         messages, tools = to_openai(conversations, options.arguments, notes.assistant)
+        notes.compressed |= bool(messages) and messages[0]["role"] == "system"
         while drop_echo and messages and messages[-1]["role"] == "tool":
             messages.pop()
         return {"messages": messages, "tools": tools, **common}
@@ -1616,19 +1615,32 @@ def export_row(record: dict, options: ExportOptions, notes: RowNotes | None = No
     if turns is None:
         return None
     tools, notice = parse_system_turn(conversations[0]["value"])
+    notes.compressed |= notice != ""
     tools_text = json.dumps([tool["function"] for tool in tools], ensure_ascii=False)
     return {"conversations": turns, "system": notice.lstrip("\n"), "tools": tools_text, **common}
 
 
 def _hermes_escaped(conversations: list[dict], notes: RowNotes) -> list[dict]:
-    """The turns with tool-call tags in the text of model turns escaped (each turn read once, exactly)."""
+    """The turns with tool-call tags in the text of model turns escaped (each turn read once, exactly). The hermes
+    format passes on records it cannot read back (another system prompt, a damaged tool turn) as they are."""
     result = list(conversations)
     for index, turn in enumerate(conversations):
-        if turn.get("from") != "gpt":
+        value = turn.get("value")
+        if turn.get("from") != "gpt" or not isinstance(value, str):
             continue
         following = conversations[index + 1] if index + 1 < len(conversations) else {}
-        answered = len(parse_tool_value(following["value"])) if following.get("from") == "tool" else 0
-        parsed = parse_gpt_value(turn["value"], answered)
+        following_value = following.get("value") if following.get("from") == "tool" else ""
+        blocks = following_value.count(_RESPONSE_OPEN) if isinstance(following_value, str) else -1
+        # Inside JSON a newline is always escaped, so each "<tool_response>\n" opens a result and each real call
+        # writes one "<tool_call>" and one "</tool_call>": when the tags are exactly the calls' and no call's
+        # arguments are a string, there is nothing to escape or count, and no need to read the turn.
+        if value.count("<tool_call>") == value.count("</tool_call>") == blocks and '"arguments": "' not in value:
+            continue
+        try:
+            answered = len(parse_tool_value(following_value)) if following_value else 0
+        except RecordFormatError:
+            answered = None
+        parsed = parse_gpt_value(value, answered)
         escaped = notes.assistant(parsed)
         if escaped != parsed:
             result[index] = {**turn, "value": _render_turn(escaped)}

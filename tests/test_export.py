@@ -338,6 +338,14 @@ def test_the_readme_loading_example_runs(tmp_path, monkeypatch):
     assert [dict(row) for row in namespace["ds"]] == records
 
 
+def test_a_datasets_without_json_is_one_line_naming_the_upgrade():
+    code = "import datasets; del datasets.Json; import trajectory; trajectory.export_features('openai')"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert "pip install -U datasets" in result.stderr.splitlines()[-1]
+    code = "import datasets; del datasets.Json; import trajectory; trajectory.export_features('openai', 'string')"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True).returncode == 0
+
+
 def test_missing_datasets_is_one_line_naming_the_extra(tmp_path):
     code = "import sys; sys.modules['datasets'] = None; import trajectory; trajectory.record_features()"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
@@ -1050,8 +1058,9 @@ def test_an_export_that_writes_nothing_of_a_non_empty_input_exits_non_zero(corpu
     foreign = _record("a")
     foreign["conversations"][0] = {"from": "system", "value": "You are a helpful assistant."}
     source = _write(tmp_path / "foreign.jsonl", [foreign])
-    result = export([str(source), "--output_file", str(out)])
+    result = export([str(source), "--output_file", str(out), "--format", "openai"])
     assert result.returncode == 1 and "1 records whose turns cannot be read back" in result.stderr
+    assert export([str(source), "--output_file", str(out)]).returncode == 0  # hermes passes it on as it is
 
     empty = tmp_path / "empty.jsonl"
     empty.write_bytes(b"")
