@@ -1232,9 +1232,19 @@ def load_jsonl(files: str | list[str], features, cache_dir: str | None = None):
 def _jsonl_rows(stamps: list[tuple[str, int, int]], features) -> Iterator[dict]:
     for path, _, _ in stamps:
         with open(path, "rb") as handle:
-            for line in handle:
-                if line.strip():
-                    yield _json_encoded(json.loads(line), features)
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except (ValueError, RecursionError):
+                    row = None
+                if not isinstance(row, dict):
+                    raise ValueError(
+                        f"{path} line {number} is not a JSON object (torn or damaged): "
+                        "`mini-swe-runner export` writes a clean file from it (it skips such lines)"
+                    )
+                yield _json_encoded(row, features)
 
 
 def _json_encoded(value, feature):

@@ -936,6 +936,16 @@ def test_the_readme_recipe_gives_back_every_record_field_byte_for_byte(corpus, t
     assert plain[0]["metadata"]["timestamp"] != records[0]["metadata"]["timestamp"]
 
 
+def test_load_jsonl_names_a_torn_line(tmp_path, monkeypatch):
+    datasets = offline_datasets(monkeypatch, tmp_path)
+    path = _write(tmp_path / "run.jsonl", [_record("a")])
+    with open(path, "ab") as handle:
+        handle.write(b'{"task_id": "torn')
+    with pytest.raises(datasets.exceptions.DatasetGenerationError) as failure:
+        trajectory.load_jsonl([str(path)], trajectory.record_features(), cache_dir=str(tmp_path / "c"))
+    assert f"{path} line 2 is not a JSON object" in str(failure.value.__cause__)
+
+
 @pytest.mark.parametrize("format", trajectory.EXPORT_FORMATS)
 def test_every_export_loads_back_byte_for_byte(corpus, tmp_path, monkeypatch, format):
     """Arguments that were not a JSON object stay the strings the model sent ("[1, 2]" is not read as a list)."""
