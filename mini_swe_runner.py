@@ -3168,12 +3168,25 @@ def _export_parser():
         metavar="NAME",
         help="swebench: model_name_or_path (default: the records' model)",
     )
+    parser.add_argument(
+        "--arguments",
+        default="object",
+        choices=trajectory.ARGUMENT_FORMS,
+        help="openai: tool-call arguments as objects (what chat templates read; default) or as JSON text",
+    )
+    parser.add_argument(
+        "--drop_invalid_arguments",
+        "--drop-invalid-arguments",
+        action="store_true",
+        help="leave out records with a tool call whose arguments are not a JSON object",
+    )
     return parser
 
 
 def _export_bool_values(argv: list[str]) -> list[str]:
     """``--empty_think=false`` means false, as ``--verbose=false`` does for a run; argparse alone would reject it."""
     switches = ("--empty_think", "--empty-think", "--drop_final_echo", "--drop-final-echo")
+    switches += ("--drop_invalid_arguments", "--drop-invalid-arguments")
     result = []
     for arg in argv:
         name, equals, value = arg.partition("=")
@@ -3236,6 +3249,8 @@ def export_command(argv: list[str]) -> int:
                 final_output_marker=FINAL_OUTPUT_MARKER,
                 pick=args.pick,
                 model_name=args.model_name,
+                arguments=args.arguments,
+                drop_invalid_arguments=args.drop_invalid_arguments,
             )
         except ValueError as exc:
             raise UsageError(f"export: {exc}") from None
@@ -3252,22 +3267,33 @@ def export_command(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print(f"mini-swe-runner: export interrupted, {output} not written", file=sys.stderr)
         return EXIT_SIGNAL[signal.SIGINT]
-    print(export_summary(result, output, options.format), file=sys.stderr)
+    print(export_summary(result, output, options), file=sys.stderr)
+    if result.written == 0 and (result.read or result.bad_lines):  # an empty training file is never a success
+        print(f"mini-swe-runner: export wrote nothing of a non-empty input to {output}", file=sys.stderr)
+        return EXIT_FATAL
     return EXIT_OK
 
 
-def export_summary(result: trajectory.ExportResult, output: str, format: str) -> str:
+def export_summary(result: trajectory.ExportResult, output: str, options: trajectory.ExportOptions) -> str:
+    format = options.format
     lines = [f"exported {result.written} of {result.read} records to {output} ({format})"]
     if format == "swebench":
         lines = [f"exported {result.written} predictions (one per instance) of {result.read} records to {output}"]
+    invalid = (
+        "left out (--drop_invalid_arguments)" if options.drop_invalid_arguments else "written as the model sent them"
+    )
     for count, what in (
         (result.superseded, "superseded by a later record of the same task and sample"),
         (result.filtered, "left out by the filters"),
         (result.not_chosen, "other samples of an exported instance, not chosen (--pick)"),
         (result.without_patch, "instances left out: the chosen sample has no patch recorded"),
         (result.cut_patch, "instances left out: the chosen sample's patch was truncated, not the whole diff"),
+        (result.invalid_arguments, f"with tool-call arguments that are not a JSON object: {invalid}"),
         (result.unrepresentable, f"with no model turn that {format} can end on"),
         (result.bad_lines, "lines that are not records (torn or damaged)"),
+        (result.escaped_turns, "model turns whose text held <tool_call> tags, written escaped (&lt;tool_call&gt;)"),
+        (result.compressed, "records compressed by hermes-agent's trajectory compressor (its notice kept as system)"),
+        (result.cut, "rows that end before a user turn right after a tool result, which sharegpt cannot alternate"),
     ):
         if count:
             lines.append(f"  {count} {what}")

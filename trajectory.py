@@ -1088,6 +1088,9 @@ def sync_directory(directory: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 EXPORT_FORMATS = ("hermes", "openai", "sharegpt", "swebench")
+ARGUMENT_FORMS = ("object", "string")
+"""How the openai export writes tool-call arguments: the object chat templates and trainers read (Qwen2.5 would
+show a string escaped, Qwen3-Coder fails on one), or the JSON text the OpenAI API itself sends."""
 EMPTY_THINK = "<think>\n</think>\n"
 """What hermes-agent's batch_runner writes on a gpt turn without reasoning."""
 
@@ -1161,10 +1164,19 @@ def _metadata_schema(value) -> dict:
     }
 
 
-def export_features(format: str):
-    """The ``datasets.Features`` of an ``export`` output in ``format`` (see EXPORT_FORMATS)."""
+def export_features(format: str, arguments: str = "object"):
+    """The ``datasets.Features`` of an ``export`` output in ``format`` (see EXPORT_FORMATS); ``arguments`` is the
+    openai export's form of tool-call arguments (see ARGUMENT_FORMS).
+
+    Arguments are free-form objects (each tool, each call, its own keys): a struct would give every call the union
+    of all keys, null where absent, and a template that walks the mapping (Qwen3-Coder) would render those nulls.
+    ``datasets.Json`` keeps each object as written (Arrow stores it as JSON text and decodes it on access)."""
     datasets = _datasets()
     value = datasets.Value
+    if arguments not in ARGUMENT_FORMS:
+        raise ValueError(f"unknown arguments form {arguments!r}: one of {', '.join(ARGUMENT_FORMS)}")
+    if format == "openai" and arguments == "object" and not hasattr(datasets, "Json"):
+        raise ImportError("tool-call arguments as objects need a datasets with datasets.Json: pip install -U datasets")
     if format == "hermes":
         return datasets.Features(_record_schema(value))
     string = value("string")
@@ -1182,7 +1194,8 @@ def export_features(format: str):
         )
     if format != "openai":
         raise ValueError(f"unknown export format {format!r}")
-    tool_call = {"id": string, "type": string, "function": {"name": string, "arguments": string}}
+    arguments_feature = datasets.Json() if arguments == "object" else string
+    tool_call = {"id": string, "type": string, "function": {"name": string, "arguments": arguments_feature}}
     message = {
         "role": string,
         "content": string,
@@ -1201,6 +1214,53 @@ def export_features(format: str):
     }
     tool = {"type": string, "function": {"name": string, "description": string, "parameters": parameters}}
     return datasets.Features({"messages": [message], "tools": [tool], **common})
+
+
+def load_jsonl(files: str | list[str], features, cache_dir: str | None = None):
+    """JSONL files (records, or an export) as a ``datasets.Dataset`` with ``features``, every value as written.
+
+    ``load_dataset("json", ...)`` reads through pyarrow's JSON reader, which turns text that looks like ISO-8601
+    (``metadata.timestamp``, a date-like task id) into a timestamp before any cast to the features, so it comes
+    back as ``2026-11-24 19:16:59``, not ``2026-11-24T19:16:59+00:00``. Here each line is parsed by Python's json
+    and handed to ``datasets`` already typed. The cache key holds each file's size and mtime, so a file that
+    changed is read again."""
+    datasets = _datasets()
+    paths = [files] if isinstance(files, str) else list(files)
+    stamps = [(os.path.abspath(path), os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in paths]
+    return datasets.Dataset.from_generator(
+        _jsonl_rows, features=features, gen_kwargs={"stamps": stamps, "features": features}, cache_dir=cache_dir
+    )
+
+
+def _jsonl_rows(stamps: list[tuple[str, int, int]], features) -> Iterator[dict]:
+    for path, _, _ in stamps:
+        with open(path, "rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except (ValueError, RecursionError):
+                    row = None
+                if not isinstance(row, dict):
+                    raise ValueError(
+                        f"{path} line {number} is not a JSON object (torn or damaged): "
+                        "`mini-swe-runner export` writes a clean file from it (it skips such lines)"
+                    )
+                yield _json_encoded(row, features)
+
+
+def _json_encoded(value, feature):
+    """``value`` with the parts typed ``datasets.Json`` as JSON text: Json reads a string that is valid JSON as that
+    JSON, so the raw arguments string ``"[1, 2]"`` would come back as a list."""
+    if type(feature).__name__ == "Json":
+        return None if value is None else json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dict) and isinstance(feature, dict):
+        return {key: _json_encoded(item, feature[key]) if key in feature else item for key, item in value.items()}
+    inner = feature[0] if isinstance(feature, list) and len(feature) == 1 else getattr(feature, "feature", None)
+    if isinstance(value, list) and inner is not None:
+        return [_json_encoded(item, inner) for item in value]
+    return value
 
 
 class RecordFormatError(ValueError):
@@ -1317,6 +1377,13 @@ def parse_tool_value(value: str) -> list[dict]:
 
 def parse_system_tools(value: str) -> list[dict]:
     """The OpenAI-style ``tools`` that the Hermes system turn ``value`` describes."""
+    return parse_system_turn(value)[0]
+
+
+def parse_system_turn(value: str) -> tuple[list[dict], str]:
+    """The Hermes system turn ``value`` read back: its ``tools``, and the text appended after the template, "" when
+    none (hermes-agent's trajectory compressor appends a notice that turns were summarised: by default
+    ``"\n\nSome of your previous tool responses may be summarized to preserve context."``)."""
     start = value.find("<tools>\n")
     try:
         described, _ = _JSON.raw_decode(value, start + len("<tools>\n")) if start != -1 else (None, 0)
@@ -1335,9 +1402,10 @@ def parse_system_tools(value: str) -> list[dict]:
         }
         for tool in described
     ]
-    if hermes_system_value(tools) != value:
+    template = hermes_system_value(tools)
+    if not value.startswith(template):
         raise RecordFormatError("the system turn is not the Hermes function-calling template")
-    return tools
+    return tools, value[len(template) :]
 
 
 def tool_result_text(content: object) -> str:
@@ -1349,17 +1417,27 @@ def _call_id(value: object) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-def to_openai(conversations: list[dict]) -> tuple[list[dict], list[dict]]:
+def to_openai(
+    conversations: list[dict],
+    arguments: str = "object",
+    assistant: Callable[[AssistantTurn], AssistantTurn] | None = None,
+) -> tuple[list[dict], list[dict]]:
     """Hermes turns -> (OpenAI chat ``messages``, ``tools``), exactly: ``to_hermes(messages, tools)`` gives the
-    same turns back.
+    same turns back (but for a compressed record's notice, below).
 
     Every message has every key (null where it does not apply) so the rows share one schema. The ids of the tool
     calls, which the Hermes text keeps only on the results, are restored from the tool turn that answers them.
+    ``arguments`` "object" gives each call's arguments as the object chat templates read (arguments that were not
+    a JSON object stay the string the model sent); "string" gives them as JSON text, as the OpenAI API sends them.
+    ``assistant`` may rewrite each model turn once read (export escapes tool-call tags in its text with it). Text
+    that hermes-agent's trajectory compressor appended to the system turn becomes a leading system message.
     """
     if not conversations or conversations[0].get("from") != "system":
         raise RecordFormatError("the conversation does not start with the system turn")
-    tools = parse_system_tools(conversations[0]["value"])
-    messages: list[dict] = []
+    if arguments not in ARGUMENT_FORMS:
+        raise ValueError(f"unknown arguments form {arguments!r}: one of {', '.join(ARGUMENT_FORMS)}")
+    tools, notice = parse_system_turn(conversations[0]["value"])
+    messages: list[dict] = [_message("system", notice.lstrip("\n"))] if notice else []
     results: list[dict] = []  # of the tool turn after the current gpt turn, read once for both
     for index, turn in enumerate(conversations[1:], start=1):
         role, value = turn.get("from"), turn.get("value")
@@ -1371,11 +1449,13 @@ def to_openai(conversations: list[dict]) -> tuple[list[dict], list[dict]]:
             following = conversations[index + 1] if index + 1 < len(conversations) else None
             results = parse_tool_value(following["value"]) if following and following.get("from") == "tool" else []
             parsed = parse_gpt_value(value, len(results))
+            if assistant is not None:
+                parsed = assistant(parsed)
             calls = [
                 {
                     "id": _call_id(results[i]["tool_call_id"]) if i < len(results) else f"call_{index}_{i}",
                     "type": "function",
-                    "function": _openai_function(call),
+                    "function": _openai_function(call) if arguments == "string" else dict(call),
                 }
                 for i, call in enumerate(parsed.calls)
             ]
@@ -1442,6 +1522,10 @@ class ExportOptions:
     """swebench: which sample of an instance: ``passed`` (the first that passed, else the first) or ``first``."""
     model_name: str | None = None
     """swebench: the predictions' ``model_name_or_path`` (default: the record's metadata.model)."""
+    arguments: str = "object"
+    """openai: tool-call arguments as objects or as JSON text (see ARGUMENT_FORMS)."""
+    drop_invalid_arguments: bool = False
+    """Leave out records with a tool call whose arguments are not a JSON object (kept as the model sent them)."""
 
     def __post_init__(self) -> None:
         if self.format not in EXPORT_FORMATS:
@@ -1461,6 +1545,10 @@ class ExportOptions:
             raise ValueError(f"unknown --exit_reason {unknown[0]!r}: one of {', '.join(EXIT_REASONS)}")
         if self.empty_think and self.format == "openai":
             raise ValueError("--empty_think applies to hermes and sharegpt (openai has reasoning_content)")
+        if self.arguments not in ARGUMENT_FORMS:
+            raise ValueError(f"--arguments must be one of {', '.join(ARGUMENT_FORMS)}, not {self.arguments!r}")
+        if self.arguments != "object" and self.format != "openai":
+            raise ValueError("--arguments applies to openai (hermes and sharegpt write arguments as objects)")
 
     def keeps(self, record: dict) -> bool:
         verification = record.get("verification")
@@ -1480,19 +1568,62 @@ class ExportOptions:
         return True
 
 
-def export_row(record: dict, options: ExportOptions) -> dict | None:
+TOOL_CALL_ESCAPES = (("<tool_call>", "&lt;tool_call&gt;"), ("</tool_call>", "&lt;/tool_call&gt;"))
+"""How export writes tool-call tags that a model wrote in its text (content or reasoning): as HTML entities, visible
+to a reader and never read as a call by a parser, a chat template or LLaMA-Factory's FunctionFormatter."""
+
+
+def escape_tool_call_tags(text: str) -> str:
+    for tag, escaped in TOOL_CALL_ESCAPES:
+        text = text.replace(tag, escaped)
+    return text
+
+
+@dataclass
+class RowNotes:
+    """What exporting one record met, for the summary."""
+
+    escaped_turns: int = 0
+    """Model turns whose text held a tool-call tag, written escaped."""
+    invalid_arguments: bool = False
+    """A tool call's arguments were not a JSON object (kept as the model sent them)."""
+    compressed: bool = False
+    """hermes-agent's trajectory compressor had summarised turns of it."""
+    cut: bool = False
+    """sharegpt: the conversation ends early, before a turn that breaks LLaMA-Factory's alternation."""
+
+    def assistant(self, turn: AssistantTurn) -> AssistantTurn:
+        """``turn`` with the tool-call tags in its text escaped, noted."""
+        reasoning = None if turn.reasoning is None else escape_tool_call_tags(turn.reasoning)
+        content = escape_tool_call_tags(turn.content)
+        self.escaped_turns += reasoning != turn.reasoning or content != turn.content
+        self.invalid_arguments |= any(not isinstance(call["arguments"], dict) for call in turn.calls)
+        return AssistantTurn(reasoning, content, turn.calls)
+
+
+COMPRESSION_METRICS = "compression_metrics"
+"""The key hermes-agent's trajectory compressor adds to a record it compressed; no export format has a column for it."""
+
+
+def export_row(record: dict, options: ExportOptions, notes: RowNotes | None = None) -> dict | None:
     """One record in the export format, or None when the format cannot hold it (sharegpt: no model turn).
 
-    Raises RecordFormatError for a record whose conversations cannot be read back."""
+    In every format, tool-call tags in a model turn's text are escaped (see TOOL_CALL_ESCAPES): text never poses as a
+    call. ``notes`` collects what the summary reports. Raises RecordFormatError for a record whose conversations
+    cannot be read back."""
+    notes = RowNotes() if notes is None else notes
     conversations = record.get("conversations")
     if not isinstance(conversations, list) or not all(isinstance(turn, dict) for turn in conversations):
         raise RecordFormatError("the record has no conversations list")
+    notes.compressed = COMPRESSION_METRICS in record
     # The whole conversation is read before the echo is dropped: the tool turn tells how many calls its gpt turn made.
     drop_echo = options.drop_final_echo and ends_with_final_echo(conversations, options.final_output_marker)
     if options.format == "hermes":
+        conversations = _hermes_escaped(conversations, notes)
         if options.empty_think:
             conversations = [_with_empty_think(turn) for turn in conversations]
-        return {**record, "conversations": conversations[:-1] if drop_echo else conversations}
+        row = {key: value for key, value in record.items() if key != COMPRESSION_METRICS}
+        return {**row, "conversations": conversations[:-1] if drop_echo else conversations}
     common = {
         "task_id": record.get("task_id"),
         "sample_index": record_key(record)[1],
@@ -1500,15 +1631,45 @@ def export_row(record: dict, options: ExportOptions) -> dict | None:
         "metadata": record.get("metadata"),
     }
     if options.format == "openai":
-        messages, tools = to_openai(conversations)
+        messages, tools = to_openai(conversations, options.arguments, notes.assistant)
+        notes.compressed |= bool(messages) and messages[0]["role"] == "system"
         while drop_echo and messages and messages[-1]["role"] == "tool":
             messages.pop()
         return {"messages": messages, "tools": tools, **common}
-    turns = sharegpt_turns(conversations, options.empty_think)  # its trailing observation is always left out
+    turns = sharegpt_turns(conversations, options.empty_think, notes)  # its trailing observation is always left out
     if turns is None:
         return None
-    tools = [tool["function"] for tool in parse_system_tools(conversations[0]["value"])]
-    return {"conversations": turns, "system": "", "tools": json.dumps(tools, ensure_ascii=False), **common}
+    tools, notice = parse_system_turn(conversations[0]["value"])
+    notes.compressed |= notice != ""
+    tools_text = json.dumps([tool["function"] for tool in tools], ensure_ascii=False)
+    return {"conversations": turns, "system": notice.lstrip("\n"), "tools": tools_text, **common}
+
+
+def _hermes_escaped(conversations: list[dict], notes: RowNotes) -> list[dict]:
+    """The turns with tool-call tags in the text of model turns escaped (each turn read once, exactly). The hermes
+    format passes on records it cannot read back (another system prompt, a damaged tool turn) as they are."""
+    result = list(conversations)
+    for index, turn in enumerate(conversations):
+        value = turn.get("value")
+        if turn.get("from") != "gpt" or not isinstance(value, str):
+            continue
+        following = conversations[index + 1] if index + 1 < len(conversations) else {}
+        following_value = following.get("value") if following.get("from") == "tool" else ""
+        blocks = following_value.count(_RESPONSE_OPEN) if isinstance(following_value, str) else -1
+        # Inside JSON a newline is always escaped, so each "<tool_response>\n" opens a result and each real call
+        # writes one "<tool_call>" and one "</tool_call>": when the tags are exactly the calls' and no call's
+        # arguments are a string, there is nothing to escape or count, and no need to read the turn.
+        if value.count("<tool_call>") == value.count("</tool_call>") == blocks and '"arguments": "' not in value:
+            continue
+        try:
+            answered = len(parse_tool_value(following_value)) if following_value else 0
+        except RecordFormatError:
+            answered = None
+        parsed = parse_gpt_value(value, answered)
+        escaped = notes.assistant(parsed)
+        if escaped != parsed:
+            result[index] = {**turn, "value": _render_turn(escaped)}
+    return result
 
 
 def _with_empty_think(turn: dict) -> dict:
@@ -1517,7 +1678,11 @@ def _with_empty_think(turn: dict) -> dict:
     return {"from": "gpt", "value": EMPTY_THINK + turn["value"]}
 
 
-def sharegpt_turns(conversations: list[dict], empty_think: bool = False) -> list[dict] | None:
+def sharegpt_turns(
+    conversations: list[dict],
+    empty_think: bool = False,
+    notes: RowNotes | None = None,
+) -> list[dict] | None:
     """Hermes turns -> LLaMA-Factory sharegpt turns (human/gpt/function_call/observation), or None when no
     assistant turn is left.
 
@@ -1527,8 +1692,13 @@ def sharegpt_turns(conversations: list[dict], empty_think: bool = False) -> list
     is the JSON list of calls, which LLaMA-Factory's FunctionFormatter reads with json.loads; reasoning or text
     that came with the calls goes before it and the list is wrapped in <tool_call></tool_call>, the form that
     formatter keeps such text in. Every "<" inside that JSON is written as \\u003c, so a command containing
-    </tool_call> or <think> cannot end its regex match early.
+    </tool_call> or <think> cannot end its regex match early. The results of one model turn are one observation
+    joined by "\\n</tool_response>\\n<tool_response>\\n", as LLaMA-Factory's own OpenAI-format converter joins them:
+    its templates wrap an observation in one <tool_response> block, so each result gets its own block.
+    A user turn right after a tool result (the summary turn of a record compressed by hermes-agent's trajectory
+    compressor) breaks the alternation: the conversation ends before it, and ``notes.cut`` says so.
     """
+    notes = RowNotes() if notes is None else notes
     if not conversations or conversations[0].get("from") != "system":
         raise RecordFormatError("the conversation does not start with the system turn")
     turns: list[dict] = []
@@ -1540,21 +1710,27 @@ def sharegpt_turns(conversations: list[dict], empty_think: bool = False) -> list
         elif role == "tool":
             if conversations[index - 1].get("from") != "gpt":  # else read already, for the gpt turn it answers
                 results = parse_tool_value(value)
-            turns.append({"from": "observation", "value": "\n".join(tool_result_text(r["content"]) for r in results)})
+            texts = [tool_result_text(result["content"]) for result in results]
+            turns.append({"from": "observation", "value": OBSERVATION_SEPARATOR.join(texts)})
         elif role == "gpt":
             following = conversations[index + 1] if index + 1 < len(conversations) else {}
             results = parse_tool_value(following["value"]) if following.get("from") == "tool" else []
-            turns.append(_sharegpt_assistant(parse_gpt_value(value, len(results)), empty_think))
+            parsed = parse_gpt_value(value, len(results))
+            turns.append(_sharegpt_assistant(notes.assistant(parsed), empty_think))
         else:
             raise RecordFormatError(f"unknown role {role!r}")
     user_side = ("human", "observation")
     for position, turn in enumerate(turns):
         if (turn["from"] in user_side) != (position % 2 == 0):
+            notes.cut = True
             del turns[position:]
             break
     if len(turns) % 2:
         turns.pop()
     return turns or None
+
+
+OBSERVATION_SEPARATOR = "\n</tool_response>\n<tool_response>\n"
 
 
 def _sharegpt_assistant(turn: AssistantTurn, empty_think: bool) -> dict:
@@ -1591,6 +1767,14 @@ class ExportResult:
     """swebench: instances left out because the chosen sample's patch was truncated (not the whole diff)."""
     first_left_out: str | None = None
     """swebench: the instance_id of the first instance left out for its patch, for the message."""
+    escaped_turns: int = 0
+    """Model turns written with the tool-call tags of their text escaped (see TOOL_CALL_ESCAPES)."""
+    invalid_arguments: int = 0
+    """Records with a tool call whose arguments are not a JSON object (written, or left out by the option)."""
+    compressed: int = 0
+    """Records written that hermes-agent's trajectory compressor had compressed."""
+    cut: int = 0
+    """sharegpt rows that end before a turn that breaks LLaMA-Factory's alternation (see sharegpt_turns)."""
 
 
 def export(paths: list[str], output_file: str, options: ExportOptions) -> ExportResult:
@@ -1612,17 +1796,24 @@ def export(paths: list[str], output_file: str, options: ExportOptions) -> Export
             if not options.keeps(record):
                 result.filtered += 1
                 continue
+            notes = RowNotes()
             try:
-                row = export_row(record, options)
+                row = export_row(record, options, notes)
             except (RecordFormatError, KeyError, TypeError, AttributeError) as exc:
                 result.unreadable += 1
                 if result.first_unreadable is None:
                     result.first_unreadable = f"{record.get('task_id')}: {exc}"
                 continue
+            result.invalid_arguments += notes.invalid_arguments
+            if notes.invalid_arguments and options.drop_invalid_arguments:
+                continue
             if row is None:
                 result.unrepresentable += 1
                 continue
             result.written += 1
+            result.escaped_turns += notes.escaped_turns
+            result.compressed += notes.compressed
+            result.cut += notes.cut
             yield record_line(row)
         result.superseded = read[0] - unique
 

@@ -281,5 +281,9 @@ def test_instance_ids_of_a_real_run(tmp_path):
         "astropy__astropy-12907": patch_of("row-2-0"),
     }
     result = export([str(tmp_path / "run.jsonl"), "--format", "swebench", "--output_file", str(out)])
-    assert result.returncode == 0 and json.loads(out.read_text()) == []  # records without a patch: nothing to submit
+    # Records without a patch: nothing to submit, and an export that writes nothing of a non-empty input fails,
+    # saying why (the file still holds the empty list the harness would read).
+    assert result.returncode == 1 and "export wrote nothing of a non-empty input" in result.stderr, result.stderr
+    assert "the chosen sample has no patch recorded" in result.stderr + result.stdout
+    assert json.loads(out.read_text()) == []
     assert "2 instances left out: the chosen sample has no patch recorded" in result.stderr
