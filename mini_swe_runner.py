@@ -1546,7 +1546,10 @@ class TaskCost:
 def _usd(value: Decimal | float) -> str:
     """Money as people read it: cents for dollars, more digits for the fractions of a cent cheap calls cost."""
     value = float(value)
-    return f"${value:,.2f}" if value >= 1 or value == 0 else f"${value:.6f}".rstrip("0")
+    if value >= 1 or value == 0:
+        return f"${value:,.2f}"
+    whole, _, fraction = f"{value:.8f}".rstrip("0").partition(".")
+    return f"${whole}.{fraction:0<2}"
 
 
 def _plural(count: int, noun: str) -> str:

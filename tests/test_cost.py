@@ -260,6 +260,12 @@ def test_cli_summary_stats_file_and_progress_show_the_money(tmp_path):
     cost = json.loads(stats.read_text())["cost"]
     assert cost["total"] == 1.0 and cost["per_completed_task"] == 0.25 and cost["per_passed_sample"] == 0.5
     assert cost["per_task"]["p50"] == 0.25
+    table = run_cli(["stats", "trajectories.jsonl"], cwd=tmp_path)
+    assert "cost          $1.00 over 4 records; per task p50 $0.25" in table.stdout
+    assert "per passed sample $0.50" in table.stdout
+    stats_json = json.loads(run_cli(["stats", "trajectories.jsonl", "--json"], cwd=tmp_path).stdout)["cost"]
+    assert stats_json["total"] == 1.0 and stats_json["per_passed_sample"] == 0.5
+    assert stats_json["per_completed_task"] == 0.25 and stats_json["records_without_cost"] == 0
 
 
 def test_old_records_without_cost_resume_count_and_export(out, tmp_path):
