@@ -235,7 +235,7 @@ def sampling_settings(config: RunConfig) -> dict:
 
 def data_settings(config: RunConfig, system_prompt: str, tools: list[dict]) -> dict:
     """The settings that shape the data: two runs with equal settings may share one output file."""
-    return {
+    settings = {
         "model": config.model,
         "endpoint_host": (urlparse(config.base_url).hostname or "").lower(),
         "system_prompt_sha256": hashlib.sha256(system_prompt.encode("utf-8", "surrogatepass")).hexdigest()[:16],
@@ -247,6 +247,9 @@ def data_settings(config: RunConfig, system_prompt: str, tools: list[dict]) -> d
         "max_command_timeout": config.max_command_timeout,
         "max_output_chars": config.env.max_output_chars,
     }
+    if config.max_task_cost is not None:  # cuts trajectories like max_iterations; only when set: old hashes hold
+        settings["max_task_cost"] = str(config.max_task_cost)
+    return settings
 
 
 def config_hash(settings: dict) -> str:

@@ -149,6 +149,20 @@ def endless(cost: float = 0.01):
     return lambda request: reply(None, [tool_call("true")], usage=billed(cost))
 
 
+def test_max_task_cost_is_a_data_setting_only_when_set(out):
+    with ScriptedModelServer(per_conversation([reply("done")])) as server:
+        plain = make_config(server, out)
+        limited = make_config(server, out, max_task_cost=Decimal("0.5"))
+        budget = make_config(server, out, max_cost=Decimal("5"), price=mini_swe_runner.parse_price("input=1,output=1"))
+    tools = [mini_swe_runner.terminal_tool(plain)]
+
+    def settings(config):
+        return mini_swe_runner.config_hash(mini_swe_runner.data_settings(config, "s", tools))
+
+    assert "max_task_cost" not in mini_swe_runner.data_settings(plain, "s", tools)  # older outputs still resume
+    assert settings(limited) != settings(plain) and settings(budget) == settings(plain)
+
+
 def test_max_task_cost_ends_the_task_with_cost_limit_verified_and_kept_on_resume(out):
     with ScriptedModelServer(endless(0.01)) as server:
         config = make_config(server, out, max_task_cost=Decimal("0.025"), max_iterations=50, verify="true")
@@ -252,7 +266,10 @@ def test_cli_summary_stats_file_and_progress_show_the_money(tmp_path):
     stats = tmp_path / "stats.json"
     with ScriptedModelServer(per_conversation([reply("done", usage=billed(0.25))])) as server:
         result = run_cli(
-            ["--prompts_file", str(prompts), "--base_url", server.base_url, "--stats_file", str(stats)], cwd=tmp_path
+            # A price is given too: the provider's measured cost wins over it.
+            ["--prompts_file", str(prompts), "--base_url", server.base_url, "--stats_file", str(stats)]
+            + ["--price", "input=1,output=1"],
+            cwd=tmp_path,
         )
     assert result.returncode == 0, result.stderr
     assert ", $1.00 spent" in result.stderr  # the progress line
