@@ -538,6 +538,9 @@ NUMERIC_FLAGS = [
     "until_passed",
     "top_p",
     "limit",
+    "max_task_cost",
+    "max_cost",
+    "max_tokens_total",
 ]
 
 
