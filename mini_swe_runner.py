@@ -1542,8 +1542,11 @@ class TaskCost:
         """The record's ``cost`` and ``cost_source``: null when any billed call's cost is unknown, or none was made."""
         if self.unknown_calls or not (self.provider_calls or self.priced_calls):
             return None, None
-        source = "mixed" if self.provider_calls and self.priced_calls else "provider" if self.provider_calls else None
-        return float(self.usd.quantize(COST_QUANTUM)), source or "price_table"
+        if self.provider_calls and self.priced_calls:
+            source = "mixed"
+        else:
+            source = "provider" if self.provider_calls else "price_table"
+        return float(self.usd.quantize(COST_QUANTUM)), source
 
 
 def _usd(value: Decimal | float) -> str:
