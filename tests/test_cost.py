@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from decimal import Decimal
 
 import pytest
@@ -129,6 +130,13 @@ def test_mixed_sources_and_a_billed_unusable_answer_count(out):
         _, [record] = run_prompts(make_config(server, out, price=price), ["task"])
     assert record["exit_reason"] == "completed" and record["api_calls"] == 2
     assert record["cost"] == 1.875 and record["cost_source"] == "mixed"  # the two unusable 200s were billed
+
+
+def test_an_answer_cut_off_at_max_tokens_is_billed(out):
+    cut = reply("", usage=billed(0.2), finish_reason="length")
+    with ScriptedModelServer(per_conversation([cut])) as server:
+        _, [record] = run_prompts(make_config(server, out, max_tokens=16), ["task"])
+    assert record["exit_reason"] == "context_length" and record["cost"] == 0.2
 
 
 def test_no_cost_and_no_price_leaves_cost_null(out):
@@ -283,6 +291,39 @@ def test_cli_summary_stats_file_and_progress_show_the_money(tmp_path):
     stats_json = json.loads(run_cli(["stats", "trajectories.jsonl", "--json"], cwd=tmp_path).stdout)["cost"]
     assert stats_json["total"] == 1.0 and stats_json["per_passed_sample"] == 0.5
     assert stats_json["per_completed_task"] == 0.25 and stats_json["records_without_cost"] == 0
+
+
+def test_view_shows_the_cost_card(tmp_path):
+    import os
+
+    import report
+
+    chromium, driver_path = "/usr/bin/chromium", "/usr/bin/chromedriver"
+    if not (os.path.exists(chromium) and os.path.exists(driver_path)):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (scripts/test installs them)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    records = tmp_path / "o.jsonl"
+    with ScriptedModelServer(per_conversation([reply("done", usage=billed(0.125))])) as server:
+        run_prompts(make_config(server, records, verify="true"), ["a", "b"])
+    page = tmp_path / "r.html"
+    report.write_report([str(records)], str(page))
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        driver.get(page.as_uri())
+        for _ in range(200):
+            if driver.execute_script("return document.body.dataset.ready") == "1":
+                break
+            time.sleep(0.1)
+        cards = driver.find_element("id", "cards").text
+    finally:
+        driver.quit()
+    assert "$0.250000" in cards and "$0.125000 per passed sample" in cards
 
 
 def test_old_records_without_cost_resume_count_and_export(out, tmp_path):
