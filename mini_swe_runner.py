@@ -34,6 +34,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlparse
 
@@ -177,6 +178,14 @@ class RunConfig:
     """Builds every row's image from its fields (e.g. "swebench/sweb.eval.x86_64.{image_key}:latest")."""
     verify_template: str | None = None
     """Builds every row's verifier from its fields (e.g. "git checkout {base_commit} -- tests && pytest {tests}")."""
+    price: "ModelPrice | None" = None
+    """The model's price from --price or --prices: a call's cost when the provider reports none."""
+    max_task_cost: Decimal | None = None
+    """USD one task may cost before it ends with cost_limit; None for no limit."""
+    max_cost: Decimal | None = None
+    """USD the output may cost in all (what earlier runs into it cost included); None for no limit."""
+    max_tokens_total: int | None = None
+    """Tokens the output may use in all (billed calls' total_tokens, earlier runs included); None for no limit."""
 
 
 def resolve_api_key(base_url: str, explicit: str | None, environ: dict[str, str]) -> str:
@@ -245,7 +254,7 @@ def sampling_settings(config: RunConfig) -> dict:
 
 def data_settings(config: RunConfig, system_prompt: str, tools: list[dict]) -> dict:
     """The settings that shape the data: two runs with equal settings may share one output file."""
-    return {
+    settings = {
         "model": config.model,
         "endpoint_host": (urlparse(config.base_url).hostname or "").lower(),
         "system_prompt_sha256": hashlib.sha256(system_prompt.encode("utf-8", "surrogatepass")).hexdigest()[:16],
@@ -257,12 +266,112 @@ def data_settings(config: RunConfig, system_prompt: str, tools: list[dict]) -> d
         "max_command_timeout": config.max_command_timeout,
         "max_output_chars": config.env.max_output_chars,
     }
+    if config.max_task_cost is not None:  # cuts trajectories like max_iterations; only when set: old hashes hold
+        settings["max_task_cost"] = str(config.max_task_cost)
+    return settings
 
 
 def config_hash(settings: dict) -> str:
     """A short stable hash of :func:`data_settings`, stamped on every record of the run."""
     canonical = json.dumps(settings, sort_keys=True, ensure_ascii=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """A model's price in USD per token, as exact decimals (a price table's figures are not rounded twice)."""
+
+    input: Decimal
+    output: Decimal
+    """Completion tokens, reasoning tokens included (OpenAI-compatible APIs count them in completion_tokens)."""
+    cached_input: Decimal
+    """Prompt tokens read from the provider's cache; the input price when the table gives none."""
+    cache_write: Decimal
+    """Prompt tokens written to the provider's cache; the input price when the table gives none."""
+    source: str = "--price"
+
+    def cost(self, prompt: int, completion: int, cached: int, cache_write: int) -> Decimal:
+        """The USD of one call (prompt tokens include the cached and cache-written ones, as providers count them)."""
+        uncached = max(prompt - cached - cache_write, 0)
+        return (
+            uncached * self.input
+            + cached * self.cached_input
+            + cache_write * self.cache_write
+            + completion * self.output
+        )
+
+
+PRICE_FIELDS = ("input", "output", "cached_input", "cache_write")
+"""Our price layout (--price and --prices): USD per million tokens."""
+LITELLM_PRICE_FIELDS = {
+    "input_cost_per_token": "input",
+    "output_cost_per_token": "output",
+    "cache_read_input_token_cost": "cached_input",
+    "cache_creation_input_token_cost": "cache_write",
+}
+"""LiteLLM's model_prices_and_context_window.json layout: USD per token."""
+_PER_MILLION = Decimal(1_000_000)
+
+
+def _model_price(fields: dict, per_token: dict, where: str) -> ModelPrice:
+    """A price from our fields (USD per million) and LiteLLM's (USD per token); input and output are required."""
+    values: dict[str, Decimal] = {}
+    for name, value in [*fields.items(), *per_token.items()]:
+        try:
+            number = value if isinstance(value, Decimal) else Decimal(str(value).strip())
+        except InvalidOperation:
+            number = Decimal("NaN")
+        if isinstance(value, bool) or not number.is_finite() or number < 0:
+            raise UsageError(f"{where}: {name} takes a price of 0 or more, not {_short(value, 40)!r}")
+        values[name] = number
+    price = {key: values[key] / _PER_MILLION for key in PRICE_FIELDS if key in values}
+    price.update((ours, values[theirs]) for theirs, ours in LITELLM_PRICE_FIELDS.items() if theirs in values)
+    missing = [key for key in ("input", "output") if key not in price]
+    if missing:
+        raise UsageError(f"{where}: no {' or '.join(missing)} price (e.g. input=0.15,output=0.60, USD per 1M tokens)")
+    price.setdefault("cached_input", price["input"])
+    price.setdefault("cache_write", price["input"])
+    return ModelPrice(**price, source=where)
+
+
+def parse_price(text: str) -> ModelPrice:
+    """--price 'input=0.15,output=0.60,cached_input=0.075' (USD per million tokens)."""
+    fields: dict[str, str] = {}
+    for part in filter(None, (piece.strip() for piece in text.split(","))):
+        name, equals, value = part.partition("=")
+        name = name.strip()
+        if not equals or name not in PRICE_FIELDS:
+            raise UsageError(
+                f"--price takes {', '.join(f'{key}=USD' for key in PRICE_FIELDS)} per million tokens "
+                f"(e.g. input=0.15,output=0.60), not {_short(part, 40)!r}"
+            )
+        fields[name] = value
+    return _model_price(fields, {}, "--price")
+
+
+def load_prices(path: str, model: str) -> ModelPrice:
+    """The price of ``model`` in a --prices JSON file, an object keyed by model name whose entries are in our
+    layout (USD per million tokens) or LiteLLM's (USD per token). The model is looked up as it is named, then
+    without its provider prefix ("openai/gpt-4.1-mini" -> "gpt-4.1-mini"), then as LiteLLM names OpenRouter's."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            table = json.load(handle, parse_float=Decimal)  # as written: 0.1 stays 0.1, not 0.1000000000000000055
+    except FileNotFoundError:
+        raise UsageError(f"--prices {path} does not exist") from None
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"--prices {path} is not valid JSON: {_short(exc, 80)}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read --prices {path}: {exc.strerror}") from None
+    if not isinstance(table, dict):
+        raise UsageError(f"--prices {path} must be a JSON object keyed by model name")
+    names = [model, model.split("/", 1)[-1], f"openrouter/{model}"]
+    name = next((name for name in names if isinstance(table.get(name), dict)), None)
+    if name is None:
+        raise UsageError(f"--prices {path} has no price for model {model!r} (looked up as {', '.join(names)})")
+    entry = table[name]
+    fields = {key: entry[key] for key in PRICE_FIELDS if entry.get(key) is not None}
+    per_token = {key: entry[key] for key in LITELLM_PRICE_FIELDS if entry.get(key) is not None}
+    return _model_price(fields, per_token, f"--prices {path} [{name}]")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1094,10 +1203,12 @@ class ModelClient:
         tools: list[dict],
         clock: TaskClock | None = None,
         encoded: list[bytes] | None = None,
+        cost: "TaskCost | None" = None,
     ) -> ModelTurn:
         """The model's next turn. Transient failures are retried up to --max_retries; 429s are waited out for up
         to --max_rate_limit_wait instead, since a rate limit means wait, not fail. Waiting does not run the
-        task's clock. ``encoded``: see :meth:`_request_body`."""
+        task's clock. ``encoded``: see :meth:`_request_body`. ``cost`` is billed for every answer that came
+        with a JSON body, one whose content cannot be used included: the provider charged for it."""
         config, openai = self.config, self.openai
         clock = clock or TaskClock()
         try:
@@ -1121,6 +1232,8 @@ class ModelClient:
                     # workers (8.6 ms -> 2.8 ms per call at 14 messages; see bench/bench_batch.py).
                     response = await self.client.post("/chat/completions", content=body, cast_to=self.raw_response)
                     payload = response.json()
+                    if cost is not None:
+                        cost.bill(payload, response.headers)
                 turn = self._turn(payload)
             except TimeoutError:
                 last_error = f"request timed out after {config.request_timeout:g} s"
@@ -1329,6 +1442,13 @@ def _usage_counts(usage: object) -> dict:
         counts[key] = _count(usage.get(key))
     details = usage.get("completion_tokens_details")
     counts["reasoning_tokens"] = _count(details.get("reasoning_tokens")) if isinstance(details, dict) else 0
+    # OpenAI and OpenRouter: prompt_tokens_details; Anthropic's names (LiteLLM passes them on) otherwise.
+    details = usage.get("prompt_tokens_details")
+    details = details if isinstance(details, dict) else {}
+    counts["cached_tokens"] = _count(details.get("cached_tokens")) or _count(usage.get("cache_read_input_tokens"))
+    counts["cache_write_tokens"] = _count(details.get("cache_write_tokens")) or _count(
+        usage.get("cache_creation_input_tokens")
+    )
     return counts
 
 
@@ -1336,6 +1456,125 @@ def _count(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return 0
     return int(value) if 0 < value < MAX_TOKEN_COUNT else 0  # False for NaN and infinity too
+
+
+LITELLM_COST_HEADER = "x-litellm-response-cost"
+"""What a LiteLLM proxy says a response cost, in USD (0 when it has no price for the model: taken as unknown)."""
+COST_QUANTUM = Decimal("1e-10")
+"""A record's cost is its calls' exact sum rounded once to this (USD): at most 15 significant digits, which a JSON
+float carries exactly, so the records' figures, read back as decimals, add up exactly to the run's total."""
+
+
+def provider_cost(usage: object, headers: object) -> Decimal | None:
+    """The USD the provider measured for one response: OpenRouter's ``usage.cost`` (credits, 1 credit = 1 USD),
+    else a LiteLLM proxy's header; None when it reported none. The measured figure comes first: a proxy's header
+    is its own estimate from a price map."""
+    value = usage.get("cost") if isinstance(usage, dict) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+        return Decimal(repr(value))  # the shortest decimal that is this float: what the provider wrote
+    try:
+        header = headers.get(LITELLM_COST_HEADER)
+    except AttributeError:
+        return None
+    if not isinstance(header, str):
+        return None
+    try:
+        reported = Decimal(header.strip())
+    except InvalidOperation:
+        return None
+    return reported if reported.is_finite() and reported > 0 else None
+
+
+class RunBudget:
+    """--max_cost and --max_tokens_total: what the output has cost so far, earlier runs into it included, with
+    each call of a running task added as it is billed. Shared by every task of the run."""
+
+    def __init__(self, config: "RunConfig | None" = None, spent: tuple[Decimal, int] = (Decimal(0), 0)):
+        self.max_cost = config.max_cost if config is not None else None
+        self.max_tokens = config.max_tokens_total if config is not None else None
+        self.spent_before = spent
+        """What the output had cost when the run began (resume)."""
+        self.usd, self.tokens = spent
+
+    def gone(self) -> str | None:
+        """Why no model call may start any more, or None while the budget lasts."""
+        if self.max_cost is not None and self.usd >= self.max_cost:
+            return f"the run's budget is spent (--max_cost {self.max_cost} USD; the output has cost {_usd(self.usd)})"
+        if self.max_tokens is not None and self.tokens >= self.max_tokens:
+            return f"the token budget is used (--max_tokens_total {self.max_tokens}; the output used {self.tokens})"
+        return None
+
+
+@dataclass
+class TaskCost:
+    """What one task's billed model calls cost, from the provider's figure when it gives one, else the price."""
+
+    budget: RunBudget = field(default_factory=RunBudget)
+    price: "ModelPrice | None" = None
+    max_task_cost: Decimal | None = None
+    needs_cost: bool = False
+    """A money budget is set: a call whose cost cannot be known stops the run (a budget is never ignored)."""
+    usd: Decimal = Decimal(0)
+    tokens: int = 0
+    provider_calls: int = 0
+    priced_calls: int = 0
+    unknown_calls: int = 0
+
+    def bill(self, payload: object, headers: object) -> None:
+        """Add one answer the provider charged for, to this task and to the run's budget."""
+        usage = payload.get("usage") if isinstance(payload, dict) else None
+        counts = _usage_counts(usage)
+        usd = provider_cost(usage, headers)
+        if usd is not None:
+            self.provider_calls += 1
+        elif self.price is not None and isinstance(usage, dict):
+            prompt, completion = counts["prompt_tokens"], counts["completion_tokens"]
+            usd = self.price.cost(prompt, completion, counts["cached_tokens"], counts["cache_write_tokens"])
+            self.priced_calls += 1
+        else:
+            self.unknown_calls += 1
+        tokens = counts["total_tokens"] or counts["prompt_tokens"] + counts["completion_tokens"]
+        self.tokens += tokens
+        self.budget.tokens += tokens
+        if usd is not None:
+            self.usd += usd
+            self.budget.usd += usd
+        elif self.needs_cost:
+            why = "no price is known for the model: pass --price or --prices" if self.price is None else "no usage"
+            raise FatalRunError(
+                "a budget is set (--max_cost/--max_task_cost) but a response came without a cost (no usage.cost, no "
+                f"{LITELLM_COST_HEADER} header) and {why}"
+            )
+        if self.budget.max_tokens is not None and not isinstance(usage, dict):
+            raise FatalRunError(
+                "--max_tokens_total is set but the endpoint reported no token usage for a response, so tokens "
+                "cannot be counted"
+            )
+
+    def limit(self) -> str | None:
+        """Why this task may make no more model calls (its own --max_task_cost, or the run's budget), or None."""
+        if self.max_task_cost is not None and self.usd >= self.max_task_cost:
+            return f"the task reached --max_task_cost {self.max_task_cost} USD (it cost {_usd(self.usd)})"
+        return self.budget.gone()
+
+    def record_fields(self) -> tuple[float | None, str | None]:
+        """The record's ``cost`` and ``cost_source``: null when any billed call's cost is unknown, or none was made."""
+        if self.unknown_calls or not (self.provider_calls or self.priced_calls):
+            return None, None
+        if self.provider_calls and self.priced_calls:
+            source = "mixed"
+        else:
+            source = "provider" if self.provider_calls else "price_table"
+        return float(self.usd.quantize(COST_QUANTUM)), source
+
+
+def _usd(value: Decimal | float) -> str:
+    """Money as people read it: cents for dollars, more digits for the fractions of a cent cheap calls cost."""
+    value = float(value)
+    if value >= 1 or value == 0:
+        return f"${value:,.2f}"
+    whole, _, fraction = f"{value:.8f}".rstrip("0").partition(".")
+    return f"${whole}.{fraction:0<2}"
 
 
 def _plural(count: int, noun: str) -> str:
@@ -1495,6 +1734,8 @@ class TaskState:
     completed: bool = False
     exit_reason: str = "max_iterations"
     error: str | None = None
+    cost: TaskCost = field(default_factory=TaskCost)
+    """What its billed model calls cost (the record's cost and cost_source), counted against the budgets."""
 
 
 @dataclass
@@ -1536,11 +1777,14 @@ class RunContext:
     """Stops the run when its first tasks all end in the same permanent API error."""
     images: "environments.ImageSupply | None" = None
     """Pulls the tasks' images ahead of them (backends with images only)."""
+    budget: RunBudget = field(default_factory=RunBudget)
+    """--max_cost and --max_tokens_total: what the output has cost, running tasks' calls included."""
 
 
-VERIFIED_ENDINGS = frozenset({"completed", "max_iterations"})
-"""The endings after which a task's verifier runs: the agent stopped on its own. After api_error, env_error,
-timeout or interrupted the verifier does not run and the record's verification is null."""
+VERIFIED_ENDINGS = frozenset({"completed", "max_iterations", "cost_limit"})
+"""The endings after which a task's verifier runs: the agent stopped on its own or at a limit of the run's
+(iterations, cost). After api_error, env_error, timeout or interrupted the verifier does not run and the record's
+verification is null."""
 
 
 @dataclass
@@ -1588,7 +1832,13 @@ async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> di
     record, never the batch's end."""
     config = ctx.config
     state = TaskState(
-        messages=[{"role": "system", "content": ctx.system_prompt}, {"role": "user", "content": prompt.text}]
+        messages=[{"role": "system", "content": ctx.system_prompt}, {"role": "user", "content": prompt.text}],
+        cost=TaskCost(
+            ctx.budget,
+            config.price,
+            config.max_task_cost,
+            needs_cost=config.max_cost is not None or config.max_task_cost is not None,
+        ),
     )
     image = environments.task_image(config.env, prompt.image)  # resolved once: the record's and the backend's
     verify_command = verifier_for(prompt, config)
@@ -1653,6 +1903,7 @@ async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> di
     except Exception as exc:  # the same net around the conversion: the task keeps a record that says what happened
         state.completed, state.exit_reason, state.error = False, "env_error", _internal_error(prompt, exc)
         turns = _bare_conversation(prompt, ctx)
+    cost, cost_source = state.cost.record_fields()
     return trajectory.build_record(
         prompt_index=prompt.index,
         task_id=prompt.task_id,
@@ -1666,6 +1917,8 @@ async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> di
         duration_s=time.monotonic() - started,
         error=None if state.error is None else redact(state.error, secrets),
         verification=None if verification is None else dataclasses.asdict(verification),
+        cost=cost,
+        cost_source=cost_source,
         metadata={
             "model": config.model,
             "env_type": config.env.env_type,
@@ -1743,8 +1996,11 @@ async def _agent_loop(
         if state.api_calls >= config.max_iterations:
             state.exit_reason = "max_iterations"
             return
+        if (limit := state.cost.limit()) is not None:
+            state.exit_reason, state.error = "cost_limit", limit
+            return
         state.api_calls += 1  # counted when made: the call that finally fails is a call made too
-        turn = await ctx.model.complete(state.messages, ctx.tools, clock, state.encoded)
+        turn = await ctx.model.complete(state.messages, ctx.tools, clock, state.encoded, state.cost)
         if ctx.output is not None:
             ctx.output.commit()  # the endpoint works: --overwrite may now replace the old records
         for key, value in turn.usage.items():
@@ -1849,6 +2105,8 @@ class Progress:
         self.verifying = verifying
         self.images = images
         self.done = self.completed = self.passed = 0
+        self.cost: float | None = None
+        """What the records written so far cost (None while none has a known cost)."""
         self.started = self.last_line = time.monotonic()
         self.bar = None
         if not quiet and total and self.stream.isatty():
@@ -1860,6 +2118,8 @@ class Progress:
         self.done += 1
         self.completed += bool(record["completed"])
         self.passed += record.get("reward") == 1.0
+        if record.get("cost") is not None:
+            self.cost = (self.cost or 0.0) + record["cost"]
         if self.quiet:
             return
         if self.bar is not None:
@@ -1868,6 +2128,8 @@ class Progress:
                 counts["passed"] = self.passed
             if self.images is not None:
                 counts["images"] = self.images_text()
+            if self.cost is not None:
+                counts["spent"] = _usd(self.cost)
             self.bar.set_postfix(counts, refresh=False)
             self.bar.update(1)
         elif time.monotonic() - self.last_line >= self.interval or self.done == self.total:
@@ -1889,10 +2151,11 @@ class Progress:
         eta = (self.total - self.done) / (self.done / elapsed) if self.done else float("nan")
         eta_text = "?" if eta != eta else f"{eta:.0f}s"
         passed = f", {self.passed} passed" if self.verifying else ""
+        spent = "" if self.cost is None else f", {_usd(self.cost)} spent"
         images = f"; images {self.images_text()}" if self.images is not None else ""
         return (
             f"progress: {self.done}/{self.total} done, {self.completed} completed, "
-            f"{self.done - self.completed} failed{passed}, {rate:.1f} tasks/min, ETA {eta_text}{images}"
+            f"{self.done - self.completed} failed{passed}, {rate:.1f} tasks/min, ETA {eta_text}{spent}{images}"
         )
 
     def images_text(self) -> str:
@@ -1997,6 +2260,14 @@ class RunTally:
     by_exit_reason: Counter = field(default_factory=Counter)
     failure_errors: Counter | None = field(default_factory=Counter)
     """The errors of api_error/env_error records while every record so far is one; None once any other came."""
+    passed: int = 0
+    cost: Decimal = Decimal(0)
+    """The records' costs as they wrote them, added as decimals: exactly their sum."""
+    costs: array = field(default_factory=lambda: array("d"))
+    """Each record's known cost, for the distribution (8 bytes a record)."""
+    cost_sources: Counter = field(default_factory=Counter)
+    spent_before: tuple[Decimal, int] | None = None
+    """What the output had cost before this run (read for a budget only), else None."""
 
     def add(self, record: dict) -> None:
         self.tasks += 1
@@ -2009,6 +2280,11 @@ class RunTally:
         self.by_exit_reason[record["exit_reason"]] += 1
         verification = record["verification"]
         self.verifier_errors += verification is not None and verification["error"] is not None
+        self.passed += record["reward"] == 1.0
+        if record["cost"] is not None:
+            self.cost += Decimal(repr(record["cost"]))
+            self.costs.append(record["cost"])
+        self.cost_sources[record["cost_source"] or "unknown"] += 1
         if self.failure_errors is not None:
             if record["exit_reason"] in ("api_error", "env_error"):
                 self.failure_errors[record["error"]] += 1
@@ -2050,6 +2326,7 @@ def summarize(
         "samples_not_needed": not_needed,
         "verification": verification_summary(outcomes, tally.verifier_errors) if outcomes.verified_ids else None,
         "images": None if images is None else images_summary(images),
+        "cost": cost_summary(tally, bool(outcomes.verified_ids)),
     }
 
 
@@ -2062,6 +2339,45 @@ def images_summary(images: "environments.ImageSupply") -> dict:
         "failed": dict(images.failed),
         "not_removed": dict(images.unremovable),
     }
+
+
+def cost_summary(tally: RunTally, verifying: bool) -> dict:
+    """What this run's records cost (USD): the total is the exact sum of their figures; null where unknown."""
+    known = len(tally.costs)
+    total = float(tally.cost) if known else None
+    ordered = sorted(tally.costs)
+
+    def per(count: int) -> float | None:
+        return round(float(tally.cost) / count, 10) if known and count else None
+
+    before = tally.spent_before
+    return {
+        "total": total,
+        "tasks_with_cost": known,
+        "tasks_without_cost": tally.tasks - known,
+        "sources": dict(tally.cost_sources),
+        "per_task": {
+            "min": ordered[0],
+            "p50": _quantile(ordered, 0.5),
+            "p90": _quantile(ordered, 0.9),
+            "max": ordered[-1],
+            "mean": round(float(tally.cost) / known, 10),
+        }
+        if known
+        else None,
+        "per_completed_task": per(tally.completed),
+        "per_passed_sample": per(tally.passed) if verifying else None,
+        "output_before_run": None if before is None else float(before[0]),
+        "output_tokens_before_run": None if before is None else before[1],
+    }
+
+
+def _quantile(ordered: list[float], fraction: float) -> float:
+    """Linear interpolation between the closest ranks (as `stats` computes its distributions)."""
+    rank = fraction * (len(ordered) - 1)
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return round(ordered[low] + (ordered[high] - ordered[low]) * (rank - low), 10)
 
 
 def summary_text(summary: dict, output_file: str) -> str:
@@ -2081,6 +2397,22 @@ def summary_text(summary: dict, output_file: str) -> str:
         failed += f"; and {len(listed) - 5} more (see --stats_file)" if len(listed) > 5 else ""
         text += f"\nimages: {len(images['failed'])} of {images['needed']} could not be had (their tasks: env_error, "
         text += f"rerun on resume): {failed}"
+    cost = summary.get("cost")
+    if cost and cost["total"] is not None:
+        per_task = cost["per_task"]
+        text += (
+            f"\ncost: {_usd(cost['total'])} for {cost['tasks_with_cost']} tasks "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(cost['sources'].items()))}); per task p50 "
+            f"{_usd(per_task['p50'])}, p90 {_usd(per_task['p90'])}, max {_usd(per_task['max'])}; per completed task "
+            + ("n/a" if cost["per_completed_task"] is None else _usd(cost["per_completed_task"]))
+            + (
+                ""
+                if summary.get("verification") is None
+                else "; per passed sample "
+                + ("n/a" if cost["per_passed_sample"] is None else _usd(cost["per_passed_sample"]))
+            )
+            + ("" if not cost["output_before_run"] else f"; {_usd(cost['output_before_run'])} before this run")
+        )
     verification = summary.get("verification")
     if verification:
 
@@ -2126,6 +2458,8 @@ class OutputFile:
         self._index_source = 0
         self._lock_fd: int | None = None
         self._pending_replacement: str | None = None  # --overwrite: the new file, renamed over target at commit
+        self.spent: tuple[Decimal, int] | None = None
+        """What the records already in the file cost (USD, tokens), read for a budget only (see open)."""
 
     def open(self, prompts: Sequence[Prompt] = ()) -> "dict[tuple[str, int], float | None] | DoneSamples":
         """Lock, check and compact the file; returns the samples already finished in it: (task_id, sample_index)
@@ -2175,6 +2509,9 @@ class OutputFile:
             return {}
         if not os.access(self.target, os.W_OK):
             raise PermissionError(path)
+        if self.config.max_cost is not None or self.config.max_tokens_total is not None:
+            # Before compaction drops retryable records: they were billed too.
+            self.spent = trajectory.output_spend(self.target)
         prompts = self._prompts
         source = None
         if prompts is not None:
@@ -2530,6 +2867,13 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
         output.close(keep=True)
         summary = summarize(RunTally(), time.monotonic() - started, skipped, outcomes, schedule.not_needed)
         return RunOutcome(EXIT_OK, summary)
+    budget = RunBudget(config, output.spent or (Decimal(0), 0))
+    if (gone := budget.gone()) is not None:  # resumed into an output that has spent it all: nothing starts
+        output.close(keep=False)
+        summary = summarize(
+            RunTally(spent_before=output.spent), time.monotonic() - started, skipped, outcomes, schedule.not_needed
+        )
+        return RunOutcome(EXIT_OK, summary, f"{gone}: no sample started; raise the budget to run the rest")
     loop = asyncio.get_running_loop()
     # Blocking SDK calls (docker) go to threads: enough of them for every worker at once.
     loop.set_default_executor(ThreadPoolExecutor(max_workers=config.workers + 8, thread_name_prefix="msr"))
@@ -2552,6 +2896,7 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
         config_hash=output.config_hash,
         output=output,
         images=environments.image_supply(config.env, image_uses(config, prompts, schedule)),
+        budget=budget,
     )
     try:
         await ctx.model.check_endpoint()
@@ -2569,8 +2914,8 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
     progress = Progress(schedule.total, config.quiet, verifying=bool(outcomes.verified_ids), images=ctx.images)
     progress.not_needed(schedule.not_needed)
     running: set[asyncio.Task] = set()
-    tally = RunTally()
-    stop: dict = {"signal": None, "fatal": None}
+    tally = RunTally(spent_before=output.spent)
+    stop: dict = {"signal": None, "fatal": None, "budget": None}
 
     def request_stop(signum: int) -> None:
         if stop["signal"] is not None or ctx.stopping:  # second signal: clean up synchronously and leave now
@@ -2601,6 +2946,10 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
 
     async def worker() -> None:
         while not schedule.finished() and not ctx.stopping:
+            if (gone := budget.gone()) is not None:  # running tasks' calls count: they stop at their next call
+                stop["budget"] = gone
+                schedule.wake()  # a worker waiting for a sample to end must not wait for one that never starts
+                return
             try:
                 sample = schedule.take()
             except FatalRunError as exc:  # the prompts file changed under the run
@@ -2656,6 +3005,11 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
         return RunOutcome(EXIT_FATAL, summary, stop["fatal"])
     if stop["signal"] is not None:
         return RunOutcome(EXIT_SIGNAL[stop["signal"]], summary, "interrupted; rerun the same command to resume")
+    if stop["budget"] is not None:
+        left = sum(len(round_) for round_ in schedule.rounds)
+        return RunOutcome(
+            EXIT_OK, summary, f"{stop['budget']}: {_plural(left, 'sample')} not started; raise the budget to run them"
+        )
     failed = tally.all_failed()
     if failed is not None:
         # Nothing usable came out: a run that only failed must not look like a finished one to a script.
@@ -2842,6 +3196,11 @@ def main(
     max_retry_after: float = 60,
     request_timeout: float = 600,
     stats_file: str | None = None,
+    price: str | None = None,
+    prices: str | None = None,
+    max_task_cost: float | None = None,
+    max_cost: float | None = None,
+    max_tokens_total: int | None = None,
     system_prompt: str | None = None,
     system_prompt_file: str | None = None,
     pass_env: str | None = None,
@@ -2909,6 +3268,14 @@ def main(
         max_retry_after: Longest wait honoured when the provider asks for one, e.g. Retry-After (default 60).
         request_timeout: Seconds one model request may take, the whole response included (default 600).
         stats_file: Also write the run's summary as JSON here.
+        price: The model's price in USD per million tokens, e.g. input=0.15,output=0.60,cached_input=0.075 (used
+            when the provider reports no cost; see the README on cost).
+        prices: JSON price table keyed by model name: our layout (input/output/cached_input/cache_write per 1M
+            tokens) or LiteLLM's model_prices_and_context_window.json (input_cost_per_token...).
+        max_task_cost: USD one task may cost; a task that reaches it ends with exit_reason cost_limit.
+        max_cost: USD the output file may cost in all, earlier runs into it included: no sample starts once it is
+            spent, and running ones stop at their next model call (cost_limit).
+        max_tokens_total: Tokens the output file may use in all, like --max_cost (for local models).
         system_prompt: Replace the built-in system prompt the model sees (never saved in trajectories); {env_type}
             and {marker} are filled in, any other text is sent as written.
         system_prompt_file: Read the system prompt from this UTF-8 file (same placeholders as --system_prompt).
@@ -3040,6 +3407,7 @@ def main(
         verify_template=_text("verify_template", verify_template),
     )
     config.command_timeout = min(config.command_timeout, config.max_command_timeout)
+    _cost_settings(config, _text("price", price), _text("prices", prices), max_task_cost, max_cost, max_tokens_total)
     prompts = select_shard(load_run_prompts(config, task, prompts_file), _shard(shard))
     if limit is not None:
         prompts = prompts[: int(_number("limit", limit, int, 1))]
@@ -3052,6 +3420,24 @@ def main(
         print(f"mini-swe-runner: {redact(outcome.message, env_settings.secret_values)}", file=sys.stderr)
     if outcome.exit_code != EXIT_OK:
         raise SystemExit(outcome.exit_code)
+
+
+def _cost_settings(
+    config: RunConfig, price: str | None, prices: str | None, max_task_cost: object, max_cost: object, tokens: object
+) -> None:
+    """The model's price and the budgets, checked before any task runs."""
+    if price is not None and prices is not None:
+        raise UsageError("give --price (this model's) or --prices (a table by model name), not both")
+    config.price = parse_price(price) if price is not None else load_prices(prices, config.model) if prices else None
+    if config.price is not None:
+        log.info("pricing calls without a provider-reported cost with %s", config.price.source)
+    for name, value in (("max_task_cost", max_task_cost), ("max_cost", max_cost)):
+        number = _number(name, value, float, 0, allow_none=True)
+        if number is not None and number <= 0:
+            raise UsageError(f"--{name} must be more than 0 USD, not {value!r}")
+        setattr(config, name, None if number is None else Decimal(repr(number)))
+    tokens = _number("max_tokens_total", tokens, int, 1, allow_none=True)
+    config.max_tokens_total = None if tokens is None else int(tokens)
 
 
 def load_run_prompts(config: RunConfig, task: object, prompts_file: object) -> Sequence[Prompt]:

@@ -28,6 +28,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import trajectory
 
@@ -100,6 +101,13 @@ def _number(value: object) -> float:
     return value
 
 
+def _cost(value: object) -> float | None:
+    """A record's cost when it is a number (a foreign or damaged record's anything else: unknown)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return None
+    return float(value)
+
+
 def _text(value: object) -> str:
     return value if isinstance(value, str) else "" if value is None else json.dumps(value, ensure_ascii=False)
 
@@ -131,6 +139,8 @@ class RecordFacts:
     """Tool outputs cut by the runner's head+tail rule (they carry its marker)."""
     error: str
     prompt: str
+    cost: float | None = None
+    """USD, as the record says (null in records without a known cost, and in those written before cost was)."""
 
 
 def record_facts(record: dict) -> RecordFacts:
@@ -170,6 +180,7 @@ def record_facts(record: dict) -> RecordFacts:
         truncated_outputs=sum(1 for output in outputs if TRUNCATION_MARKER.search(output)),
         error=_text(record.get("error")),
         prompt=_text(prompt),
+        cost=_cost(record.get("cost")),
     )
 
 
@@ -215,6 +226,11 @@ class SummaryBuilder:
     values: dict[str, list[float]] = field(default_factory=lambda: {key: [] for key, _ in DISTRIBUTIONS})
     per_task: dict[str, list[int]] = field(default_factory=dict)
     """task_id -> [samples, samples that passed, samples the verifier judged]: pass@k per task."""
+    cost: Decimal = Decimal(0)
+    """The records' costs added as decimals: exactly the sum of the figures they carry."""
+    costs: list[float] = field(default_factory=list)
+    cost_completed: int = 0
+    cost_passed: int = 0
 
     def add(self, facts: RecordFacts) -> None:
         self.records += 1
@@ -234,6 +250,9 @@ class SummaryBuilder:
         self.totals["duration_s"] += facts.duration_s
         for key, _ in DISTRIBUTIONS:
             self.values[key].append(getattr(facts, key))
+        if facts.cost is not None:
+            self.cost += Decimal(repr(facts.cost))
+            self.costs.append(facts.cost)
 
     def summary(self, malformed_lines: int) -> dict:
         verified = self.verification["passed"] + self.verification["failed"]
@@ -253,6 +272,25 @@ class SummaryBuilder:
             "env_types": dict(self.env_types.most_common()),
             "totals": {key: self.totals[key] for key in sorted(self.totals)},
             "distributions": {key: distribution(self.values[key]) for key, _ in DISTRIBUTIONS},
+            "cost": self._cost(),
+        }
+
+    def _cost(self) -> dict:
+        """USD over the records with a known cost; per completed task and per passed sample divide the same total
+        (the money spent on the failures is what each success cost)."""
+        known = len(self.costs)
+        total = float(self.cost) if known else None
+
+        def per(count: int) -> float | None:
+            return float(self.cost) / count if known and count else None
+
+        return {
+            "total": total,
+            "records_with_cost": known,
+            "records_without_cost": self.records - known,
+            "per_task": distribution(self.costs) if known else None,
+            "per_completed_task": per(self.completed),
+            "per_passed_sample": per(self.verification["passed"]),
         }
 
     def _pass_at_k(self) -> dict | None:
@@ -278,6 +316,14 @@ def summarize(paths: list[str]) -> dict:
 
 def _count(value: float) -> str:
     return f"{value:,.0f}" if float(value).is_integer() or abs(value) >= 100 else f"{value:,.2f}"
+
+
+def _usd(value: float) -> str:
+    value = float(value)
+    if value >= 1 or value == 0:
+        return f"${value:,.2f}"
+    whole, _, fraction = f"{value:.8f}".rstrip("0").partition(".")
+    return f"${whole}.{fraction:0<2}"
 
 
 def _counts(counter: dict) -> str:
@@ -331,6 +377,22 @@ def summary_table(summary: dict) -> str:
         ),
         ("task time", f"{totals.get('duration_s', 0):,.1f} s summed"),
     ]
+    cost = summary.get("cost")
+    if cost and cost["total"] is not None:
+        rows.append(
+            (
+                "cost",
+                f"{_usd(cost['total'])} over {cost['records_with_cost']:,} records"
+                + (f" ({cost['records_without_cost']:,} without a cost)" if cost["records_without_cost"] else "")
+                + f"; per task p50 {_usd(cost['per_task']['p50'])}, max {_usd(cost['per_task']['max'])}"
+                + ("" if cost["per_completed_task"] is None else f"; per completed {_usd(cost['per_completed_task'])}")
+                + (
+                    ""
+                    if cost["per_passed_sample"] is None
+                    else f"; per passed sample {_usd(cost['per_passed_sample'])}"
+                ),
+            )
+        )
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     header = ("per task", "min", "p50", "p90", "max", "mean")
@@ -1141,6 +1203,9 @@ function renderOverview(summary) {
   cards.push(card(compact(t.tokens || 0), "tokens"), card(int(t.tool_calls || 0),
     `tool calls (${int(t.tool_failures || 0)} failed)`),
     card(int(t.truncated_outputs || 0), "outputs truncated", t.truncated_outputs ? "warn" : ""));
+  const c = summary.cost;
+  if (c && c.total !== null) cards.push(card("$" + c.total.toFixed(c.total >= 1 ? 2 : 6), c.per_passed_sample === null
+    ? "cost" : `cost ($${c.per_passed_sample.toFixed(6)} per passed sample)`));
   if (summary.malformed_lines) cards.push(card(int(summary.malformed_lines), "malformed lines skipped", "warn"));
   $("cards").replaceChildren(...cards);
   const images = shortNames(Object.keys(summary.images));

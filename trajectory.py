@@ -24,8 +24,18 @@ import threading
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 
-EXIT_REASONS = ("completed", "max_iterations", "api_error", "context_length", "env_error", "timeout", "interrupted")
+EXIT_REASONS = (
+    "completed",
+    "max_iterations",
+    "api_error",
+    "context_length",
+    "env_error",
+    "timeout",
+    "interrupted",
+    "cost_limit",
+)
 RETRYABLE_EXIT_REASONS = frozenset({"api_error", "env_error", "interrupted"})
 """Records with these endings are dropped and their tasks run again when a run resumes."""
 
@@ -54,8 +64,15 @@ RECORD_KEYS = (
     "verification",
     "reward",
     "error",
+    "cost",
+    "cost_source",
     "metadata",
 )
+COST_SOURCES = ("provider", "price_table", "mixed")
+"""Where a record's ``cost`` came from: the provider's measured figure for every call, a price table for every
+call, or some calls each way."""
+ADDED_KEYS = {"cost": None, "cost_source": None}
+"""Keys records gained after the first release, with the value an older record has for them (see current_record)."""
 SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "reasoning_effort")
 """The sampling settings every record's ``metadata.sampling`` carries (null where the provider default was used)."""
 
@@ -192,7 +209,28 @@ def _text_content(content: str | list | None) -> str:
 
 
 def empty_usage() -> dict:
-    return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "reasoning_tokens": 0}
+    return {
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "total_tokens": 0,
+        "reasoning_tokens": 0,
+        "cached_tokens": 0,
+        "cache_write_tokens": 0,
+    }
+
+
+def current_record(record: dict) -> dict:
+    """``record`` with the keys an older version did not write yet (cost, cost_source, the cache counts in usage)
+    at their null or zero values, in the current key order: every exported row keeps one schema."""
+    usage = record.get("usage")
+    usage_missing = isinstance(usage, dict) and any(key not in usage for key in empty_usage())
+    if not usage_missing and all(key in record for key in ADDED_KEYS):
+        return record
+    ordered = {key: record.get(key, ADDED_KEYS.get(key)) for key in RECORD_KEYS if key in record or key in ADDED_KEYS}
+    ordered.update((key, value) for key, value in record.items() if key not in ordered)
+    if usage_missing:
+        ordered["usage"] = {**empty_usage(), **usage}
+    return ordered
 
 
 def empty_tool_stats() -> dict:
@@ -214,6 +252,8 @@ def build_record(
     metadata: dict,
     sample_index: int = 0,
     verification: dict | None = None,
+    cost: float | None = None,
+    cost_source: str | None = None,
 ) -> dict:
     """A record with every key, always of the same JSON type, so all rows share one schema.
 
@@ -222,6 +262,8 @@ def build_record(
     """
     if exit_reason not in EXIT_REASONS:
         raise ValueError(f"unknown exit_reason {exit_reason!r}")
+    if cost_source not in (None, *COST_SOURCES) or (cost is None) != (cost_source is None):
+        raise ValueError(f"cost {cost!r} from {cost_source!r}: a cost needs its source, and the source a cost")
     verification = None if verification is None else normalize_verification(verification)
     sampling = metadata.get("sampling") or {}
     prompt_fields = metadata.get("prompt_fields")
@@ -239,6 +281,8 @@ def build_record(
         "verification": verification,
         "reward": reward_of(verification),
         "error": None if error is None else str(error),
+        "cost": _float_or_none(cost),
+        "cost_source": cost_source,
         "metadata": {
             "model": str(metadata.get("model")),
             "env_type": str(metadata.get("env_type")),
@@ -1003,6 +1047,43 @@ def iter_records(paths: Iterable[str], bad_lines: list[int] | None = None) -> It
             yield path, offset, record
 
 
+_COST_FIELD = re.compile(rb'"cost": (-?[0-9][0-9.eE+-]*), "cost_source": ')
+_TOTAL_TOKENS_FIELD = re.compile(rb'"usage": \{[^{}]*"total_tokens": ([0-9]+)')
+
+
+def output_spend(path: str) -> tuple[Decimal, int]:
+    """What the records in an output already cost: (USD, tokens), every line counted (superseded and retryable
+    records too: they were billed), for the budgets of a resumed run. Read from the two fields' text on each line
+    (a JSON string cannot hold an unescaped quote, so the pattern only ever matches the record's own keys); a line
+    written in another layout is parsed. Costs add up as decimals, exactly as the records write them."""
+    usd, tokens = Decimal(0), 0
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        return usd, tokens
+    with handle:
+        for line in handle:
+            cost, total = _COST_FIELD.search(line), _TOTAL_TOKENS_FIELD.search(line)
+            if (cost is None and b'"cost"' in line) or total is None:
+                record = _parse_record_line(line)
+                if record is None:
+                    continue
+                usage = record.get("usage")
+                value = usage.get("total_tokens") if isinstance(usage, dict) else None
+                tokens += value if _is_count(value) else 0
+                value = record.get("cost")
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    usd += Decimal(repr(value))
+                continue
+            tokens += int(total.group(1))
+            if cost is not None:
+                try:
+                    usd += Decimal(cost.group(1).decode())
+                except InvalidOperation:
+                    pass
+    return usd, tokens
+
+
 def record_key(record: dict) -> tuple[str, int]:
     """What identifies a record across shards and resumed runs: (task_id, sample_index)."""
     sample = record.get("sample_index", 0)
@@ -1142,6 +1223,8 @@ def _record_schema(value) -> dict:
         },
         "reward": number,
         "error": string,
+        "cost": number,
+        "cost_source": string,
         "metadata": _metadata_schema(value),
     }
 
@@ -1622,7 +1705,7 @@ def export_row(record: dict, options: ExportOptions, notes: RowNotes | None = No
         conversations = _hermes_escaped(conversations, notes)
         if options.empty_think:
             conversations = [_with_empty_think(turn) for turn in conversations]
-        row = {key: value for key, value in record.items() if key != COMPRESSION_METRICS}
+        row = {key: value for key, value in current_record(record).items() if key != COMPRESSION_METRICS}
         return {**row, "conversations": conversations[:-1] if drop_echo else conversations}
     common = {
         "task_id": record.get("task_id"),

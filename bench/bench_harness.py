@@ -9,6 +9,7 @@ run and subtracted, so start-up (imports, pool warm-up) cancels:
 
     python bench/bench_harness.py                  # 256 vs 64 tasks x 4 calls, 32 workers
     python bench/bench_harness.py --repeat 3
+    python bench/bench_harness.py --cost           # every answer reports a cost; a price and both budgets set
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ def child_runner(args: argparse.Namespace) -> dict:
             max_iterations=args.calls + 1,
             env=EnvSettings(),
         )
+        if args.cost:  # the cost bookkeeping at work on every call: provider cost, price, both budgets checked
+            from decimal import Decimal
+
+            config.price = mini_swe_runner.parse_price("input=0.15,output=0.60,cached_input=0.075")
+            config.max_cost = config.max_task_cost = Decimal(10**9)
         prompts = [mini_swe_runner.Prompt(index=i, text=f"task {i}", task_id=f"t{i}") for i in range(args.tasks)]
         cpu, wall = cpu_seconds(), time.perf_counter()
         outcome = asyncio.run(mini_swe_runner.run_batch(config, prompts))
@@ -102,7 +108,7 @@ def child_bare(args: argparse.Namespace) -> dict:
 
 def measure(variant: str, base_url: str, tasks: int, args: argparse.Namespace) -> dict:
     command = [sys.executable, __file__, "--child", variant, "--base_url", base_url, "--tasks", str(tasks)]
-    command += ["--workers", str(args.workers), "--calls", str(args.calls)]
+    command += ["--workers", str(args.workers), "--calls", str(args.calls)] + (["--cost"] if args.cost else [])
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -116,6 +122,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=32)
     parser.add_argument("--calls", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--cost", action="store_true", help="answers report usage.cost; a price and budgets are set")
     args = parser.parse_args()
     if args.child:
         print(json.dumps((child_runner if args.child == "runner" else child_bare)(args)))
@@ -123,7 +130,13 @@ def main() -> None:
 
     from model_server import ScriptedModelServer, per_conversation, reply, tool_call
 
-    script = per_conversation([reply(None, [tool_call("true")])] * (args.calls - 1) + [reply("done")])
+    usage: dict | bool = True
+    if args.cost:
+        usage = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120, "cost": 0.0000273}
+        usage["prompt_tokens_details"] = {"cached_tokens": 64, "cache_write_tokens": 0}
+    script = per_conversation(
+        [reply(None, [tool_call("true")], usage=usage)] * (args.calls - 1) + [reply("done", usage=usage)]
+    )
     print(f"{args.tasks} vs {args.small} tasks x {args.calls} calls, {args.workers} workers, zero model latency")
     per_step: dict[str, list[float]] = {"runner": [], "bare": []}
     with ScriptedModelServer(script) as server:

@@ -7,8 +7,9 @@ step by how many assistant turns the request's conversation already has, so conc
 their own copy of the script; :func:`per_prompt` plays a list to one task request by request.
 
 Steps: :func:`reply`, :func:`http_error`, :func:`no_choices`, :func:`garbage`, :func:`drop`,
-:func:`delayed`, :func:`raw`, :func:`trickled`. :data:`HOSTILE` is a catalogue of what broken or hostile
-OpenAI-compatible servers send, one entry per behaviour, so a new one is one entry away.
+:func:`delayed`, :func:`raw`, :func:`trickled`, :func:`with_headers` (usage with a cost: :func:`billed`).
+:data:`HOSTILE` is a catalogue of what broken or hostile OpenAI-compatible servers send, one entry per
+behaviour, so a new one is one entry away.
 """
 
 from __future__ import annotations
@@ -133,6 +134,25 @@ def raw(body: bytes | str, status: int = 200, headers: dict | None = None) -> St
 
 def trickled(seconds_per_byte: float, step: Step) -> Step:
     return dataclasses.replace(step, trickle=seconds_per_byte)
+
+
+def with_headers(headers: dict, step: Step) -> Step:
+    """``step`` with these response headers too (a LiteLLM proxy's x-litellm-response-cost...)."""
+    return dataclasses.replace(step, headers={**step.headers, **headers})
+
+
+def billed(cost: float | None, *, prompt: int = 100, completion: int = 20, cached: int = 0, cache_write: int = 0):
+    """A usage object as OpenRouter sends it: token counts, cache counts and the call's cost in USD (credits)."""
+    usage: dict = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "completion_tokens_details": {"reasoning_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": cached, "cache_write_tokens": cache_write},
+    }
+    if cost is not None:
+        usage["cost"] = cost
+    return usage
 
 
 def assistant_turns(request: dict) -> int:

@@ -149,12 +149,14 @@ def seed(registry: Registry, count: int = SEEDED, layer_bytes: int = LAYER_BYTES
         client.api.remove_image(image)
 
 
-def forget_local(host: str) -> None:
-    """Remove every image of ``host`` (under any port's name) from the engine, so the next run pulls them again."""
+def forget_local(*hosts: str) -> None:
+    """Remove the seeded images named under ``hosts`` (a registry's and its relays') from the engine, so the next
+    run pulls them again. Only those: another test session's registry on another port is left alone."""
     client = engine()
+    prefixes = tuple(f"{host}/msr/img" for host in hosts)
     for image in client.api.images():
         for tag in image.get("RepoTags") or ():
-            if tag.startswith("127.0.0.1:") and "/msr/img" in tag:
+            if tag.startswith(prefixes):
                 try:
                     client.api.remove_image(tag, force=True)
                 except Exception:  # noqa: BLE001 - already gone

@@ -516,6 +516,7 @@ def test_reader_counts_damaged_lines(tmp_path):
 
 
 NUMERIC_FLAGS = [
+    "pull_workers",
     "request_timeout",
     "task_timeout",
     "timeout",
@@ -538,6 +539,9 @@ NUMERIC_FLAGS = [
     "until_passed",
     "top_p",
     "limit",
+    "max_task_cost",
+    "max_cost",
+    "max_tokens_total",
 ]
 
 

@@ -29,7 +29,18 @@ def fresh(request):
     seeded = request.getfixturevalue("registry")
     forget_local(seeded.host)
     yield seeded
-    forget_local(seeded.host)
+    forget_local(seeded.host, *RELAYS)
+    RELAYS.clear()
+
+
+RELAYS: list[str] = []
+"""The hosts of the relays this test made (their images are named under them)."""
+
+
+def relay(seeded, bytes_per_second: float) -> Throttle:
+    throttle = Throttle(seeded.host, bytes_per_second)
+    RELAYS.append(throttle.host)
+    return throttle
 
 
 def prompts_for(images: list[str]) -> list[mini_swe_runner.Prompt]:
@@ -55,7 +66,7 @@ def pulls_since(since: float) -> list[str]:
 
 
 def test_images_are_pulled_ahead_in_order_each_once_and_the_first_task_starts_early(fresh, tmp_path):
-    throttle = Throttle(fresh.host, bytes_per_second=3_000_000)  # ~0.5 s per image
+    throttle = relay(fresh, 3_000_000)  # ~0.5 s per image
     images = [seeded_image(throttle.host, n) for n in range(12)]
     arrived: dict[str, float] = {}
     watching = True
@@ -141,7 +152,7 @@ def mini_swe_runner_last(out) -> dict[str, dict]:
 
 
 def test_a_registry_that_stops_mid_run_fails_the_rest_quickly_and_resume_finishes(fresh, tmp_path):
-    throttle = Throttle(fresh.host, bytes_per_second=1_000_000)  # ~1.5 s per image
+    throttle = relay(fresh, 1_000_000)  # ~1.5 s per image
     images = [seeded_image(throttle.host, n) for n in range(6)]
     out = tmp_path / "out.jsonl"
     result: dict = {}
@@ -204,7 +215,7 @@ def test_pull_never_pulls_and_removes_nothing(fresh, tmp_path):
 
 
 def test_kill_9_mid_pull_then_resume_gives_every_record_once(fresh, tmp_path):
-    throttle = Throttle(fresh.host, bytes_per_second=1_000_000)
+    throttle = relay(fresh, 1_000_000)
     images = [seeded_image(throttle.host, n) for n in range(5)]
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(

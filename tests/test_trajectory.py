@@ -26,6 +26,14 @@ from trajectory import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+RECORD_USAGE_KEYS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "reasoning_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+)
 
 TERMINAL_TOOL = {
     "type": "function",
@@ -293,6 +301,8 @@ SPEC_KEYS = (
     "verification",
     "reward",
     "error",
+    "cost",
+    "cost_source",
     "metadata",
 )
 CONVERSATION = [SYSTEM_TURN, {"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]
@@ -361,7 +371,14 @@ def assert_spec_types(record: dict) -> None:
     assert list(record["tool_stats"]) == ["terminal"]
     assert set(record["tool_stats"]["terminal"]) == {"count", "success", "failure"}
     assert all(type(v) is int for v in record["tool_stats"]["terminal"].values())
-    assert set(record["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens", "reasoning_tokens"}
+    assert set(record["usage"]) == {
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "reasoning_tokens",
+        "cached_tokens",
+        "cache_write_tokens",
+    }
     assert all(type(v) is int for v in record["usage"].values())
     assert type(record["duration_s"]) is float
     assert type(record["sample_index"]) is int
@@ -409,7 +426,7 @@ def test_success_record_has_every_key_with_the_spec_types():
 def test_failure_record_has_every_key_with_the_spec_types():
     record = failure_record()
     assert_spec_types(record)
-    assert record["usage"] == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "reasoning_tokens": 0}
+    assert set(record["usage"]) == set(RECORD_USAGE_KEYS) and not any(record["usage"].values())
     assert record["error"] == "model server returned HTTP 500 three times"
     assert record["metadata"]["image"] == "python:3.11"
     assert_spec_types(json.loads(json.dumps(record)))
