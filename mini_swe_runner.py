@@ -158,6 +158,10 @@ class RunConfig:
     """Builds every row's image from its fields (e.g. "swebench/sweb.eval.x86_64.{image_key}:latest")."""
     verify_template: str | None = None
     """Builds every row's verifier from its fields (e.g. "git checkout {base_commit} -- tests && pytest {tests}")."""
+    return_tokens: bool = False
+    """Ask the endpoint for the prompt and completion token ids and logprobs of every call, and record them."""
+    token_api: str | None = None
+    """Whose request and response fields carry the ids: vllm or sglang; None asks in both and reads whichever came."""
 
 
 def resolve_api_key(base_url: str, explicit: str | None, environ: dict[str, str]) -> str:
@@ -237,7 +241,7 @@ def data_settings(config: RunConfig, system_prompt: str, tools: list[dict]) -> d
         "command_timeout": config.command_timeout,
         "max_command_timeout": config.max_command_timeout,
         "max_output_chars": config.env.max_output_chars,
-    }
+    } | ({"return_tokens": True} if config.return_tokens else {})  # absent otherwise: older runs keep their hash
 
 
 def config_hash(settings: dict) -> str:
@@ -966,6 +970,10 @@ class ModelTurn:
     usage: dict
     finish_reason: str | None = None
     """Why the model stopped ("stop", "tool_calls", "length"...), as the provider said; None when it did not."""
+    tokens: trajectory.TokenCall | None = None
+    """With --return_tokens: the ids the server rendered and sampled, and the logprobs."""
+    tokens_api: str | None = None
+    """Whose layout the ids came in: vllm or sglang."""
 
 
 @dataclass
@@ -1065,6 +1073,8 @@ class ModelClient:
             kwargs["top_p"] = config.top_p
         if config.reasoning_effort is not None:
             kwargs["reasoning_effort"] = config.reasoning_effort
+        if config.return_tokens:  # set before --extra_body, so it cannot turn them off
+            kwargs.update(token_request_fields(config.token_api))
         for key, value in config.extra_body.items():
             kwargs.setdefault(key, value)
         return kwargs
@@ -1103,6 +1113,8 @@ class ModelClient:
                     response = await self.client.post("/chat/completions", content=body, cast_to=self.raw_response)
                     payload = response.json()
                 turn = self._turn(payload)
+                if turn is not None and config.return_tokens:
+                    turn.tokens, turn.tokens_api = token_call(payload, config.token_api, config.base_url)
             except TimeoutError:
                 last_error = f"request timed out after {config.request_timeout:g} s"
             except openai.AuthenticationError as exc:
@@ -1231,6 +1243,81 @@ class ModelClient:
 def _json_body(value: object) -> bytes:
     """JSON as the SDK encodes a request body (openai._utils._json.openapi_dumps): compact, UTF-8, no NaN."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+TOKEN_REQUEST_FIELDS = {
+    # vLLM (ChatCompletionRequest): prompt_token_ids at the top of the response, token_ids on the choice;
+    # return_tokens_as_token_ids writes each logprob's token as "token_id:N", which lets us check they align.
+    "vllm": {"logprobs": True, "return_token_ids": True, "return_tokens_as_token_ids": True},
+    # SGLang (ChatCompletionRequest): prompt_token_ids and token_ids both on the choice.
+    "sglang": {"logprobs": True, "return_token_ids": True, "return_prompt_token_ids": True},
+}
+
+
+def token_request_fields(api: str | None) -> dict:
+    """The request fields that ask ``api`` for ids and logprobs; both servers' when it is None (each ignores the
+    other's). None of them changes sampling: logprobs only reports what was sampled."""
+    if api is not None:
+        return dict(TOKEN_REQUEST_FIELDS[api])
+    return TOKEN_REQUEST_FIELDS["vllm"] | TOKEN_REQUEST_FIELDS["sglang"]
+
+
+def token_call(payload: dict, api: str | None, base_url: str) -> tuple[trajectory.TokenCall, str]:
+    """The ids and logprobs of a chat-completions body in vLLM's or SGLang's layout. An answer without them is
+    fatal: a run asked for tokens must not quietly become a text-only run."""
+    choice = payload["choices"][0]
+    prompt_ids, found = None, api
+    if api in (None, "vllm"):
+        prompt_ids, found = payload.get("prompt_token_ids"), "vllm"
+    if prompt_ids is None and api in (None, "sglang"):
+        prompt_ids, found = choice.get("prompt_token_ids"), "sglang"
+    meta = choice.get("meta_info") if isinstance(choice.get("meta_info"), dict) else {}
+    pairs = meta.get("output_token_logprobs")  # older SGLang, with return_meta_info: [[logprob, id, text], ...]
+    completion_ids = choice.get("token_ids")
+    if completion_ids is None and isinstance(pairs, list):
+        completion_ids = [pair[1] for pair in pairs if isinstance(pair, list) and len(pair) > 1]
+    content = choice.get("logprobs").get("content") if isinstance(choice.get("logprobs"), dict) else None
+    if isinstance(content, list):
+        logprobs = [entry.get("logprob") if isinstance(entry, dict) else None for entry in content]
+        labels = [entry.get("token") if isinstance(entry, dict) else None for entry in content]
+    elif isinstance(pairs, list):
+        logprobs = [pair[0] if isinstance(pair, list) and pair else None for pair in pairs]
+        labels = []
+    else:
+        logprobs, labels = None, []
+    where = f"the endpoint at {base_url}" + (f" ({api})" if api else "")
+    fix = "see the README, Tokens for RL, for the server versions and flags that return them"
+    if not _token_ids(prompt_ids) or not _token_ids(completion_ids, allow_empty=True):
+        missing = "prompt token ids" if not _token_ids(prompt_ids) else "completion token ids"
+        raise FatalRunError(f"--return_tokens: {where} returned no {missing}; {fix}")
+    if logprobs is None or len(logprobs) != len(completion_ids) or not all(_is_number(v) for v in logprobs):
+        raise FatalRunError(
+            f"--return_tokens: {where} returned {len(completion_ids)} completion ids but "
+            f"{'no' if logprobs is None else len(logprobs)} usable logprobs; {fix}"
+        )
+    for token_id, label in zip(completion_ids, labels, strict=False):  # no labels from meta_info
+        if isinstance(label, str) and label.startswith("token_id:") and label != f"token_id:{token_id}":
+            raise FatalRunError(f"--return_tokens: {where} returned logprobs that do not match its token ids")
+    finish_reason = choice.get("finish_reason")
+    call = trajectory.TokenCall(
+        prompt_ids,
+        completion_ids,
+        [float(value) for value in logprobs],
+        finish_reason if isinstance(finish_reason, str) else None,
+    )
+    return call, found
+
+
+def _token_ids(value: object, allow_empty: bool = False) -> bool:
+    return (
+        isinstance(value, list)
+        and (allow_empty or bool(value))
+        and all(type(item) is int and 0 <= item < 1 << 32 for item in value)
+    )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
 
 def _http_client(openai, limits, timeout: float):
@@ -1476,6 +1563,8 @@ class TaskState:
     completed: bool = False
     exit_reason: str = "max_iterations"
     error: str | None = None
+    tokens: trajectory.TokenLog | None = None
+    """With --return_tokens: the ids of every call, each call's new ones only."""
 
 
 @dataclass
@@ -1637,6 +1726,7 @@ async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> di
         duration_s=time.monotonic() - started,
         error=None if state.error is None else redact(state.error, secrets),
         verification=None if verification is None else dataclasses.asdict(verification),
+        tokens=None if state.tokens is None else state.tokens.record(),
         metadata={
             "model": config.model,
             "env_type": config.env.env_type,
@@ -1720,6 +1810,9 @@ async def _agent_loop(
             ctx.output.commit()  # the endpoint works: --overwrite may now replace the old records
         for key, value in turn.usage.items():
             state.usage[key] += value
+        if turn.tokens is not None:
+            state.tokens = state.tokens or trajectory.TokenLog(turn.tokens_api or "")
+            state.tokens.add(turn.tokens)
         state.messages.append(turn.message)
         calls = turn.message.get("tool_calls") or []
         if turn.message.get("content"):
@@ -2186,8 +2279,8 @@ class OutputFile:
         else:
             difference = (
                 f"settings hash {other.get('config_hash')} there, {self.config_hash} now: the endpoint host, system "
-                "prompt, tool description, --extra_body or limits (--max_iterations, --timeout, --max_timeout, "
-                "--max_output_chars) differ"
+                "prompt, tool description, --extra_body, --return_tokens or limits (--max_iterations, --timeout, "
+                "--max_timeout, --max_output_chars) differ"
             )
         raise UsageError(
             f"--output_file {self.shown} holds records of a run with other settings ({difference}); "
@@ -2668,6 +2761,15 @@ def _json_object(name: str, value: object) -> dict:
     return parsed
 
 
+def _token_api(value: object, return_tokens: object) -> str | None:
+    api = _text("token_api", value)
+    if api is not None and api not in TOKEN_REQUEST_FIELDS:
+        raise UsageError(f"--token_api must be one of {', '.join(TOKEN_REQUEST_FIELDS)}, not {api!r}")
+    if api is not None and not _bool("return_tokens", return_tokens):
+        raise UsageError("--token_api goes with --return_tokens")
+    return api
+
+
 def _system_prompt(text: str | None, path: str | None) -> str | None:
     if text is not None and path is not None:
         raise UsageError("give either --system_prompt or --system_prompt_file, not both")
@@ -2737,6 +2839,8 @@ def main(
     max_tokens: int | None = None,
     reasoning_effort: str | None = None,
     extra_body: str | None = None,
+    return_tokens: bool = False,
+    token_api: str | None = None,
     workers: int = 8,
     overwrite: bool = False,
     resume_any: bool = False,
@@ -2802,6 +2906,8 @@ def main(
         max_tokens: Completion token cap per model call (default: the provider's).
         reasoning_effort: Reasoning effort for reasoning models, e.g. low, medium, high (default: the provider's).
         extra_body: JSON object of extra request fields for the provider, e.g. '{"top_k": 20}'.
+        return_tokens: Record each call's prompt/completion token ids and logprobs (vLLM or SGLang endpoints).
+        token_api: With --return_tokens: vllm or sglang (default: ask in both layouts, read the one that answers).
         workers: Tasks run concurrently (default 8).
         overwrite: Replace the output file instead of resuming (the old one stays until the run works).
         resume_any: Resume even when the output file holds records of other settings (model, sampling...).
@@ -2914,6 +3020,8 @@ def main(
         max_tokens=_number("max_tokens", max_tokens, int, 1, allow_none=True),
         reasoning_effort=_text("reasoning_effort", reasoning_effort),
         extra_body=_json_object("extra_body", extra_body),
+        return_tokens=_bool("return_tokens", return_tokens),
+        token_api=_token_api(token_api, return_tokens),
         resume_any=_bool("resume_any", resume_any),
         request_timeout=float(_number("request_timeout", request_timeout, float, 0.1)),
         max_retries=int(_number("max_retries", max_retries, int, 0)),
@@ -3142,7 +3250,13 @@ def export_summary(result: trajectory.ExportResult, output: str, format: str) ->
     for count, what in (
         (result.superseded, "superseded by a later record of the same task and sample"),
         (result.filtered, "left out by the filters"),
-        (result.unrepresentable, f"with no model turn that {format} can end on"),
+        (
+            result.unrepresentable,
+            "without token ids (made without --return_tokens)"
+            if format in trajectory.TOKEN_FORMATS
+            else f"with no model turn that {format} can end on",
+        ),
+        (result.token_breaks, "whose prompts broke the token prefix, left out, not spliced (export them as steps)"),
         (result.bad_lines, "lines that are not records (torn or damaged)"),
     ):
         if count:
@@ -3156,7 +3270,7 @@ SUBCOMMANDS = {
     "cleanup": "remove what runs that died left behind (Docker containers, Modal sandboxes)",
     "view": "write one self-contained HTML report of record files (view --help)",
     "stats": "print the summary of record files as a table (stats --help)",
-    "export": "stream record files into one training file: hermes, openai or sharegpt (export --help)",
+    "export": "stream record files into one training file: hermes, openai, sharegpt, tokens or steps (export --help)",
 }
 """First words that are commands, not prompts; anything else that is not a flag is refused."""
 

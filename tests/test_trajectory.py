@@ -293,6 +293,7 @@ SPEC_KEYS = (
     "verification",
     "reward",
     "error",
+    "tokens",
     "metadata",
 )
 CONVERSATION = [SYSTEM_TURN, {"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]
