@@ -1287,8 +1287,9 @@ def token_call(payload: dict, api: str | None, base_url: str) -> tuple[trajector
         logprobs, labels = None, []
     where = f"the endpoint at {base_url}" + (f" ({api})" if api else "")
     fix = "see the README, Tokens for RL, for the server versions and flags that return them"
-    if not _token_ids(prompt_ids) or not _token_ids(completion_ids, allow_empty=True):
-        missing = "prompt token ids" if not _token_ids(prompt_ids) else "completion token ids"
+    prompt_ids, completion_ids = _token_ids(prompt_ids), _token_ids(completion_ids)
+    if not prompt_ids or completion_ids is None:
+        missing = "prompt token ids" if not prompt_ids else "completion token ids"
         raise FatalRunError(f"--return_tokens: {where} returned no {missing}; {fix}")
     if logprobs is None or len(logprobs) != len(completion_ids) or not all(_is_number(v) for v in logprobs):
         raise FatalRunError(
@@ -1308,12 +1309,14 @@ def token_call(payload: dict, api: str | None, base_url: str) -> tuple[trajector
     return call, found
 
 
-def _token_ids(value: object, allow_empty: bool = False) -> bool:
-    return (
-        isinstance(value, list)
-        and (allow_empty or bool(value))
-        and all(type(item) is int and 0 <= item < 1 << 32 for item in value)
-    )
+def _token_ids(value: object) -> array | None:
+    """Ids as unsigned 32-bit ints (checked by array in C: a prompt holds tens of thousands); None when not ids."""
+    if not isinstance(value, list):
+        return None
+    try:
+        return array("I", value)
+    except (TypeError, OverflowError):
+        return None
 
 
 def _is_number(value: object) -> bool:

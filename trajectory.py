@@ -23,7 +23,7 @@ import struct
 import sys
 import threading
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 EXIT_REASONS = ("completed", "max_iterations", "api_error", "context_length", "env_error", "timeout", "interrupted")
@@ -1096,9 +1096,9 @@ def sync_directory(directory: str) -> None:
 class TokenCall:
     """One model call as the server saw it: its whole prompt, what it sampled, and the logprob of each sample."""
 
-    prompt_ids: list[int]
-    completion_ids: list[int]
-    logprobs: list[float]
+    prompt_ids: Sequence[int]
+    completion_ids: Sequence[int]
+    logprobs: Sequence[float]
     finish_reason: str | None = None
 
 
