@@ -1085,10 +1085,12 @@ class ModelClient:
         tools: list[dict],
         clock: TaskClock | None = None,
         encoded: list[bytes] | None = None,
+        tokens: trajectory.TokenLog | None = None,
     ) -> ModelTurn:
         """The model's next turn. Transient failures are retried up to --max_retries; 429s are waited out for up
         to --max_rate_limit_wait instead, since a rate limit means wait, not fail. Waiting does not run the
-        task's clock. ``encoded``: see :meth:`_request_body`."""
+        task's clock. ``encoded``: see :meth:`_request_body`. ``tokens``: the task's ids so far (--return_tokens),
+        which the prompt ids of the answer are read against."""
         config, openai = self.config, self.openai
         clock = clock or TaskClock()
         try:
@@ -1111,10 +1113,14 @@ class ModelClient:
                     # history and its response model construction, which made the client CPU-bound at 32
                     # workers (8.6 ms -> 2.8 ms per call at 14 messages; see bench/bench_batch.py).
                     response = await self.client.post("/chat/completions", content=body, cast_to=self.raw_response)
-                    payload = response.json()
+                    known = None
+                    if config.return_tokens and tokens is not None:
+                        payload, known = split_prompt_ids(response.content, tokens)
+                    else:
+                        payload = response.json()
                 turn = self._turn(payload)
                 if turn is not None and config.return_tokens:
-                    turn.tokens, turn.tokens_api = token_call(payload, config.token_api, config.base_url)
+                    turn.tokens, turn.tokens_api = token_call(payload, config.token_api, config.base_url, known)
             except TimeoutError:
                 last_error = f"request timed out after {config.request_timeout:g} s"
             except openai.AuthenticationError as exc:
@@ -1262,15 +1268,49 @@ def token_request_fields(api: str | None) -> dict:
     return TOKEN_REQUEST_FIELDS["vllm"] | TOKEN_REQUEST_FIELDS["sglang"]
 
 
-def token_call(payload: dict, api: str | None, base_url: str) -> tuple[trajectory.TokenCall, str]:
-    """The ids and logprobs of a chat-completions body in vLLM's or SGLang's layout. An answer without them is
-    fatal: a run asked for tokens must not quietly become a text-only run."""
+_PROMPT_IDS_KEY = b'"prompt_token_ids":'
+
+
+def split_prompt_ids(raw: bytes, tokens: trajectory.TokenLog) -> tuple[object, array | None]:
+    """The JSON of an answer whose prompt_token_ids start with the task's ids so far, read without parsing those
+    again: they are checked as bytes against ``tokens.sequence_json`` and only the new ids are parsed. A 40-call
+    trajectory's prompts hold ~600k ids in all, and json.loads of them was nearly all of --return_tokens' CPU
+    (bench/bench_tokens.py). Returns (payload with that list emptied, the whole prompt's ids); or the payload as
+    it is and None whenever the bytes are not the simple case (no or two such keys, spaces, another prefix)."""
+    start = raw.find(_PROMPT_IDS_KEY)
+    known = tokens.sequence_json
+    if start < 0 or not known or raw.find(_PROMPT_IDS_KEY, start + 1) >= 0:
+        return json.loads(raw), None
+    opening = start + len(_PROMPT_IDS_KEY)
+    opening += raw[opening : opening + 1] == b" "
+    closing = raw.find(b"]", opening)
+    after = opening + 1 + len(known)
+    if raw[opening : opening + 1] != b"[" or closing < 0 or raw[opening + 1 : after] != known:
+        return json.loads(raw), None
+    if after == closing:
+        new = array("I")
+    elif raw[after : after + 1] == b",":
+        new = array("I", json.loads(b"[" + raw[after + 1 : closing + 1]))
+    else:
+        return json.loads(raw), None
+    payload = json.loads(raw[:opening] + b"[]" + raw[closing + 1 :])
+    return payload, tokens.sequence + new
+
+
+def token_call(
+    payload: dict, api: str | None, base_url: str, known: array | None = None
+) -> tuple[trajectory.TokenCall, str]:
+    """The ids and logprobs of a chat-completions body in vLLM's or SGLang's layout (``known``: its prompt ids,
+    read by split_prompt_ids). An answer without them is fatal: a run asked for tokens must not quietly become a
+    text-only run."""
     choice = payload["choices"][0]
     prompt_ids, found = None, api
     if api in (None, "vllm"):
         prompt_ids, found = payload.get("prompt_token_ids"), "vllm"
     if prompt_ids is None and api in (None, "sglang"):
         prompt_ids, found = choice.get("prompt_token_ids"), "sglang"
+    if known is not None and prompt_ids == []:
+        prompt_ids = known
     meta = choice.get("meta_info") if isinstance(choice.get("meta_info"), dict) else {}
     pairs = meta.get("output_token_logprobs")  # older SGLang, with return_meta_info: [[logprob, id, text], ...]
     completion_ids = choice.get("token_ids")
@@ -1311,6 +1351,8 @@ def token_call(payload: dict, api: str | None, base_url: str) -> tuple[trajector
 
 def _token_ids(value: object) -> array | None:
     """Ids as unsigned 32-bit ints (checked by array in C: a prompt holds tens of thousands); None when not ids."""
+    if isinstance(value, array):
+        return value
     if not isinstance(value, list):
         return None
     try:
@@ -1808,14 +1850,15 @@ async def _agent_loop(
             state.exit_reason = "max_iterations"
             return
         state.api_calls += 1  # counted when made: the call that finally fails is a call made too
-        turn = await ctx.model.complete(state.messages, ctx.tools, clock, state.encoded)
+        if config.return_tokens and state.tokens is None:
+            state.tokens = trajectory.TokenLog()
+        turn = await ctx.model.complete(state.messages, ctx.tools, clock, state.encoded, state.tokens)
         if ctx.output is not None:
             ctx.output.commit()  # the endpoint works: --overwrite may now replace the old records
         for key, value in turn.usage.items():
             state.usage[key] += value
-        if turn.tokens is not None:
-            state.tokens = state.tokens or trajectory.TokenLog(turn.tokens_api or "")
-            state.tokens.add(turn.tokens)
+        if turn.tokens is not None and state.tokens is not None:
+            state.tokens.add(turn.tokens, turn.tokens_api or "")
         state.messages.append(turn.message)
         calls = turn.message.get("tool_calls") or []
         if turn.message.get("content"):

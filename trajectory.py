@@ -1108,14 +1108,18 @@ class TokenLog:
     kept, so memory and the record grow with the trajectory's tokens, not with turns x tokens. A prompt that does
     not (a template that re-renders history, e.g. dropping earlier reasoning) is kept whole and marks a break."""
 
-    def __init__(self, api: str):
+    def __init__(self, api: str = ""):
         self.api = api
         self.sequence = array("I")
         """The last call's prompt + completion: what the next prompt should start with."""
+        self.sequence_json = b""
+        """``sequence`` as compact JSON list items ("1,2,3"): a server's next prompt_token_ids can be checked
+        against it as bytes and only its new ids parsed (see mini_swe_runner.split_prompt_ids)."""
         self.calls: list[tuple[array, array, list[float], str | None, bool]] = []
         """(new prompt ids, completion ids, logprobs, finish_reason, break) per call."""
 
-    def add(self, call: TokenCall) -> None:
+    def add(self, call: TokenCall, api: str = "") -> None:
+        self.api = self.api or api
         prompt = array("I", call.prompt_ids)
         known = len(self.sequence)
         extends = bool(self.calls) and len(prompt) >= known and prompt[:known] == self.sequence
@@ -1123,9 +1127,12 @@ class TokenLog:
         completion = array("I", call.completion_ids)
         self.calls.append((new, completion, list(call.logprobs), call.finish_reason, bool(self.calls) and not extends))
         if not extends:
-            self.sequence = array("I")
-        self.sequence.extend(new)  # a copy: ``new`` itself is kept in calls
-        self.sequence.extend(completion)
+            self.sequence, self.sequence_json = array("I"), b""
+        added = new + completion
+        self.sequence.extend(added)  # a copy: ``new`` itself is kept in calls
+        if added:
+            items = json.dumps(added.tolist(), separators=(",", ":"))[1:-1].encode()
+            self.sequence_json = self.sequence_json + b"," + items if self.sequence_json else items
 
     def record(self) -> dict | None:
         """The record's ``tokens`` object; None when no call returned tokens."""

@@ -121,7 +121,7 @@ def script():
             "content": [{"token": f"token_id:{t}", "logprob": v, "bytes": None, "top_logprobs": []}
                         for t, v in zip(completion, logprobs, strict=True)]
         }  # fmt: skip
-        token_bodies.append(json.dumps(body).encode())
+        token_bodies.append(json.dumps(body, separators=(",", ":")).encode())  # compact, as vLLM writes it
 
     def choose(request: dict) -> Step:
         turn = min(sum(1 for m in request["messages"] if m["role"] == "assistant"), CALLS - 1)

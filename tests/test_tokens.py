@@ -32,8 +32,9 @@ def _export(tmp_path, source, format: str) -> tuple[list[dict], str]:
 
 @pytest.mark.parametrize("api", ["vllm", "sglang"])
 @pytest.mark.parametrize("token_api", [None, "given"])
-def test_stitched_tokens_are_the_servers_last_sequence(tmp_path, api, token_api):
-    model = TokenModel({"do it": THREE_TURNS}, api=api)
+@pytest.mark.parametrize("spaced", [False, True], ids=["compact", "spaced"])
+def test_stitched_tokens_are_the_servers_last_sequence(tmp_path, api, token_api, spaced):
+    model = TokenModel({"do it": THREE_TURNS}, api=api, spaced=spaced)
     _, records, server = _run(tmp_path, model, ["do it"], token_api=api if token_api else None)
     record = records[0]
     tokens = record["tokens"]
@@ -86,6 +87,29 @@ def test_storage_keeps_only_new_prompt_tokens(tmp_path):
         previous = calls[index - 1][0] + calls[index - 1][1]
         assert stored[index] == calls[index][0][len(previous) :] and len(stored[index]) < len(calls[index][0]) / 2
     assert tokens["id_bits"] == 16  # a 700-token vocabulary
+
+
+def test_prompt_ids_that_extend_the_sequence_are_read_from_bytes_and_anything_else_parsed():
+    log = trajectory.TokenLog()
+    log.add(trajectory.TokenCall([5, 6, 70000], [8, 9], [-0.5, -0.25]))
+
+    def body(prompt_ids: list[int], **json_options) -> tuple[dict, bytes]:
+        value = {"choices": [{"message": {"content": "x"}}], "prompt_token_ids": prompt_ids}
+        return value, json.dumps(value, **({"separators": (",", ":")} | json_options)).encode()
+
+    value, raw = body([5, 6, 70000, 8, 9, 10, 11])
+    payload, known = mini_swe_runner.split_prompt_ids(raw, log)
+    assert known.tolist() == [5, 6, 70000, 8, 9, 10, 11] and payload == {**value, "prompt_token_ids": []}
+    payload, known = mini_swe_runner.split_prompt_ids(body([5, 6, 70000, 8, 9])[1], log)
+    assert known.tolist() == [5, 6, 70000, 8, 9]  # the same ids again: nothing new
+    for other in ([5, 6, 70000, 8], [5, 6, 70000, 8, 90], [5, 6, 70000, 8, 95, 1], [1]):  # shorter, other, break
+        value, raw = body(other)
+        assert mini_swe_runner.split_prompt_ids(raw, log) == (value, None)
+    value, raw = body([5, 6, 70000, 8, 9, 10], separators=(", ", ": "))  # spaced: parsed whole
+    assert mini_swe_runner.split_prompt_ids(raw, log) == (value, None)
+    value = {"prompt_token_ids": [5, 6, 70000, 8, 9, 1], "choices": [{"prompt_token_ids": [5, 6, 70000, 8, 9, 1]}]}
+    raw = json.dumps(value, separators=(",", ":")).encode()
+    assert mini_swe_runner.split_prompt_ids(raw, log) == (value, None)  # twice: which one is meant is not guessed
 
 
 @pytest.mark.parametrize("bits", trajectory.ID_BITS)

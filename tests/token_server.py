@@ -98,10 +98,14 @@ class TokenModel:
     """``(request) -> Step`` for ScriptedModelServer. ``scripts`` maps a prompt (the first user message) to its
     turns, the N-th model call of a conversation getting turn N (the last repeats). ``api`` is the layout:
     "vllm", "sglang", or "sglang-meta" (an older SGLang: only meta_info.output_token_logprobs, no prompt ids).
-    ``keep_reasoning=False`` is a template that drops reasoning from history (as Qwen3's does)."""
+    ``keep_reasoning=False`` is a template that drops reasoning from history (as Qwen3's does). The JSON is
+    compact, as both servers write it; ``spaced`` writes Python's default ", " separators instead."""
 
-    def __init__(self, scripts: dict[str, list[Turn]], api: str = "vllm", keep_reasoning: bool = True):
+    def __init__(
+        self, scripts: dict[str, list[Turn]], api: str = "vllm", keep_reasoning: bool = True, spaced: bool = False
+    ):
         self.scripts = scripts
+        self.separators = (", ", ": ") if spaced else (",", ":")  # vLLM (pydantic) and SGLang (orjson): compact
         self.api = api
         self.tok = tokenizer()
         self.template = jinja2.Environment().from_string(_TEMPLATE)
@@ -183,7 +187,8 @@ class TokenModel:
         with self._lock:
             self.calls.setdefault(prompt, []).append((prompt_ids, completion, logprobs))
         finish = "tool_calls" if turn.command is not None else "stop"
-        return Step(body=json.dumps(self._body(request, message, finish, prompt_ids, completion, logprobs)).encode())
+        body = self._body(request, message, finish, prompt_ids, completion, logprobs)
+        return Step(body=json.dumps(body, separators=self.separators).encode())
 
     def _body(self, request, message, finish, prompt_ids, completion, logprobs) -> dict:
         choice: dict = {"index": 0, "message": message, "finish_reason": finish}
