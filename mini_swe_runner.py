@@ -3308,7 +3308,10 @@ def export_summary(result: trajectory.ExportResult, output: str, format: str) ->
         if count:
             lines.append(f"  {count} {what}")
     if result.unreadable:
-        lines.append(f"  {result.unreadable} records whose turns cannot be read back, first: {result.first_unreadable}")
+        what = "tokens" if format in trajectory.TOKEN_FORMATS else "turns"
+        lines.append(
+            f"  {result.unreadable} records whose {what} cannot be read back, first: {result.first_unreadable}"
+        )
     return "\n".join(lines)
 
 

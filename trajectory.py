@@ -1772,9 +1772,10 @@ def export_row(record: dict, options: ExportOptions) -> dict | None:
     return {"conversations": turns, "system": "", "tools": json.dumps(tools, ensure_ascii=False), **common}
 
 
-def token_rows(record: dict, format: str) -> dict | list[dict] | None:
-    """A record in ``tokens`` (one stitched row) or ``steps`` (one row per model call) form; None when the record
-    has no tokens. Raises RecordFormatError for a trajectory the tokens form cannot hold honestly (a break)."""
+def token_rows(record: dict, format: str) -> dict | Iterator[dict] | None:
+    """A record in ``tokens`` (one stitched row) or ``steps`` (its rows, one per model call, made one at a time:
+    each holds its whole prompt) form; None when the record has no tokens. Raises RecordFormatError for a
+    trajectory the tokens form cannot hold honestly (a break), or one whose tokens cannot be read."""
     tokens = record.get("tokens")
     if not isinstance(tokens, dict):
         return None
@@ -1782,25 +1783,25 @@ def token_rows(record: dict, format: str) -> dict | list[dict] | None:
     reward = record.get("reward")
     if format == "tokens":
         return {**stitched_tokens(tokens), "reward": reward, "task_id": task_id, "sample_index": sample_index}
-    rows = []
+    return _step_rows(tokens, reward, task_id, sample_index)
+
+
+def _step_rows(tokens: dict, reward: float | None, task_id: str, sample_index: int) -> Iterator[dict]:
     last = len(tokens["calls"]) - 1
     for index, call in enumerate(token_calls(tokens)):
-        rows.append(
-            {
-                "prompt_ids": call.prompt_ids,
-                "completion_ids": call.completion_ids,
-                "logprobs": call.logprobs,
-                "finish_reason": call.finish_reason,
-                "step_index": index,
-                "is_last": index == last,
-                "reward": reward if index == last else None,
-                "trajectory_id": f"{task_id}#{sample_index}",
-                "group": task_id,
-                "task_id": task_id,
-                "sample_index": sample_index,
-            }
-        )
-    return rows
+        yield {
+            "prompt_ids": call.prompt_ids,
+            "completion_ids": call.completion_ids,
+            "logprobs": call.logprobs,
+            "finish_reason": call.finish_reason,
+            "step_index": index,
+            "is_last": index == last,
+            "reward": reward if index == last else None,
+            "trajectory_id": f"{task_id}#{sample_index}",
+            "group": task_id,
+            "task_id": task_id,
+            "sample_index": sample_index,
+        }
 
 
 def _with_empty_think(turn: dict) -> dict:
@@ -1902,6 +1903,8 @@ def export(paths: list[str], output_file: str, options: ExportOptions) -> Export
                     continue
             try:
                 row = export_row(record, options)
+                if isinstance(row, Iterator):  # steps: a record's rows as text (a fifth of their ints' memory),
+                    row = [record_line(step) for step in row]  # all or none of them written
             except (RecordFormatError, KeyError, TypeError, AttributeError, ValueError) as exc:
                 result.unreadable += 1
                 if result.first_unreadable is None:
@@ -1910,9 +1913,9 @@ def export(paths: list[str], output_file: str, options: ExportOptions) -> Export
             if row is None:
                 result.unrepresentable += 1
                 continue
-            for line in row if isinstance(row, list) else (row,):  # steps: one row per model call
+            for line in row if isinstance(row, list) else (record_line(row),):
                 result.written += 1
-                yield record_line(line)
+                yield line
         result.superseded = read[0] - unique
 
     _atomic_write_new(output_file, rows())

@@ -267,3 +267,18 @@ def test_records_with_and_without_tokens_load_in_one_schema(tmp_path):
         assert data["train"].num_rows == len(rows) > 0
     _, summary = _export(tmp_path, tmp_path / "without.jsonl", "steps")
     assert "1 without token ids" in summary
+
+
+def test_a_damaged_tokens_record_is_left_out_whole_and_counted(tmp_path):
+    model = TokenModel({"a": THREE_TURNS, "b": THREE_TURNS})
+    _, records, _ = _run(tmp_path, model, ["a", "b"], workers=1)
+    damaged = records[0]
+    damaged["tokens"]["calls"][-1]["logprobs"] = damaged["tokens"]["calls"][-1]["logprobs"][:-8]  # 2 logprobs short
+    (tmp_path / "damaged.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    for format in ("steps", "tokens"):
+        rows, summary = _export(tmp_path, tmp_path / "damaged.jsonl", format)
+        assert {row["task_id"] for row in rows} == {records[1]["task_id"]}  # none of the damaged one's steps
+        assert f"1 records whose tokens cannot be read back, first: {damaged['task_id']}" in summary
+    result = run_cli(["export", str(tmp_path / "damaged.jsonl"), "--output_file", str(tmp_path / "x.jsonl"),
+                      "--format", "steps", "--empty_think"])  # fmt: skip
+    assert result.returncode == 2 and "--empty_think applies to hermes and sharegpt" in result.stderr
