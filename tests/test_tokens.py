@@ -7,7 +7,7 @@ import json
 
 import pytest
 from conftest import make_config, read_jsonl, run_cli, run_prompts
-from model_server import ScriptedModelServer, reply, tool_call
+from model_server import ScriptedModelServer, Step, http_error, reply, tool_call
 from token_server import IM_END, TokenModel, Turn
 
 import mini_swe_runner
@@ -282,3 +282,74 @@ def test_a_damaged_tokens_record_is_left_out_whole_and_counted(tmp_path):
     result = run_cli(["export", str(tmp_path / "damaged.jsonl"), "--output_file", str(tmp_path / "x.jsonl"),
                       "--format", "steps", "--empty_think"])  # fmt: skip
     assert result.returncode == 2 and "--empty_think applies to hermes and sharegpt" in result.stderr
+
+
+def test_resume_runs_a_failed_sample_again_with_tokens_and_keeps_the_finished_ones(tmp_path):
+    model = TokenModel({"a": THREE_TURNS, "b": THREE_TURNS})
+    failing = True
+
+    def script(request: dict):
+        if failing and any(m["role"] == "user" and m["content"] == "b" for m in request["messages"]):
+            return http_error(503, "overloaded")
+        return model(request)
+
+    with ScriptedModelServer(script) as server:
+        config = make_config(server, tmp_path / "out.jsonl", return_tokens=True, max_retries=0)
+        _, records = run_prompts(config, ["a", "b"])
+        by_prompt = {r["conversations"][1]["value"]: r for r in records}
+        assert by_prompt["b"]["exit_reason"] == "api_error" and by_prompt["b"]["tokens"] is None
+        kept = json.dumps(by_prompt["a"])
+        calls_of_a = len(model.calls["a"])
+        failing = False
+        _, records = run_prompts(config, ["a", "b"])
+    by_prompt = {r["conversations"][1]["value"]: r for r in records}
+    assert len(records) == 2 and len(model.calls["a"]) == calls_of_a  # "a" was not run again
+    assert json.dumps(by_prompt["a"]) == kept
+    assert by_prompt["b"]["exit_reason"] == "completed" and by_prompt["b"]["tokens"]["consistent"] is True
+    rows, _ = _export(tmp_path, tmp_path / "out.jsonl", "tokens")
+    assert sorted(row["prompt_ids"] + row["response_ids"] for row in rows) == sorted(
+        model.last_sequence(prompt) for prompt in ("a", "b")
+    )
+
+
+def _altered(change):
+    """A vLLM-layout TokenModel whose answers ``change`` edits (a JSON body -> None) before they are sent."""
+    model = TokenModel({"a": THREE_TURNS})
+
+    def script(request: dict):
+        step = model(request)
+        body = json.loads(step.body)
+        change(body)
+        return Step(body=json.dumps(body).encode())
+
+    return script
+
+
+def _mislabel(body: dict) -> None:
+    body["choices"][0]["logprobs"]["content"][0]["token"] = "token_id:999999"
+
+
+def _short_logprobs(body: dict) -> None:
+    del body["choices"][0]["logprobs"]["content"][-1]
+
+
+def _float_ids(body: dict) -> None:
+    body["prompt_token_ids"] = [float(i) for i in body["prompt_token_ids"]]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (_mislabel, "returned logprobs that do not match its token ids"),
+        (_short_logprobs, "completion ids but"),
+        (_float_ids, "returned no prompt token ids"),
+    ],
+)
+def test_ids_and_logprobs_that_do_not_fit_together_are_a_one_line_error(tmp_path, change, message):
+    with ScriptedModelServer(_altered(change)) as server:
+        result = run_cli(
+            ["--task", "a", "--base_url", server.base_url, "--output_file", str(tmp_path / "o.jsonl"),
+             "--return_tokens"]
+        )  # fmt: skip
+    lines = [line for line in result.stderr.splitlines() if "--return_tokens" in line]
+    assert result.returncode != 0 and len(lines) == 1 and message in lines[0], result.stderr
