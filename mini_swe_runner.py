@@ -1362,7 +1362,12 @@ def _token_ids(value: object) -> array | None:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)  # a logprob of -inf or NaN would be written as JSON no reader takes
+    except OverflowError:  # an int beyond any float (10**400)
+        return False
 
 
 def _http_client(openai, limits, timeout: float):

@@ -333,6 +333,10 @@ def _short_logprobs(body: dict) -> None:
     del body["choices"][0]["logprobs"]["content"][-1]
 
 
+def _infinite_logprob(body: dict) -> None:
+    body["choices"][0]["logprobs"]["content"][1]["logprob"] = float("-inf")  # written as -Infinity
+
+
 def _float_ids(body: dict) -> None:
     body["prompt_token_ids"] = [float(i) for i in body["prompt_token_ids"]]
 
@@ -342,6 +346,7 @@ def _float_ids(body: dict) -> None:
     [
         (_mislabel, "returned logprobs that do not match its token ids"),
         (_short_logprobs, "completion ids but"),
+        (_infinite_logprob, "usable logprobs"),
         (_float_ids, "returned no prompt token ids"),
     ],
 )
