@@ -12,7 +12,11 @@ start-up cancels (see bench_harness.py):
 Storage: the ``tokens`` object's bytes in the record line, against the int32 size of the ids it stores (and of the
 ids plus float32 logprobs).
 
-    python bench/bench_tokens.py                  # 8 vs 2 tasks, 4 workers
+Export: ``--export_records`` such records (their text kept short) exported as the real CLI in a child process,
+``--format tokens`` and ``--format steps``, each child's peak RSS read with os.wait4: one record at a time is the
+bound, whatever the file's size.
+
+    python bench/bench_tokens.py                  # 8 vs 2 tasks, 4 workers; 60 records exported
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import resource
 import struct
@@ -130,18 +135,84 @@ def script():
     return choose
 
 
+def token_record(index: int, sequence: list[int], logprob: float) -> dict:
+    import trajectory
+
+    log = trajectory.TokenLog("vllm")
+    for call in range(CALLS):
+        start = FIRST_PROMPT + call * (SAMPLED + BETWEEN)
+        completion = sequence[start : start + SAMPLED]
+        log.add(trajectory.TokenCall(sequence[:start], completion, [logprob] * SAMPLED, "tool_calls"))
+    return trajectory.build_record(
+        prompt_index=index,
+        task_id=f"t{index}",
+        conversations=[{"from": "system", "value": ""}, {"from": "human", "value": f"task {index}"}],
+        completed=True,
+        exit_reason="completed",
+        api_calls=CALLS,
+        tool_stats=trajectory.empty_tool_stats(),
+        usage=trajectory.empty_usage(),
+        duration_s=1.0,
+        error=None,
+        metadata={"model": "bench"},
+        tokens=log.record(),
+    )
+
+
+def export_peaks(records: int) -> None:
+    """Peak RSS of `export --format tokens|steps` over ``records`` 30k-token records, in a child process each."""
+    total = FIRST_PROMPT + (CALLS - 1) * (SAMPLED + BETWEEN) + SAMPLED
+    rng = random.Random(2)
+    sequence = [rng.randrange(VOCABULARY) for _ in range(total)]
+    logprob = struct.unpack("f", struct.pack("f", -0.3))[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "records.jsonl"
+        import trajectory
+
+        with open(source, "wb") as handle:
+            for index in range(records):
+                handle.write(trajectory.record_line(token_record(index, sequence, logprob)))
+        print(f"export of {records} records of {total:,} tokens ({source.stat().st_size / 1e6:.0f} MB):")
+        for format in ("tokens", "steps"):
+            out = Path(tmp) / f"{format}.jsonl"
+            started = time.perf_counter()
+            child = subprocess.Popen(
+                [sys.executable, str(ROOT / "mini_swe_runner.py"), "export", str(source), "--output_file", str(out),
+                 "--format", format],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )  # fmt: skip
+            _, status, usage = os.wait4(child.pid, 0)
+            child.stderr.close()
+            assert status == 0, f"export --format {format} failed"
+            size = out.stat().st_size / 1e6
+            wall = time.perf_counter() - started
+            print(
+                f"  --format {format:6}: peak RSS {usage.ru_maxrss / 1024:.0f} MB, {size:.0f} MB written, {wall:.1f} s"
+            )
+            out.unlink()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--child", choices=["text", "tokens"])
+    parser.add_argument("--child", choices=["text", "tokens", "export"])
     parser.add_argument("--base_url")
     parser.add_argument("--tasks", type=int, default=8)
     parser.add_argument("--small", type=int, default=2)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--export_records", type=int, default=60)
     args = parser.parse_args()
+    if args.child == "export":
+        export_peaks(args.export_records)
+        return
     if args.child:
         print(json.dumps(child(args)))
         return
+    if args.export_records:
+        # First, from a small process: a child's peak RSS (wait4) counts the pages of the process it was forked
+        # from, and this one grows to hold the server's answers.
+        command = [sys.executable, __file__, "--child", "export", "--export_records", str(args.export_records)]
+        exports = subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
     from model_server import ScriptedModelServer
 
@@ -170,6 +241,8 @@ def main() -> None:
     print(f"  / int32 ids + float32 logprobs ({4 * (ids + logprobs):,} bytes): {stored / (4 * (ids + logprobs)):.2f}")
     as_json = len(json.dumps([random.Random(1).randrange(VOCABULARY) for _ in range(ids)]))
     print(f"  (a JSON list of as many ids from this vocabulary: {as_json:,} bytes, {as_json / (4 * ids):.2f})")
+    if args.export_records:
+        print(exports, end="")
 
 
 if __name__ == "__main__":
