@@ -180,6 +180,8 @@ def test_samples_resume_and_dedup_keep_tokens(tmp_path):
         _, records = run_prompts(first, ["a"])
         assert sorted(r["sample_index"] for r in records) == [0, 1]
         assert all(r["tokens"]["consistent"] for r in records)
+        first_completions = [next(trajectory.token_calls(r["tokens"])).completion_ids for r in records]
+        assert first_completions[0] != first_completions[1]  # two samples of one prompt, each sampled
         # resume with one more prompt: the finished samples are kept, the new prompt's run
         _, records = run_prompts(first, ["a", "b"])
     assert len(records) == 4 and all(r["tokens"] is not None for r in records)

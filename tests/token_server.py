@@ -11,6 +11,7 @@ the logprob of each forced token. Answers come in vLLM's field layout or SGLang'
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import random
@@ -121,6 +122,7 @@ class TokenModel:
         self.calls: dict[str, list[tuple[list[int], list[int], list[float]]]] = {}
         """Per prompt, each call as the server saw it: (prompt ids, completion ids, logprobs)."""
         self._lock = threading.Lock()
+        self._seeds = itertools.count(1)
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
@@ -144,7 +146,8 @@ class TokenModel:
         temperature = request.get("temperature") or 1.0
         prompt_text = self.template.render(messages=messages, keep_reasoning=self.keep_reasoning)
         prompt_ids = self.encode(prompt_text)
-        rng = random.Random(hash((prompt, index, len(prompt_ids))))
+        with self._lock:
+            rng = random.Random(next(self._seeds))  # every request samples afresh: samples of a prompt differ
         completion: list[int] = []
         logprobs: list[float] = []
         previous = prompt_ids[-1]
