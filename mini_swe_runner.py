@@ -186,6 +186,10 @@ class RunConfig:
     """USD the output may cost in all (what earlier runs into it cost included); None for no limit."""
     max_tokens_total: int | None = None
     """Tokens the output may use in all (billed calls' total_tokens, earlier runs included); None for no limit."""
+    return_tokens: bool = False
+    """Ask the endpoint for the prompt and completion token ids and logprobs of every call, and record them."""
+    token_api: str | None = None
+    """Whose request and response fields carry the ids: vllm or sglang; None asks in both and reads whichever came."""
 
 
 def resolve_api_key(base_url: str, explicit: str | None, environ: dict[str, str]) -> str:
@@ -268,6 +272,8 @@ def data_settings(config: RunConfig, system_prompt: str, tools: list[dict]) -> d
     }
     if config.max_task_cost is not None:  # cuts trajectories like max_iterations; only when set: old hashes hold
         settings["max_task_cost"] = str(config.max_task_cost)
+    if config.return_tokens:  # absent otherwise: older runs keep their hash
+        settings["return_tokens"] = True
     return settings
 
 
@@ -1094,6 +1100,10 @@ class ModelTurn:
     usage: dict
     finish_reason: str | None = None
     """Why the model stopped ("stop", "tool_calls", "length"...), as the provider said; None when it did not."""
+    tokens: trajectory.TokenCall | None = None
+    """With --return_tokens: the ids the server rendered and sampled, and the logprobs."""
+    tokens_api: str | None = None
+    """Whose layout the ids came in: vllm or sglang."""
 
 
 @dataclass
@@ -1193,6 +1203,8 @@ class ModelClient:
             kwargs["top_p"] = config.top_p
         if config.reasoning_effort is not None:
             kwargs["reasoning_effort"] = config.reasoning_effort
+        if config.return_tokens:  # set before --extra_body, so it cannot turn them off
+            kwargs.update(token_request_fields(config.token_api))
         for key, value in config.extra_body.items():
             kwargs.setdefault(key, value)
         return kwargs
@@ -1204,11 +1216,13 @@ class ModelClient:
         clock: TaskClock | None = None,
         encoded: list[bytes] | None = None,
         cost: "TaskCost | None" = None,
+        tokens: trajectory.TokenLog | None = None,
     ) -> ModelTurn:
         """The model's next turn. Transient failures are retried up to --max_retries; 429s are waited out for up
         to --max_rate_limit_wait instead, since a rate limit means wait, not fail. Waiting does not run the
         task's clock. ``encoded``: see :meth:`_request_body`. ``cost`` is billed for every answer that came
-        with a JSON body, one whose content cannot be used included: the provider charged for it."""
+        with a JSON body, one whose content cannot be used included: the provider charged for it. ``tokens``: the
+        task's ids so far (--return_tokens), which the prompt ids of the answer are read against."""
         config, openai = self.config, self.openai
         clock = clock or TaskClock()
         try:
@@ -1231,10 +1245,16 @@ class ModelClient:
                     # history and its response model construction, which made the client CPU-bound at 32
                     # workers (8.6 ms -> 2.8 ms per call at 14 messages; see bench/bench_batch.py).
                     response = await self.client.post("/chat/completions", content=body, cast_to=self.raw_response)
-                    payload = response.json()
+                    known = None
+                    if config.return_tokens and tokens is not None:
+                        payload, known = split_prompt_ids(response.content, tokens)
+                    else:
+                        payload = response.json()
                     if cost is not None:
                         cost.bill(payload, response.headers)
                 turn = self._turn(payload)
+                if turn is not None and config.return_tokens:
+                    turn.tokens, turn.tokens_api = token_call(payload, config.token_api, config.base_url, known)
             except TimeoutError:
                 last_error = f"request timed out after {config.request_timeout:g} s"
             except openai.AuthenticationError as exc:
@@ -1363,6 +1383,125 @@ class ModelClient:
 def _json_body(value: object) -> bytes:
     """JSON as the SDK encodes a request body (openai._utils._json.openapi_dumps): compact, UTF-8, no NaN."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+TOKEN_REQUEST_FIELDS = {
+    # vLLM (ChatCompletionRequest): prompt_token_ids at the top of the response, token_ids on the choice;
+    # return_tokens_as_token_ids writes each logprob's token as "token_id:N", which lets us check they align.
+    "vllm": {"logprobs": True, "return_token_ids": True, "return_tokens_as_token_ids": True},
+    # SGLang (ChatCompletionRequest): prompt_token_ids and token_ids both on the choice.
+    "sglang": {"logprobs": True, "return_token_ids": True, "return_prompt_token_ids": True},
+}
+
+
+def token_request_fields(api: str | None) -> dict:
+    """The request fields that ask ``api`` for ids and logprobs; both servers' when it is None (each ignores the
+    other's). None of them changes sampling: logprobs only reports what was sampled."""
+    if api is not None:
+        return dict(TOKEN_REQUEST_FIELDS[api])
+    return TOKEN_REQUEST_FIELDS["vllm"] | TOKEN_REQUEST_FIELDS["sglang"]
+
+
+_PROMPT_IDS_KEY = b'"prompt_token_ids":'
+
+
+def split_prompt_ids(raw: bytes, tokens: trajectory.TokenLog) -> tuple[object, array | None]:
+    """The JSON of an answer whose prompt_token_ids start with the task's ids so far, read without parsing those
+    again: they are checked as bytes against ``tokens.sequence_json`` and only the new ids are parsed. A 40-call
+    trajectory's prompts hold ~600k ids in all, and json.loads of them was nearly all of --return_tokens' CPU
+    (bench/bench_tokens.py). Returns (payload with that list emptied, the whole prompt's ids); or the payload as
+    it is and None whenever the bytes are not the simple case (no or two such keys, spaces, another prefix)."""
+    start = raw.find(_PROMPT_IDS_KEY)
+    known = tokens.sequence_json
+    if start < 0 or not known or raw.find(_PROMPT_IDS_KEY, start + 1) >= 0:
+        return json.loads(raw), None
+    opening = start + len(_PROMPT_IDS_KEY)
+    opening += raw[opening : opening + 1] == b" "
+    closing = raw.find(b"]", opening)
+    after = opening + 1 + len(known)
+    if raw[opening : opening + 1] != b"[" or closing < 0 or raw[opening + 1 : after] != known:
+        return json.loads(raw), None
+    if after == closing:
+        new = array("I")
+    elif raw[after : after + 1] == b",":
+        new = array("I", json.loads(b"[" + raw[after + 1 : closing + 1]))
+    else:
+        return json.loads(raw), None
+    payload = json.loads(raw[:opening] + b"[]" + raw[closing + 1 :])
+    return payload, tokens.sequence + new
+
+
+def token_call(
+    payload: dict, api: str | None, base_url: str, known: array | None = None
+) -> tuple[trajectory.TokenCall, str]:
+    """The ids and logprobs of a chat-completions body in vLLM's or SGLang's layout (``known``: its prompt ids,
+    read by split_prompt_ids). An answer without them is fatal: a run asked for tokens must not quietly become a
+    text-only run."""
+    choice = payload["choices"][0]
+    prompt_ids, found = None, api
+    if api in (None, "vllm"):
+        prompt_ids, found = payload.get("prompt_token_ids"), "vllm"
+    if prompt_ids is None and api in (None, "sglang"):
+        prompt_ids, found = choice.get("prompt_token_ids"), "sglang"
+    if known is not None and prompt_ids == []:
+        prompt_ids = known
+    meta = choice.get("meta_info") if isinstance(choice.get("meta_info"), dict) else {}
+    pairs = meta.get("output_token_logprobs")  # older SGLang, with return_meta_info: [[logprob, id, text], ...]
+    completion_ids = choice.get("token_ids")
+    if completion_ids is None and isinstance(pairs, list):
+        completion_ids = [pair[1] for pair in pairs if isinstance(pair, list) and len(pair) > 1]
+    content = choice.get("logprobs").get("content") if isinstance(choice.get("logprobs"), dict) else None
+    if isinstance(content, list):
+        logprobs = [entry.get("logprob") if isinstance(entry, dict) else None for entry in content]
+        labels = [entry.get("token") if isinstance(entry, dict) else None for entry in content]
+    elif isinstance(pairs, list):
+        logprobs = [pair[0] if isinstance(pair, list) and pair else None for pair in pairs]
+        labels = []
+    else:
+        logprobs, labels = None, []
+    where = f"the endpoint at {base_url}" + (f" ({api})" if api else "")
+    fix = "see the README, Tokens for RL, for the server versions and flags that return them"
+    prompt_ids, completion_ids = _token_ids(prompt_ids), _token_ids(completion_ids)
+    if not prompt_ids or completion_ids is None:
+        missing = "prompt token ids" if not prompt_ids else "completion token ids"
+        raise FatalRunError(f"--return_tokens: {where} returned no {missing}; {fix}")
+    if logprobs is None or len(logprobs) != len(completion_ids) or not all(_is_number(v) for v in logprobs):
+        raise FatalRunError(
+            f"--return_tokens: {where} returned {len(completion_ids)} completion ids but "
+            f"{'no' if logprobs is None else len(logprobs)} usable logprobs; {fix}"
+        )
+    for token_id, label in zip(completion_ids, labels, strict=False):  # no labels from meta_info
+        if isinstance(label, str) and label.startswith("token_id:") and label != f"token_id:{token_id}":
+            raise FatalRunError(f"--return_tokens: {where} returned logprobs that do not match its token ids")
+    finish_reason = choice.get("finish_reason")
+    call = trajectory.TokenCall(
+        prompt_ids,
+        completion_ids,
+        [float(value) for value in logprobs],
+        finish_reason if isinstance(finish_reason, str) else None,
+    )
+    return call, found
+
+
+def _token_ids(value: object) -> array | None:
+    """Ids as unsigned 32-bit ints (checked by array in C: a prompt holds tens of thousands); None when not ids."""
+    if isinstance(value, array):
+        return value
+    if not isinstance(value, list):
+        return None
+    try:
+        return array("I", value)
+    except (TypeError, OverflowError):
+        return None
+
+
+def _is_number(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)  # a logprob of -inf or NaN would be written as JSON no reader takes
+    except OverflowError:  # an int beyond any float (10**400)
+        return False
 
 
 def _http_client(openai, limits, timeout: float):
@@ -1736,6 +1875,8 @@ class TaskState:
     error: str | None = None
     cost: TaskCost = field(default_factory=TaskCost)
     """What its billed model calls cost (the record's cost and cost_source), counted against the budgets."""
+    tokens: trajectory.TokenLog | None = None
+    """With --return_tokens: the ids of every call, each call's new ones only."""
 
 
 @dataclass
@@ -1919,6 +2060,7 @@ async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> di
         verification=None if verification is None else dataclasses.asdict(verification),
         cost=cost,
         cost_source=cost_source,
+        tokens=None if state.tokens is None else state.tokens.record(),
         metadata={
             "model": config.model,
             "env_type": config.env.env_type,
@@ -2000,11 +2142,17 @@ async def _agent_loop(
             state.exit_reason, state.error = "cost_limit", limit
             return
         state.api_calls += 1  # counted when made: the call that finally fails is a call made too
-        turn = await ctx.model.complete(state.messages, ctx.tools, clock, state.encoded, state.cost)
+        if config.return_tokens and state.tokens is None:
+            state.tokens = trajectory.TokenLog()
+        turn = await ctx.model.complete(
+            state.messages, ctx.tools, clock, state.encoded, cost=state.cost, tokens=state.tokens
+        )
         if ctx.output is not None:
             ctx.output.commit()  # the endpoint works: --overwrite may now replace the old records
         for key, value in turn.usage.items():
             state.usage[key] += value
+        if turn.tokens is not None and state.tokens is not None:
+            state.tokens.add(turn.tokens, turn.tokens_api or "")
         state.messages.append(turn.message)
         calls = turn.message.get("tool_calls") or []
         if turn.message.get("content"):
@@ -2593,8 +2741,8 @@ class OutputFile:
         else:
             difference = (
                 f"settings hash {other.get('config_hash')} there, {self.config_hash} now: the endpoint host, system "
-                "prompt, tool description, --extra_body or limits (--max_iterations, --timeout, --max_timeout, "
-                "--max_output_chars) differ"
+                "prompt, tool description, --extra_body, --return_tokens or limits (--max_iterations, --timeout, "
+                "--max_timeout, --max_output_chars) differ"
             )
         raise UsageError(
             f"--output_file {self.shown} holds records of a run with other settings ({difference}); "
@@ -3116,6 +3264,15 @@ def _json_object(name: str, value: object) -> dict:
     return parsed
 
 
+def _token_api(value: object, return_tokens: object) -> str | None:
+    api = _text("token_api", value)
+    if api is not None and api not in TOKEN_REQUEST_FIELDS:
+        raise UsageError(f"--token_api must be one of {', '.join(TOKEN_REQUEST_FIELDS)}, not {api!r}")
+    if api is not None and not _bool("return_tokens", return_tokens):
+        raise UsageError("--token_api goes with --return_tokens")
+    return api
+
+
 def _system_prompt(text: str | None, path: str | None) -> str | None:
     if text is not None and path is not None:
         raise UsageError("give either --system_prompt or --system_prompt_file, not both")
@@ -3185,6 +3342,8 @@ def main(
     max_tokens: int | None = None,
     reasoning_effort: str | None = None,
     extra_body: str | None = None,
+    return_tokens: bool = False,
+    token_api: str | None = None,
     workers: int = 8,
     overwrite: bool = False,
     resume_any: bool = False,
@@ -3257,6 +3416,8 @@ def main(
         max_tokens: Completion token cap per model call (default: the provider's).
         reasoning_effort: Reasoning effort for reasoning models, e.g. low, medium, high (default: the provider's).
         extra_body: JSON object of extra request fields for the provider, e.g. '{"top_k": 20}'.
+        return_tokens: Record each call's prompt/completion token ids and logprobs (vLLM or SGLang endpoints).
+        token_api: With --return_tokens: vllm or sglang (default: ask in both layouts, read the one that answers).
         workers: Tasks run concurrently (default 8).
         overwrite: Replace the output file instead of resuming (the old one stays until the run works).
         resume_any: Resume even when the output file holds records of other settings (model, sampling...).
@@ -3383,6 +3544,8 @@ def main(
         max_tokens=_number("max_tokens", max_tokens, int, 1, allow_none=True),
         reasoning_effort=_text("reasoning_effort", reasoning_effort),
         extra_body=_json_object("extra_body", extra_body),
+        return_tokens=_bool("return_tokens", return_tokens),
+        token_api=_token_api(token_api, return_tokens),
         resume_any=_bool("resume_any", resume_any),
         request_timeout=float(_number("request_timeout", request_timeout, float, 0.1)),
         max_retries=int(_number("max_retries", max_retries, int, 0)),
@@ -3675,7 +3838,13 @@ def export_summary(result: trajectory.ExportResult, output: str, options: trajec
         (result.without_patch, "instances left out: the chosen sample has no patch recorded"),
         (result.cut_patch, "instances left out: the chosen sample's patch was truncated, not the whole diff"),
         (result.invalid_arguments, f"with tool-call arguments that are not a JSON object: {invalid}"),
-        (result.unrepresentable, f"with no model turn that {format} can end on"),
+        (
+            result.unrepresentable,
+            "without token ids (made without --return_tokens)"
+            if format in trajectory.TOKEN_FORMATS
+            else f"with no model turn that {format} can end on",
+        ),
+        (result.token_breaks, "whose prompts broke the token prefix, left out, not spliced (export them as steps)"),
         (result.bad_lines, "lines that are not records (torn or damaged)"),
         (result.escaped_turns, "model turns whose text held <tool_call> tags, written escaped (&lt;tool_call&gt;)"),
         (result.compressed, "records compressed by hermes-agent's trajectory compressor (its notice kept as system)"),
@@ -3684,7 +3853,10 @@ def export_summary(result: trajectory.ExportResult, output: str, options: trajec
         if count:
             lines.append(f"  {count} {what}")
     if result.unreadable:
-        lines.append(f"  {result.unreadable} records whose turns cannot be read back, first: {result.first_unreadable}")
+        what = "tokens" if format in trajectory.TOKEN_FORMATS else "turns"
+        lines.append(
+            f"  {result.unreadable} records whose {what} cannot be read back, first: {result.first_unreadable}"
+        )
     if result.first_left_out:
         lines.append(f"  first instance left out for its patch: {result.first_left_out}")
     return "\n".join(lines)
@@ -3694,7 +3866,8 @@ SUBCOMMANDS = {
     "cleanup": "remove what runs that died left behind (Docker containers, Modal sandboxes)",
     "view": "write one self-contained HTML report of record files (view --help)",
     "stats": "print the summary of record files as a table (stats --help)",
-    "export": "record files into one training file (hermes, openai, sharegpt) or SWE-bench predictions (export --help)",
+    "export": "stream record files into one training file (hermes, openai, sharegpt, tokens, steps) or SWE-bench "
+    "predictions (export --help)",
 }
 """First words that are commands, not prompts; anything else that is not a flag is refused."""
 

@@ -7,6 +7,7 @@ flight; the reader tolerates the torn last line such a crash can leave. Imports 
 
 from __future__ import annotations
 
+import base64
 import bisect
 import collections
 import contextlib
@@ -20,9 +21,10 @@ import os
 import re
 import stat
 import struct
+import sys
 import threading
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
@@ -66,12 +68,13 @@ RECORD_KEYS = (
     "error",
     "cost",
     "cost_source",
+    "tokens",
     "metadata",
 )
 COST_SOURCES = ("provider", "price_table", "mixed")
 """Where a record's ``cost`` came from: the provider's measured figure for every call, a price table for every
 call, or some calls each way."""
-ADDED_KEYS = {"cost": None, "cost_source": None}
+ADDED_KEYS = {"cost": None, "cost_source": None, "tokens": None}
 """Keys records gained after the first release, with the value an older record has for them (see current_record)."""
 SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "reasoning_effort")
 """The sampling settings every record's ``metadata.sampling`` carries (null where the provider default was used)."""
@@ -254,6 +257,7 @@ def build_record(
     verification: dict | None = None,
     cost: float | None = None,
     cost_source: str | None = None,
+    tokens: dict | None = None,
 ) -> dict:
     """A record with every key, always of the same JSON type, so all rows share one schema.
 
@@ -283,6 +287,7 @@ def build_record(
         "error": None if error is None else str(error),
         "cost": _float_or_none(cost),
         "cost_source": cost_source,
+        "tokens": tokens,
         "metadata": {
             "model": str(metadata.get("model")),
             "env_type": str(metadata.get("env_type")),
@@ -1165,13 +1170,238 @@ def sync_directory(directory: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Tokens: the ids the server rendered and sampled, and their logprobs, stored once (see the README, Tokens for RL)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TokenCall:
+    """One model call as the server saw it: its whole prompt, what it sampled, and the logprob of each sample."""
+
+    prompt_ids: Sequence[int]
+    completion_ids: Sequence[int]
+    logprobs: Sequence[float]
+    finish_reason: str | None = None
+
+
+class TokenLog:
+    """A task's calls, kept as the new tokens of each: when a call's prompt starts with the previous call's prompt
+    and completion (the usual case: the template appends to what it rendered before), only the rest of it is
+    kept, so memory and the record grow with the trajectory's tokens, not with turns x tokens. A prompt that does
+    not (a template that re-renders history, e.g. dropping earlier reasoning) is kept whole and marks a break."""
+
+    def __init__(self, api: str = ""):
+        self.api = api
+        self.sequence = array("I")
+        """The last call's prompt + completion: what the next prompt should start with."""
+        self.sequence_json = b""
+        """``sequence`` as compact JSON list items ("1,2,3"): a server's next prompt_token_ids can be checked
+        against it as bytes and only its new ids parsed (see mini_swe_runner.split_prompt_ids)."""
+        self.calls: list[tuple[array, array, list[float], str | None, bool]] = []
+        """(new prompt ids, completion ids, logprobs, finish_reason, break) per call."""
+
+    def add(self, call: TokenCall, api: str = "") -> None:
+        self.api = self.api or api
+        prompt = array("I", call.prompt_ids)
+        known = len(self.sequence)
+        extends = bool(self.calls) and len(prompt) >= known and prompt[:known] == self.sequence
+        new = prompt[known:] if extends else prompt
+        completion = array("I", call.completion_ids)
+        self.calls.append((new, completion, list(call.logprobs), call.finish_reason, bool(self.calls) and not extends))
+        if not extends:
+            self.sequence, self.sequence_json = array("I"), b""
+        added = new + completion
+        self.sequence.extend(added)  # a copy: ``new`` itself is kept in calls
+        if added:
+            items = json.dumps(added.tolist(), separators=(",", ":"))[1:-1].encode()
+            self.sequence_json = self.sequence_json + b"," + items if self.sequence_json else items
+
+    def record(self) -> dict | None:
+        """The record's ``tokens`` object; None when no call returned tokens."""
+        if not self.calls:
+            return None
+        id_bits = id_bits_for(max((max(ids) for call in self.calls for ids in call[:2] if ids), default=0))
+        logprobs = [value for call in self.calls for value in call[2]]
+        # float32 when that holds every value exactly (vLLM and SGLang compute logprobs in float32), else float64.
+        logprob_bytes = 4 if array("f", logprobs).tolist() == logprobs else 8
+        return {
+            "api": self.api,
+            "id_bits": id_bits,
+            "logprob_bytes": logprob_bytes,
+            "consistent": not any(call[4] for call in self.calls),
+            "calls": [
+                {
+                    "prompt_ids": pack_ids(new, id_bits),
+                    "completion_ids": pack_ids(completion, id_bits),
+                    "logprobs": pack_logprobs(values, logprob_bytes),
+                    "finish_reason": finish_reason,
+                    "break": broke,
+                }
+                for new, completion, values, finish_reason, broke in self.calls
+            ],
+        }
+
+
+ID_BITS = (16, 18, 20, 24, 32)
+"""Widths an id is packed in: 16 bits for vocabularies under 65,536, 18 for Qwen's 151,936, Llama 3's 128,256 and
+Gemma's 262,144, then 20, 24, 32."""
+
+
+def id_bits_for(largest: int) -> int:
+    return next(bits for bits in ID_BITS if largest < 1 << bits)
+
+
+def pack_ids(ids: Iterable[int], bits: int) -> str:
+    """Token ids as base64 of ``bits``-bit unsigned ints: the low 16 bits of every id (little-endian), then the
+    rest of each id packed in (bits - 16) bits, 8 // (bits - 16) ids a byte. Qwen's and Llama's ids take 3 base64
+    characters each, under the 4 bytes of an int32 (a JSON list spends 4-7 and parses ~10x slower). The packing
+    is bytes slicing, translate tables and one big-int OR: C speed, no numpy."""
+    raw = array("I", ids)
+    if _BIG_ENDIAN:
+        raw.byteswap()
+    data = raw.tobytes()
+    count = len(raw)
+    low = bytearray(2 * count)
+    low[0::2], low[1::2] = data[0::4], data[1::4]
+    high_bits = bits - 16
+    if high_bits == 16:
+        high = bytearray(2 * count)
+        high[0::2], high[1::2] = data[2::4], data[3::4]
+    elif high_bits == 8:
+        high = data[2::4]
+    elif high_bits:
+        per = 8 // high_bits
+        third = data[2::4] + bytes(-count % per)
+        value = 0
+        for j in range(per):
+            value |= int.from_bytes(third[j::per].translate(_SHIFT_UP[high_bits * j]), "little")
+        high = value.to_bytes(len(third) // per, "little")
+    else:
+        high = b""
+    return base64.b64encode(bytes(low) + bytes(high)).decode("ascii")
+
+
+def unpack_ids(text: str, bits: int) -> list[int]:
+    if bits not in ID_BITS:
+        raise RecordFormatError(f"token ids of {bits} bits are not one of {ID_BITS}")
+    data = base64.b64decode(text)
+    high_bits = bits - 16
+    count = _id_count(len(data), high_bits)
+    low, high = data[: 2 * count], data[2 * count :]
+    wide = bytearray(4 * count)
+    wide[0::4], wide[1::4] = low[0::2], low[1::2]
+    if high_bits == 16:
+        wide[2::4], wide[3::4] = high[0::2], high[1::2]
+    elif high_bits == 8:
+        wide[2::4] = high
+    elif high_bits:
+        per = 8 // high_bits
+        third = bytearray(len(high) * per)
+        for j in range(per):
+            third[j::per] = high.translate(_SHIFT_DOWN[high_bits][high_bits * j])
+        wide[2::4] = third[:count]
+    ids = array("I")
+    ids.frombytes(bytes(wide))
+    if _BIG_ENDIAN:
+        ids.byteswap()
+    return ids.tolist()
+
+
+def _id_count(size: int, high_bits: int) -> int:
+    """How many ids ``size`` packed bytes hold: the n with 2n + ceil(n * high_bits / 8) == size."""
+    guess = 8 * size // (16 + high_bits)
+    for count in (guess, guess - 1, guess + 1):
+        if count >= 0 and 2 * count + -(-count * high_bits // 8) == size:
+            return count
+    raise RecordFormatError(f"{size} bytes are not a whole number of {16 + high_bits}-bit token ids")
+
+
+_SHIFT_UP = {shift: bytes((value << shift) & 0xFF for value in range(256)) for shift in range(8)}
+_SHIFT_DOWN = {
+    width: {shift: bytes((value >> shift) & ((1 << width) - 1) for value in range(256)) for shift in range(8)}
+    for width in (2, 4)
+}
+
+
+def pack_logprobs(values: Iterable[float], width: int) -> str:
+    raw = array("f" if width == 4 else "d", values)
+    if _BIG_ENDIAN:
+        raw.byteswap()
+    return base64.b64encode(raw.tobytes()).decode("ascii")
+
+
+def unpack_logprobs(text: str, width: int) -> list[float]:
+    if width not in (4, 8):
+        raise RecordFormatError(f"logprobs of {width} bytes are neither float32 nor float64")
+    values = array("f" if width == 4 else "d")
+    values.frombytes(base64.b64decode(text))
+    if _BIG_ENDIAN:
+        values.byteswap()
+    return values.tolist()
+
+
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def token_calls(tokens: dict) -> Iterator[TokenCall]:
+    """The calls of a record's ``tokens`` object, each with its whole prompt again, one at a time."""
+    id_bits, logprob_bytes = tokens["id_bits"], tokens["logprob_bytes"]
+    sequence: list[int] = []
+    for call in tokens["calls"]:
+        new = unpack_ids(call["prompt_ids"], id_bits)
+        prompt = new if call["break"] or not sequence else sequence + new
+        completion = unpack_ids(call["completion_ids"], id_bits)
+        logprobs = unpack_logprobs(call["logprobs"], logprob_bytes)
+        if len(logprobs) != len(completion):
+            raise RecordFormatError(f"{len(completion)} completion ids but {len(logprobs)} logprobs")
+        yield TokenCall(prompt, completion, logprobs, call.get("finish_reason"))
+        sequence = prompt + completion
+
+
+def stitched_tokens(tokens: dict) -> dict:
+    """A consistent trajectory as one sequence, the form verl and SkyRL train on: the first prompt, then everything
+    after it, masked 1 where the model sampled (logprob as returned) and 0 where the template or a tool put the
+    tokens (logprob 0)."""
+    if not tokens.get("consistent"):
+        raise RecordFormatError("the prompts broke the token prefix: only the steps format holds this trajectory")
+    id_bits, logprob_bytes = tokens["id_bits"], tokens["logprob_bytes"]
+    prompt_ids: list[int] = []
+    response_ids: list[int] = []
+    mask: list[int] = []
+    logprobs: list[float] = []
+    for index, call in enumerate(tokens["calls"]):
+        new = unpack_ids(call["prompt_ids"], id_bits)
+        if index == 0:
+            prompt_ids = new
+        else:
+            response_ids += new
+            mask += [0] * len(new)
+            logprobs += [0.0] * len(new)
+        completion = unpack_ids(call["completion_ids"], id_bits)
+        sampled = unpack_logprobs(call["logprobs"], logprob_bytes)
+        if len(sampled) != len(completion):
+            raise RecordFormatError(f"{len(completion)} completion ids but {len(sampled)} logprobs")
+        response_ids += completion
+        mask += [1] * len(completion)
+        logprobs += sampled
+    return {
+        "prompt_ids": prompt_ids,
+        "response_ids": response_ids,
+        "response_mask": mask,
+        "response_logprobs": logprobs,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # From records to training sets: the dataset schema, Hermes text back to messages, and export
 # ---------------------------------------------------------------------------------------------------------------
 
-EXPORT_FORMATS = ("hermes", "openai", "sharegpt", "swebench")
+EXPORT_FORMATS = ("hermes", "openai", "sharegpt", "swebench", "tokens", "steps")
 ARGUMENT_FORMS = ("object", "string")
 """How the openai export writes tool-call arguments: the object chat templates and trainers read (Qwen2.5 would
 show a string escaped, Qwen3-Coder fails on one), or the JSON text the OpenAI API itself sends."""
+TOKEN_FORMATS = ("tokens", "steps")
+"""The formats made of the ids a server returned (records made with --return_tokens), not of the text."""
 EMPTY_THINK = "<think>\n</think>\n"
 """What hermes-agent's batch_runner writes on a gpt turn without reasoning."""
 
@@ -1225,8 +1455,21 @@ def _record_schema(value) -> dict:
         "error": string,
         "cost": number,
         "cost_source": string,
+        "tokens": _tokens_schema(value),  # null on records made without --return_tokens
         "metadata": _metadata_schema(value),
     }
+
+
+def _tokens_schema(value) -> dict:
+    string, integer, boolean = value("string"), value("int64"), value("bool")
+    call = {
+        "prompt_ids": string,
+        "completion_ids": string,
+        "logprobs": string,
+        "finish_reason": string,
+        "break": boolean,
+    }
+    return {"api": string, "id_bits": integer, "logprob_bytes": integer, "consistent": boolean, "calls": [call]}
 
 
 def _metadata_schema(value) -> dict:
@@ -1263,6 +1506,35 @@ def export_features(format: str, arguments: str = "object"):
     if format == "hermes":
         return datasets.Features(_record_schema(value))
     string = value("string")
+    ids, logprobs = [value("int32")], [value("float64")]
+    if format == "tokens":
+        return datasets.Features(
+            {
+                "prompt_ids": ids,
+                "response_ids": ids,
+                "response_mask": [value("int8")],
+                "response_logprobs": logprobs,
+                "reward": value("float64"),
+                "task_id": string,
+                "sample_index": value("int64"),
+            }
+        )
+    if format == "steps":
+        return datasets.Features(
+            {
+                "prompt_ids": ids,
+                "completion_ids": ids,
+                "logprobs": logprobs,
+                "finish_reason": string,
+                "step_index": value("int64"),
+                "is_last": value("bool"),
+                "reward": value("float64"),
+                "trajectory_id": string,
+                "group": string,
+                "task_id": string,
+                "sample_index": value("int64"),
+            }
+        )
     common = {
         "task_id": string,
         "sample_index": value("int64"),
@@ -1632,6 +1904,8 @@ class ExportOptions:
             raise ValueError(f"--arguments must be one of {', '.join(ARGUMENT_FORMS)}, not {self.arguments!r}")
         if self.arguments != "object" and self.format != "openai":
             raise ValueError("--arguments applies to openai (hermes and sharegpt write arguments as objects)")
+        if self.empty_think and self.format in TOKEN_FORMATS:
+            raise ValueError(f"--empty_think applies to hermes and sharegpt ({self.format} holds the model's own ids)")
 
     def keeps(self, record: dict) -> bool:
         verification = record.get("verification")
@@ -1691,9 +1965,11 @@ COMPRESSION_METRICS = "compression_metrics"
 def export_row(record: dict, options: ExportOptions, notes: RowNotes | None = None) -> dict | None:
     """One record in the export format, or None when the format cannot hold it (sharegpt: no model turn).
 
-    In every format, tool-call tags in a model turn's text are escaped (see TOOL_CALL_ESCAPES): text never poses as a
-    call. ``notes`` collects what the summary reports. Raises RecordFormatError for a record whose conversations
-    cannot be read back."""
+    In every text format, tool-call tags in a model turn's text are escaped (see TOOL_CALL_ESCAPES): text never
+    poses as a call. ``notes`` collects what the summary reports. Raises RecordFormatError for a record whose
+    conversations (or tokens) cannot be read back."""
+    if options.format in TOKEN_FORMATS:
+        return token_rows(record, options.format)
     notes = RowNotes() if notes is None else notes
     conversations = record.get("conversations")
     if not isinstance(conversations, list) or not all(isinstance(turn, dict) for turn in conversations):
@@ -1753,6 +2029,38 @@ def _hermes_escaped(conversations: list[dict], notes: RowNotes) -> list[dict]:
         if escaped != parsed:
             result[index] = {**turn, "value": _render_turn(escaped)}
     return result
+
+
+def token_rows(record: dict, format: str) -> dict | Iterator[dict] | None:
+    """A record in ``tokens`` (one stitched row) or ``steps`` (its rows, one per model call, made one at a time:
+    each holds its whole prompt) form; None when the record has no tokens. Raises RecordFormatError for a
+    trajectory the tokens form cannot hold honestly (a break), or one whose tokens cannot be read."""
+    tokens = record.get("tokens")
+    if not isinstance(tokens, dict):
+        return None
+    task_id, sample_index = record_key(record)
+    reward = record.get("reward")
+    if format == "tokens":
+        return {**stitched_tokens(tokens), "reward": reward, "task_id": task_id, "sample_index": sample_index}
+    return _step_rows(tokens, reward, task_id, sample_index)
+
+
+def _step_rows(tokens: dict, reward: float | None, task_id: str, sample_index: int) -> Iterator[dict]:
+    last = len(tokens["calls"]) - 1
+    for index, call in enumerate(token_calls(tokens)):
+        yield {
+            "prompt_ids": call.prompt_ids,
+            "completion_ids": call.completion_ids,
+            "logprobs": call.logprobs,
+            "finish_reason": call.finish_reason,
+            "step_index": index,
+            "is_last": index == last,
+            "reward": reward if index == last else None,
+            "trajectory_id": f"{task_id}#{sample_index}",
+            "group": task_id,
+            "task_id": task_id,
+            "sample_index": sample_index,
+        }
 
 
 def _with_empty_think(turn: dict) -> dict:
@@ -1836,7 +2144,9 @@ class ExportResult:
     """Earlier records of a (task_id, sample_index) that has a later one (resumed runs, repeated shards)."""
     filtered: int = 0
     unrepresentable: int = 0
-    """Records the format cannot hold (sharegpt: no model turn to end on)."""
+    """Records the format cannot hold (sharegpt: no model turn to end on; tokens, steps: no token ids)."""
+    token_breaks: int = 0
+    """tokens: trajectories whose prompts broke the token prefix, left out rather than spliced (steps holds them)."""
     unreadable: int = 0
     """Records whose conversations could not be read back (not written by the runner, or damaged)."""
     bad_lines: int = 0
@@ -1879,10 +2189,16 @@ def export(paths: list[str], output_file: str, options: ExportOptions) -> Export
             if not options.keeps(record):
                 result.filtered += 1
                 continue
+            if options.format == "tokens" and isinstance(record.get("tokens"), dict):
+                if not record["tokens"].get("consistent"):
+                    result.token_breaks += 1
+                    continue
             notes = RowNotes()
             try:
                 row = export_row(record, options, notes)
-            except (RecordFormatError, KeyError, TypeError, AttributeError) as exc:
+                if isinstance(row, Iterator):  # steps: a record's rows as text (a fifth of their ints' memory),
+                    row = [record_line(step) for step in row]  # all or none of them written
+            except (RecordFormatError, KeyError, TypeError, AttributeError, ValueError) as exc:
                 result.unreadable += 1
                 if result.first_unreadable is None:
                     result.first_unreadable = f"{record.get('task_id')}: {exc}"
@@ -1893,11 +2209,12 @@ def export(paths: list[str], output_file: str, options: ExportOptions) -> Export
             if row is None:
                 result.unrepresentable += 1
                 continue
-            result.written += 1
             result.escaped_turns += notes.escaped_turns
             result.compressed += notes.compressed
             result.cut += notes.cut
-            yield record_line(row)
+            for line in row if isinstance(row, list) else (record_line(row),):
+                result.written += 1
+                yield line
         result.superseded = read[0] - unique
 
     _atomic_write_new(output_file, rows())

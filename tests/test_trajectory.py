@@ -303,6 +303,7 @@ SPEC_KEYS = (
     "error",
     "cost",
     "cost_source",
+    "tokens",
     "metadata",
 )
 CONVERSATION = [SYSTEM_TURN, {"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]
