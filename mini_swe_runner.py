@@ -1043,8 +1043,21 @@ class ModelClient:
             reason = _connection_failure(exc)
             if reason.startswith(("connection refused", "host name")):
                 raise FatalRunError(f"cannot reach the model API at {config.base_url}: {reason}") from None
-        except Exception as exc:  # any other answer, or none in time: the model calls will tell
+            if isinstance(exc, openai.APITimeoutError):
+                self._check_unanswered()
+        except TimeoutError:
+            self._check_unanswered()
+        except Exception as exc:  # any other answer: the model calls will tell
             log.debug("endpoint check at %s: %s", config.base_url, _short(exc))
+
+    def _check_unanswered(self) -> None:
+        """An endpoint that accepts connections and answers nothing: said now, not after the first tasks' retries."""
+        log.warning(
+            "the model API at %s did not answer GET /models in %gs; the tasks start anyway (progress shows what "
+            "waits on the model)",
+            self.config.base_url,
+            min(self.config.request_timeout, MODELS_CHECK_TIMEOUT),
+        )
 
     def _request_body(self, messages: list[dict], tools: list[dict], encoded: list[bytes] | None = None) -> bytes:
         """The request's JSON, encoded as the SDK would (its openapi_dumps settings). ``encoded`` holds the task's

@@ -52,13 +52,23 @@ def test_a_hung_endpoint_shows_what_waits_and_warns_once(tmp_path):
     assert "1 step, 120 tokens" in result.stderr
 
 
+def test_an_endpoint_check_with_no_answer_is_said_at_once(tmp_path):
+    # GET /models hangs past its bound (--request_timeout 1 here): one warning line, then the run goes on.
+    with ScriptedModelServer(lambda request: reply("done"), models=delayed(4, reply("unused"))) as server:
+        result = run_cli(["--task", "hello", "--base_url", server.base_url, "--request_timeout", "1"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"the model API at {server.base_url} did not answer GET /models in 1s" in result.stderr
+    assert read_jsonl(tmp_path / "trajectories.jsonl")[0]["completed"]
+
+
 def test_a_quiet_model_is_no_stall_while_commands_run(tmp_path):
-    # A command that takes 2 s is not a hung model: no warning, and the progress line moves (the step and its
+    # A command that takes 3 s is not a hung model: no warning, and the progress line moves (the step and its
     # tokens, the running command) before the task ends.
-    script = per_conversation([reply(None, [tool_call("sleep 2")]), reply("done")])
+    script = per_conversation([reply(None, [tool_call("sleep 3")]), reply("done")])
     with ScriptedModelServer(script) as server:
         result = run_cli(
-            ["--task", "hello", "--base_url", server.base_url] + ["--progress_interval", "0.3", "--stall_warning", "1"],
+            ["--task", "hello", "--base_url", server.base_url]
+            + ["--progress_interval", "0.3", "--stall_warning", "1.5"],
             cwd=tmp_path,
         )
     assert result.returncode == 0, result.stderr
