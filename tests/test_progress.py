@@ -9,12 +9,14 @@ import os
 import pty
 import re
 import select
+import shutil
 import struct
 import subprocess
 import sys
 import termios
 import time
 
+import pytest
 from conftest import ROOT, clean_environ, read_jsonl, run_cli, tool_results
 from model_server import ScriptedModelServer, delayed, http_error, per_conversation, reply, tool_call
 
@@ -286,14 +288,26 @@ def test_stats_into_a_closed_pipe_ends_without_a_traceback(tmp_path):
 def test_ps_shows_a_name_not_the_supervisors_source(tmp_path):
     # The command's parent is its supervisor, forked by the zygote: both show a short command line with a name.
     show = "tr '\\0' ' ' < /proc/$PPID/cmdline; echo; tr '\\0' ' ' < /proc/$(ps -o ppid= $PPID | tr -d ' ')/cmdline"
-    script = per_conversation([reply(None, [tool_call(show)]), reply("done")])
+    lines = command_output(tmp_path, show, "local").strip().splitlines()
+    assert len(lines) == 2 and all("mini-swe-runner-zygote" in line and len(line) < 300 for line in lines), lines
+
+
+def test_ps_shows_a_name_not_the_supervisors_source_in_bwrap(tmp_path):
+    if shutil.which("bwrap") is None:
+        pytest.skip("bwrap is not installed (apt-get install bubblewrap)")
+    line = command_output(tmp_path, "tr '\\0' ' ' < /proc/$PPID/cmdline", "bwrap").strip()
+    assert "mini-swe-runner-supervisor" in line and len(line) < 300, line
+
+
+def command_output(tmp_path, command: str, env: str) -> str:
+    """The output of ``command`` run by a one-task run with ``--env env``."""
+    script = per_conversation([reply(None, [tool_call(command)]), reply("done")])
     with ScriptedModelServer(script) as server:
-        result = run_cli(["--task", "hello", "--base_url", server.base_url], cwd=tmp_path)
+        result = run_cli(["--task", "hello", "--env", env, "--base_url", server.base_url], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     [record] = read_jsonl(tmp_path / "trajectories.jsonl")
-    [result] = tool_results(record)
-    lines = result["content"]["output"].strip().splitlines()
-    assert len(lines) == 2 and all("mini-swe-runner-zygote" in line and len(line) < 300 for line in lines), lines
+    [output] = tool_results(record)
+    return output["content"]["output"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
