@@ -746,14 +746,34 @@ _NO_ANSWER = (None, None)
 """A command's outcome when its supervisor did not answer a kill within SUPERVISOR_EXIT_WAIT."""
 
 
+# How the zygote and a bwrap supervisor start: a short `-c` stub that reads the real source from stdin (a pipe the
+# runner writes and closes), so `ps` shows a name and not kilobytes of source. The first argument is that name;
+# the stub drops "-c" from sys.argv, so the source sees [name, args...]. stdin becomes /dev/null again after.
+CODE_FROM_STDIN = (
+    "import os,sys;s=sys.stdin.buffer.read();os.dup2(os.open(os.devnull,os.O_RDONLY),0);"
+    "del sys.argv[0];exec(compile(s,sys.argv[0],'exec'))"
+)
+
+
+def _start_from_stdin(argv: list[str], source: str, **popen) -> subprocess.Popen:
+    """Popen ``argv`` (ending in ``-c CODE_FROM_STDIN name args...``) and hand it ``source`` through its stdin."""
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE, **popen)
+    try:
+        process.stdin.write(source.encode())  # a few KB: fits the pipe whether or not the reader is up yet
+        process.stdin.close()
+    except OSError:  # it died at once (bwrap refused): its stderr or exit status tells why
+        pass
+    return process
+
+
 ZYGOTE_SCRIPT = r"""
 # Forks a task's supervisor on request, so that a task costs one fork of this small process (about 1 ms)
-# instead of a Python start-up (about 25 ms of CPU). Its first argument is its control socket, its second the
-# supervisor's source. It is a child subreaper: when a supervisor dies before its time (a command may kill its
-# parent), what the supervisor ran is re-parented here, and killed. It ends when the runner's end of the control
-# socket closes (the runner ended or died).
+# instead of a Python start-up (about 25 ms of CPU). Its first argument is its control socket; the runner puts the
+# supervisor's source in SUPERVISOR_SOURCE ahead of this script. It is a child subreaper: when a supervisor dies
+# before its time (a command may kill its parent), what the supervisor ran is re-parented here, and killed. It ends
+# when the runner's end of the control socket closes (the runner ended or died).
 import array, ctypes, json, os, select, shutil, signal, socket, struct, sys, time  # the supervisor's, done once
-code = compile(sys.argv[2], "<supervisor>", "exec")
+code = compile(SUPERVISOR_SOURCE, "<supervisor>", "exec")
 control = socket.socket(fileno=int(sys.argv[1]))
 ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # its children (supervisors, orphans it kills) are reaped by the kernel
@@ -840,9 +860,9 @@ class _Zygote:
     def __init__(self):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", ZYGOTE_SCRIPT, str(theirs.fileno()), SUPERVISOR_SCRIPT],
-                stdin=subprocess.DEVNULL,
+            self.process = _start_from_stdin(
+                [sys.executable, "-I", "-S", "-c", CODE_FROM_STDIN, "mini-swe-runner-zygote", str(theirs.fileno())],
+                f"SUPERVISOR_SOURCE = {SUPERVISOR_SCRIPT!r}\n{ZYGOTE_SCRIPT}",
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 cwd="/",
@@ -898,10 +918,10 @@ class Supervisor:
         """Opened once the supervisor answered (so it is ours, not a recycled pid); close waits on it."""
         try:
             if prefix:
-                self.process = subprocess.Popen(
-                    [*prefix, sys.executable, "-I", "-S", "-c", SUPERVISOR_SCRIPT, str(theirs.fileno()),
-                     owned_dir or ""],
-                    stdin=subprocess.DEVNULL,
+                self.process = _start_from_stdin(
+                    [*prefix, sys.executable, "-I", "-S", "-c", CODE_FROM_STDIN, "mini-swe-runner-supervisor",
+                     str(theirs.fileno()), owned_dir or ""],
+                    SUPERVISOR_SCRIPT,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,  # read only if it does not come up (bwrap's own error, say)
                     cwd=cwd,

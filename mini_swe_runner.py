@@ -8,9 +8,11 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
+import difflib
 import gc
 import hashlib
 import inspect
+import io
 import ipaddress
 import itertools
 import json
@@ -157,6 +159,10 @@ class RunConfig:
     """Where to write the run's summary as JSON."""
     quiet: bool = False
     """No progress output."""
+    progress_interval: float = 10
+    """Seconds between progress lines when stderr is not a terminal (a terminal's bar refreshes every second)."""
+    stall_warning: float | None = 60
+    """Seconds the model may leave every request unanswered before one warning line says so; None: never."""
     env: EnvSettings = field(default_factory=EnvSettings)
     """How each task's environment is made."""
     verify: str | None = None
@@ -1175,8 +1181,21 @@ class ModelClient:
             reason = _connection_failure(exc)
             if reason.startswith(("connection refused", "host name")):
                 raise FatalRunError(f"cannot reach the model API at {config.base_url}: {reason}") from None
-        except Exception as exc:  # any other answer, or none in time: the model calls will tell
+            if isinstance(exc, openai.APITimeoutError):
+                self._check_unanswered()
+        except TimeoutError:
+            self._check_unanswered()
+        except Exception as exc:  # any other answer: the model calls will tell
             log.debug("endpoint check at %s: %s", config.base_url, _short(exc))
+
+    def _check_unanswered(self) -> None:
+        """An endpoint that accepts connections and answers nothing: said now, not after the first tasks' retries."""
+        log.warning(
+            "the model API at %s did not answer GET /models in %gs; the tasks start anyway (progress shows what "
+            "waits on the model)",
+            self.config.base_url,
+            min(self.config.request_timeout, MODELS_CHECK_TIMEOUT),
+        )
 
     def _request_body(self, messages: list[dict], tools: list[dict], encoded: list[bytes] | None = None) -> bytes:
         """The request's JSON, encoded as the SDK would (its openapi_dumps settings). ``encoded`` holds the task's
@@ -1900,6 +1919,70 @@ class EarlyFailureWatch:
 
 
 @dataclass
+class Activity:
+    """What the run's tasks are doing right now, counted where it happens (a task, a model call, a command) and
+    read by the progress display and the stall warning: a run whose endpoint hangs is never silent."""
+
+    tasks: int = 0
+    """Tasks running (their environment starting, the agent, the verifier)."""
+    commands: int = 0
+    """Commands and verifiers running."""
+    steps: int = 0
+    """Model answers so far in this run."""
+    tokens: int = 0
+    """Their total_tokens so far."""
+    waiting: dict[int, float] = field(default_factory=dict)
+    """Model calls in flight (retries included): id -> when it began (time.monotonic)."""
+    last_answer: float = field(default_factory=time.monotonic)
+    """When the model last answered (the run's start before its first answer)."""
+    stall_warned: bool = False
+    """The stall warning was given; an answer re-arms it."""
+    _ids: Iterator[int] = field(default_factory=itertools.count, repr=False)
+
+    @contextlib.contextmanager
+    def task(self) -> Iterator[None]:
+        self.tasks += 1
+        try:
+            yield
+        finally:
+            self.tasks -= 1
+
+    @contextlib.contextmanager
+    def command(self) -> Iterator[None]:
+        self.commands += 1
+        try:
+            yield
+        finally:
+            self.commands -= 1
+
+    @contextlib.contextmanager
+    def model_call(self) -> Iterator[None]:
+        call = next(self._ids)
+        self.waiting[call] = time.monotonic()
+        try:
+            yield
+        finally:
+            del self.waiting[call]
+
+    def answered(self, tokens: int) -> None:
+        self.steps += 1
+        self.tokens += tokens
+        self.last_answer = time.monotonic()
+        self.stall_warned = False
+
+    def longest_wait(self, now: float) -> float:
+        """Seconds the oldest model call in flight has waited (0 when none is)."""
+        return now - min(self.waiting.values()) if self.waiting else 0.0
+
+    def silent_for(self, now: float) -> float:
+        """Seconds the model has left every request unanswered: since its last answer or since the oldest call in
+        flight began, whichever is later (0 when no call is in flight: commands running is not a hung model)."""
+        if not self.waiting:
+            return 0.0
+        return now - max(self.last_answer, min(self.waiting.values()))
+
+
+@dataclass
 class RunContext:
     """What the tasks of one run share."""
 
@@ -1920,6 +2003,8 @@ class RunContext:
     """Pulls the tasks' images ahead of them (backends with images only)."""
     budget: RunBudget = field(default_factory=RunBudget)
     """--max_cost and --max_tokens_total: what the output has cost, running tasks' calls included."""
+    activity: Activity = field(default_factory=Activity)
+    """What the tasks are doing now, for the progress display and the stall warning."""
 
 
 VERIFIED_ENDINGS = frozenset({"completed", "max_iterations", "cost_limit"})
@@ -2002,7 +2087,8 @@ async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> di
             await _agent_loop(prompt, state, env, ctx, TaskClock(deadline))
         # Outside --task_timeout: the verifier has its own bound, and a slow verifier is not a slow agent.
         if verify_command is not None and state.exit_reason in VERIFIED_ENDINGS:
-            verification = await run_verifier(env, verify_command, config.verify_timeout, start_cwd)
+            with ctx.activity.command():
+                verification = await run_verifier(env, verify_command, config.verify_timeout, start_cwd)
             log.info(
                 "[%s#%d] verify: %s",
                 prompt.task_id,
@@ -2144,9 +2230,11 @@ async def _agent_loop(
         state.api_calls += 1  # counted when made: the call that finally fails is a call made too
         if config.return_tokens and state.tokens is None:
             state.tokens = trajectory.TokenLog()
-        turn = await ctx.model.complete(
-            state.messages, ctx.tools, clock, state.encoded, cost=state.cost, tokens=state.tokens
-        )
+        with ctx.activity.model_call():
+            turn = await ctx.model.complete(
+                state.messages, ctx.tools, clock, state.encoded, cost=state.cost, tokens=state.tokens
+            )
+        ctx.activity.answered(turn.usage["total_tokens"])
         if ctx.output is not None:
             ctx.output.commit()  # the endpoint works: --overwrite may now replace the old records
         for key, value in turn.usage.items():
@@ -2170,7 +2258,8 @@ async def _agent_loop(
             return
         finished = False
         for call in calls:
-            result = await _run_tool_call(call, env, config, prompt.task_id)
+            with ctx.activity.command():
+                result = await _run_tool_call(call, env, config, prompt.task_id)
             stats = state.tool_stats["terminal"]
             stats["count"] += 1
             stats["success" if result.ok else "failure"] += 1
@@ -2237,8 +2326,12 @@ def _answer_dangling_tool_calls(state: TaskState) -> None:
 
 
 class Progress:
-    """done/total, completed, failed (and passed, when verifying), rate and ETA on stderr: a bar on a terminal,
-    plain periodic lines otherwise."""
+    """done/total, completed, failed (and passed, when verifying), rate and ETA on stderr, and what is in flight
+    (tasks, model calls waiting and for how long, commands, steps and tokens so far): a bar on a terminal, plain
+    periodic lines otherwise. ``tick()`` (every second) moves it between task ends: a long task is not silence."""
+
+    TICK = 1.0
+    """Seconds between refreshes of the bar (and checks for a plain line being due)."""
 
     def __init__(
         self,
@@ -2247,20 +2340,32 @@ class Progress:
         stream=None,
         interval: float = 10.0,
         verifying: bool = False,
+        started: float | None = None,
+        activity: Activity | None = None,
         images: "environments.ImageSupply | None" = None,
     ):
         self.total, self.quiet, self.stream, self.interval = total, quiet, stream or sys.stderr, interval
         self.verifying = verifying
+        self.activity = activity
         self.images = images
         self.done = self.completed = self.passed = 0
         self.cost: float | None = None
         """What the records written so far cost (None while none has a known cost)."""
-        self.started = self.last_line = time.monotonic()
+        # The run's start, as the summary counts it: the rate shown here is the summary's (tasks / wall time).
+        self.started = time.monotonic() if started is None else started
+        self.last_line = time.monotonic()
         self.bar = None
-        if not quiet and total and self.stream.isatty():
+        if not quiet and total and self.stream.isatty() and _terminal_columns(self.stream) != 0:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, file=self.stream, unit="task", dynamic_ncols=True)
+            # tqdm's own rate (smoothed, per second, from the bar's creation) would not be the summary's: ours.
+            self.bar = tqdm(
+                total=total,
+                file=self.stream,
+                unit="task",
+                dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
+            )
 
     def update(self, record: dict) -> None:
         self.done += 1
@@ -2271,18 +2376,20 @@ class Progress:
         if self.quiet:
             return
         if self.bar is not None:
-            counts = {"completed": self.completed, "failed": self.done - self.completed}
-            if self.verifying:
-                counts["passed"] = self.passed
-            if self.images is not None:
-                counts["images"] = self.images_text()
-            if self.cost is not None:
-                counts["spent"] = _usd(self.cost)
-            self.bar.set_postfix(counts, refresh=False)
+            self.bar.set_postfix_str(self._bar_postfix(), refresh=False)
             self.bar.update(1)
         elif time.monotonic() - self.last_line >= self.interval or self.done == self.total:
-            self.last_line = time.monotonic()
-            print(self.line(), file=self.stream, flush=True)
+            self._print_line()
+
+    def tick(self) -> None:
+        """Between task ends: refresh the bar, or print a plain line when one is due."""
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.set_postfix_str(self._bar_postfix(), refresh=False)
+            self.bar.refresh()
+        elif time.monotonic() - self.last_line >= self.interval:
+            self._print_line()
 
     def not_needed(self, count: int) -> None:
         """Samples --until_passed made unnecessary leave the total."""
@@ -2293,18 +2400,55 @@ class Progress:
             self.bar.total = self.total
             self.bar.refresh()
 
-    def line(self) -> str:
+    def _print_line(self) -> None:
+        self.last_line = time.monotonic()
+        print(self.line(), file=self.stream, flush=True)
+
+    def _rate_and_eta(self) -> tuple[str, str]:
         elapsed = max(time.monotonic() - self.started, 1e-9)
-        rate = self.done / elapsed * 60
+        rate = self.done / elapsed * 60  # as summarize() computes tasks_per_minute
         eta = (self.total - self.done) / (self.done / elapsed) if self.done else float("nan")
-        eta_text = "?" if eta != eta else f"{eta:.0f}s"
+        return f"{rate:.1f} tasks/min", "?" if eta != eta else f"{eta:.0f}s"
+
+    def in_flight(self) -> str:
+        """What is running now: "3 running (2 waiting on the model, longest 35s; 1 command); 7 steps, 840 tokens"."""
+        activity = self.activity
+        if activity is None:
+            return ""
+        parts = []
+        if activity.waiting:
+            parts.append(
+                f"{len(activity.waiting)} waiting on the model, longest {activity.longest_wait(time.monotonic()):.0f}s"
+            )
+        if activity.commands:
+            parts.append(_plural(activity.commands, "command"))
+        detail = f" ({'; '.join(parts)})" if parts else ""
+        return f"{activity.tasks} running{detail}; {_plural(activity.steps, 'step')}, {activity.tokens} tokens"
+
+    def line(self) -> str:
+        rate, eta = self._rate_and_eta()
         passed = f", {self.passed} passed" if self.verifying else ""
-        spent = "" if self.cost is None else f", {_usd(self.cost)} spent"
-        images = f"; images {self.images_text()}" if self.images is not None else ""
+        flight = self.in_flight()
         return (
             f"progress: {self.done}/{self.total} done, {self.completed} completed, "
-            f"{self.done - self.completed} failed{passed}, {rate:.1f} tasks/min, ETA {eta_text}{spent}{images}"
+            f"{self.done - self.completed} failed{passed}{self._spent()}, {rate}, ETA {eta}"
+            + (f"; {flight}" if flight else "")
+            + self._images()
         )
+
+    def _bar_postfix(self) -> str:
+        rate, eta = self._rate_and_eta()
+        counts = f"completed={self.completed}, failed={self.done - self.completed}"
+        if self.verifying:
+            counts += f", passed={self.passed}"
+        flight = self.in_flight()
+        return f"{counts}{self._spent()}, {rate}, ETA {eta}" + (f"; {flight}" if flight else "") + self._images()
+
+    def _spent(self) -> str:
+        return "" if self.cost is None else f", {_usd(self.cost)} spent"
+
+    def _images(self) -> str:
+        return "" if self.images is None else f"; images {self.images_text()}"
 
     def images_text(self) -> str:
         counts = self.images.counts()
@@ -2318,6 +2462,14 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _terminal_columns(stream) -> int | None:
+    """The terminal's width (0 on a pty nobody sized, where a bar shows nothing), None when it cannot be asked."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -2341,6 +2493,8 @@ class SampleOutcomes:
     """The prompts that have a verifier (a set, or :class:`VerifiedIds`: read only when the summary needs them)."""
     k: int
     """--samples: the k of pass@k."""
+    until_passed: int | None = None
+    """--until_passed: a prompt's sampling stopped at its passes, so pass@k cannot be estimated from c of n."""
 
 
 class VerifiedIds:
@@ -2370,24 +2524,38 @@ class VerifiedIds:
 
 def verification_summary(outcomes: SampleOutcomes, verifier_errors: int) -> dict:
     """Pass figures over the prompts that have a verifier. A sample counts in pass@k whatever its ending (one
-    that timed out is a sample that did not pass); pass_rate counts only samples whose verifier ran."""
-    per_prompt: dict[str, list[float | None]] = {task_id: [] for task_id in outcomes.verified_ids}
-    for (task_id, _), reward in outcomes.rewards.items():
+    that timed out is a sample that did not pass); pass_rate counts only samples whose verifier ran.
+
+    With --until_passed a prompt's sampling stops once it passed, so c/n and the unbiased estimator overstate
+    prompts that failed first and drop those that passed early (n < k). What stays exact: pass@1 from each prompt's
+    first sample (always drawn), and pass@k as the share of prompts solved within their k samples (stopping after
+    a pass does not change whether one of the first k passed), over the prompts whose sampling finished."""
+    per_prompt: dict[str, dict[int, float | None]] = {task_id: {} for task_id in outcomes.verified_ids}
+    for (task_id, sample_index), reward in outcomes.rewards.items():
         if task_id in per_prompt:
-            per_prompt[task_id].append(reward)
-    verified = sum(reward is not None for rewards in per_prompt.values() for reward in rewards)
-    passed = sum(reward == 1.0 for rewards in per_prompt.values() for reward in rewards)
-    counts = [(len(rewards), sum(r == 1.0 for r in rewards)) for rewards in per_prompt.values() if rewards]
-    at_k = [pass_at_k(n, c, outcomes.k) for n, c in counts if n >= outcomes.k]
+            per_prompt[task_id][sample_index] = reward
+    verified = sum(reward is not None for rewards in per_prompt.values() for reward in rewards.values())
+    passed = sum(reward == 1.0 for rewards in per_prompt.values() for reward in rewards.values())
+    counts = [(len(rewards), sum(r == 1.0 for r in rewards.values())) for rewards in per_prompt.values() if rewards]
+    k, until_passed = outcomes.k, outcomes.until_passed
+    if until_passed is None:
+        at_1 = [c / n for n, c in counts]
+        at_k = [pass_at_k(n, c, k) for n, c in counts if n >= k]
+        method = "unbiased estimate from c of n samples per prompt"
+    else:
+        at_1 = [float(rewards[0] == 1.0) for rewards in per_prompt.values() if 0 in rewards]
+        at_k = [float(c > 0) for n, c in counts if n >= k or c >= until_passed]
+        method = "--until_passed: pass@1 from each prompt's first sample, pass@k as prompts solved within k samples"
     return {
         "prompts": len(per_prompt),
         "verified": verified,
         "passed": passed,
         "pass_rate": round(passed / verified, 4) if verified else None,
-        "pass_at_1": round(sum(c / n for n, c in counts) / len(counts), 4) if counts else None,
-        "k": outcomes.k,
+        "pass_at_1": round(sum(at_1) / len(at_1), 4) if at_1 else None,
+        "k": k,
         "pass_at_k": round(sum(at_k) / len(at_k), 4) if at_k else None,
         "pass_at_k_prompts": len(at_k),
+        "pass_at_k_method": method,
         "prompts_solved": sum(c > 0 for _, c in counts),
         "verifier_errors": verifier_errors,
     }
@@ -2463,7 +2631,7 @@ def summarize(
         "skipped_already_done": skipped,
         "by_exit_reason": dict(tally.by_exit_reason),
         "completed": tally.completed,
-        "completion_rate": round(tally.completed / total, 4) if total else 0.0,
+        "completion_rate": round(tally.completed / total, 4) if total else None,
         "api_calls": tally.api_calls,
         "tokens": dict(tally.usage),
         "tool_calls": tally.tool_calls,
@@ -2532,12 +2700,14 @@ def summary_text(summary: dict, output_file: str) -> str:
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["by_exit_reason"].items())) or "none"
     where = "stdout" if output_file == "-" else output_file
     text = (
-        f"done: {summary['tasks']} tasks ({reasons}); completion {summary['completion_rate']:.1%}; "
+        f"done: {summary['tasks']} tasks ({reasons}); completion {summary['completion_rate'] or 0:.1%}; "
         f"{summary['api_calls']} API calls, {summary['tokens']['total_tokens']} tokens; "
         f"{summary['tool_calls']} tool calls ({summary['tool_failures']} failed); "
         f"{summary['wall_time_s']:.1f}s, {summary['tasks_per_minute']:.1f} tasks/min; "
         f"{summary['skipped_already_done']} skipped as already done -> {where}"
     )
+    if not summary["tasks"]:  # a rerun with nothing left to do: no rates of nothing
+        text = f"done: no task run; {summary['skipped_already_done']} skipped as already done -> {where}"
     images = summary.get("images")
     if images and images["failed"]:
         listed = sorted(images["failed"].items())
@@ -2568,10 +2738,21 @@ def summary_text(summary: dict, output_file: str) -> str:
             return "n/a" if value is None else f"{value:.3f}"
 
         rate = "n/a" if verification["pass_rate"] is None else f"{verification['pass_rate']:.1%}"
+        if verification["k"] == 1:  # pass@k is pass@1: once
+            at_k = f"pass@1 {figure(verification['pass_at_1'])}"
+        else:
+            at_k = (
+                f"pass@1 {figure(verification['pass_at_1'])}, pass@{verification['k']} "
+                f"{figure(verification['pass_at_k'])} over {verification['pass_at_k_prompts']} prompts"
+            )
+        if verification["k"] > 1 and verification.get("pass_at_k_method", "").startswith("--until_passed"):
+            at_k += (
+                " (--until_passed stops a prompt's sampling once it passed: pass@1 is its first sample's, "
+                f"pass@{verification['k']} the share solved within {verification['k']} samples)"
+            )
         text += (
             f"\nverified: {verification['verified']} samples, {verification['passed']} passed (pass rate {rate}); "
-            f"pass@1 {figure(verification['pass_at_1'])}, pass@{verification['k']} "
-            f"{figure(verification['pass_at_k'])} over {verification['pass_at_k_prompts']} prompts; "
+            f"{at_k}; "
             f"{verification['prompts_solved']}/{verification['prompts']} prompts solved; "
             f"{summary['samples_per_prompt']:g} samples/prompt"
             + (f" ({summary['samples_not_needed']} not needed)" if summary["samples_not_needed"] else "")
@@ -2608,6 +2789,7 @@ class OutputFile:
         self._pending_replacement: str | None = None  # --overwrite: the new file, renamed over target at commit
         self.spent: tuple[Decimal, int] | None = None
         """What the records already in the file cost (USD, tokens), read for a budget only (see open)."""
+        self._created = False  # this run created the file: removed at close if it is still empty
 
     def open(self, prompts: Sequence[Prompt] = ()) -> "dict[tuple[str, int], float | None] | DoneSamples":
         """Lock, check and compact the file; returns the samples already finished in it: (task_id, sample_index)
@@ -2654,6 +2836,7 @@ class OutputFile:
             return {}
         if not os.path.exists(self.target):
             self.writer = trajectory.JsonlWriter(self.target, index_source=self._index_source)
+            self._created = True
             return {}
         if not os.access(self.target, os.W_OK):
             raise PermissionError(path)
@@ -2749,6 +2932,15 @@ class OutputFile:
             "use --overwrite to replace them, another --output_file, or --resume_any to mix them anyway"
         )
 
+    def _remove_if_empty(self) -> None:
+        """A run that created the output and wrote nothing (it failed before its first record) leaves no empty file
+        behind. Only while the lock is held, and only a file of 0 bytes: a file that holds a record is never removed."""
+        with contextlib.suppress(OSError):
+            if os.stat(self.target).st_size == 0:
+                os.unlink(self.target)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(trajectory.index_path(self.target))
+
     def commit(self) -> None:
         """The run works (a model answered): --overwrite's new file replaces the old one, atomically."""
         pending, self._pending_replacement = self._pending_replacement, None
@@ -2778,6 +2970,9 @@ class OutputFile:
                     with contextlib.suppress(OSError):
                         os.unlink(leftover)
                 self._pending_replacement = None
+        if self._created:
+            self._created = False
+            self._remove_if_empty()
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # the lock file stays: removing it would race with a runner opening it
             self._lock_fd = None
@@ -3002,7 +3197,11 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
         skipped = sum(1 for _, sample_index in done if sample_index < config.samples)
     # The schedule has read ``done``: it becomes the outcomes' rewards (no copy: an output may hold 1,000,000).
     outcomes = SampleOutcomes(
-        rewards=done, prompt_count=len(prompts), verified_ids=VerifiedIds(prompts, config), k=config.samples
+        rewards=done,
+        prompt_count=len(prompts),
+        verified_ids=VerifiedIds(prompts, config),
+        k=config.samples,
+        until_passed=config.until_passed,
     )
     if skipped:
         log.warning(
@@ -3059,8 +3258,17 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
     if ctx.images is not None:
         ctx.images.start()
     writer = output.writer
-    progress = Progress(schedule.total, config.quiet, verifying=bool(outcomes.verified_ids), images=ctx.images)
+    progress = Progress(
+        schedule.total,
+        config.quiet,
+        interval=config.progress_interval,
+        verifying=bool(outcomes.verified_ids),
+        started=started,
+        activity=ctx.activity,
+        images=ctx.images,
+    )
     progress.not_needed(schedule.not_needed)
+    watcher = asyncio.ensure_future(_watch_activity(progress, ctx))
     running: set[asyncio.Task] = set()
     tally = RunTally(spent_before=output.spent)
     stop: dict = {"signal": None, "fatal": None, "budget": None}
@@ -3111,7 +3319,8 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
             running.add(task)
             record = None
             try:
-                record = await task
+                with ctx.activity.task():
+                    record = await task
             except FatalRunError as exc:
                 return fail(str(exc))
             except asyncio.CancelledError:
@@ -3139,6 +3348,7 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
     try:
         await asyncio.gather(*(worker() for _ in range(min(config.workers, schedule.total))))
     finally:
+        watcher.cancel()
         for s in handled:
             loop.remove_signal_handler(s)
         progress.close()
@@ -3169,6 +3379,34 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
             "rerun the same command to retry them once the cause is fixed",
         )
     return RunOutcome(EXIT_OK, summary)
+
+
+async def _watch_activity(progress: Progress, ctx: RunContext) -> None:
+    """Until cancelled: moves the progress display between task ends, and warns once per silence when the model has
+    left every request unanswered for --stall_warning seconds (a hung endpoint would otherwise wait out
+    --request_timeout and its retries, for every task, without a word)."""
+    config, activity = ctx.config, ctx.activity
+    pause = min(Progress.TICK, progress.interval, config.stall_warning or Progress.TICK)
+    while True:
+        await asyncio.sleep(pause)
+        progress.tick()
+        if config.stall_warning is None or activity.stall_warned:
+            continue
+        now = time.monotonic()
+        silent = activity.silent_for(now)
+        if silent >= config.stall_warning:
+            activity.stall_warned = True
+            log.warning(
+                "the model at %s has answered nothing for %.0fs (%s waiting, the longest for %.0fs); it may be hung "
+                "or overloaded: a request gives up after --request_timeout %gs and is retried up to --max_retries %d "
+                "times",
+                config.base_url,
+                silent,
+                _plural(len(activity.waiting), "request"),
+                activity.longest_wait(now),
+                config.request_timeout,
+                config.max_retries,
+            )
 
 
 def _abandon_all(live_environments: set, wait: float = 10.0) -> None:
@@ -3381,6 +3619,8 @@ def main(
     ssh_known_hosts: str | None = None,
     verbose: bool = False,
     quiet: bool = False,
+    progress_interval: float = 10,
+    stall_warning: float = 60,
     **unknown,
 ) -> None:
     """Run a tool-using model on prompts inside sandboxes and write Hermes trajectories as JSONL.
@@ -3460,10 +3700,11 @@ def main(
         ssh_known_hosts: ssh: known_hosts file the host key is checked against (default ~/.ssh/known_hosts).
         verbose: Log every model turn and command to stderr.
         quiet: No progress output.
+        progress_interval: Seconds between progress lines when stderr is not a terminal (default 10).
+        stall_warning: Warn once when the model has answered nothing for this many seconds (default 60; 0: never).
     """
     if unknown:
-        names = ", ".join(f"--{name}" for name in unknown)
-        raise UsageError(f"unknown flag {names} (see --help)")
+        raise UsageError(_unknown_flags_message(list(unknown)))
     verbose, quiet = _bool("verbose", verbose), _bool("quiet", quiet)
     if sum(source is not None for source in (task, prompts_file, dataset)) != 1:
         raise UsageError('give exactly one of --task "...", --prompts_file FILE or --dataset NAME')
@@ -3558,6 +3799,8 @@ def main(
         ),
         stats_file=_text("stats_file", stats_file),
         quiet=quiet,
+        progress_interval=float(_number("progress_interval", progress_interval, float, 0.1)),
+        stall_warning=float(_number("stall_warning", stall_warning, float, 0)) or None,
         env=env_settings,
         verify=_text("verify", verify),
         verify_timeout=float(_number("verify_timeout", verify_timeout, float, 0.1)),
@@ -3580,7 +3823,8 @@ def main(
     if outcome.exit_code != EXIT_FATAL and (not quiet or outcome.exit_code != EXIT_OK):
         print(summary_text(outcome.summary, config.output_file), file=sys.stderr)
     if outcome.message:
-        print(f"mini-swe-runner: {redact(outcome.message, env_settings.secret_values)}", file=sys.stderr)
+        message = trajectory.terminal_safe(redact(outcome.message, env_settings.secret_values))
+        print(f"mini-swe-runner: {message}", file=sys.stderr)
     if outcome.exit_code != EXIT_OK:
         raise SystemExit(outcome.exit_code)
 
@@ -3601,6 +3845,17 @@ def _cost_settings(
         setattr(config, name, None if number is None else Decimal(repr(number)))
     tokens = _number("max_tokens_total", tokens, int, 1, allow_none=True)
     config.max_tokens_total = None if tokens is None else int(tokens)
+
+
+def _unknown_flags_message(names: list[str]) -> str:
+    """The message for flags main() does not take, with the closest real flag of each when one is close:
+    "unknown flag --prompt_file (did you mean --prompts_file?)"."""
+    known = list(_flag_kinds())
+    described = []
+    for name in names:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        described.append(f"--{name}" + (f" (did you mean --{close[0]}?)" if close else ""))
+    return f"unknown flag {', '.join(described)}; see --help"
 
 
 def load_run_prompts(config: RunConfig, task: object, prompts_file: object) -> Sequence[Prompt]:
@@ -3638,7 +3893,8 @@ class _RedactingFilter(logging.Filter):
         self.secret_values = secret_values
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact(record.getMessage(), self.secret_values)
+        # Record text (a model's content, an endpoint's error) reaches the terminal only with its controls escaped.
+        record.msg = trajectory.terminal_safe(redact(record.getMessage(), self.secret_values))
         record.args = ()
         return True
 
@@ -3806,7 +4062,7 @@ def export_command(argv: list[str]) -> int:
         if options.format == "swebench" and not output.endswith((".json", ".jsonl")):
             raise UsageError(f"export: the SWE-bench harness reads only .json or .jsonl predictions, not {output}")
     except UsageError as exc:
-        print(f"mini-swe-runner: {exc}", file=sys.stderr)
+        print(f"mini-swe-runner: {trajectory.terminal_safe(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     try:
         result = trajectory.export(inputs, output, options)
@@ -4028,6 +4284,14 @@ def run_subcommand(name: str, argv: list[str]) -> int:
     return report.view_command(argv) if name == "view" else report.stats_command(argv)
 
 
+def _reader_gone() -> int:
+    """stdout's reader went away (`stats --json | head`): end quietly, as a program killed by SIGPIPE does, with no
+    traceback and no second error when Python flushes stdout at exit."""
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
+
+
 def cli() -> None:
     """Console entry point: loads ./.env only, checks argv, runs fire, maps errors to exit codes."""
     handed = _scrub_secrets_from_process()
@@ -4037,7 +4301,11 @@ def cli() -> None:
     load_dotenv(os.path.join(os.getcwd(), ".env"))
     argv = sys.argv[1:]
     if argv[:1] and argv[0] in SUBCOMMANDS:
-        raise SystemExit(run_subcommand(argv[0], argv[1:]))
+        try:
+            code = run_subcommand(argv[0], argv[1:])
+        except BrokenPipeError:
+            raise SystemExit(_reader_gone()) from None
+        raise SystemExit(code)
     if handed.get("api_key") is not None:
         argv = [*argv, f"--api_key={handed['api_key']}"]
     try:
@@ -4052,11 +4320,11 @@ def cli() -> None:
         # Every word fire sees is a --name=value pair made by protect_argv (fire's own flags, --help, --trace,
         # --interactive, would only be read after a "--" separator, which protect_argv refuses).
         fire.Fire(main, command=protect_argv(argv), name="mini-swe-runner")
-    except UsageError as exc:
-        print(f"mini-swe-runner: {exc}", file=sys.stderr)
+    except UsageError as exc:  # may quote an input line or an endpoint's answer: controls escaped
+        print(f"mini-swe-runner: {trajectory.terminal_safe(str(exc))}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
     except FatalRunError as exc:
-        print(f"mini-swe-runner: {exc}", file=sys.stderr)
+        print(f"mini-swe-runner: {trajectory.terminal_safe(str(exc))}", file=sys.stderr)
         raise SystemExit(EXIT_FATAL) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

@@ -681,6 +681,9 @@ def view_command(argv: list[str]) -> int:
     return EXIT_OK
 
 
+_JSON_C1 = {code: f"\\u{code:04x}" for code in range(0x7F, 0xA0)}
+
+
 def stats_command(argv: list[str]) -> int:
     """`mini-swe-runner stats FILE... [--json]`."""
     try:
@@ -690,7 +693,7 @@ def stats_command(argv: list[str]) -> int:
             return EXIT_OK
         summary = summarize(arguments.files)
     except ReportUsageError as exc:
-        print(f"mini-swe-runner: {exc}", file=sys.stderr)
+        print(f"mini-swe-runner: {trajectory.terminal_safe(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:
         print(f"mini-swe-runner: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
@@ -699,7 +702,10 @@ def stats_command(argv: list[str]) -> int:
         return 130
     _warn_malformed(summary["malformed_lines"])
     as_json = arguments.options.get("json")
-    print(json.dumps(summary, indent=2, ensure_ascii=False) if as_json else summary_table(summary))
+    # Record fields (models, images, exit reasons) reach the terminal with their control characters escaped: json
+    # escapes C0 itself; DEL and C1 (U+009B is CSI) become \u escapes, the same JSON.
+    text = json.dumps(summary, indent=2, ensure_ascii=False).translate(_JSON_C1) if as_json else summary_table(summary)
+    print(text if as_json else trajectory.terminal_safe(text))
     return EXIT_OK
 
 

@@ -52,6 +52,17 @@ def is_retryable(record: dict) -> bool:
     return isinstance(verification, dict) and verification.get("error") is not None
 
 
+_TERMINAL_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0))}
+"""C0 (but tab and newline), DEL and C1 characters, each as its visible escape: ESC starts CSI and OSC sequences
+(colours, window titles, clipboard writes), and C1 holds their one-byte forms (CSI is U+009B)."""
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` (a record's fields among it) fit for a terminal: every control character that could move the cursor,
+    recolour, retitle or otherwise drive the terminal shows as ``\\xNN``. Tab and newline stay."""
+    return text.translate(_TERMINAL_CONTROLS)
+
+
 RECORD_KEYS = (
     "prompt_index",
     "task_id",

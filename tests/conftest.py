@@ -98,7 +98,8 @@ def run_prompts(config: mini_swe_runner.RunConfig, texts: list[str]) -> tuple[mi
     """Run prompts through the real batch driver; returns the outcome and the records written."""
     prompts = mini_swe_runner.parse_prompt_lines(texts, "test")
     outcome = asyncio.run(mini_swe_runner.run_batch(config, prompts))
-    records = read_jsonl(config.output_file) if config.output_file != "-" else []
+    # A run that wrote nothing leaves no output file it created.
+    records = read_jsonl(config.output_file) if os.path.isfile(config.output_file) else []
     return outcome, records
 
 

@@ -371,6 +371,8 @@ class ScriptedModelServer:
                 if self.path.rstrip("/").endswith("/models"):
                     with server._lock:
                         server.model_checks += 1
+                    if server.models.delay:
+                        time.sleep(server.models.delay)
                     self._send(server.models)
                 else:
                     self._send(http_error(404, f"no route {self.path}"))

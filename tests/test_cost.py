@@ -358,7 +358,7 @@ def test_progress_line_shows_money_only_when_known():
     progress.update({"completed": True, "reward": None, "cost": None})
     assert "spent" not in stream.getvalue()
     progress.update({"completed": True, "reward": None, "cost": 0.0025})
-    assert stream.getvalue().rstrip().endswith(", $0.0025 spent")
+    assert ", 0 failed, $0.0025 spent, " in stream.getvalue().splitlines()[-1]
 
 
 def test_output_spend_adds_every_line_exactly(tmp_path):
