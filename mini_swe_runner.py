@@ -23,6 +23,7 @@ import random
 import re
 import signal
 import socket
+import stat
 import string
 import sys
 import threading
@@ -30,7 +31,7 @@ import time
 import typing
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,6 +62,7 @@ PROVIDER_KEY_VARIABLES = {
     "generativelanguage.googleapis.com": "GEMINI_API_KEY",
 }
 EXIT_OK, EXIT_FATAL, EXIT_USAGE = 0, 1, 2
+DEFAULT_VERIFY_TIMEOUT = 300
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
@@ -142,7 +144,7 @@ class RunConfig:
     verify: str | None = None
     """The verifier of every prompt that has none of its own: a bash command run in the task's sandbox, in its
     starting working directory, after the agent ended on its own (completed or max_iterations); exit 0 = passed."""
-    verify_timeout: float = 300
+    verify_timeout: float = DEFAULT_VERIFY_TIMEOUT
     """Seconds a verifier may run; past it its process tree is killed and it counts as failed (exit 124)."""
     samples: int = 1
     """Runs of every prompt, each in its own fresh environment; records carry sample_index 0..samples-1."""
@@ -237,6 +239,18 @@ def data_settings(config: RunConfig, system_prompt: str, tools: list[dict]) -> d
         "command_timeout": config.command_timeout,
         "max_command_timeout": config.max_command_timeout,
         "max_output_chars": config.env.max_output_chars,
+        # What builds each prompt and judges it; only when given, so the hash of a run without them is unchanged.
+        **{
+            name: value
+            for name, value in (
+                ("prompt_template", config.prompt_template),
+                ("image_template", config.image_template),
+                ("verify_template", config.verify_template),
+                ("verify", config.verify),
+                ("verify_timeout", None if config.verify_timeout == DEFAULT_VERIFY_TIMEOUT else config.verify_timeout),
+            )
+            if value is not None
+        },
     }
 
 
@@ -1541,6 +1555,22 @@ def verifier_for(prompt: Prompt, config: RunConfig) -> str | None:
     return prompt.verify if prompt.verify is not None else config.verify
 
 
+def prompt_hash_for(prompt: Prompt, config: RunConfig) -> str:
+    """The record's ``metadata.prompt_hash``: the prompt's text, image, cwd and verifier as this run resolves them."""
+    return trajectory.prompt_hash(
+        prompt.text,
+        environments.task_image(config.env, prompt.image),
+        prompt.cwd or config.env.cwd,
+        verifier_for(prompt, config),
+    )
+
+
+def prompt_settings(config: RunConfig) -> str:
+    """What :func:`prompt_hash_for` takes from the run rather than the row: part of the resume index's tag of a
+    prompts file, so an entry written under the tag was written for the prompt its row gives now."""
+    return repr((config.verify, environments.task_image(config.env), config.env.cwd))
+
+
 async def run_verifier(
     env: environments.Environment, command: str, timeout: float, start_cwd: str | None
 ) -> Verification:
@@ -1644,6 +1674,7 @@ async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> di
             "timestamp": started_wall.isoformat(timespec="seconds"),
             "sampling": sampling_settings(config),
             "config_hash": ctx.config_hash,
+            "prompt_hash": prompt_hash_for(prompt, config),
             "prompt_fields": prompt.fields,
         },
     )
@@ -2055,15 +2086,21 @@ class OutputFile:
         self._prompts: PromptFile | None = None
         self._index_source = 0
         self._lock_fd: int | None = None
+        self._file_lock_fds: list[int] = []
+        """Locks on the output itself (see _lock_file), one per inode it had during the run."""
         self._pending_replacement: str | None = None  # --overwrite: the new file, renamed over target at commit
+        self._pending_compaction: Callable[[], None] | None = None  # resume: written by start(), once all checks passed
 
     def open(self, prompts: Sequence[Prompt] = ()) -> "dict[tuple[str, int], float | None] | DoneSamples":
-        """Lock, check and compact the file; returns the samples already finished in it: (task_id, sample_index)
-        -> reward, or for a prompts file, :class:`DoneSamples` (by row: the records the index places on their row are
-        not parsed)."""
+        """Lock and check the file, and plan its compaction (:meth:`start` writes it: a run refused before that
+        changed nothing); returns the samples already finished in it: (task_id, sample_index) -> reward, or for a
+        prompts file, :class:`DoneSamples` (by row: the records the index places on their row are not parsed)."""
         path = self.config.output_file
         self._prompts = prompts if isinstance(prompts, PromptFile) else None
-        self._index_source = self._prompts.source_tag if self._prompts is not None else 0
+        self._all_prompts = prompts
+        self._index_source = 0
+        if self._prompts is not None:  # the file as it is, read with these templates, for this run's other settings
+            self._index_source = trajectory.stable_tag(f"{self._prompts.source_tag}\0{prompt_settings(self.config)}")
         if path == "-":
             self.writer = trajectory.JsonlWriter("-")
             return {}
@@ -2090,6 +2127,8 @@ class OutputFile:
         if not os.path.isdir(directory):
             raise UsageError(f"--output_file {path}: directory {directory} does not exist")
         self._lock(directory)
+        if os.path.exists(self.target):
+            self._lock_file(self.target)
         self._remove_leftovers(directory)
         if self.config.overwrite and os.path.exists(self.target):
             if not os.access(self.target, os.W_OK):
@@ -2099,18 +2138,25 @@ class OutputFile:
             self.writer = trajectory.JsonlWriter(
                 self._pending_replacement, index_source=self._index_source, index_file=self._pending_index()
             )
+            self._lock_file(self._pending_replacement)  # the output's inode once committed
             return {}
         if not os.path.exists(self.target):
             self.writer = trajectory.JsonlWriter(self.target, index_source=self._index_source)
+            self._lock_file(self.target)
             return {}
         if not os.access(self.target, os.W_OK):
             raise PermissionError(path)
         prompts = self._prompts
         source = None
         if prompts is not None:
-            source = trajectory.PromptsSource(prompts.source_tag, prompts.file_rows, prompts.locate)
+            source = trajectory.PromptsSource(self._index_source, prompts.file_rows, prompts.locate)
         compacted = trajectory.compact_for_resume(
-            self.target, compaction_path=self._sibling("compact"), source=source, index=True
+            self.target,
+            compaction_path=self._sibling("compact"),
+            source=source,
+            index=True,
+            prompt_hash_of=self._prompt_hash_of(),
+            write=False,
         )
         log.debug(
             "resume: %d line(s) of %s taken from its index, %d parsed",
@@ -2118,8 +2164,11 @@ class OutputFile:
             path,
             compacted.parsed_lines,
         )
+        self._check_prompts(compacted.prompt_changed)
         self._check_settings(compacted.settings)
         dropped = []
+        if compacted.prompt_changed:
+            dropped.append(f"{len(compacted.prompt_changed)} record(s) made for another prompt (--resume_any)")
         if compacted.dropped_retryable:
             dropped.append(
                 f"{compacted.dropped_retryable} retryable record(s) (api_error/env_error/interrupted/verifier error)"
@@ -2130,10 +2179,60 @@ class OutputFile:
             dropped.append(f"{compacted.dropped_duplicates} duplicate record(s)")
         if dropped:
             log.warning("resume: dropped %s from %s; those tasks run again", " and ".join(dropped), path)
-        self.writer = trajectory.JsonlWriter(self.target, index_source=self._index_source)
+        self._pending_compaction = compacted.write
         if prompts is not None:  # records of tasks that are not among the prompts are kept, but not the run's
             return DoneSamples(prompts, compacted.by_row)
         return compacted.done
+
+    def start(self) -> None:
+        """Every check passed (settings, prompts, backend, endpoint): write the compaction :meth:`open` planned and
+        open the writer. Until then the output and its index are as the run found them."""
+        write, self._pending_compaction = self._pending_compaction, None
+        if write is None:
+            return
+        try:
+            write()
+            self.writer = trajectory.JsonlWriter(self.target, index_source=self._index_source)
+            self._lock_file(self.target)  # a compaction made a new file: lock it too
+        except OSError as exc:
+            self.close(keep=False)
+            raise UsageError(f"--output_file {self.shown}: {exc.strerror or exc}") from None
+
+    def _prompt_hash_of(self) -> Callable[[str], str | None]:
+        """task_id -> the prompt_hash its records must carry to be resumed (None: not among the run's prompts)."""
+        config, prompts = self.config, self._prompts
+        if prompts is not None:
+
+            def from_file(task_id: str) -> str | None:
+                row = prompts.locate(task_id)
+                if row is None:
+                    return None
+                prompt = prompts._prompt(row)
+                return prompt_hash_for(prompt, config) if prompt.task_id == task_id else None
+
+            return from_file
+        by_id: dict[str, Prompt] | None = None
+
+        def from_list(task_id: str) -> str | None:
+            nonlocal by_id
+            if by_id is None:
+                by_id = {prompt.task_id: prompt for prompt in self._all_prompts}
+            prompt = by_id.get(task_id)
+            return None if prompt is None else prompt_hash_for(prompt, config)
+
+        return from_list
+
+    def _check_prompts(self, changed: list[tuple[tuple[str, int], str]]) -> None:
+        """Refuse to reuse records made for another prompt (text, image, cwd or verifier) than their task's now."""
+        if not changed or self.config.resume_any:
+            return
+        (task_id, sample), difference = changed[0]
+        others = f" and {len(changed) - 1} other record(s)" if len(changed) > 1 else ""
+        raise UsageError(
+            f"--output_file {self.shown} holds records made for other prompts: task {task_id!r} (sample {sample}) "
+            f"has another {difference} now{others}; use --overwrite to replace them, another --output_file, or "
+            "--resume_any to drop those records and run their tasks again"
+        )
 
     def _pending_index(self) -> str:
         """--overwrite's new file's index (removed with it as a leftover; renamed with it at commit)."""
@@ -2162,6 +2261,27 @@ class OutputFile:
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd
 
+    def _lock_file(self, path: str) -> None:
+        """The output itself, by its inode: a runner writing the same file under another name (a hard link) is
+        refused too. The name's lock (see _lock) covers an output not created yet, or replaced since."""
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        status = os.fstat(fd)
+        held = {(held.st_dev, held.st_ino) for held in map(os.fstat, self._file_lock_fds)}
+        if not stat.S_ISREG(status.st_mode) or (status.st_dev, status.st_ino) in held:
+            os.close(fd)  # a device is shared as it is; an inode locked already is ours (a second flock would fail)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UsageError(
+                f"--output_file {self.shown} is in use by another mini-swe-runner writing it under another name "
+                "(a hard link to the same file): wait for it to finish, or write to another --output_file"
+            ) from None
+        self._file_lock_fds.append(fd)
+
     def _remove_leftovers(self, directory: str) -> None:
         """Files a killed run left beside the output (an unfinished compaction or --overwrite): with the lock
         held, nothing else can be writing them."""
@@ -2186,8 +2306,9 @@ class OutputFile:
         else:
             difference = (
                 f"settings hash {other.get('config_hash')} there, {self.config_hash} now: the endpoint host, system "
-                "prompt, tool description, --extra_body or limits (--max_iterations, --timeout, --max_timeout, "
-                "--max_output_chars) differ"
+                "prompt, tool description, --extra_body, limits (--max_iterations, --timeout, --max_timeout, "
+                "--max_output_chars) or how prompts are built and verified (--prompt_template, --image_template, "
+                "--verify_template, --verify, --verify_timeout) differ"
             )
         raise UsageError(
             f"--output_file {self.shown} holds records of a run with other settings ({difference}); "
@@ -2223,6 +2344,9 @@ class OutputFile:
                     with contextlib.suppress(OSError):
                         os.unlink(leftover)
                 self._pending_replacement = None
+        self._pending_compaction = None
+        while self._file_lock_fds:
+            os.close(self._file_lock_fds.pop())
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # the lock file stays: removing it would race with a runner opening it
             self._lock_fd = None
@@ -2441,6 +2565,7 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
             config.output_file,
         )
     if schedule.finished():
+        output.start()
         output.close(keep=True)
         summary = summarize(RunTally(), time.monotonic() - started, skipped, outcomes, schedule.not_needed)
         return RunOutcome(EXIT_OK, summary)
@@ -2472,6 +2597,11 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
         await ctx.model.close()
         output.close(keep=False)
         return RunOutcome(EXIT_FATAL, summarize(RunTally(), time.monotonic() - started, skipped, outcomes), str(exc))
+    try:
+        output.start()  # every check passed: only now is the output compacted
+    except UsageError:
+        await ctx.model.close()
+        raise
     # What exists now (the SDKs, imported lazily up to the first request) lives as long as the run: out of the
     # collector's sight, a full collection walks only the tasks' objects. Every full collection stalls the event
     # loop; over the SDKs' ~150,000 objects alone it took ~100 ms on the 2-core machine (bench/bench_modal_scale.py).

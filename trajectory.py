@@ -252,9 +252,63 @@ def build_record(
                 else str(sampling["reasoning_effort"]),
             },
             "config_hash": str(metadata.get("config_hash") or ""),
+            "prompt_hash": str(metadata.get("prompt_hash") or ""),
             "prompt_fields": prompt_fields if isinstance(prompt_fields, str) else _fields_text(prompt_fields),
         },
     }
+
+
+PROMPT_PARTS = ("prompt text", "image", "cwd", "verifier")
+"""What ``metadata.prompt_hash`` identifies, part by part, in its order."""
+
+
+def prompt_hash(text: str, image: str | None, cwd: str | None, verify: str | None) -> str:
+    """``metadata.prompt_hash``: what a record was made for, as one hash per part of :data:`PROMPT_PARTS` joined by
+    "-" (16 hex digits for the text, 8 for the others), so resume can say which part changed. A missing part (no
+    image, no cwd, no verifier) hashes apart from any text, the empty one included."""
+    return "-".join(
+        _part_hash(value, 16 if number == 0 else 8) for number, value in enumerate((text, image, cwd, verify))
+    )
+
+
+def _part_hash(value: str | None, digits: int = 8) -> str:
+    data = b"\0" if value is None else b"\1" + value.encode("utf-8", "surrogatepass")
+    return hashlib.sha256(data).hexdigest()[:digits]
+
+
+def prompt_difference(record: dict, expected: str) -> str | None:
+    """What differs between the prompt ``record`` was made for and the one whose :func:`prompt_hash` is ``expected``
+    (e.g. "prompt text and verifier"), None when nothing that can be told differs.
+
+    A record of an older version has no prompt_hash: it is compared on what it holds, its first human turn (the
+    prompt text), ``metadata.image`` and whether it was verified; its cwd and the verifier's command cannot be
+    told, so a change of those alone is not seen in such a record."""
+    wanted = expected.split("-")
+    metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
+    recorded = metadata.get("prompt_hash")
+    if isinstance(recorded, str) and recorded:
+        parts = recorded.split("-")
+        if len(parts) != len(PROMPT_PARTS):
+            return "prompt hash"
+        changed = [name for name, old, new in zip(PROMPT_PARTS, parts, wanted, strict=True) if old != new]
+    else:
+        changed = []
+        conversations = record.get("conversations")
+        human = next(
+            (t.get("value") for t in conversations or () if isinstance(t, dict) and t.get("from") == "human"), None
+        )
+        if isinstance(human, str) and _part_hash(human, 16) != wanted[0]:
+            changed.append("prompt text")
+        image = metadata.get("image")
+        if (image is None or isinstance(image, str)) and _part_hash(image) != wanted[1]:
+            changed.append("image")
+        verified = record.get("verification") is not None
+        no_verifier = wanted[3] == _part_hash(None)
+        if (verified and no_verifier) or (
+            not verified and not no_verifier and record.get("exit_reason") in ("completed", "max_iterations")
+        ):
+            changed.append("verifier")
+    return " and ".join(changed) or None
 
 
 def normalize_verification(verification: dict) -> dict:
@@ -668,6 +722,11 @@ class CompactResult:
     on a row, and the first record of each settings hash (for the settings check)."""
     indexed_lines: int = 0
     """Records taken from the index: placed on their row (or dropped as retryable) without parsing their line."""
+    prompt_changed: list[tuple[tuple[str, int], str]] = field(default_factory=list)
+    """(task_id, sample_index) and what differs, of the final records made for another prompt than their task's now
+    (see compact_for_resume's ``prompt_hash_of``): left out of ``done``/``by_row`` and dropped by ``write()``."""
+    write: Callable[[], None] = lambda: None
+    """Writes the compaction planned (the rewritten file and its index); compact_for_resume's ``write`` calls it."""
 
     @property
     def done_ids(self) -> set[str]:
@@ -676,7 +735,12 @@ class CompactResult:
 
 
 def compact_for_resume(
-    path: str, compaction_path: str | None = None, source: PromptsSource | None = None, index: bool = False
+    path: str,
+    compaction_path: str | None = None,
+    source: PromptsSource | None = None,
+    index: bool = False,
+    prompt_hash_of: Callable[[str], str | None] | None = None,
+    write: bool = True,
 ) -> CompactResult:
     """Rewrite ``path`` atomically keeping one final record per (task_id, sample_index); retryable (see
     :func:`is_retryable`) and torn records are dropped.
@@ -690,12 +754,31 @@ def compact_for_resume(
     ``index``: use and keep the resume index beside ``path`` (see :func:`_trusted_index`): lines it describes are
     not parsed, and when the file is rewritten or had to be parsed, the index is written anew for it. ``source``:
     records are matched to these prompts by row (``by_row``) instead of by key (``done``).
+
+    ``prompt_hash_of``: a task_id -> the :func:`prompt_hash` its records must carry to be kept (None: the task is
+    not among the run's prompts). A final record made for another prompt (see :func:`prompt_difference`) is left
+    out of what is done, dropped from the file and listed in ``prompt_changed``. Records the index places by the
+    source tag are not parsed, hence not compared: the tag names the prompts as they are (the caller makes it
+    cover everything the hash covers). ``write``: False plans the compaction without writing anything (the file
+    and its index stay as they are); ``CompactResult.write()`` does it later.
     """
     tag = source.tag if source is not None else 0
+    check = None
+    if prompt_hash_of is not None:
+
+        def check(record: dict) -> str | None:
+            expected = prompt_hash_of(record_key(record)[0])
+            return None if expected is None else prompt_difference(record, expected)
+
+    result = None
     if index and source is not None and (columns := _trusted_index(path, tag)) is not None:
         with contextlib.suppress(_IndexDisagrees):
-            return _compact(path, _IndexedLines(path, columns), compaction_path, source, index)
-    return _compact(path, _ParsedLines(path, source), compaction_path, source, index)
+            result = _compact(path, _IndexedLines(path, columns, check), compaction_path, source, index)
+    if result is None:
+        result = _compact(path, _ParsedLines(path, source, check), compaction_path, source, index)
+    if write:
+        result.write()
+    return result
 
 
 class _IndexDisagrees(Exception):
@@ -709,6 +792,9 @@ class _Lines:
     bad: int = 0
     blank: bool = False
     ends_with_newline: bool = True
+    prompt_changed: dict[int, tuple[tuple[str, int], str]]
+    """Entry -> its (task_id, sample_index) and what differs, for the records read that were made for another prompt
+    than their task's now."""
 
     def key(self, entry: int) -> tuple[str, int]:
         raise NotImplementedError
@@ -718,8 +804,9 @@ class _Lines:
 
 
 class _IndexedLines(_Lines):
-    def __init__(self, path: str, columns: _IndexColumns):
-        self.path, self.columns = path, columns
+    def __init__(self, path: str, columns: _IndexColumns, check: Callable[[dict], str | None] | None = None):
+        self.path, self.columns, self.check = path, columns, check
+        self.prompt_changed = {}
         self.offsets: array | None = None
         self.parsed = 0
         self.keys_read = 0
@@ -744,7 +831,10 @@ class _IndexedLines(_Lines):
 
     def key(self, entry: int) -> tuple[str, int]:
         self.keys_read += 1
-        return record_key(self._record(entry))
+        record = self._record(entry)
+        if self.check is not None and (difference := self.check(record)) is not None:
+            self.prompt_changed[entry] = (record_key(record), difference)
+        return record_key(record)
 
     def metadata(self, entry: int) -> tuple[str, dict]:
         record = self._record(entry)
@@ -759,8 +849,9 @@ class _ParsedLines(_Lines):
     """Every line parsed (no index describes the file). A record whose task is among ``source``'s prompts is placed
     on its row here; the others keep their key, and the first record of each settings hash its metadata."""
 
-    def __init__(self, path: str, source: PromptsSource | None):
+    def __init__(self, path: str, source: PromptsSource | None, check: Callable[[dict], str | None] | None = None):
         self.columns = columns = _empty_columns()
+        self.prompt_changed = {}
         self.keys: dict[int, tuple[str, int]] = {}
         self.first: dict[int, tuple[str, dict]] = {}
         self.starts = array("q")
@@ -768,6 +859,8 @@ class _ParsedLines(_Lines):
         for start, length, record in _valid_lines(path, bad, blank):
             _, _, _, reward, tag, _, flags = _index_entry(record, length, 0)
             task_id, sample = key = record_key(record)
+            if check is not None and not flags & INDEX_RETRYABLE and (difference := check(record)) is not None:
+                self.prompt_changed[len(self.starts)] = (key, difference)
             row = source.locate(task_id) if source is not None and not flags & INDEX_PARSE else None
             if row is None or not _is_count(sample):
                 row, sample, flags = 0, 0, flags | _OTHER_SOURCE
@@ -800,8 +893,9 @@ def _compact(
     columns = lines.columns
     count = len(columns.lengths)
     by_row, keyed, retryable, duplicates = _place(lines, source)
+    prompt_changed = _drop_changed(lines, by_row, keyed)
     kept_entries: Iterable[int]
-    if duplicates or retryable:
+    if duplicates or retryable or prompt_changed:
         placed = (_kept_of(rows.entries) for rows in by_row.values())
         kept_entries = sorted(itertools.chain(keyed.values(), *placed))
     else:
@@ -809,30 +903,61 @@ def _compact(
     # The settings of the records kept, in file order (a superseded record's do not count).
     settings: dict[str, dict] = {}
     seen_tags: set[int] = set()
-    for entry in kept_entries if (duplicates or retryable) else _first_of_each(columns.settings):
+    for entry in kept_entries if (duplicates or retryable or prompt_changed) else _first_of_each(columns.settings):
         tag = columns.settings[entry]
         if tag not in seen_tags:
             seen_tags.add(tag)
             config_hash, metadata = lines.metadata(entry)
             settings.setdefault(config_hash, metadata)
-    rewrite = bool(retryable or lines.bad or duplicates or not lines.ends_with_newline or (index and lines.blank))
-    newline_added = -1
-    if rewrite:
-        starts = lines.starts if isinstance(lines, _ParsedLines) else array("q", columns.offsets)
-        if count and not lines.ends_with_newline and starts[-1] + columns.lengths[-1] == os.path.getsize(path):
-            newline_added = count - 1  # the last line, cut before its newline: copied with one
-        places = ((starts[entry], columns.lengths[entry]) for entry in kept_entries)
-        _atomic_write(path, _kept_lines(path, places), compaction_path)
-    if index and (rewrite or isinstance(lines, _ParsedLines)):
-        tag = source.tag if source is not None else 0
-        with contextlib.suppress(OSError):  # a stale index left beside the file names another file, or lies behind it
-            _write_index(path, columns, kept_entries, newline_added, tag, compaction_path)
+    rewrite = bool(
+        retryable or prompt_changed or lines.bad or duplicates or not lines.ends_with_newline or (index and lines.blank)
+    )
+
+    def write() -> None:
+        newline_added = -1
+        if rewrite:
+            starts = lines.starts if isinstance(lines, _ParsedLines) else array("q", columns.offsets)
+            if count and not lines.ends_with_newline and starts[-1] + columns.lengths[-1] == os.path.getsize(path):
+                newline_added = count - 1  # the last line, cut before its newline: copied with one
+            places = ((starts[entry], columns.lengths[entry]) for entry in kept_entries)
+            _atomic_write(path, _kept_lines(path, places), compaction_path)
+        if index and (rewrite or isinstance(lines, _ParsedLines)):
+            tag = source.tag if source is not None else 0
+            with contextlib.suppress(OSError):  # a stale index beside the file names another file, or lies behind it
+                _write_index(path, columns, kept_entries, newline_added, tag, compaction_path)
+
     rewards = columns.rewards
     done = {key: None if math.isnan(rewards[entry]) else rewards[entry] for key, entry in keyed.items()}
     result = CompactResult(done, retryable, lines.bad, duplicates, settings, by_row)
     result.parsed_lines = lines.parsed
     result.indexed_lines = count - lines.keys_read if isinstance(lines, _IndexedLines) else 0
+    result.prompt_changed = prompt_changed
+    result.write = write
     return result
+
+
+def _drop_changed(
+    lines: _Lines, by_row: dict[int, RowSamples], keyed: dict[tuple[str, int], int]
+) -> list[tuple[tuple[str, int], str]]:
+    """Take the final records made for another prompt out of what is kept; returns their keys and differences."""
+    if not lines.prompt_changed:
+        return []
+    dropped = []
+    for key, entry in list(keyed.items()):
+        if entry in lines.prompt_changed:
+            del keyed[key]
+            dropped.append(lines.prompt_changed[entry])
+    columns = lines.columns
+    for entry, changed in lines.prompt_changed.items():
+        samples = by_row.get(columns.samples[entry])
+        if (
+            samples is not None
+            and columns.flags[entry] & _OTHER_SOURCE == 0
+            and samples.entries[columns.rows[entry]] == entry
+        ):
+            samples.entries[columns.rows[entry]] = -1
+            dropped.append(changed)
+    return dropped
 
 
 def _kept_of(entries: array) -> Iterator[int]:
@@ -1156,6 +1281,7 @@ def _metadata_schema(value) -> dict:
             "reasoning_effort": string,
         },
         "config_hash": string,
+        "prompt_hash": string,
         "prompt_fields": string,
     }
 
