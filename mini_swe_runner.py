@@ -2090,6 +2090,7 @@ class OutputFile:
         """Locks on the output itself (see _lock_file), one per inode it had during the run."""
         self._pending_replacement: str | None = None  # --overwrite: the new file, renamed over target at commit
         self._pending_compaction: Callable[[], None] | None = None  # resume: written by start(), once all checks passed
+        self._dropped: list[str] = []  # what the compaction drops, told once it is done
 
     def open(self, prompts: Sequence[Prompt] = ()) -> "dict[tuple[str, int], float | None] | DoneSamples":
         """Lock and check the file, and plan its compaction (:meth:`start` writes it: a run refused before that
@@ -2177,9 +2178,8 @@ class OutputFile:
             dropped.append(f"{compacted.dropped_bad_lines} torn or invalid line(s)")
         if compacted.dropped_duplicates:
             dropped.append(f"{compacted.dropped_duplicates} duplicate record(s)")
-        if dropped:
-            log.warning("resume: dropped %s from %s; those tasks run again", " and ".join(dropped), path)
         self._pending_compaction = compacted.write
+        self._dropped = dropped
         if prompts is not None:  # records of tasks that are not among the prompts are kept, but not the run's
             return DoneSamples(prompts, compacted.by_row)
         return compacted.done
@@ -2197,6 +2197,8 @@ class OutputFile:
         except OSError as exc:
             self.close(keep=False)
             raise UsageError(f"--output_file {self.shown}: {exc.strerror or exc}") from None
+        if self._dropped:
+            log.warning("resume: dropped %s from %s; those tasks run again", " and ".join(self._dropped), self.shown)
 
     def _prompt_hash_of(self) -> Callable[[str], str | None]:
         """task_id -> the prompt_hash its records must carry to be resumed (None: not among the run's prompts)."""
