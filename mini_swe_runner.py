@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
+import difflib
+import functools
 import gc
 import hashlib
 import inspect
@@ -289,6 +291,14 @@ PROMPT_KEYS = frozenset({*ID_FIELDS, *TEXT_FIELDS, *IMAGE_FIELDS, "cwd", "verify
 consumed for this row: the field that gave the id, the one that gave the prompt (unless --prompt_template made
 it), the image field (unless --image_template made it), cwd and verify. Fields a template reads stay in
 prompt_fields, since the record does not hold them verbatim anywhere else."""
+KEY_FAMILIES = {
+    **dict.fromkeys(TEXT_FIELDS, "prompt"),
+    **dict.fromkeys(ID_FIELDS, "id"),
+    **dict.fromkeys(IMAGE_FIELDS, "image"),
+    "cwd": "cwd",
+    "verify": "verify",
+}
+"""Each key the runner reads, by what it gives (the template that would build it instead, when there is one)."""
 ASCII_SPACE = " \t\r\f\v"
 """What is trimmed around a prompts-file line: never U+2028/U+0085/U+00A0, which may be part of a prompt."""
 
@@ -390,6 +400,8 @@ def _row_prompt(row: InputRow, row_format: RowFormat) -> tuple[Prompt, str | Non
         obj = {"prompt": obj}
     elif not isinstance(obj, dict):
         raise UsageError(f'{where}: not an object (give {{"prompt": ...}} rows)')
+    if suspects := _misspelled_keys(tuple(obj)):
+        _refuse_misspelled_keys(obj, suspects, row_format, where)
     used: set[str] = set()
     explicit_id, id_field = _first_field(obj, ID_FIELDS)
     if explicit_id is not None:
@@ -426,9 +438,96 @@ def _row_prompt(row: InputRow, row_format: RowFormat) -> tuple[Prompt, str | Non
         used.add("verify")
     if verify is not None and not verify.strip():
         raise UsageError(f"{where}: the verify command is empty")
+    for what, value in (("the prompt", text), ("the image", image), ("the cwd", cwd), ("the verify command", verify)):
+        if value is not None:
+            _checked_text(value, what, where)
     fields = {k: v for k, v in obj.items() if k not in used}
     prompt = Prompt(index=-1, text=text, task_id="", image=image, cwd=cwd, fields=fields, verify=verify)
     return prompt, None if explicit_id is None else str(explicit_id)
+
+
+@functools.lru_cache(maxsize=4096)
+def _misspelled_key(key: str) -> str | None:
+    """The key the runner reads that ``key`` looks like a misspelling of ("verfy" -> "verify"), else None. Close
+    means difflib's ratio of at least 0.85 (a letter left out, added or changed in a word of 4 or more), the same
+    letters in another order, or another case: "uid" or "prompt_id" are not taken for "id" or "prompt"."""
+    if key in KEY_FAMILIES:
+        return None
+    lowered = key.lower()
+    if lowered in KEY_FAMILIES:
+        return lowered
+    close = difflib.get_close_matches(lowered, KEY_FAMILIES, n=1, cutoff=0.85)
+    if close:
+        return close[0]
+    return next((known for known in KEY_FAMILIES if len(known) >= 3 and sorted(known) == sorted(lowered)), None)
+
+
+@functools.lru_cache(maxsize=256)
+def _misspelled_keys(keys: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """(key, the key it resembles) of a row's keys (rows of one file mostly share their keys: one look-up a row)."""
+    return tuple((key, known) for key in keys if (known := _misspelled_key(key)) is not None)
+
+
+def _refuse_misspelled_keys(
+    obj: dict, suspects: tuple[tuple[str, str], ...], row_format: RowFormat, where: str
+) -> None:
+    """A key the runner would have read, misspelled, is refused: {"prompt": "a", "verfy": "true"} must not run
+    without its verifier. Only a value the runner could have used (text; an integer for an id) counts, only when
+    no key of what it resembles is present (a row with "prompt" may also have "prompts"), and not when a template
+    builds that value (its fields are the row's own business) or reads the key."""
+    for key, known in suspects:
+        family = KEY_FAMILIES[known]
+        value = obj[key]
+        if not isinstance(value, str) and not (type(value) is int and family == "id"):
+            continue
+        if getattr(row_format, family, None) is not None:
+            continue
+        if any(KEY_FAMILIES.get(present) == family for present in obj):
+            continue
+        if any(
+            name == key
+            for template in (row_format.prompt, row_format.image, row_format.verify)
+            if template
+            for _, name in template.parts
+        ):
+            continue
+        raise UsageError(
+            f'{where}: unknown key "{key}": did you mean "{known}"? (rename it; keys the runner does not read, and '
+            "are not close to one it does, go to metadata.prompt_fields)"
+        )
+
+
+def _checked_text(text: str, what: str, where: str) -> str:
+    """``text`` as it can be sent: a lone surrogate (from a JSON escape such as \\ud800, or an undecodable argv byte)
+    is refused before any task, not sent to fail as api_error on every rerun."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UsageError(
+            f"{where}: {what} holds a lone surrogate (U+{ord(text[exc.start]):04X} at character {exc.start}), "
+            "which UTF-8 cannot carry"
+        ) from None
+    return text
+
+
+_JSON_STARTS = frozenset('["-0123456789tfn')
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true or false"}
+
+
+def _refuse_json_non_object(text: str, where: str) -> None:
+    """A line that is valid JSON but not an object (an array, a string, a number...) is refused, never sent as the
+    text of a prompt: it was meant as a row."""
+    if not text or text[0] not in _JSON_STARTS:
+        return
+    try:
+        value, end = _SCAN_JSON(text, 0)
+    except (ValueError, StopIteration, RecursionError):
+        return
+    if end == len(text):
+        kind = _JSON_KINDS.get(type(value), "null")
+        raise UsageError(
+            f'{where}: {kind} in JSON, not an object: give {{"prompt": ...}} rows (a prompt with this very text too)'
+        )
 
 
 def _checked_id(task_id: str, where: str) -> str:
@@ -472,6 +571,8 @@ def _line_rows(lines: Iterable[str], source: str) -> Iterator[InputRow]:
                 raise UsageError(f"{source}:{number}: not valid JSON ({exc.msg})") from None
             except RecursionError:
                 raise UsageError(f"{source}:{number}: JSON nested too deeply to be a prompt") from None
+        else:
+            _refuse_json_non_object(stripped, f"{source}:{number}")
         yield InputRow(f"{source}:{number}", f"line {number}", value)
 
 
@@ -605,6 +706,7 @@ class PromptFile(Sequence[Prompt]):
         except UnicodeDecodeError as exc:
             raise UsageError(f"--prompts_file {self.path} is not UTF-8 text (byte {start + exc.start})") from None
         if not text.startswith("{"):
+            _refuse_json_non_object(text, f"{self.path}:{number}")
             return text
         # json's scanner itself: json.loads costs 3x as much on lines this short (bench/bench_input.py). The line
         # is stripped of JSON's whitespace, so a value ending where the line ends is what json.loads would give.
@@ -644,6 +746,8 @@ class PromptFile(Sequence[Prompt]):
             ):
                 if not task_id.isascii():
                     _checked_id(task_id, f"{self.path}:{number}")
+                if b"\\u" in stripped:  # only a JSON escape can make a lone surrogate
+                    _checked_text(text, "the prompt", f"{self.path}:{number}")
                 info, quick = 0, True
             elif (
                 plain
@@ -652,6 +756,8 @@ class PromptFile(Sequence[Prompt]):
                 and text
                 and not text.isspace()
             ):  # a plain-text line, or {"prompt": "..."}: the id derives from the text
+                if b"\\u" in stripped:
+                    _checked_text(text, "the prompt", f"{self.path}:{number}")
                 task_id, info, derived = derived_task_id(text, 0), 0, True
                 key = hash(text)
                 text_hashes[key % ID_BUCKETS].append(key)
@@ -2970,6 +3076,9 @@ def main(
         names = ", ".join(f"--{name}" for name in unknown)
         raise UsageError(f"unknown flag {names} (see --help)")
     verbose, quiet = _bool("verbose", verbose), _bool("quiet", quiet)
+    model = _text("model", model)
+    if model is not None and not model.strip():
+        raise UsageError("--model is empty: give the model's name at the endpoint, e.g. openai/gpt-4.1-mini")
     if sum(source is not None for source in (task, prompts_file, dataset)) != 1:
         raise UsageError('give exactly one of --task "...", --prompts_file FILE or --dataset NAME')
     if split is not None and dataset is None:
@@ -3032,7 +3141,7 @@ def main(
     env_settings.secret_values = environments.secret_values_from_environ(extra=redactable_keys(resolved_key, base_url))
     _setup_logging(verbose, quiet, env_settings.secret_values)
     config = RunConfig(
-        model=_text("model", model) or os.environ.get("OPENAI_MODEL") or DEFAULT_MODEL,
+        model=model or os.environ.get("OPENAI_MODEL") or DEFAULT_MODEL,
         base_url=base_url,
         api_key=resolved_key,
         output_file=output_file,
