@@ -384,10 +384,21 @@ class JsonlWriter:
                 view = view[written:]
             if entry is not None:  # where the line landed: the file's end after it (O_APPEND) less its length
                 end = os.lseek(self._fd, 0, os.SEEK_CUR)
-                os.write(self._index_fd, _pack_entry(end - len(data), *entry))
+                try:
+                    os.write(self._index_fd, _pack_entry(end - len(data), *entry))
+                except OSError:  # a full disk, a quota: the index only saves work, the run goes on without it
+                    self._drop_index()
             if self._sync:  # the line only: an entry lost with the machine costs the next resume a full parse, and
                 os.fsync(self._fd)  # one that outlives its line points past the file's end, so it is not trusted
             self.written += 1
+
+    def _drop_index(self) -> None:
+        """Stop indexing: the entries written so far end before the file does, so no resume trusts them; emptied
+        when it can be, to free what it held."""
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._index_fd, 0)
+        os.close(self._index_fd)
+        self._index_fd = -1
 
     def close(self) -> None:
         with self._lock:
@@ -489,15 +500,19 @@ def _open_index_for_append(path: str, output_fd: int) -> int:
     """The index at ``path``, ready for appending: continued when it describes the whole output as it is, started
     afresh for an empty output, else emptied and not written (the next resume parses every line, and writes it
     anew); -1 then."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK, 0o644)  # a FIFO there never blocks
     try:
         output = os.fstat(output_fd)
         index = os.fstat(fd)
+        if not stat.S_ISREG(index.st_mode):  # a FIFO or a device is not an index: written to, it could block
+            os.close(fd)
+            return -1
         whole = _INDEX_HEADER.size + (index.st_size - _INDEX_HEADER.size) // _INDEX_ENTRY.size * _INDEX_ENTRY.size
         current = (
             index.st_size >= _INDEX_HEADER.size
             and os.pread(fd, _INDEX_HEADER.size, 0) == _index_header(output)
             and output.st_mtime_ns <= index.st_mtime_ns
+            and output.st_ctime_ns <= index.st_mtime_ns
             and _covered_end(fd, whole) == output.st_size
         )
         if current:
@@ -572,15 +587,21 @@ def _trusted_index(path: str, source_tag: int = 0) -> _IndexColumns | None:
 
     Provably: the index names this very file (st_dev, st_ino: a file replaced by a rewrite, a copy or ``grep -v >``
     is another), nothing was written to the file after the index's last entry (mtime: a hand edit, an append by an
-    older version, a crash between a line and its entry), its entries tile the file from its first byte to its last
-    and every line ends with a newline where its entry says. A torn last entry (a crash mid-entry) leaves the file's
-    end uncovered, so it is not trusted either. Read a chunk at a time: 1,000,000 entries in about 0.4 s."""
+    older version, a crash between a line and its entry; and ctime, which changes with any write and which no tool
+    can set back: an in-place edit of the same length whose mtime was restored with ``touch -r``), its entries tile
+    the file from its first byte to its last and every line ends with a newline where its entry says. A torn last
+    entry (a crash mid-entry) leaves the file's end uncovered, so it is not trusted either. An index path that is
+    not a regular file (a FIFO would block the read) is not an index. Read a chunk at a time: 1,000,000 entries in
+    about 0.4 s."""
     try:
-        with open(index_path(path), "rb") as index, open(path, "rb") as output:
+        index_fd = os.open(index_path(path), os.O_RDONLY | os.O_NONBLOCK)
+        with open(index_fd, "rb") as index, open(path, "rb") as output:
             index_status, output_status = os.fstat(index.fileno()), os.fstat(output.fileno())
+            if not stat.S_ISREG(index_status.st_mode):
+                return None
             if index.read(_INDEX_HEADER.size) != _index_header(output_status):
                 return None
-            if output_status.st_mtime_ns > index_status.st_mtime_ns:
+            if max(output_status.st_mtime_ns, output_status.st_ctime_ns) > index_status.st_mtime_ns:
                 return None
             if (index_status.st_size - _INDEX_HEADER.size) % _INDEX_ENTRY.size:
                 return None
@@ -1057,6 +1078,19 @@ def _write_index(
     that was read without one), replacing the old one atomically."""
     directory, name = os.path.split(os.path.abspath(path))
     temp = (temp or os.path.join(directory, f".{name}.compact-{os.getpid()}")) + ".index"
+    try:
+        _write_index_file(path, columns, kept, newline_added, source_tag, temp)
+    except BaseException:  # a full disk: no half-written index is left beside the output
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    os.replace(temp, index_path(path))
+    sync_directory(directory)
+
+
+def _write_index_file(
+    path: str, columns: _IndexColumns, kept: Iterable[int], newline_added: int, source_tag: int, temp: str
+) -> None:
     rows, samples, rewards, flags = columns.rows, columns.samples, columns.rewards, columns.flags
     with open(temp, "wb") as handle:
         handle.write(_index_header(os.stat(path)))
@@ -1078,11 +1112,10 @@ def _write_index(
         os.fsync(handle.fileno())
         # Its time is its output's at least: a file whose mtime lies ahead (clock skew, a copy that kept a later
         # time) is described by this index all the same, since it was read whole under the lock just now.
-        output_mtime = os.stat(path).st_mtime_ns
-        if os.fstat(handle.fileno()).st_mtime_ns < output_mtime:
-            os.utime(handle.fileno(), ns=(output_mtime, output_mtime))
-    os.replace(temp, index_path(path))
-    sync_directory(directory)
+        output = os.stat(path)
+        output_time = max(output.st_mtime_ns, output.st_ctime_ns)
+        if os.fstat(handle.fileno()).st_mtime_ns < output_time:
+            os.utime(handle.fileno(), ns=(output_time, output_time))
 
 
 def _valid_lines(
