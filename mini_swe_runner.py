@@ -1671,10 +1671,13 @@ def prompt_hash_for(prompt: Prompt, config: RunConfig) -> str:
     )
 
 
-def prompt_settings(config: RunConfig) -> str:
-    """What :func:`prompt_hash_for` takes from the run rather than the row: part of the resume index's tag of a
-    prompts file, so an entry written under the tag was written for the prompt its row gives now."""
-    return repr((config.verify, environments.task_image(config.env), config.env.cwd))
+def index_source_tag(prompts: "PromptFile", config: RunConfig) -> int:
+    """The tag of a prompts file's records in the output's resume index: the file as it is, read with these
+    templates, plus what :func:`prompt_hash_for` takes from the run rather than the row (--verify, the default
+    image, --cwd). An entry written under the tag was written for the prompt its row gives now, so resume places
+    it without parsing its record or comparing its prompt_hash."""
+    settings = repr((config.verify, environments.task_image(config.env), config.env.cwd))
+    return trajectory.stable_tag(f"{prompts.source_tag}\0{settings}")
 
 
 async def run_verifier(
@@ -2205,9 +2208,7 @@ class OutputFile:
         path = self.config.output_file
         self._prompts = prompts if isinstance(prompts, PromptFile) else None
         self._all_prompts = prompts
-        self._index_source = 0
-        if self._prompts is not None:  # the file as it is, read with these templates, for this run's other settings
-            self._index_source = trajectory.stable_tag(f"{self._prompts.source_tag}\0{prompt_settings(self.config)}")
+        self._index_source = index_source_tag(self._prompts, self.config) if self._prompts is not None else 0
         if path == "-":
             self.writer = trajectory.JsonlWriter("-")
             return {}
@@ -2434,6 +2435,9 @@ class OutputFile:
         index = self._pending_index()
         if os.path.exists(index):
             os.replace(index, trajectory.index_path(self.target))
+            # The rename set the file's ctime; the index still describes it (its content did not change).
+            with contextlib.suppress(OSError):
+                os.utime(trajectory.index_path(self.target))
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(trajectory.index_path(self.target))

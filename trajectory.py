@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import collections
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -266,14 +267,18 @@ def prompt_hash(text: str, image: str | None, cwd: str | None, verify: str | Non
     """``metadata.prompt_hash``: what a record was made for, as one hash per part of :data:`PROMPT_PARTS` joined by
     "-" (16 hex digits for the text, 8 for the others), so resume can say which part changed. A missing part (no
     image, no cwd, no verifier) hashes apart from any text, the empty one included."""
-    return "-".join(
-        _part_hash(value, 16 if number == 0 else 8) for number, value in enumerate((text, image, cwd, verify))
-    )
+    return f"{_part_hash(text, 16)}-{_setting_hash(image)}-{_setting_hash(cwd)}-{_setting_hash(verify)}"
 
 
 def _part_hash(value: str | None, digits: int = 8) -> str:
     data = b"\0" if value is None else b"\1" + value.encode("utf-8", "surrogatepass")
     return hashlib.sha256(data).hexdigest()[:digits]
+
+
+@functools.lru_cache(maxsize=1024)
+def _setting_hash(value: str | None) -> str:
+    """An image, cwd or verifier's hash: few distinct values in a run, each hashed once."""
+    return _part_hash(value)
 
 
 def prompt_difference(record: dict, expected: str) -> str | None:
@@ -283,9 +288,11 @@ def prompt_difference(record: dict, expected: str) -> str | None:
     A record of an older version has no prompt_hash: it is compared on what it holds, its first human turn (the
     prompt text), ``metadata.image`` and whether it was verified; its cwd and the verifier's command cannot be
     told, so a change of those alone is not seen in such a record."""
-    wanted = expected.split("-")
     metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
     recorded = metadata.get("prompt_hash")
+    if recorded == expected:
+        return None
+    wanted = expected.split("-")
     if isinstance(recorded, str) and recorded:
         parts = recorded.split("-")
         if len(parts) != len(PROMPT_PARTS):
@@ -942,7 +949,9 @@ def _compact(
                 newline_added = count - 1  # the last line, cut before its newline: copied with one
             places = ((starts[entry], columns.lengths[entry]) for entry in kept_entries)
             _atomic_write(path, _kept_lines(path, places), compaction_path)
-        if index and (rewrite or isinstance(lines, _ParsedLines)):
+        # Anew too when lines had to be placed by their task_id (written against other prompts, or the same file
+        # changed): placed now, their entries carry this source's tag, and the next resume need not parse them.
+        if index and (rewrite or isinstance(lines, _ParsedLines) or getattr(lines, "keys_read", 0)):
             tag = source.tag if source is not None else 0
             with contextlib.suppress(OSError):  # a stale index beside the file names another file, or lies behind it
                 _write_index(path, columns, kept_entries, newline_added, tag, compaction_path)

@@ -334,6 +334,11 @@ def test_a_changed_prompts_file_is_matched_by_task_id_not_by_row(tmp_path):
         assert resumed.returncode == 0, resumed.stderr
         assert "resume: 0 line(s)" in _resume_line(resumed.stderr)
         assert len(server.requests) == 4 + 2
+        # Placed by task_id (and their prompts compared) once: their entries now carry the new file's tag (the one
+        # line parsed is the settings check's).
+        again = run_cli([*base, "--verbose"], cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert "resume: 6 line(s)" in _resume_line(again.stderr) and "1 parsed" in _resume_line(again.stderr)
     assert sorted(r["task_id"] for r in read_jsonl(out)) == ["t0", "t1", "t2", "t3", "t8", "t9"]
 
 
