@@ -389,7 +389,8 @@ class JsonlWriter:
             while view:  # O_APPEND + one buffer: a line is never interleaved with another writer's bytes
                 written = os.write(self._fd, view)
                 view = view[written:]
-            if entry is not None:  # where the line landed: the file's end after it (O_APPEND) less its length
+            if entry is not None and self._index_fd >= 0:  # (another thread may have dropped the index since)
+                # Where the line landed: the file's end after it (O_APPEND) less its length.
                 end = os.lseek(self._fd, 0, os.SEEK_CUR)
                 try:
                     os.write(self._index_fd, _pack_entry(end - len(data), *entry))
@@ -402,10 +403,10 @@ class JsonlWriter:
     def _drop_index(self) -> None:
         """Stop indexing: the entries written so far end before the file does, so no resume trusts them; emptied
         when it can be, to free what it held."""
+        fd, self._index_fd = self._index_fd, -1
         with contextlib.suppress(OSError):
-            os.ftruncate(self._index_fd, 0)
-        os.close(self._index_fd)
-        self._index_fd = -1
+            os.ftruncate(fd, 0)
+        os.close(fd)
 
     def close(self) -> None:
         with self._lock:
