@@ -9,6 +9,7 @@ import contextlib
 import copy
 import dataclasses
 import difflib
+import functools
 import gc
 import hashlib
 import inspect
@@ -25,6 +26,7 @@ import random
 import re
 import signal
 import socket
+import stat
 import string
 import sys
 import threading
@@ -32,7 +34,7 @@ import time
 import typing
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -63,6 +65,7 @@ PROVIDER_KEY_VARIABLES = {
     "generativelanguage.googleapis.com": "GEMINI_API_KEY",
 }
 EXIT_OK, EXIT_FATAL, EXIT_USAGE = 0, 1, 2
+DEFAULT_VERIFY_TIMEOUT = 300
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
@@ -168,7 +171,7 @@ class RunConfig:
     verify: str | None = None
     """The verifier of every prompt that has none of its own: a bash command run in the task's sandbox, in its
     starting working directory, after the agent ended on its own (completed or max_iterations); exit 0 = passed."""
-    verify_timeout: float = 300
+    verify_timeout: float = DEFAULT_VERIFY_TIMEOUT
     """Seconds a verifier may run; past it its process tree is killed and it counts as failed (exit 124)."""
     samples: int = 1
     """Runs of every prompt, each in its own fresh environment; records carry sample_index 0..samples-1."""
@@ -275,6 +278,18 @@ def data_settings(config: RunConfig, system_prompt: str, tools: list[dict]) -> d
         "command_timeout": config.command_timeout,
         "max_command_timeout": config.max_command_timeout,
         "max_output_chars": config.env.max_output_chars,
+        # What builds each prompt and judges it; only when given, so the hash of a run without them is unchanged.
+        **{
+            name: value
+            for name, value in (
+                ("prompt_template", config.prompt_template),
+                ("image_template", config.image_template),
+                ("verify_template", config.verify_template),
+                ("verify", config.verify),
+                ("verify_timeout", None if config.verify_timeout == DEFAULT_VERIFY_TIMEOUT else config.verify_timeout),
+            )
+            if value is not None
+        },
     }
     if config.max_task_cost is not None:  # cuts trajectories like max_iterations; only when set: old hashes hold
         settings["max_task_cost"] = str(config.max_task_cost)
@@ -415,6 +430,14 @@ PROMPT_KEYS = frozenset({*ID_FIELDS, *TEXT_FIELDS, *IMAGE_FIELDS, "cwd", "verify
 consumed for this row: the field that gave the id, the one that gave the prompt (unless --prompt_template made
 it), the image field (unless --image_template made it), cwd and verify. Fields a template reads stay in
 prompt_fields, since the record does not hold them verbatim anywhere else."""
+KEY_FAMILIES = {
+    **dict.fromkeys(TEXT_FIELDS, "prompt"),
+    **dict.fromkeys(ID_FIELDS, "id"),
+    **dict.fromkeys(IMAGE_FIELDS, "image"),
+    "cwd": "cwd",
+    "verify": "verify",
+}
+"""Each key the runner reads, by what it gives (the template that would build it instead, when there is one)."""
 ASCII_SPACE = " \t\r\f\v"
 """What is trimmed around a prompts-file line: never U+2028/U+0085/U+00A0, which may be part of a prompt."""
 
@@ -516,6 +539,8 @@ def _row_prompt(row: InputRow, row_format: RowFormat) -> tuple[Prompt, str | Non
         obj = {"prompt": obj}
     elif not isinstance(obj, dict):
         raise UsageError(f'{where}: not an object (give {{"prompt": ...}} rows)')
+    if suspects := _misspelled_keys(tuple(obj)):
+        _refuse_misspelled_keys(obj, suspects, row_format, where)
     used: set[str] = set()
     explicit_id, id_field = _first_field(obj, ID_FIELDS)
     if explicit_id is not None:
@@ -552,9 +577,96 @@ def _row_prompt(row: InputRow, row_format: RowFormat) -> tuple[Prompt, str | Non
         used.add("verify")
     if verify is not None and not verify.strip():
         raise UsageError(f"{where}: the verify command is empty")
+    for what, value in (("the prompt", text), ("the image", image), ("the cwd", cwd), ("the verify command", verify)):
+        if value is not None:
+            _checked_text(value, what, where)
     fields = {k: v for k, v in obj.items() if k not in used}
     prompt = Prompt(index=-1, text=text, task_id="", image=image, cwd=cwd, fields=fields, verify=verify)
     return prompt, None if explicit_id is None else str(explicit_id)
+
+
+@functools.lru_cache(maxsize=4096)
+def _misspelled_key(key: str) -> str | None:
+    """The key the runner reads that ``key`` looks like a misspelling of ("verfy" -> "verify"), else None. Close
+    means difflib's ratio of at least 0.85 (a letter left out, added or changed in a word of 4 or more), the same
+    letters in another order, or another case: "uid" or "prompt_id" are not taken for "id" or "prompt"."""
+    if key in KEY_FAMILIES:
+        return None
+    lowered = key.lower()
+    if lowered in KEY_FAMILIES:
+        return lowered
+    close = difflib.get_close_matches(lowered, KEY_FAMILIES, n=1, cutoff=0.85)
+    if close:
+        return close[0]
+    return next((known for known in KEY_FAMILIES if len(known) >= 3 and sorted(known) == sorted(lowered)), None)
+
+
+@functools.lru_cache(maxsize=256)
+def _misspelled_keys(keys: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """(key, the key it resembles) of a row's keys (rows of one file mostly share their keys: one look-up a row)."""
+    return tuple((key, known) for key in keys if (known := _misspelled_key(key)) is not None)
+
+
+def _refuse_misspelled_keys(
+    obj: dict, suspects: tuple[tuple[str, str], ...], row_format: RowFormat, where: str
+) -> None:
+    """A key the runner would have read, misspelled, is refused: {"prompt": "a", "verfy": "true"} must not run
+    without its verifier. Only a value the runner could have used (text; an integer for an id) counts, only when
+    no key of what it resembles is present (a row with "prompt" may also have "prompts"), and not when a template
+    builds that value (its fields are the row's own business) or reads the key."""
+    for key, known in suspects:
+        family = KEY_FAMILIES[known]
+        value = obj[key]
+        if not isinstance(value, str) and not (type(value) is int and family == "id"):
+            continue
+        if getattr(row_format, family, None) is not None:
+            continue
+        if any(KEY_FAMILIES.get(present) == family for present in obj):
+            continue
+        if any(
+            name == key
+            for template in (row_format.prompt, row_format.image, row_format.verify)
+            if template
+            for _, name in template.parts
+        ):
+            continue
+        raise UsageError(
+            f'{where}: unknown key "{key}": did you mean "{known}"? (rename it; keys the runner does not read, and '
+            "are not close to one it does, go to metadata.prompt_fields)"
+        )
+
+
+def _checked_text(text: str, what: str, where: str) -> str:
+    """``text`` as it can be sent: a lone surrogate (from a JSON escape such as \\ud800, or an undecodable argv byte)
+    is refused before any task, not sent to fail as api_error on every rerun."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UsageError(
+            f"{where}: {what} holds a lone surrogate (U+{ord(text[exc.start]):04X} at character {exc.start}), "
+            "which UTF-8 cannot carry"
+        ) from None
+    return text
+
+
+_JSON_STARTS = frozenset('["-0123456789tfn')
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true or false"}
+
+
+def _refuse_json_non_object(text: str, where: str) -> None:
+    """A line that is valid JSON but not an object (an array, a string, a number...) is refused, never sent as the
+    text of a prompt: it was meant as a row."""
+    if not text or text[0] not in _JSON_STARTS:
+        return
+    try:
+        value, end = _SCAN_JSON(text, 0)
+    except (ValueError, StopIteration, RecursionError):
+        return
+    if end == len(text):
+        kind = _JSON_KINDS.get(type(value), "null")
+        raise UsageError(
+            f'{where}: {kind} in JSON, not an object: give {{"prompt": ...}} rows (a prompt with this very text too)'
+        )
 
 
 def _checked_id(task_id: str, where: str) -> str:
@@ -598,6 +710,8 @@ def _line_rows(lines: Iterable[str], source: str) -> Iterator[InputRow]:
                 raise UsageError(f"{source}:{number}: not valid JSON ({exc.msg})") from None
             except RecursionError:
                 raise UsageError(f"{source}:{number}: JSON nested too deeply to be a prompt") from None
+        else:
+            _refuse_json_non_object(stripped, f"{source}:{number}")
         yield InputRow(f"{source}:{number}", f"line {number}", value)
 
 
@@ -731,6 +845,7 @@ class PromptFile(Sequence[Prompt]):
         except UnicodeDecodeError as exc:
             raise UsageError(f"--prompts_file {self.path} is not UTF-8 text (byte {start + exc.start})") from None
         if not text.startswith("{"):
+            _refuse_json_non_object(text, f"{self.path}:{number}")
             return text
         # json's scanner itself: json.loads costs 3x as much on lines this short (bench/bench_input.py). The line
         # is stripped of JSON's whitespace, so a value ending where the line ends is what json.loads would give.
@@ -770,6 +885,8 @@ class PromptFile(Sequence[Prompt]):
             ):
                 if not task_id.isascii():
                     _checked_id(task_id, f"{self.path}:{number}")
+                if b"\\u" in stripped:  # only a JSON escape can make a lone surrogate
+                    _checked_text(text, "the prompt", f"{self.path}:{number}")
                 info, quick = 0, True
             elif (
                 plain
@@ -778,6 +895,8 @@ class PromptFile(Sequence[Prompt]):
                 and text
                 and not text.isspace()
             ):  # a plain-text line, or {"prompt": "..."}: the id derives from the text
+                if b"\\u" in stripped:
+                    _checked_text(text, "the prompt", f"{self.path}:{number}")
                 task_id, info, derived = derived_task_id(text, 0), 0, True
                 key = hash(text)
                 text_hashes[key % ID_BUCKETS].append(key)
@@ -2032,6 +2151,25 @@ def verifier_for(prompt: Prompt, config: RunConfig) -> str | None:
     return prompt.verify if prompt.verify is not None else config.verify
 
 
+def prompt_hash_for(prompt: Prompt, config: RunConfig) -> str:
+    """The record's ``metadata.prompt_hash``: the prompt's text, image, cwd and verifier as this run resolves them."""
+    return trajectory.prompt_hash(
+        prompt.text,
+        environments.task_image(config.env, prompt.image),
+        prompt.cwd or config.env.cwd,
+        verifier_for(prompt, config),
+    )
+
+
+def index_source_tag(prompts: "PromptFile", config: RunConfig) -> int:
+    """The tag of a prompts file's records in the output's resume index: the file as it is, read with these
+    templates, plus what :func:`prompt_hash_for` takes from the run rather than the row (--verify, the default
+    image, --cwd). An entry written under the tag was written for the prompt its row gives now, so resume places
+    it without parsing its record or comparing its prompt_hash."""
+    settings = repr((config.verify, environments.task_image(config.env), config.env.cwd))
+    return trajectory.stable_tag(f"{prompts.source_tag}\0{settings}")
+
+
 async def run_verifier(
     env: environments.Environment, command: str, timeout: float, start_cwd: str | None
 ) -> Verification:
@@ -2154,6 +2292,7 @@ async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> di
             "timestamp": started_wall.isoformat(timespec="seconds"),
             "sampling": sampling_settings(config),
             "config_hash": ctx.config_hash,
+            "prompt_hash": prompt_hash_for(prompt, config),
             "prompt_fields": prompt.fields,
         },
     )
@@ -2786,18 +2925,23 @@ class OutputFile:
         self._prompts: PromptFile | None = None
         self._index_source = 0
         self._lock_fd: int | None = None
+        self._file_lock_fds: list[int] = []
+        """Locks on the output itself (see _lock_file), one per inode it had during the run."""
         self._pending_replacement: str | None = None  # --overwrite: the new file, renamed over target at commit
         self.spent: tuple[Decimal, int] | None = None
         """What the records already in the file cost (USD, tokens), read for a budget only (see open)."""
         self._created = False  # this run created the file: removed at close if it is still empty
+        self._pending_compaction: Callable[[], None] | None = None  # resume: written by start(), once all checks passed
+        self._dropped: list[str] = []  # what the compaction drops, told once it is done
 
     def open(self, prompts: Sequence[Prompt] = ()) -> "dict[tuple[str, int], float | None] | DoneSamples":
-        """Lock, check and compact the file; returns the samples already finished in it: (task_id, sample_index)
-        -> reward, or for a prompts file, :class:`DoneSamples` (by row: the records the index places on their row are
-        not parsed)."""
+        """Lock and check the file, and plan its compaction (:meth:`start` writes it: a run refused before that
+        changed nothing); returns the samples already finished in it: (task_id, sample_index) -> reward, or for a
+        prompts file, :class:`DoneSamples` (by row: the records the index places on their row are not parsed)."""
         path = self.config.output_file
         self._prompts = prompts if isinstance(prompts, PromptFile) else None
-        self._index_source = self._prompts.source_tag if self._prompts is not None else 0
+        self._all_prompts = prompts
+        self._index_source = index_source_tag(self._prompts, self.config) if self._prompts is not None else 0
         if path == "-":
             self.writer = trajectory.JsonlWriter("-")
             return {}
@@ -2824,6 +2968,8 @@ class OutputFile:
         if not os.path.isdir(directory):
             raise UsageError(f"--output_file {path}: directory {directory} does not exist")
         self._lock(directory)
+        if os.path.exists(self.target):
+            self._lock_file(self.target)
         self._remove_leftovers(directory)
         if self.config.overwrite and os.path.exists(self.target):
             if not os.access(self.target, os.W_OK):
@@ -2833,10 +2979,12 @@ class OutputFile:
             self.writer = trajectory.JsonlWriter(
                 self._pending_replacement, index_source=self._index_source, index_file=self._pending_index()
             )
+            self._lock_file(self._pending_replacement)  # the output's inode once committed
             return {}
         if not os.path.exists(self.target):
             self.writer = trajectory.JsonlWriter(self.target, index_source=self._index_source)
             self._created = True
+            self._lock_file(self.target)
             return {}
         if not os.access(self.target, os.W_OK):
             raise PermissionError(path)
@@ -2846,9 +2994,14 @@ class OutputFile:
         prompts = self._prompts
         source = None
         if prompts is not None:
-            source = trajectory.PromptsSource(prompts.source_tag, prompts.file_rows, prompts.locate)
+            source = trajectory.PromptsSource(self._index_source, prompts.file_rows, prompts.locate)
         compacted = trajectory.compact_for_resume(
-            self.target, compaction_path=self._sibling("compact"), source=source, index=True
+            self.target,
+            compaction_path=self._sibling("compact"),
+            source=source,
+            index=True,
+            prompt_hash_of=self._prompt_hash_of(),
+            write=False,
         )
         log.debug(
             "resume: %d line(s) of %s taken from its index, %d parsed",
@@ -2856,8 +3009,11 @@ class OutputFile:
             path,
             compacted.parsed_lines,
         )
+        self._check_prompts(compacted.prompt_changed)
         self._check_settings(compacted.settings)
         dropped = []
+        if compacted.prompt_changed:
+            dropped.append(f"{len(compacted.prompt_changed)} record(s) made for another prompt (--resume_any)")
         if compacted.dropped_retryable:
             dropped.append(
                 f"{compacted.dropped_retryable} retryable record(s) (api_error/env_error/interrupted/verifier error)"
@@ -2866,12 +3022,63 @@ class OutputFile:
             dropped.append(f"{compacted.dropped_bad_lines} torn or invalid line(s)")
         if compacted.dropped_duplicates:
             dropped.append(f"{compacted.dropped_duplicates} duplicate record(s)")
-        if dropped:
-            log.warning("resume: dropped %s from %s; those tasks run again", " and ".join(dropped), path)
-        self.writer = trajectory.JsonlWriter(self.target, index_source=self._index_source)
+        self._pending_compaction = compacted.write
+        self._dropped = dropped
         if prompts is not None:  # records of tasks that are not among the prompts are kept, but not the run's
             return DoneSamples(prompts, compacted.by_row)
         return compacted.done
+
+    def start(self) -> None:
+        """Every check passed (settings, prompts, backend, endpoint): write the compaction :meth:`open` planned and
+        open the writer. Until then the output and its index are as the run found them."""
+        write, self._pending_compaction = self._pending_compaction, None
+        if write is None:
+            return
+        try:
+            write()
+            self.writer = trajectory.JsonlWriter(self.target, index_source=self._index_source)
+            self._lock_file(self.target)  # a compaction made a new file: lock it too
+        except OSError as exc:
+            self.close(keep=False)
+            raise UsageError(f"--output_file {self.shown}: {exc.strerror or exc}") from None
+        if self._dropped:
+            log.warning("resume: dropped %s from %s; those tasks run again", " and ".join(self._dropped), self.shown)
+
+    def _prompt_hash_of(self) -> Callable[[str], str | None]:
+        """task_id -> the prompt_hash its records must carry to be resumed (None: not among the run's prompts)."""
+        config, prompts = self.config, self._prompts
+        if prompts is not None:
+
+            def from_file(task_id: str) -> str | None:
+                row = prompts.locate(task_id)
+                if row is None:
+                    return None
+                prompt = prompts._prompt(row)
+                return prompt_hash_for(prompt, config) if prompt.task_id == task_id else None
+
+            return from_file
+        by_id: dict[str, Prompt] | None = None
+
+        def from_list(task_id: str) -> str | None:
+            nonlocal by_id
+            if by_id is None:
+                by_id = {prompt.task_id: prompt for prompt in self._all_prompts}
+            prompt = by_id.get(task_id)
+            return None if prompt is None else prompt_hash_for(prompt, config)
+
+        return from_list
+
+    def _check_prompts(self, changed: list[tuple[tuple[str, int], str]]) -> None:
+        """Refuse to reuse records made for another prompt (text, image, cwd or verifier) than their task's now."""
+        if not changed or self.config.resume_any:
+            return
+        (task_id, sample), difference = changed[0]
+        others = f" and {len(changed) - 1} other record(s)" if len(changed) > 1 else ""
+        raise UsageError(
+            f"--output_file {self.shown} holds records made for other prompts: task {task_id!r} (sample {sample}) "
+            f"has another {difference} now{others}; use --overwrite to replace them, another --output_file, or "
+            "--resume_any to drop those records and run their tasks again"
+        )
 
     def _pending_index(self) -> str:
         """--overwrite's new file's index (removed with it as a leftover; renamed with it at commit)."""
@@ -2900,6 +3107,27 @@ class OutputFile:
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd
 
+    def _lock_file(self, path: str) -> None:
+        """The output itself, by its inode: a runner writing the same file under another name (a hard link) is
+        refused too. The name's lock (see _lock) covers an output not created yet, or replaced since."""
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        status = os.fstat(fd)
+        held = {(held.st_dev, held.st_ino) for held in map(os.fstat, self._file_lock_fds)}
+        if not stat.S_ISREG(status.st_mode) or (status.st_dev, status.st_ino) in held:
+            os.close(fd)  # a device is shared as it is; an inode locked already is ours (a second flock would fail)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UsageError(
+                f"--output_file {self.shown} is in use by another mini-swe-runner writing it under another name "
+                "(a hard link to the same file): wait for it to finish, or write to another --output_file"
+            ) from None
+        self._file_lock_fds.append(fd)
+
     def _remove_leftovers(self, directory: str) -> None:
         """Files a killed run left beside the output (an unfinished compaction or --overwrite): with the lock
         held, nothing else can be writing them."""
@@ -2924,8 +3152,9 @@ class OutputFile:
         else:
             difference = (
                 f"settings hash {other.get('config_hash')} there, {self.config_hash} now: the endpoint host, system "
-                "prompt, tool description, --extra_body, --return_tokens or limits (--max_iterations, --timeout, "
-                "--max_timeout, --max_output_chars) differ"
+                "prompt, tool description, --extra_body, --return_tokens, limits (--max_iterations, --timeout, "
+                "--max_timeout, --max_output_chars, --max_task_cost) or how prompts are built and verified "
+                "(--prompt_template, --image_template, --verify_template, --verify, --verify_timeout) differ"
             )
         raise UsageError(
             f"--output_file {self.shown} holds records of a run with other settings ({difference}); "
@@ -2952,6 +3181,9 @@ class OutputFile:
         index = self._pending_index()
         if os.path.exists(index):
             os.replace(index, trajectory.index_path(self.target))
+            # The rename set the file's ctime; the index still describes it (its content did not change).
+            with contextlib.suppress(OSError):
+                os.utime(trajectory.index_path(self.target))
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(trajectory.index_path(self.target))
@@ -2970,9 +3202,12 @@ class OutputFile:
                     with contextlib.suppress(OSError):
                         os.unlink(leftover)
                 self._pending_replacement = None
-        if self._created:
+        self._pending_compaction = None
+        if self._created:  # while the locks are held: no other runner can have started writing to it
             self._created = False
             self._remove_if_empty()
+        while self._file_lock_fds:
+            os.close(self._file_lock_fds.pop())
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # the lock file stays: removing it would race with a runner opening it
             self._lock_fd = None
@@ -3211,6 +3446,7 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
             config.output_file,
         )
     if schedule.finished():
+        output.start()
         output.close(keep=True)
         summary = summarize(RunTally(), time.monotonic() - started, skipped, outcomes, schedule.not_needed)
         return RunOutcome(EXIT_OK, summary)
@@ -3251,6 +3487,11 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
         await ctx.model.close()
         output.close(keep=False)
         return RunOutcome(EXIT_FATAL, summarize(RunTally(), time.monotonic() - started, skipped, outcomes), str(exc))
+    try:
+        output.start()  # every check passed: only now is the output compacted
+    except UsageError:
+        await ctx.model.close()
+        raise
     # What exists now (the SDKs, imported lazily up to the first request) lives as long as the run: out of the
     # collector's sight, a full collection walks only the tasks' objects. Every full collection stalls the event
     # loop; over the SDKs' ~150,000 objects alone it took ~100 ms on the 2-core machine (bench/bench_modal_scale.py).
@@ -3706,6 +3947,9 @@ def main(
     if unknown:
         raise UsageError(_unknown_flags_message(list(unknown)))
     verbose, quiet = _bool("verbose", verbose), _bool("quiet", quiet)
+    model = _text("model", model)
+    if model is not None and not model.strip():
+        raise UsageError("--model is empty: give the model's name at the endpoint, e.g. openai/gpt-4.1-mini")
     if sum(source is not None for source in (task, prompts_file, dataset)) != 1:
         raise UsageError('give exactly one of --task "...", --prompts_file FILE or --dataset NAME')
     if split is not None and dataset is None:
@@ -3771,7 +4015,7 @@ def main(
     env_settings.secret_values = environments.secret_values_from_environ(extra=redactable_keys(resolved_key, base_url))
     _setup_logging(verbose, quiet, env_settings.secret_values)
     config = RunConfig(
-        model=_text("model", model) or os.environ.get("OPENAI_MODEL") or DEFAULT_MODEL,
+        model=model or os.environ.get("OPENAI_MODEL") or DEFAULT_MODEL,
         base_url=base_url,
         api_key=resolved_key,
         output_file=output_file,

@@ -11,6 +11,7 @@ import base64
 import bisect
 import collections
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -313,9 +314,69 @@ def build_record(
                 else str(sampling["reasoning_effort"]),
             },
             "config_hash": str(metadata.get("config_hash") or ""),
+            "prompt_hash": str(metadata.get("prompt_hash") or ""),
             "prompt_fields": prompt_fields if isinstance(prompt_fields, str) else _fields_text(prompt_fields),
         },
     }
+
+
+PROMPT_PARTS = ("prompt text", "image", "cwd", "verifier")
+"""What ``metadata.prompt_hash`` identifies, part by part, in its order."""
+
+
+def prompt_hash(text: str, image: str | None, cwd: str | None, verify: str | None) -> str:
+    """``metadata.prompt_hash``: what a record was made for, as one hash per part of :data:`PROMPT_PARTS` joined by
+    "-" (16 hex digits for the text, 8 for the others), so resume can say which part changed. A missing part (no
+    image, no cwd, no verifier) hashes apart from any text, the empty one included."""
+    return f"{_part_hash(text, 16)}-{_setting_hash(image)}-{_setting_hash(cwd)}-{_setting_hash(verify)}"
+
+
+def _part_hash(value: str | None, digits: int = 8) -> str:
+    data = b"\0" if value is None else b"\1" + value.encode("utf-8", "surrogatepass")
+    return hashlib.sha256(data).hexdigest()[:digits]
+
+
+@functools.lru_cache(maxsize=1024)
+def _setting_hash(value: str | None) -> str:
+    """An image, cwd or verifier's hash: few distinct values in a run, each hashed once."""
+    return _part_hash(value)
+
+
+def prompt_difference(record: dict, expected: str) -> str | None:
+    """What differs between the prompt ``record`` was made for and the one whose :func:`prompt_hash` is ``expected``
+    (e.g. "prompt text and verifier"), None when nothing that can be told differs.
+
+    A record of an older version has no prompt_hash: it is compared on what it holds, its first human turn (the
+    prompt text), ``metadata.image`` and whether it was verified; its cwd and the verifier's command cannot be
+    told, so a change of those alone is not seen in such a record."""
+    metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
+    recorded = metadata.get("prompt_hash")
+    if recorded == expected:
+        return None
+    wanted = expected.split("-")
+    if isinstance(recorded, str) and recorded:
+        parts = recorded.split("-")
+        if len(parts) != len(PROMPT_PARTS):
+            return "prompt hash"
+        changed = [name for name, old, new in zip(PROMPT_PARTS, parts, wanted, strict=True) if old != new]
+    else:
+        changed = []
+        conversations = record.get("conversations")
+        human = next(
+            (t.get("value") for t in conversations or () if isinstance(t, dict) and t.get("from") == "human"), None
+        )
+        if isinstance(human, str) and _part_hash(human, 16) != wanted[0]:
+            changed.append("prompt text")
+        image = metadata.get("image")
+        if (image is None or isinstance(image, str)) and _part_hash(image) != wanted[1]:
+            changed.append("image")
+        verified = record.get("verification") is not None
+        no_verifier = wanted[3] == _part_hash(None)
+        if (verified and no_verifier) or (
+            not verified and not no_verifier and record.get("exit_reason") in ("completed", "max_iterations")
+        ):
+            changed.append("verifier")
+    return " and ".join(changed) or None
 
 
 def normalize_verification(verification: dict) -> dict:
@@ -389,12 +450,24 @@ class JsonlWriter:
             while view:  # O_APPEND + one buffer: a line is never interleaved with another writer's bytes
                 written = os.write(self._fd, view)
                 view = view[written:]
-            if entry is not None:  # where the line landed: the file's end after it (O_APPEND) less its length
+            if entry is not None and self._index_fd >= 0:  # (another thread may have dropped the index since)
+                # Where the line landed: the file's end after it (O_APPEND) less its length.
                 end = os.lseek(self._fd, 0, os.SEEK_CUR)
-                os.write(self._index_fd, _pack_entry(end - len(data), *entry))
+                try:
+                    os.write(self._index_fd, _pack_entry(end - len(data), *entry))
+                except OSError:  # a full disk, a quota: the index only saves work, the run goes on without it
+                    self._drop_index()
             if self._sync:  # the line only: an entry lost with the machine costs the next resume a full parse, and
                 os.fsync(self._fd)  # one that outlives its line points past the file's end, so it is not trusted
             self.written += 1
+
+    def _drop_index(self) -> None:
+        """Stop indexing: the entries written so far end before the file does, so no resume trusts them; emptied
+        when it can be, to free what it held."""
+        fd, self._index_fd = self._index_fd, -1
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)
 
     def close(self) -> None:
         with self._lock:
@@ -496,15 +569,19 @@ def _open_index_for_append(path: str, output_fd: int) -> int:
     """The index at ``path``, ready for appending: continued when it describes the whole output as it is, started
     afresh for an empty output, else emptied and not written (the next resume parses every line, and writes it
     anew); -1 then."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK, 0o644)  # a FIFO there never blocks
     try:
         output = os.fstat(output_fd)
         index = os.fstat(fd)
+        if not stat.S_ISREG(index.st_mode):  # a FIFO or a device is not an index: written to, it could block
+            os.close(fd)
+            return -1
         whole = _INDEX_HEADER.size + (index.st_size - _INDEX_HEADER.size) // _INDEX_ENTRY.size * _INDEX_ENTRY.size
         current = (
             index.st_size >= _INDEX_HEADER.size
             and os.pread(fd, _INDEX_HEADER.size, 0) == _index_header(output)
             and output.st_mtime_ns <= index.st_mtime_ns
+            and output.st_ctime_ns <= index.st_mtime_ns
             and _covered_end(fd, whole) == output.st_size
         )
         if current:
@@ -579,15 +656,21 @@ def _trusted_index(path: str, source_tag: int = 0) -> _IndexColumns | None:
 
     Provably: the index names this very file (st_dev, st_ino: a file replaced by a rewrite, a copy or ``grep -v >``
     is another), nothing was written to the file after the index's last entry (mtime: a hand edit, an append by an
-    older version, a crash between a line and its entry), its entries tile the file from its first byte to its last
-    and every line ends with a newline where its entry says. A torn last entry (a crash mid-entry) leaves the file's
-    end uncovered, so it is not trusted either. Read a chunk at a time: 1,000,000 entries in about 0.4 s."""
+    older version, a crash between a line and its entry; and ctime, which changes with any write and which no tool
+    can set back: an in-place edit of the same length whose mtime was restored with ``touch -r``), its entries tile
+    the file from its first byte to its last and every line ends with a newline where its entry says. A torn last
+    entry (a crash mid-entry) leaves the file's end uncovered, so it is not trusted either. An index path that is
+    not a regular file (a FIFO would block the read) is not an index. Read a chunk at a time: 1,000,000 entries in
+    about 0.4 s."""
     try:
-        with open(index_path(path), "rb") as index, open(path, "rb") as output:
+        index_fd = os.open(index_path(path), os.O_RDONLY | os.O_NONBLOCK)
+        with open(index_fd, "rb") as index, open(path, "rb") as output:
             index_status, output_status = os.fstat(index.fileno()), os.fstat(output.fileno())
+            if not stat.S_ISREG(index_status.st_mode):
+                return None
             if index.read(_INDEX_HEADER.size) != _index_header(output_status):
                 return None
-            if output_status.st_mtime_ns > index_status.st_mtime_ns:
+            if max(output_status.st_mtime_ns, output_status.st_ctime_ns) > index_status.st_mtime_ns:
                 return None
             if (index_status.st_size - _INDEX_HEADER.size) % _INDEX_ENTRY.size:
                 return None
@@ -729,6 +812,11 @@ class CompactResult:
     on a row, and the first record of each settings hash (for the settings check)."""
     indexed_lines: int = 0
     """Records taken from the index: placed on their row (or dropped as retryable) without parsing their line."""
+    prompt_changed: list[tuple[tuple[str, int], str]] = field(default_factory=list)
+    """(task_id, sample_index) and what differs, of the final records made for another prompt than their task's now
+    (see compact_for_resume's ``prompt_hash_of``): left out of ``done``/``by_row`` and dropped by ``write()``."""
+    write: Callable[[], None] = lambda: None
+    """Writes the compaction planned (the rewritten file and its index); compact_for_resume's ``write`` calls it."""
 
     @property
     def done_ids(self) -> set[str]:
@@ -737,7 +825,12 @@ class CompactResult:
 
 
 def compact_for_resume(
-    path: str, compaction_path: str | None = None, source: PromptsSource | None = None, index: bool = False
+    path: str,
+    compaction_path: str | None = None,
+    source: PromptsSource | None = None,
+    index: bool = False,
+    prompt_hash_of: Callable[[str], str | None] | None = None,
+    write: bool = True,
 ) -> CompactResult:
     """Rewrite ``path`` atomically keeping one final record per (task_id, sample_index); retryable (see
     :func:`is_retryable`) and torn records are dropped.
@@ -751,12 +844,31 @@ def compact_for_resume(
     ``index``: use and keep the resume index beside ``path`` (see :func:`_trusted_index`): lines it describes are
     not parsed, and when the file is rewritten or had to be parsed, the index is written anew for it. ``source``:
     records are matched to these prompts by row (``by_row``) instead of by key (``done``).
+
+    ``prompt_hash_of``: a task_id -> the :func:`prompt_hash` its records must carry to be kept (None: the task is
+    not among the run's prompts). A final record made for another prompt (see :func:`prompt_difference`) is left
+    out of what is done, dropped from the file and listed in ``prompt_changed``. Records the index places by the
+    source tag are not parsed, hence not compared: the tag names the prompts as they are (the caller makes it
+    cover everything the hash covers). ``write``: False plans the compaction without writing anything (the file
+    and its index stay as they are); ``CompactResult.write()`` does it later.
     """
     tag = source.tag if source is not None else 0
+    check = None
+    if prompt_hash_of is not None:
+
+        def check(record: dict) -> str | None:
+            expected = prompt_hash_of(record_key(record)[0])
+            return None if expected is None else prompt_difference(record, expected)
+
+    result = None
     if index and source is not None and (columns := _trusted_index(path, tag)) is not None:
         with contextlib.suppress(_IndexDisagrees):
-            return _compact(path, _IndexedLines(path, columns), compaction_path, source, index)
-    return _compact(path, _ParsedLines(path, source), compaction_path, source, index)
+            result = _compact(path, _IndexedLines(path, columns, check), compaction_path, source, index)
+    if result is None:
+        result = _compact(path, _ParsedLines(path, source, check), compaction_path, source, index)
+    if write:
+        result.write()
+    return result
 
 
 class _IndexDisagrees(Exception):
@@ -770,6 +882,9 @@ class _Lines:
     bad: int = 0
     blank: bool = False
     ends_with_newline: bool = True
+    prompt_changed: dict[int, tuple[tuple[str, int], str]]
+    """Entry -> its (task_id, sample_index) and what differs, for the records read that were made for another prompt
+    than their task's now."""
 
     def key(self, entry: int) -> tuple[str, int]:
         raise NotImplementedError
@@ -779,8 +894,9 @@ class _Lines:
 
 
 class _IndexedLines(_Lines):
-    def __init__(self, path: str, columns: _IndexColumns):
-        self.path, self.columns = path, columns
+    def __init__(self, path: str, columns: _IndexColumns, check: Callable[[dict], str | None] | None = None):
+        self.path, self.columns, self.check = path, columns, check
+        self.prompt_changed = {}
         self.offsets: array | None = None
         self.parsed = 0
         self.keys_read = 0
@@ -805,7 +921,10 @@ class _IndexedLines(_Lines):
 
     def key(self, entry: int) -> tuple[str, int]:
         self.keys_read += 1
-        return record_key(self._record(entry))
+        record = self._record(entry)
+        if self.check is not None and (difference := self.check(record)) is not None:
+            self.prompt_changed[entry] = (record_key(record), difference)
+        return record_key(record)
 
     def metadata(self, entry: int) -> tuple[str, dict]:
         record = self._record(entry)
@@ -820,8 +939,9 @@ class _ParsedLines(_Lines):
     """Every line parsed (no index describes the file). A record whose task is among ``source``'s prompts is placed
     on its row here; the others keep their key, and the first record of each settings hash its metadata."""
 
-    def __init__(self, path: str, source: PromptsSource | None):
+    def __init__(self, path: str, source: PromptsSource | None, check: Callable[[dict], str | None] | None = None):
         self.columns = columns = _empty_columns()
+        self.prompt_changed = {}
         self.keys: dict[int, tuple[str, int]] = {}
         self.first: dict[int, tuple[str, dict]] = {}
         self.starts = array("q")
@@ -829,6 +949,8 @@ class _ParsedLines(_Lines):
         for start, length, record in _valid_lines(path, bad, blank):
             _, _, _, reward, tag, _, flags = _index_entry(record, length, 0)
             task_id, sample = key = record_key(record)
+            if check is not None and not flags & INDEX_RETRYABLE and (difference := check(record)) is not None:
+                self.prompt_changed[len(self.starts)] = (key, difference)
             row = source.locate(task_id) if source is not None and not flags & INDEX_PARSE else None
             if row is None or not _is_count(sample):
                 row, sample, flags = 0, 0, flags | _OTHER_SOURCE
@@ -861,8 +983,9 @@ def _compact(
     columns = lines.columns
     count = len(columns.lengths)
     by_row, keyed, retryable, duplicates = _place(lines, source)
+    prompt_changed = _drop_changed(lines, by_row, keyed)
     kept_entries: Iterable[int]
-    if duplicates or retryable:
+    if duplicates or retryable or prompt_changed:
         placed = (_kept_of(rows.entries) for rows in by_row.values())
         kept_entries = sorted(itertools.chain(keyed.values(), *placed))
     else:
@@ -870,30 +993,63 @@ def _compact(
     # The settings of the records kept, in file order (a superseded record's do not count).
     settings: dict[str, dict] = {}
     seen_tags: set[int] = set()
-    for entry in kept_entries if (duplicates or retryable) else _first_of_each(columns.settings):
+    for entry in kept_entries if (duplicates or retryable or prompt_changed) else _first_of_each(columns.settings):
         tag = columns.settings[entry]
         if tag not in seen_tags:
             seen_tags.add(tag)
             config_hash, metadata = lines.metadata(entry)
             settings.setdefault(config_hash, metadata)
-    rewrite = bool(retryable or lines.bad or duplicates or not lines.ends_with_newline or (index and lines.blank))
-    newline_added = -1
-    if rewrite:
-        starts = lines.starts if isinstance(lines, _ParsedLines) else array("q", columns.offsets)
-        if count and not lines.ends_with_newline and starts[-1] + columns.lengths[-1] == os.path.getsize(path):
-            newline_added = count - 1  # the last line, cut before its newline: copied with one
-        places = ((starts[entry], columns.lengths[entry]) for entry in kept_entries)
-        _atomic_write(path, _kept_lines(path, places), compaction_path)
-    if index and (rewrite or isinstance(lines, _ParsedLines)):
-        tag = source.tag if source is not None else 0
-        with contextlib.suppress(OSError):  # a stale index left beside the file names another file, or lies behind it
-            _write_index(path, columns, kept_entries, newline_added, tag, compaction_path)
+    rewrite = bool(
+        retryable or prompt_changed or lines.bad or duplicates or not lines.ends_with_newline or (index and lines.blank)
+    )
+
+    def write() -> None:
+        newline_added = -1
+        if rewrite:
+            starts = lines.starts if isinstance(lines, _ParsedLines) else array("q", columns.offsets)
+            if count and not lines.ends_with_newline and starts[-1] + columns.lengths[-1] == os.path.getsize(path):
+                newline_added = count - 1  # the last line, cut before its newline: copied with one
+            places = ((starts[entry], columns.lengths[entry]) for entry in kept_entries)
+            _atomic_write(path, _kept_lines(path, places), compaction_path)
+        # Anew too when lines had to be placed by their task_id (written against other prompts, or the same file
+        # changed): placed now, their entries carry this source's tag, and the next resume need not parse them.
+        if index and (rewrite or isinstance(lines, _ParsedLines) or getattr(lines, "keys_read", 0)):
+            tag = source.tag if source is not None else 0
+            with contextlib.suppress(OSError):  # a stale index beside the file names another file, or lies behind it
+                _write_index(path, columns, kept_entries, newline_added, tag, compaction_path)
+
     rewards = columns.rewards
     done = {key: None if math.isnan(rewards[entry]) else rewards[entry] for key, entry in keyed.items()}
     result = CompactResult(done, retryable, lines.bad, duplicates, settings, by_row)
     result.parsed_lines = lines.parsed
     result.indexed_lines = count - lines.keys_read if isinstance(lines, _IndexedLines) else 0
+    result.prompt_changed = prompt_changed
+    result.write = write
     return result
+
+
+def _drop_changed(
+    lines: _Lines, by_row: dict[int, RowSamples], keyed: dict[tuple[str, int], int]
+) -> list[tuple[tuple[str, int], str]]:
+    """Take the final records made for another prompt out of what is kept; returns their keys and differences."""
+    if not lines.prompt_changed:
+        return []
+    dropped = []
+    for key, entry in list(keyed.items()):
+        if entry in lines.prompt_changed:
+            del keyed[key]
+            dropped.append(lines.prompt_changed[entry])
+    columns = lines.columns
+    for entry, changed in lines.prompt_changed.items():
+        samples = by_row.get(columns.samples[entry])
+        if (
+            samples is not None
+            and columns.flags[entry] & _OTHER_SOURCE == 0
+            and samples.entries[columns.rows[entry]] == entry
+        ):
+            samples.entries[columns.rows[entry]] = -1
+            dropped.append(changed)
+    return dropped
 
 
 def _kept_of(entries: array) -> Iterator[int]:
@@ -993,6 +1149,19 @@ def _write_index(
     that was read without one), replacing the old one atomically."""
     directory, name = os.path.split(os.path.abspath(path))
     temp = (temp or os.path.join(directory, f".{name}.compact-{os.getpid()}")) + ".index"
+    try:
+        _write_index_file(path, columns, kept, newline_added, source_tag, temp)
+    except BaseException:  # a full disk: no half-written index is left beside the output
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    os.replace(temp, index_path(path))
+    sync_directory(directory)
+
+
+def _write_index_file(
+    path: str, columns: _IndexColumns, kept: Iterable[int], newline_added: int, source_tag: int, temp: str
+) -> None:
     rows, samples, rewards, flags = columns.rows, columns.samples, columns.rewards, columns.flags
     with open(temp, "wb") as handle:
         handle.write(_index_header(os.stat(path)))
@@ -1014,11 +1183,10 @@ def _write_index(
         os.fsync(handle.fileno())
         # Its time is its output's at least: a file whose mtime lies ahead (clock skew, a copy that kept a later
         # time) is described by this index all the same, since it was read whole under the lock just now.
-        output_mtime = os.stat(path).st_mtime_ns
-        if os.fstat(handle.fileno()).st_mtime_ns < output_mtime:
-            os.utime(handle.fileno(), ns=(output_mtime, output_mtime))
-    os.replace(temp, index_path(path))
-    sync_directory(directory)
+        output = os.stat(path)
+        output_time = max(output.st_mtime_ns, output.st_ctime_ns)
+        if os.fstat(handle.fileno()).st_mtime_ns < output_time:
+            os.utime(handle.fileno(), ns=(output_time, output_time))
 
 
 def _valid_lines(
@@ -1497,6 +1665,7 @@ def _metadata_schema(value) -> dict:
             "reasoning_effort": string,
         },
         "config_hash": string,
+        "prompt_hash": string,
         "prompt_fields": string,
     }
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -41,7 +42,8 @@ def write_inputs(directory: Path, lines: int) -> tuple[Path, Path]:
     with prompts.open("w") as p:
         for index in range(lines):
             p.write(json.dumps({"prompt": f"Solve task number {index} and report.", "id": f"task-{index}"}) + "\n")
-    source = mini_swe_runner.PromptFile(str(prompts), mini_swe_runner.RowFormat()).source_tag
+    prompt_file = mini_swe_runner.PromptFile(str(prompts), mini_swe_runner.RowFormat())
+    source = mini_swe_runner.index_source_tag(prompt_file, mini_swe_runner.RunConfig(model="bench"))
     with trajectory.JsonlWriter(str(output), sync=False, index_source=source) as o:
         for index in range(lines):
             if index < lines - 1:  # every task but the last is already done
@@ -56,7 +58,15 @@ def write_inputs(directory: Path, lines: int) -> tuple[Path, Path]:
                     usage=trajectory.empty_usage(),
                     duration_s=1.0,
                     error=None,
-                    metadata={"model": "bench", "env_type": "local", "image": None, "timestamp": "2026-01-01"},
+                    metadata={
+                        "model": "bench",
+                        "env_type": "local",
+                        "image": None,
+                        "timestamp": "2026-01-01",
+                        "prompt_hash": trajectory.prompt_hash(
+                            f"Solve task number {index} and report.", None, None, None
+                        ),
+                    },
                 )
                 o.write(record)
     return prompts, output
@@ -72,6 +82,9 @@ def first_task(server, prompts: Path | None, output: Path, resume: bool, index: 
     if resume and index:  # the very file the runner wrote: its index names it (st_ino), so it is moved, not copied
         output.rename(out)
         (output.parent / f".{output.name}.index").rename(work / ".out.jsonl.index")
+        # A rename sets the file's ctime, which resume reads as a write after the index's last entry: the index is
+        # touched as the runner's last entry would have, since the file was written in place by the runner.
+        os.utime(work / ".out.jsonl.index")
     elif resume:
         shutil.copyfile(output, out)  # streamed: this process must not grow by the output's size
     seen = len(server.requests)

@@ -149,6 +149,24 @@ def test_verbose_false_means_false(server, tmp_path):
         ('{"prompt": "a", "id": "x"}\n{"prompt": "b", "id": "x"}\n', "p.jsonl:2: id 'x' already used on line 1"),
         ('{"prompt": "a", "image": 5}\n', 'p.jsonl:1: "image" must be a string'),
         ("\n\n", "has no prompts"),
+        # Issue 20 item 3: a misspelled key the runner would have read, and JSON that is not an object.
+        (
+            '{"prompt": "a"}\n{"prompt": "b", "verfy": "true"}\n',
+            'p.jsonl:2: unknown key "verfy": did you mean "verify"',
+        ),
+        ('{"promt": "a"}\n', 'unknown key "promt": did you mean "prompt"'),
+        ('{"prompt": "a", "Id": "x"}\n', 'unknown key "Id": did you mean "id"'),
+        ('{"prompt": "a", "imgae": "python:3.12"}\n', 'unknown key "imgae": did you mean "image"'),
+        ('{"prompt": "a", "cwdd": "/tmp"}\n', 'unknown key "cwdd": did you mean "cwd"'),
+        ('{"tsak": "a"}\n', 'unknown key "tsak": did you mean "task"'),
+        ('{"prompt": "a"}\n[1, 2]\n', "p.jsonl:2: an array in JSON, not an object"),
+        ('"just a string"\n', "p.jsonl:1: a string in JSON, not an object"),
+        ("plain text\n1e3\n", "p.jsonl:2: a number in JSON, not an object"),
+        ("null\n", "p.jsonl:1: null in JSON, not an object"),
+        # Issue 19 item 10: a lone surrogate is refused with its line, not sent to fail on every rerun.
+        ('{"prompt": "a"}\n{"prompt": "b\\ud800"}\n', "p.jsonl:2: the prompt holds a lone surrogate (U+D800"),
+        ('{"prompt": "b\\udc00x", "id": "t", "repo": "r"}\n', "p.jsonl:1: the prompt holds a lone surrogate"),
+        ('{"prompt": "b", "verify": "test \\ud83d"}\n', "p.jsonl:1: the verify command holds a lone surrogate"),
     ],
 )
 def test_malformed_prompts_file_is_reported_before_any_task(tmp_path, content, needle):
@@ -158,6 +176,56 @@ def test_malformed_prompts_file_is_reported_before_any_task(tmp_path, content, n
         result = run_cli(["--prompts_file", str(prompts), "--base_url", server.base_url], cwd=tmp_path)
         assert server.requests == []
     one_line_error(result, 2, needle)
+    assert not (tmp_path / "trajectories.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [['{"prompt": "a", "verfy": "true"}'], ["[1, 2]"], ['{"prompt": "\\ud800"}'], ["ok", '"text"']],
+)
+def test_piped_prompts_are_refused_as_a_prompts_file_is(tmp_path, lines):
+    """A pipe is read whole (no PromptFile): the same refusals, the same words."""
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(mini_swe_runner.UsageError) as whole:
+        mini_swe_runner.parse_prompt_lines(lines, str(path))
+    with pytest.raises(mini_swe_runner.UsageError) as streamed:
+        mini_swe_runner.load_prompts(str(path))
+    assert str(streamed.value) == str(whole.value)
+
+
+def test_extra_keys_that_are_not_misspellings_still_go_to_prompt_fields(server, tmp_path):
+    """Keys not close to one the runner reads, a close one whose family is present, or one whose value could not
+    be used (a list) are fields, as before; so is a close one a template reads."""
+    prompts = tmp_path / "p.jsonl"
+    fields = {"prompts": "b", "uid": "u", "prompt_id": "p", "images": ["x.png"], "repo": "r"}
+    prompts.write_text(json.dumps({"prompt": "a", **fields}) + "\n")
+    result = run_cli(["--prompts_file", str(prompts), *local_args(server)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(read_jsonl(tmp_path / "trajectories.jsonl")[0]["metadata"]["prompt_fields"]) == fields
+
+    templated = tmp_path / "t.jsonl"
+    templated.write_text(json.dumps({"prompt": "c", "verfy": "true"}) + "\n")
+    out = tmp_path / "t-out.jsonl"
+    args = ["--prompts_file", str(templated), "--verify_template", "{verfy}", "--output_file", str(out)]
+    result = run_cli([*args, *local_args(server)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = read_jsonl(out)[0]
+    assert json.loads(record["metadata"]["prompt_fields"]) == {"verfy": "true"} and record["reward"] == 1.0
+
+
+def test_a_task_with_a_lone_surrogate_and_an_empty_model_are_refused(tmp_path):
+    task = os.fsdecode(b"fix \xff")  # an undecodable argv byte: a lone surrogate in Python
+    with ScriptedModelServer([reply("x")]) as server:
+        result = run_cli(["--task", task, "--base_url", server.base_url], cwd=tmp_path)
+        one_line_error(result, 2, "--task: the prompt holds a lone surrogate")
+        one_line_error(
+            run_cli(["--task", "a", "--model", "", "--base_url", server.base_url], cwd=tmp_path), 2, "--model is empty"
+        )
+        one_line_error(
+            run_cli(["--task", "a", "--model=  ", "--base_url", server.base_url], cwd=tmp_path), 2, "--model is empty"
+        )
+        assert server.requests == []
     assert not (tmp_path / "trajectories.jsonl").exists()
 
 

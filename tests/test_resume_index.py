@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -187,6 +188,18 @@ def _stale_by_moved_newline(out: Path, index: Path) -> None:
     os.utime(out, ns=(stamp, stamp))
 
 
+def _stale_by_same_length_edit_with_mtime_restored(out: Path, index: Path) -> None:
+    # Issue 19 item 8: an edit in place, of the same length, its mtime set back as `touch -r` does: a completed
+    # record is an api_error now, and resume must run its task again. Only the ctime tells (no tool sets it back).
+    before = out.stat()
+    time.sleep(0.05)  # an edit by hand comes after the run's last write
+    data = out.read_bytes().replace(b'"exit_reason": "completed"', b'"exit_reason": "api_error"', 1)
+    with out.open("r+b") as handle:
+        handle.write(data)
+    os.utime(out, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert out.stat().st_mtime_ns == before.st_mtime_ns and out.stat().st_size == before.st_size
+
+
 def _stale_by_truncated_index(out: Path, index: Path) -> None:
     os.truncate(index, index.stat().st_size - 10)
 
@@ -206,6 +219,7 @@ def _stale_by_index_of_another_file(out: Path, index: Path) -> None:
         _stale_by_grep,
         _stale_by_concatenation,
         _stale_by_moved_newline,
+        _stale_by_same_length_edit_with_mtime_restored,
         _stale_by_truncated_index,
         _stale_by_index_of_another_file,
     ],
@@ -320,6 +334,11 @@ def test_a_changed_prompts_file_is_matched_by_task_id_not_by_row(tmp_path):
         assert resumed.returncode == 0, resumed.stderr
         assert "resume: 0 line(s)" in _resume_line(resumed.stderr)
         assert len(server.requests) == 4 + 2
+        # Placed by task_id (and their prompts compared) once: their entries now carry the new file's tag (the one
+        # line parsed is the settings check's).
+        again = run_cli([*base, "--verbose"], cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert "resume: 6 line(s)" in _resume_line(again.stderr) and "1 parsed" in _resume_line(again.stderr)
     assert sorted(r["task_id"] for r in read_jsonl(out)) == ["t0", "t1", "t2", "t3", "t8", "t9"]
 
 
@@ -339,3 +358,51 @@ def test_a_second_runner_is_refused_and_leaves_the_index_alone(tmp_path):
             refused = run_cli(base, cwd=tmp_path)
         assert refused.returncode == 2 and "in use by another mini-swe-runner" in refused.stderr
         assert (out.read_bytes(), index.read_bytes()) == before
+
+
+def test_an_index_path_that_is_a_fifo_never_blocks_the_run_or_resume(tmp_path):
+    """Issue 19 item 8: a FIFO where the index goes is not an index: neither read nor written (both would block)."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("a\nb\nc\n")
+    out = tmp_path / "out.jsonl"
+    index = Path(index_path(str(out)))
+    os.mkfifo(index)
+    with ScriptedModelServer(lambda request: reply("ok")) as server:
+        base = ["--prompts_file", str(prompts), "--base_url", server.base_url, "--output_file", str(out), "--quiet"]
+        first = run_cli([*base, "--limit", "2"], cwd=tmp_path, timeout=60)  # a block would time out here
+        assert first.returncode == 0, first.stderr
+        assert stat.S_ISFIFO(index.stat().st_mode)  # the writer left it alone
+        resumed = run_cli(base, cwd=tmp_path, timeout=60)
+        assert resumed.returncode == 0, resumed.stderr
+        assert len(server.requests) == 3
+    assert sorted(r["prompt_index"] for r in read_jsonl(out)) == [0, 1, 2]
+
+
+def test_a_full_filesystem_for_the_index_alone_never_stops_the_run(tmp_path):
+    """Issue 19 item 8: the index lives on a 4 KB tmpfs (through a symlink), full after about 84 entries; the output
+    has room. Every task is still recorded, and the next resume, not trusting the short index, parses the file."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(small)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        prompts = tmp_path / "p.jsonl"
+        prompts.write_text("".join(f"prompt {n}\n" for n in range(120)))
+        out = tmp_path / "out.jsonl"
+        os.symlink(small / "index", index_path(str(out)))
+        with ScriptedModelServer(lambda request: reply("ok")) as server:
+            base = ["--prompts_file", str(prompts), "--base_url", server.base_url, "--output_file", str(out)]
+            result = run_cli([*base, "--quiet"], cwd=tmp_path)
+            assert result.returncode == 0, result.stderr
+            assert len(read_jsonl(out)) == 120 and len(server.requests) == 120
+            assert os.path.getsize(small / "index") < 64 + 48 * 120  # it did run out of room
+            resumed = run_cli([*base, "--verbose"], cwd=tmp_path)
+            assert resumed.returncode == 0, resumed.stderr
+            assert "resume: 0 line(s)" in _resume_line(resumed.stderr) and "120 parsed" in _resume_line(resumed.stderr)
+            assert len(server.requests) == 120
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+    assert len(read_jsonl(out)) == 120

@@ -586,6 +586,6 @@ def test_unusual_but_valid_prompts_file_input(tmp_path):
     base = ["--base_url", "http://127.0.0.1:9/v1"]
     one_line_error(run_cli(["--prompts_file", str(surrogates), *base], cwd=tmp_path), "sur.jsonl:1: id 'a\\ud800'")
     one_line_error(run_cli(["--prompts_file", str(deep), *base], cwd=tmp_path), "deep.jsonl:1: JSON nested too deeply")
-    # A prompt text with a lone surrogate still gets its own derived id.
-    texts = mini_swe_runner.parse_prompt_lines(['{"prompt": "a\\ud800"}', '{"prompt": "a\\ud801"}'], "t")
-    assert texts[0].task_id != texts[1].task_id
+    # A prompt text with a lone surrogate is refused with its line (issue 19 item 10): it could never be sent.
+    with pytest.raises(mini_swe_runner.UsageError, match="t:2: the prompt holds a lone surrogate"):
+        mini_swe_runner.parse_prompt_lines(['{"prompt": "a"}', '{"prompt": "a\\ud801"}'], "t")

@@ -401,10 +401,12 @@ def assert_spec_types(record: dict) -> None:
         "timestamp",
         "sampling",
         "config_hash",
+        "prompt_hash",
         "prompt_fields",
     ]
     assert list(record["metadata"]["sampling"]) == ["temperature", "top_p", "max_tokens", "reasoning_effort"]
     assert type(record["metadata"]["config_hash"]) is str
+    assert type(record["metadata"]["prompt_hash"]) is str
     assert type(record["metadata"]["prompt_fields"]) is str and isinstance(
         json.loads(record["metadata"]["prompt_fields"]), dict
     )
