@@ -460,13 +460,16 @@ class Environment:
         await self._start()
         self._started = True
 
-    async def execute(self, command: str, timeout: float) -> ExecResult:
+    async def execute(self, command: str, timeout: float, output_limit: int | None = None) -> ExecResult:
+        """Run one bash command; ``output_limit`` replaces --max_output_chars for this command (the runner's own
+        commands that read a file back whole, such as the patch)."""
         if not self._started:
             await self.start()
         if self.closed:
             raise EnvError(f"this {self.name} environment was closed; create a new one")
         settings = self.settings
-        collector = OutputCollector(settings.max_output_chars, settings.secret_values, self._marker)
+        limit = settings.max_output_chars if output_limit is None else output_limit
+        collector = OutputCollector(limit, settings.secret_values, self._marker)
         started = time.monotonic()
         error = None
         try:
@@ -507,6 +510,12 @@ class Environment:
     def abandon(self) -> None:
         """Synchronous, best-effort, quick cleanup for a second Ctrl-C, when the event loop is not waited on."""
         raise NotImplementedError
+
+    async def end_processes(self) -> None:
+        """End every process the task's commands left running; the sandbox and its files stay. Called before a
+        verifier runs in the task's own sandbox, so nothing of the agent (a loop rewriting the tests) runs beside it.
+        Raises EnvError when it cannot be done, since the verifier's result could then not be trusted."""
+        raise EnvError(f"the {self.name} backend cannot end the agent's processes: use --verify_in fresh")
 
     # What a backend class brings -----------------------------------------------------------------------------
 
@@ -721,6 +730,9 @@ while True:
     elif "kill" in request:
         command_id = request["kill"]
         kill_until_gone(lambda table: command_processes(table, command_id))
+    elif "kill_all" in request:  # before a verifier: nothing the task's commands started may still run
+        me = os.getpid()
+        kill_until_gone(lambda table: subtrees(table, [me]))
 """
 
 SUPERVISOR_START_WAIT = 30.0
@@ -1194,6 +1206,12 @@ class LocalEnvironment(Environment):
             supervisor.stop(wait=2.0)
         self._remove_temp_dir()
 
+    async def end_processes(self) -> None:
+        # Orphans are re-parented to the supervisor (a subreaper): its subtree is all the task started. It handles
+        # requests in order, so the kill is done before the next command it is sent starts.
+        if self._supervisor is not None and not self._supervisor.gone:
+            self._supervisor.send({"kill_all": True})
+
     def _remove_temp_dir(self) -> None:
         temp_dir, self._temp_dir = self._temp_dir, None
         if temp_dir:
@@ -1454,6 +1472,16 @@ class DockerEnvironment(Environment):
             self._remove()
         except Exception:  # best effort: the reaper removes what is left at the next run
             pass
+
+    async def end_processes(self) -> None:
+        # A restart kills every process of the container (the kernel's cgroup, not a walk that a forking loop can
+        # outrun) and keeps its filesystem; its main process is our `sleep infinity` again.
+        def restart() -> None:
+            with _docker_errors(f"could not restart container {self.name} to end the agent's processes"):
+                self._client().api.restart(self.container_id, timeout=0)
+
+        if self.container_id and not self.closed:
+            await asyncio.to_thread(restart)
 
     def _remove(self) -> None:
         import docker
@@ -2417,6 +2445,11 @@ class SSHEnvironment(Environment):
         if exit_code == -1 and channel.get_exit_status() is None and self._connection.is_closed():
             raise EnvError(f"the ssh connection to {self.settings.ssh_host} was lost")
         return exit_code
+
+    async def end_processes(self) -> None:
+        # The process groups of the task's commands (a command that made a new session of its own escapes them).
+        groups, self._groups = self._groups, []
+        await self._kill_groups(groups)
 
     async def _kill_groups(self, groups: list[int]) -> None:
         if groups:

@@ -53,6 +53,7 @@ RECORD_KEYS = (
     "verification",
     "reward",
     "error",
+    "patch",
     "metadata",
 )
 SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "reasoning_effort")
@@ -213,6 +214,7 @@ def build_record(
     metadata: dict,
     sample_index: int = 0,
     verification: dict | None = None,
+    patch: str | None = None,
 ) -> dict:
     """A record with every key, always of the same JSON type, so all rows share one schema.
 
@@ -238,6 +240,7 @@ def build_record(
         "verification": verification,
         "reward": reward_of(verification),
         "error": None if error is None else str(error),
+        "patch": None if patch is None else str(patch),
         "metadata": {
             "model": str(metadata.get("model")),
             "env_type": str(metadata.get("env_type")),
@@ -267,7 +270,29 @@ def normalize_verification(verification: dict) -> dict:
         "output": str(verification.get("output") or ""),
         "duration_s": round(float(verification.get("duration_s") or 0.0), 3),
         "error": None if error is None else str(error),
+        "baseline": _normalize_baseline(verification.get("baseline")),
     }
+
+
+def _normalize_baseline(baseline: object) -> dict | None:
+    """``verification.baseline``: the verifier's result before any agent worked on the prompt, or null."""
+    if not isinstance(baseline, dict):
+        return None
+    exit_code, error = baseline.get("exit_code"), baseline.get("error")
+    return {
+        "passed": bool(baseline.get("passed")) and error is None,
+        "exit_code": None if exit_code is None else int(exit_code),
+        "duration_s": round(float(baseline.get("duration_s") or 0.0), 3),
+        "error": None if error is None else str(error),
+    }
+
+
+def baseline_teaches_nothing(record: dict) -> bool:
+    """Whether the record's prompt was flagged by --verify_baseline: its verifier passed, or could not judge,
+    before any agent worked on it."""
+    verification = record.get("verification")
+    baseline = verification.get("baseline") if isinstance(verification, dict) else None
+    return isinstance(baseline, dict) and (baseline.get("passed") is True or baseline.get("error") is not None)
 
 
 def reward_of(verification: dict | None) -> float | None:
@@ -1135,9 +1160,11 @@ def _record_schema(value) -> dict:
             "output": string,
             "duration_s": number,
             "error": string,
+            "baseline": {"passed": boolean, "exit_code": integer, "duration_s": number, "error": string},
         },
         "reward": number,
         "error": string,
+        "patch": string,
         "metadata": _metadata_schema(value),
     }
 
@@ -1477,7 +1504,8 @@ def export_row(record: dict, options: ExportOptions) -> dict | None:
     if options.format == "hermes":
         if options.empty_think:
             conversations = [_with_empty_think(turn) for turn in conversations]
-        return {**record, "conversations": conversations[:-1] if drop_echo else conversations}
+        row = {**record, "conversations": conversations[:-1] if drop_echo else conversations}
+        return row if "patch" in row else _with_patch_key(row)
     common = {
         "task_id": record.get("task_id"),
         "sample_index": record_key(record)[1],
@@ -1494,6 +1522,17 @@ def export_row(record: dict, options: ExportOptions) -> dict | None:
         return None
     tools = [tool["function"] for tool in parse_system_tools(conversations[0]["value"])]
     return {"conversations": turns, "system": "", "tools": json.dumps(tools, ensure_ascii=False), **common}
+
+
+def _with_patch_key(record: dict) -> dict:
+    """A record from before ``patch`` existed, with it (null) in its place: every exported row keeps one schema."""
+    row = {}
+    for key, value in record.items():
+        if key == "metadata":
+            row["patch"] = None
+        row[key] = value
+    row.setdefault("patch", None)
+    return row
 
 
 def _with_empty_think(turn: dict) -> dict:
