@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import make_config, read_jsonl
 from model_server import ScriptedModelServer, per_conversation, reply, tool_call
+from ssh_support import sshd_fixture  # noqa: F401
 
 import mini_swe_runner
 from environments import EnvSettings
@@ -48,8 +49,8 @@ def agent(*commands: str):
     return per_conversation([reply(None, [tool_call(c)]) for c in commands] + [reply("done")])
 
 
-def run(server, out: Path, repo: Path | None, prompts: list[dict], **overrides) -> tuple[object, list[dict]]:
-    env = EnvSettings(cwd=None if repo is None else str(repo))
+def run(server, out: Path, repo: Path | None, prompts: list[dict], env=None, **overrides) -> tuple[object, list[dict]]:
+    env = env or EnvSettings(cwd=None if repo is None else str(repo))
     config = make_config(server, out, env=env, workers=1, **overrides)
     for index, row in enumerate(prompts):
         row.setdefault("id", f"t{index}")
@@ -183,7 +184,8 @@ def test_baseline_flags_a_prompt_whose_verifier_passes_before_the_agent(tmp_path
 # Gaming the verifier
 # ---------------------------------------------------------------------------------------------------------------
 
-RESTORE_VERIFIER = "git checkout {rev} -- tests/ && bash tests/test.sh"
+RESTORE_VERIFIER = "git checkout {rev} -- tests/ && sleep 0.5 && bash tests/test.sh"
+"""The sleep stands for a test suite's start-up: the time a loop the agent left running has to rewrite the tests."""
 HOOK = (
     "printf '#!/bin/sh\\necho exit 0 > tests/test.sh\\n' > .git/hooks/post-checkout && "
     "chmod +x .git/hooks/post-checkout && echo exit 0 > tests/test.sh"
@@ -228,6 +230,41 @@ def test_fresh_verification_gets_nothing_from_the_attacks(tmp_path, out, attack)
         )
     assert records[0]["verification"]["error"] is None, records[0]["verification"]
     assert records[0]["reward"] == 0.0
+
+
+@pytest.mark.parametrize("backend", ["bwrap", "ssh"])
+def test_the_other_backends_end_the_agents_processes_and_verify_fresh(tmp_path, out, backend, request):
+    # Not under /tmp: bwrap gives its sandbox a private /tmp (the fresh sandbox clones the repository from here).
+    repo, _ = make_repo(Path(tmp_path_outside_tmp(request, tmp_path)) / "repo")
+    env = request.getfixturevalue("sshd").settings(cwd=str(repo)) if backend == "ssh" else None
+    env = env or EnvSettings(env_type="bwrap", cwd=str(repo))
+    verify = "git checkout HEAD -- tests/ && sleep 0.5 && bash tests/test.sh"
+    with ScriptedModelServer(agent(REWRITER)) as server:
+        _, records = run(server, out, repo, [{"prompt": "p", "verify": verify}], env=env)
+    assert records[0]["verification"]["error"] is None and records[0]["reward"] == 0.0
+    repo2, _ = make_repo(Path(tmp_path_outside_tmp(request, tmp_path)) / "repo2")
+    env = dataclasses_replace(env, cwd=str(repo2))
+    with ScriptedModelServer(agent(COMMIT)) as server:
+        _, records = run(
+            server, tmp_path / "o2.jsonl", repo2, [{"prompt": "p", "verify": verify}], env=env, verify_in="fresh"
+        )
+    assert records[0]["verification"]["error"] is None, records[0]["verification"]
+    assert records[0]["reward"] == 0.0 and "tests/test.sh" in records[0]["patch"]
+
+
+def tmp_path_outside_tmp(request, tmp_path: Path) -> Path:
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=".test-swe-", dir=Path(__file__).resolve().parent))
+    request.addfinalizer(lambda: shutil.rmtree(path, ignore_errors=True))
+    return path
+
+
+def dataclasses_replace(settings: EnvSettings, **changes) -> EnvSettings:
+    import dataclasses
+
+    return dataclasses.replace(settings, **changes)
 
 
 def test_fresh_verification_passes_a_real_fix_and_records_its_patch(tmp_path, out):

@@ -226,7 +226,8 @@ def test_the_readme_verifier_judges_the_gold_patch_and_no_patch_and_flags_a_brok
 # The four attacks on a verifier that restores the tests and runs them
 # ---------------------------------------------------------------------------------------------------------------
 
-ATTACK_VERIFIER = "git checkout HEAD -- tests/ && bash tests/test.sh"
+ATTACK_VERIFIER = "git checkout HEAD -- tests/ && sleep 0.5 && bash tests/test.sh"
+"""The sleep stands for a test suite's start-up: the time a loop the agent left running has to rewrite the tests."""
 ATTACKS = {
     "post-checkout hook": (
         "printf '#!/bin/sh\\necho exit 0 > tests/test.sh\\n' > .git/hooks/post-checkout && "
