@@ -161,7 +161,7 @@ class RunConfig:
     verify_template: str | None = None
     """Builds every row's verifier from its fields (e.g. "git checkout {base_commit} -- tests && pytest {tests}")."""
     collect_patch: bool = False
-    """Record the task's final `git diff` (from the commit it started at) as the record's ``patch``."""
+    """Record the task's final `git diff` (from the tree as the task found it) as the record's ``patch``."""
     verify_in: str = "sandbox"
     """Where the verifier runs: "sandbox" (the task's own, once every process of the agent ended) or "fresh" (a
     new sandbox from the same image with only the agent's patch applied: nothing else of the agent reaches it)."""
@@ -1614,7 +1614,7 @@ async def run_verifier(
 
 @dataclass
 class CapturedPatch:
-    """The agent's work as ``git diff --binary`` from the commit the task started at."""
+    """The agent's work as ``git diff --binary`` from the tree as the task found it (RepositoryStart.tree)."""
 
     data: bytes
     """The diff's bytes, at most PATCH_LIMIT_BYTES."""
@@ -1647,31 +1647,61 @@ def test_patch_paths(prompt: Prompt) -> list[str]:
     return sorted(set(found))
 
 
-async def repository_start(env: environments.Environment, start_cwd: str | None) -> str | None:
-    """The commit checked out in the task's starting directory before the agent ran; None when it is no repository
-    (or git is missing). The patch is taken from it, so a commit the agent makes is in the patch too."""
+@dataclass(frozen=True)
+class RepositoryStart:
+    """Where the task's repository stood before the agent ran."""
+
+    commit: str
+    """HEAD then. The patch is not taken from it but from ``tree``, so a commit the agent makes is in the patch."""
+    tree: str
+    """The whole work tree then, uncommitted and untracked files included: the patch's base, so that an image
+    whose tree was not clean (a build's leftovers) still gets a patch that applies to a fresh sandbox of it."""
+    snapshot: str
+    """A commit of ``tree`` on ``commit`` (unreferenced): how a fresh directory gets that state (local, bwrap, ssh)."""
+
+
+async def repository_start(env: environments.Environment, start_cwd: str | None) -> RepositoryStart | None:
+    """The task's repository before the agent ran; None when its starting directory is in no repository with a
+    commit (or git is missing). New files are added to a copy of the index: the repository's own is untouched."""
     env.cwd = start_cwd
-    result = await env.execute(f"{GIT_WITHOUT_HOOKS}\ngit rev-parse --verify -q 'HEAD^{{commit}}'", GIT_TIMEOUT)
-    revision = result.output.strip()
-    return revision if result.exit_code == 0 and re.fullmatch(r"[0-9a-f]{40,64}", revision) else None
+    script = f"""{GIT_WITHOUT_HOOKS}
+commit=$(git rev-parse --verify -q 'HEAD^{{commit}}') || exit 1
+cd "$(git rev-parse --show-toplevel)" || exit 1
+index=$(mktemp) || exit 1
+trap 'rm -f "$index"' EXIT
+cp "$(git rev-parse --git-path index)" "$index" 2>/dev/null || GIT_INDEX_FILE=$index git read-tree "$commit" || exit 1
+GIT_INDEX_FILE=$index git add -A . >/dev/null || exit 1
+tree=$(GIT_INDEX_FILE=$index git write-tree) || exit 1
+export GIT_AUTHOR_NAME=mini-swe-runner GIT_AUTHOR_EMAIL=runner@localhost
+export GIT_COMMITTER_NAME=mini-swe-runner GIT_COMMITTER_EMAIL=runner@localhost
+snapshot=$(git commit-tree "$tree" -p "$commit" -m "mini-swe-runner: the task's start") || exit 1
+echo "$commit $tree $snapshot"
+"""
+    result = await env.execute(script, GIT_TIMEOUT)
+    env.cwd = start_cwd  # the script's cd is not the agent's
+    found = result.output.split()
+    if result.exit_code != 0 or len(found) != 3 or not all(re.fullmatch(r"[0-9a-f]{40,64}", sha) for sha in found):
+        return None
+    return RepositoryStart(*found)
 
 
 async def capture_patch(
-    env: environments.Environment, start_cwd: str | None, revision: str, excluded: list[str]
+    env: environments.Environment, start_cwd: str | None, start: RepositoryStart, excluded: list[str]
 ) -> CapturedPatch | str:
-    """``git diff --binary`` of the whole work tree (new files included) against ``revision``, ``excluded`` paths
-    left out; the reason as a string when git failed. The repository's index is left as the agent left it: new
-    files are added to a copy of it."""
+    """``git diff --binary`` of the whole work tree (new files included) from the task's start, ``excluded``
+    paths left out; the reason as a string when git failed. The repository's index is left as the agent left it:
+    new files are added to a copy of it."""
     pathspecs = " ".join(shlex.quote(f":(exclude,literal){path}") for path in excluded)
     script = f"""{GIT_WITHOUT_HOOKS}
 subdir=$(git rev-parse --show-prefix) || exit 90
 cd "$(git rev-parse --show-toplevel)" || exit 90
 index=$(mktemp) || exit 91
 trap 'rm -f "$index" "$index.diff"' EXIT
-cp "$(git rev-parse --git-path index)" "$index" 2>/dev/null || GIT_INDEX_FILE=$index git read-tree {revision} || exit 92
+cp "$(git rev-parse --git-path index)" "$index" 2>/dev/null \
+  || GIT_INDEX_FILE=$index git read-tree {start.tree} || exit 92
 GIT_INDEX_FILE=$index git add -A . >/dev/null || exit 93
 GIT_INDEX_FILE=$index git diff --cached --binary --full-index --no-color --no-ext-diff --no-textconv --no-renames \
-  {revision} -- . {pathspecs} > "$index.diff" || exit 94
+  {start.tree} -- . {pathspecs} > "$index.diff" || exit 94
 pwd
 printf '%s\\n' "${{subdir:-.}}"
 wc -c < "$index.diff"
@@ -1711,16 +1741,21 @@ async def apply_patch(env: environments.Environment, patch: CapturedPatch) -> st
         GIT_TIMEOUT,
     )
     if applied.exit_code != 0:
-        return f"the agent's patch does not apply to the starting commit in a fresh sandbox:\n{applied.output}"
+        return f"the agent's patch does not apply to the task's starting tree in a fresh sandbox:\n{applied.output}"
     return None
 
 
 async def verify_in_fresh_sandbox(
-    prompt: Prompt, ctx: RunContext, image: str | None, command: str, patch: CapturedPatch | None, revision: str
+    prompt: Prompt,
+    ctx: RunContext,
+    image: str | None,
+    command: str,
+    patch: CapturedPatch | None = None,
+    start: RepositoryStart | None = None,
 ) -> Verification:
-    """The verifier in a new sandbox of the task's image with only ``patch`` applied to ``revision``, as the
-    SWE-bench harness judges: hooks, PATH shims, commits and processes the agent left cannot reach it. A backend
-    without an image (local, bwrap, ssh) gets a fresh directory holding a clone of the starting commit instead.
+    """The verifier in a new sandbox of the task's image with only ``patch`` applied, as the SWE-bench harness
+    judges: hooks, PATH shims, commits and processes the agent left cannot reach it. A backend without an image
+    (local, bwrap, ssh) gets a fresh directory holding the repository as the task found it (``start``) instead.
     Without a patch (the baseline) it runs where the task would start."""
     config = ctx.config
     settings, cwd = config.env, prompt.cwd
@@ -1735,9 +1770,14 @@ async def verify_in_fresh_sandbox(
         start_cwd = env.cwd
         if patch is not None:
             if imageless:
+                # Fetched, never copied: the transport checks every object's hash, so objects the agent rewrote in
+                # its .git cannot pass for the starting commit's. HEAD is the starting commit, the tree as found.
+                upload_pack = shlex.quote("git -c uploadpack.allowAnySHA1InWant=true upload-pack")
                 clone = await env.execute(
-                    f"{GIT_WITHOUT_HOOKS}\ngit clone -q --no-local --no-checkout -- {shlex.quote(patch.top)} . && "
-                    f"git -c advice.detachedHead=false checkout -q {revision}",
+                    f"{GIT_WITHOUT_HOOKS}\ngit init -q . && git fetch -q --no-tags --upload-pack={upload_pack} -- "
+                    f"{shlex.quote(patch.top)} {start.snapshot} && "
+                    f"git -c advice.detachedHead=false checkout -q {start.snapshot} && "
+                    f"git reset -q --soft {start.commit} && git reset -q",
                     GIT_TIMEOUT,
                 )
                 if clone.exit_code != 0:
@@ -1761,7 +1801,7 @@ async def baseline_of(prompt: Prompt, ctx: RunContext, image: str | None, comman
     known = ctx.baselines.get(prompt.task_id)
     if known is None:
         known = ctx.baselines[prompt.task_id] = asyncio.ensure_future(
-            verify_in_fresh_sandbox(prompt, ctx, image, command, None, "")
+            verify_in_fresh_sandbox(prompt, ctx, image, command)
         )
     result = await asyncio.shield(known)
     log.info("[%s] baseline: %s", prompt.task_id, result.error or f"exit {result.exit_code}")
@@ -1798,10 +1838,10 @@ async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> di
             ctx.live_environments.add(env)
             await env.start()
             start_cwd = getattr(env, "cwd", None)
-            revision = await repository_start(env, start_cwd) if config.collect_patch or fresh else None
+            repository = await repository_start(env, start_cwd) if config.collect_patch or fresh else None
             await _agent_loop(prompt, state, env, ctx, TaskClock(deadline))
         # Outside --task_timeout: the verifier has its own bound, and a slow verifier is not a slow agent.
-        verification, patch = await _after_agent(prompt, ctx, env, state, image, start_cwd, revision, verify_command)
+        verification, patch = await _after_agent(prompt, ctx, env, state, image, start_cwd, repository, verify_command)
         if verification is not None:
             verification.baseline = baseline
             log.info(
@@ -1876,7 +1916,7 @@ async def _after_agent(
     state: TaskState,
     image: str | None,
     start_cwd: str | None,
-    revision: str | None,
+    repository: RepositoryStart | None,
     verify_command: str | None,
 ) -> tuple[Verification | None, CapturedPatch | str | None]:
     """Once the agent ended: end its processes (before a verifier in its sandbox), take its patch (before any
@@ -1890,8 +1930,8 @@ async def _after_agent(
         except EnvError as exc:
             return Verification(False, None, "", 0.0, f"could not end the agent's processes: {exc}"), None
     patch = None
-    if revision is not None:
-        patch = await capture_patch(env, start_cwd, revision, test_patch_paths(prompt))
+    if repository is not None:
+        patch = await capture_patch(env, start_cwd, repository, test_patch_paths(prompt))
         if isinstance(patch, str):
             log.warning("[%s] %s", prompt.task_id, patch)
     if not verifying:
@@ -1902,12 +1942,12 @@ async def _after_agent(
         ), patch
     await _close_quietly(env, prompt.task_id)  # the agent's sandbox goes first: nothing of it outlives the agent
     ctx.live_environments.discard(env)
-    if revision is None:
+    if repository is None:
         why = "--verify_in fresh needs a git repository (with a commit) in the task's starting directory"
         return Verification(False, None, "", 0.0, why), patch
     if isinstance(patch, str):  # git failed on the agent's tree: what the agent left is not a patch
         return Verification(False, None, patch, 0.0), patch
-    return await verify_in_fresh_sandbox(prompt, ctx, image, verify_command, patch, revision), patch
+    return await verify_in_fresh_sandbox(prompt, ctx, image, verify_command, patch, repository), patch
 
 
 def _redacted_model_text(messages: list[dict], secrets: tuple[str, ...]) -> list[dict]:
@@ -3079,7 +3119,7 @@ def main(
         verify_baseline: Also run each prompt's verifier once in a fresh sandbox before the agent: a prompt whose
             verifier already passes (or cannot judge) is flagged in verification.baseline and the summary.
         verify_failure_codes: Verifier exit codes among 4,5,126,127 that are real failures (default: could not judge).
-        collect_patch: Record the task's final git diff (from the commit it started at) in the record's patch.
+        collect_patch: Record the task's final git diff (from the tree as the task found it) in the record's patch.
         samples: Runs of every prompt, each in a fresh environment (default 1).
         until_passed: Start no new sample of a prompt once this many of its samples passed (needs a verifier).
         output_file: Where records are appended (JSONL); '-' for stdout. Rerunning resumes: finished tasks are skipped.

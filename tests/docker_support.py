@@ -118,23 +118,28 @@ def swe_base_image() -> str:
     return SWE_BASE_IMAGE
 
 
-def swe_instance_image(name: str, files: dict[str, str]) -> tuple[str, str]:
-    """An image of ``files`` committed as a git repository in /testbed (its WORKDIR), as SWE-bench images are;
-    returns (image, base_commit). The commit's dates are fixed, so the same files give the same commit."""
+def _put_files(container, files: dict[str, str]) -> None:
     import io
     import tarfile
 
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for path, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"testbed/{path}")
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    container.put_archive("/", archive.getvalue())
+
+
+def swe_instance_image(name: str, files: dict[str, str], leftovers: dict[str, str] | None = None) -> tuple[str, str]:
+    """An image of ``files`` committed as a git repository in /testbed (its WORKDIR), as SWE-bench images are;
+    returns (image, base_commit). The commit's dates are fixed, so the same files give the same commit.
+    ``leftovers`` are written after the commit and left uncommitted (what an install step leaves behind)."""
     image = f"mini-swe-runner-test:swe-{name}"
     container = engine().containers.run(swe_base_image(), ["sleep", "infinity"], detach=True)
     try:
-        archive = io.BytesIO()
-        with tarfile.open(fileobj=archive, mode="w") as tar:
-            for path, text in files.items():
-                data = text.encode()
-                info = tarfile.TarInfo(f"testbed/{path}")
-                info.size, info.mode = len(data), 0o644
-                tar.addfile(info, io.BytesIO(data))
-        container.put_archive("/", archive.getvalue())
+        _put_files(container, files)
         commit = (
             "cd /testbed && git init -q && git add -A && "
             "GIT_AUTHOR_DATE=2020-01-01T00:00:00Z GIT_COMMITTER_DATE=2020-01-01T00:00:00Z git commit -qm base && "
@@ -144,6 +149,8 @@ def swe_instance_image(name: str, files: dict[str, str]) -> tuple[str, str]:
         if result.exit_code != 0:
             raise RuntimeError(f"building {image} failed: {result.output.decode(errors='replace')}")
         base_commit = result.output.decode().strip().splitlines()[-1]
+        if leftovers:
+            _put_files(container, leftovers)
         repository, tag = image.split(":")
         container.commit(repository=repository, tag=tag, changes=["WORKDIR /testbed"])
     finally:

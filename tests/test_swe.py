@@ -267,6 +267,19 @@ def dataclasses_replace(settings: EnvSettings, **changes) -> EnvSettings:
     return dataclasses.replace(settings, **changes)
 
 
+def test_the_patch_and_fresh_verification_start_from_the_tree_as_the_task_found_it(tmp_path, out):
+    # Uncommitted and untracked files before the agent (a build's leftovers) are neither in the patch nor missing
+    # from the fresh directory the verifier runs in.
+    repo, _ = make_repo(tmp_path / "repo")
+    (repo / "leftover.txt").write_text("built\n")
+    (repo / "tests" / "test.sh").write_text("test -f leftover.txt && grep -qx fixed src.txt\n")
+    with ScriptedModelServer(agent("echo fixed > src.txt")) as server:
+        _, records = run(server, out, repo, [{"prompt": "p", "verify": "bash tests/test.sh"}], verify_in="fresh")
+    patch = records[0]["patch"]
+    assert records[0]["reward"] == 1.0, records[0]["verification"]
+    assert "+fixed" in patch and "leftover.txt" not in patch and "tests/test.sh" not in patch
+
+
 def test_fresh_verification_passes_a_real_fix_and_records_its_patch(tmp_path, out):
     repo, _ = make_repo(tmp_path / "repo")
     with ScriptedModelServer(agent("echo fixed > src.txt")) as server:
@@ -308,3 +321,15 @@ def test_records_with_and_without_patch_and_baseline_load_in_one_schema(tmp_path
     assert loaded["verification"][1]["baseline"] is None
     exported = trajectory.export_row(old, trajectory.ExportOptions())
     assert list(exported) == list(trajectory.RECORD_KEYS) and exported["patch"] is None
+
+
+def test_a_verifier_that_could_not_judge_runs_again_on_resume(tmp_path, out):
+    # The image lacked python (exit 127): once it is fixed, a rerun judges the sample instead of keeping a wrong 0.
+    marker = tmp_path / "python-installed"
+    verify = f"test -e {marker} || exit 127"
+    with ScriptedModelServer(agent("true")) as server:
+        _, first = run(server, out, None, [{"id": "t", "prompt": "p", "verify": verify}])
+        marker.touch()
+        outcome, records = run(server, out, None, [{"id": "t", "prompt": "p", "verify": verify}])
+    assert first[0]["reward"] is None and outcome.summary["tasks"] == 1
+    assert [r["reward"] for r in records] == [1.0]

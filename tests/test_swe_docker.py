@@ -275,3 +275,16 @@ def test_a_path_shim_games_in_sandbox_verification_which_is_why_fresh_exists(out
 def test_a_real_fix_passes_fresh_verification_with_its_patch(out, attack_image):
     record = run_attack(out, attack_image, "echo fixed > src.txt", "fresh")
     assert record["reward"] == 1.0 and "+fixed" in record["patch"]
+
+
+def test_fresh_verification_of_an_image_whose_tree_was_not_clean(out):
+    # An install step's leftovers (untracked, not ignored) and a tracked file changed after the commit: the patch
+    # is the agent's work alone, so it applies to a fresh container of the same image.
+    image, _ = swe_instance_image(
+        "dirty",
+        {"src.txt": "bug\n", "tests/test.sh": "grep -qx fixed src.txt\n", "setup.cfg": "[a]\n"},
+        leftovers={"build.log": "built\n", "setup.cfg": "[a]\nversion = 2\n"},
+    )
+    record = run_attack(out, image, "echo fixed > src.txt && cat build.log", "fresh")
+    assert record["reward"] == 1.0, record["verification"]
+    assert "build.log" not in record["patch"] and "setup.cfg" not in record["patch"] and "+fixed" in record["patch"]
