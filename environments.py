@@ -381,17 +381,35 @@ def sandbox_environ(env_vars: tuple[str, ...]) -> dict[str, str]:
 # (so the command text is data, never spliced into a script), and on exit reports its $PWD on the original
 # stdout, so the next command can start where this one ended. $1 = marker, $2 = cwd, $3 = command.
 _WRAPPER_SCRIPT = (
+    'export MSR_TASK="$4"; '
     'exec 9>&1; trap \'printf "\\n%s%s\\n" "$1" "$PWD" >&9 2>/dev/null\' EXIT; cd -- "$2" || exit 1; eval "$3"'
 )
+"""MSR_TASK: the task's own token in the environment of everything its commands start, which is how a backend
+without a better handle (Modal) finds what the agent left running (see Environment.end_processes)."""
 
 
 def new_cwd_marker() -> str:
     return f"__MSR_CWD_{secrets.token_hex(8)}__:"
 
 
-def wrapped_argv(command: str, cwd: str, marker: str) -> list[str]:
+def wrapped_argv(command: str, cwd: str, marker: str, task_token: str = "") -> list[str]:
     """argv that runs ``command`` with ``bash -c`` in ``cwd`` and reports the final cwd after ``marker``."""
-    return ["bash", "-c", _WRAPPER_SCRIPT, "bash", marker, cwd, command]
+    return ["bash", "-c", _WRAPPER_SCRIPT, "bash", marker, cwd, command, task_token]
+
+
+_END_TASK_PROCESSES_SCRIPT = r"""
+for round in $(seq 500); do
+  found=0
+  for entry in /proc/[0-9]*; do
+    if grep -qzx "MSR_TASK=$1" "$entry/environ" 2>/dev/null; then kill -9 "${entry#/proc/}" 2>/dev/null; found=1; fi
+  done
+  [ "$found" = 0 ] && exit 0
+  sleep 0.01
+done
+exit 1
+"""
+"""Kills, until none is left, every process whose environment carries the task's MSR_TASK token. It runs without
+the token itself (env -u), so it never matches itself."""
 
 
 def sandbox_timeout_argv(argv: list[str], timeout: float) -> list[str]:
@@ -448,6 +466,7 @@ class Environment:
         """Where the next command starts; set by _start, then by each command's cwd report."""
         self.closed = False
         self._marker = new_cwd_marker()
+        self._task_token = secrets.token_hex(12)
         self._started = False
 
     async def start(self) -> None:
@@ -473,7 +492,8 @@ class Environment:
         started = time.monotonic()
         error = None
         try:
-            exit_code = await self._run(wrapped_argv(command, self.cwd or ".", self._marker), collector, timeout)
+            argv = wrapped_argv(command, self.cwd or ".", self._marker, self._task_token)
+            exit_code = await self._run(argv, collector, timeout)
         except CommandError as exc:
             exit_code, error = -1, str(exc)
         text, new_cwd = collector.result()
@@ -514,8 +534,14 @@ class Environment:
     async def end_processes(self) -> None:
         """End every process the task's commands left running; the sandbox and its files stay. Called before a
         verifier runs in the task's own sandbox, so nothing of the agent (a loop rewriting the tests) runs beside it.
-        Raises EnvError when it cannot be done, since the verifier's result could then not be trusted."""
-        raise EnvError(f"the {self.name} backend cannot end the agent's processes: use --verify_in fresh")
+        Raises EnvError when it cannot be done, since the verifier's result could then not be trusted.
+
+        This default finds them by the MSR_TASK token in their environment: a process that dropped it (env -i)
+        escapes, which is why a backend with a better handle (a supervisor, a container) overrides it."""
+        script = f"exec env -u MSR_TASK bash -c {shlex.quote(_END_TASK_PROCESSES_SCRIPT)} bash {self._task_token}"
+        result = await self.execute(script, 60)
+        if result.exit_code != 0:
+            raise EnvError(f"could not end the task's processes in its {self.name} sandbox: {result.output[-300:]}")
 
     # What a backend class brings -----------------------------------------------------------------------------
 
@@ -2447,9 +2473,10 @@ class SSHEnvironment(Environment):
         return exit_code
 
     async def end_processes(self) -> None:
-        # The process groups of the task's commands (a command that made a new session of its own escapes them).
+        # The process groups of the task's commands, then whatever left them (setsid) but kept the task's token.
         groups, self._groups = self._groups, []
         await self._kill_groups(groups)
+        await super().end_processes()
 
     async def _kill_groups(self, groups: list[int]) -> None:
         if groups:

@@ -252,6 +252,38 @@ def test_the_other_backends_end_the_agents_processes_and_verify_fresh(tmp_path, 
     assert records[0]["reward"] == 0.0 and "tests/test.sh" in records[0]["patch"]
 
 
+def test_modal_ends_the_agents_processes_by_their_task_token(tmp_path):
+    # Modal has no supervisor and no restart: the processes are found by the MSR_TASK token every command of the
+    # task hands down (the fake runs real bash on this machine, so only this task's processes may die).
+    from fake_modal import FakeModal
+
+    from environments import ModalEnvironment
+
+    settings = EnvSettings(env_type="modal")
+    env = ModalEnvironment(settings, task_id="t1", sdk=FakeModal(tmp_path / "sandboxes"))
+    bystander = subprocess.Popen(["sleep", "30"])
+
+    async def scenario() -> tuple[str, str]:
+        await env.start()
+        try:
+            loop = "nohup bash -c 'while :; do date +%s%N > beat; sleep 0.01; done' >/dev/null 2>&1 &"
+            await env.execute(loop, 10)
+            await env.execute("sleep 0.2", 10)
+            await env.end_processes()
+            first = (await env.execute("cat beat", 10)).output
+            await env.execute("sleep 0.3", 10)
+            return first, (await env.execute("cat beat", 10)).output
+        finally:
+            await env.close()
+
+    try:
+        first, later = asyncio.run(scenario())
+        assert later.splitlines()[0] == first.strip()  # the loop no longer beats
+        assert bystander.poll() is None  # a process of this machine outside the task lives on
+    finally:
+        bystander.kill()
+
+
 def tmp_path_outside_tmp(request, tmp_path: Path) -> Path:
     import shutil
     import tempfile
