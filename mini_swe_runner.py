@@ -1924,11 +1924,12 @@ async def _after_agent(
     config = ctx.config
     verifying = verify_command is not None and state.exit_reason in VERIFIED_ENDINGS
     fresh = verifying and config.verify_in == "fresh"
+    still_running = None
     if verifying and not fresh:
         try:
             await env.end_processes()
         except EnvError as exc:
-            return Verification(False, None, "", 0.0, f"could not end the agent's processes: {exc}"), None
+            still_running = f"could not end the agent's processes, so the verifier did not run: {exc}"
     patch = None
     if repository is not None:
         patch = await capture_patch(env, start_cwd, repository, test_patch_paths(prompt))
@@ -1936,6 +1937,8 @@ async def _after_agent(
             log.warning("[%s] %s", prompt.task_id, patch)
     if not verifying:
         return None, patch
+    if still_running is not None:
+        return Verification(False, None, "", 0.0, still_running), patch
     if not fresh:
         return await run_verifier(
             env, verify_command, config.verify_timeout, start_cwd, config.verify_failure_codes

@@ -187,6 +187,8 @@ def test_the_readme_worked_example_on_a_miniature_swe_bench(tmp_path, mini_swe_b
     assert [r["reward"] for r in unfixed] == [0.0] * 4 and all(r["patch"] == "" for r in unfixed)
     assert all(r["verification"]["error"] is None for r in unfixed)
     assert "1 failed, 1 passed" in unfixed[0]["verification"]["output"]  # test_mul failed, test_add passed
+    fields = json.loads(unfixed[0]["metadata"]["prompt_fields"])
+    assert "patch" not in fields and "test_patch" in fields and "FAIL_TO_PASS" in fields  # the gold patch left out
     stats = json.loads((tmp_path / "swe-stats.json").read_text())["verification"]
     assert stats["prompts_solved"] == 2 and stats["verifier_errors"] == 0
 
