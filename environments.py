@@ -390,17 +390,35 @@ def sandbox_environ(env_vars: tuple[str, ...]) -> dict[str, str]:
 # (so the command text is data, never spliced into a script), and on exit reports its $PWD on the original
 # stdout, so the next command can start where this one ended. $1 = marker, $2 = cwd, $3 = command.
 _WRAPPER_SCRIPT = (
+    'export MSR_TASK="$4"; '
     'exec 9>&1; trap \'printf "\\n%s%s\\n" "$1" "$PWD" >&9 2>/dev/null\' EXIT; cd -- "$2" || exit 1; eval "$3"'
 )
+"""MSR_TASK: the task's own token in the environment of everything its commands start, which is how a backend
+without a better handle (Modal) finds what the agent left running (see Environment.end_processes)."""
 
 
 def new_cwd_marker() -> str:
     return f"__MSR_CWD_{secrets.token_hex(8)}__:"
 
 
-def wrapped_argv(command: str, cwd: str, marker: str) -> list[str]:
+def wrapped_argv(command: str, cwd: str, marker: str, task_token: str = "") -> list[str]:
     """argv that runs ``command`` with ``bash -c`` in ``cwd`` and reports the final cwd after ``marker``."""
-    return ["bash", "-c", _WRAPPER_SCRIPT, "bash", marker, cwd, command]
+    return ["bash", "-c", _WRAPPER_SCRIPT, "bash", marker, cwd, command, task_token]
+
+
+_END_TASK_PROCESSES_SCRIPT = r"""
+for round in $(seq 500); do
+  found=0
+  for entry in /proc/[0-9]*; do
+    if grep -qzx "MSR_TASK=$1" "$entry/environ" 2>/dev/null; then kill -9 "${entry#/proc/}" 2>/dev/null; found=1; fi
+  done
+  [ "$found" = 0 ] && exit 0
+  sleep 0.01
+done
+exit 1
+"""
+"""Kills, until none is left, every process whose environment carries the task's MSR_TASK token. It runs without
+the token itself (env -u), so it never matches itself."""
 
 
 def sandbox_timeout_argv(argv: list[str], timeout: float) -> list[str]:
@@ -457,6 +475,7 @@ class Environment:
         """Where the next command starts; set by _start, then by each command's cwd report."""
         self.closed = False
         self._marker = new_cwd_marker()
+        self._task_token = secrets.token_hex(12)
         self._started = False
 
     async def start(self) -> None:
@@ -469,17 +488,21 @@ class Environment:
         await self._start()
         self._started = True
 
-    async def execute(self, command: str, timeout: float) -> ExecResult:
+    async def execute(self, command: str, timeout: float, output_limit: int | None = None) -> ExecResult:
+        """Run one bash command; ``output_limit`` replaces --max_output_chars for this command (the runner's own
+        commands that read a file back whole, such as the patch)."""
         if not self._started:
             await self.start()
         if self.closed:
             raise EnvError(f"this {self.name} environment was closed; create a new one")
         settings = self.settings
-        collector = OutputCollector(settings.max_output_chars, settings.secret_values, self._marker)
+        limit = settings.max_output_chars if output_limit is None else output_limit
+        collector = OutputCollector(limit, settings.secret_values, self._marker)
         started = time.monotonic()
         error = None
         try:
-            exit_code = await self._run(wrapped_argv(command, self.cwd or ".", self._marker), collector, timeout)
+            argv = wrapped_argv(command, self.cwd or ".", self._marker, self._task_token)
+            exit_code = await self._run(argv, collector, timeout)
         except CommandError as exc:
             exit_code, error = -1, str(exc)
         text, new_cwd = collector.result()
@@ -516,6 +539,18 @@ class Environment:
     def abandon(self) -> None:
         """Synchronous, best-effort, quick cleanup for a second Ctrl-C, when the event loop is not waited on."""
         raise NotImplementedError
+
+    async def end_processes(self) -> None:
+        """End every process the task's commands left running; the sandbox and its files stay. Called before a
+        verifier runs in the task's own sandbox, so nothing of the agent (a loop rewriting the tests) runs beside it.
+        Raises EnvError when it cannot be done, since the verifier's result could then not be trusted.
+
+        This default finds them by the MSR_TASK token in their environment: a process that dropped it (env -i)
+        escapes, which is why a backend with a better handle (a supervisor, a container) overrides it."""
+        script = f"exec env -u MSR_TASK bash -c {shlex.quote(_END_TASK_PROCESSES_SCRIPT)} bash {self._task_token}"
+        result = await self.execute(script, 60)
+        if result.exit_code != 0:
+            raise EnvError(f"could not end the task's processes in its {self.name} sandbox: {result.output[-300:]}")
 
     # What a backend class brings -----------------------------------------------------------------------------
 
@@ -735,6 +770,9 @@ while True:
     elif "kill" in request:
         command_id = request["kill"]
         kill_until_gone(lambda table: command_processes(table, command_id))
+    elif "kill_all" in request:  # before a verifier: nothing the task's commands started may still run
+        me = os.getpid()
+        kill_until_gone(lambda table: subtrees(table, [me]))
 """
 
 SUPERVISOR_START_WAIT = 30.0
@@ -1228,6 +1266,12 @@ class LocalEnvironment(Environment):
             supervisor.stop(wait=2.0)
         self._remove_temp_dir()
 
+    async def end_processes(self) -> None:
+        # Orphans are re-parented to the supervisor (a subreaper): its subtree is all the task started. It handles
+        # requests in order, so the kill is done before the next command it is sent starts.
+        if self._supervisor is not None and not self._supervisor.gone:
+            self._supervisor.send({"kill_all": True})
+
     def _remove_temp_dir(self) -> None:
         temp_dir, self._temp_dir = self._temp_dir, None
         if temp_dir:
@@ -1501,6 +1545,16 @@ class DockerEnvironment(Environment):
             self._remove()
         except Exception:  # best effort: the reaper removes what is left at the next run
             pass
+
+    async def end_processes(self) -> None:
+        # A restart kills every process of the container (the kernel's cgroup, not a walk that a forking loop can
+        # outrun) and keeps its filesystem; its main process is our `sleep infinity` again.
+        def restart() -> None:
+            with _docker_errors(f"could not restart container {self.name} to end the agent's processes"):
+                self._client().api.restart(self.container_id, timeout=0)
+
+        if self.container_id and not self.closed:
+            await asyncio.to_thread(restart)
 
     def _remove(self) -> None:
         import docker
@@ -2725,6 +2779,12 @@ class SSHEnvironment(Environment):
         if exit_code == -1 and channel.get_exit_status() is None and self._connection.is_closed():
             raise EnvError(f"the ssh connection to {self.settings.ssh_host} was lost")
         return exit_code
+
+    async def end_processes(self) -> None:
+        # The process groups of the task's commands, then whatever left them (setsid) but kept the task's token.
+        groups, self._groups = self._groups, []
+        await self._kill_groups(groups)
+        await super().end_processes()
 
     async def _kill_groups(self, groups: list[int]) -> None:
         if groups:

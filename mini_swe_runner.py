@@ -5,6 +5,7 @@ trajectory record -> writer. Everything for humans goes to stderr; stdout carrie
 """
 
 import asyncio
+import base64
 import contextlib
 import copy
 import dataclasses
@@ -24,6 +25,7 @@ import operator
 import os
 import random
 import re
+import shlex
 import signal
 import socket
 import stat
@@ -199,6 +201,15 @@ class RunConfig:
     """Ask the endpoint for the prompt and completion token ids and logprobs of every call, and record them."""
     token_api: str | None = None
     """Whose request and response fields carry the ids: vllm or sglang; None asks in both and reads whichever came."""
+    collect_patch: bool = False
+    """Record the task's final `git diff` (from the tree as the task found it) as the record's ``patch``."""
+    verify_in: str = "sandbox"
+    """Where the verifier runs: "sandbox" (the task's own, once every process of the agent ended) or "fresh" (a
+    new sandbox from the same image with only the agent's patch applied: nothing else of the agent reaches it)."""
+    verify_baseline: bool = False
+    """Also run each prompt's verifier once in a fresh sandbox before any agent works on it (``baseline``)."""
+    verify_failure_codes: tuple[int, ...] = ()
+    """Exit codes of UNJUDGED_EXIT_CODES that the user says are real failures of the verifier's tests."""
 
 
 def resolve_api_key(base_url: str, explicit: str | None, environ: dict[str, str]) -> str:
@@ -2124,6 +2135,8 @@ class RunContext:
     """--max_cost and --max_tokens_total: what the output has cost, running tasks' calls included."""
     activity: Activity = field(default_factory=Activity)
     """What the tasks are doing now, for the progress display and the stall warning."""
+    baselines: dict = field(default_factory=dict)
+    """task_id -> the future of its --verify_baseline result (one per prompt, whatever its samples)."""
 
 
 VERIFIED_ENDINGS = frozenset({"completed", "max_iterations", "cost_limit"})
@@ -2144,6 +2157,32 @@ class Verification:
     duration_s: float
     error: str | None = None
     """Why it could not run (sandbox gone, backend failure): infrastructure, so the sample runs again on resume."""
+    baseline: dict | None = None
+    """With --verify_baseline: the same verifier run in a fresh sandbox before any agent worked on the prompt
+    (``{"passed", "exit_code", "duration_s", "error"}``). A prompt whose baseline passed, or could not judge,
+    teaches nothing."""
+
+
+UNJUDGED_EXIT_CODES = {
+    4: "pytest's usage error (a test file or option it was given does not exist)",
+    5: "pytest collected no tests",
+    126: "a command could not be executed",
+    127: "a command was not found",
+}
+"""Verifier exit codes that judge the verifier, not the agent's work: the verifier could not judge (reward null,
+rerun on resume) unless --verify_failure_codes names the code as a real failure of its tests."""
+VERIFY_PLACES = ("sandbox", "fresh")
+GIT_WITHOUT_HOOKS = (
+    "export GIT_CONFIG_COUNT=2 GIT_CONFIG_KEY_0=core.hooksPath GIT_CONFIG_VALUE_0=/dev/null "
+    "GIT_CONFIG_KEY_1=core.fsmonitor GIT_CONFIG_VALUE_1=false"
+)
+"""Put before every git the runner or a verifier runs: config given this way outranks the repository's own, so no
+hook (post-checkout...) and no fsmonitor command the agent planted in .git runs."""
+PATCH_LIMIT_BYTES = 1_000_000
+"""The most of a patch kept (and applied); a longer one is cut there, with a marker saying so."""
+PATCH_CHUNK_CHARS = 32_000
+"""Base64 characters per command when a patch is written into a sandbox (a Modal exec's argv is at most 64 KiB)."""
+GIT_TIMEOUT = 120.0
 
 
 def verifier_for(prompt: Prompt, config: RunConfig) -> str | None:
@@ -2171,23 +2210,236 @@ def index_source_tag(prompts: "PromptFile", config: RunConfig) -> int:
 
 
 async def run_verifier(
-    env: environments.Environment, command: str, timeout: float, start_cwd: str | None
+    env: environments.Environment,
+    command: str,
+    timeout: float,
+    start_cwd: str | None,
+    failure_codes: tuple[int, ...] = (),
 ) -> Verification:
     """Run ``command`` in the task's own sandbox, in the directory the task started in, whatever directory the
-    agent's last command left it in (the verifier judges the task, not where the agent wandered)."""
+    agent's last command left it in (the verifier judges the task, not where the agent wandered). Git hooks never
+    run in it; an exit code of UNJUDGED_EXIT_CODES not in ``failure_codes`` means it could not judge."""
     if start_cwd is not None:
         env.cwd = start_cwd
     started = time.monotonic()
     try:
-        result = await env.execute(command, timeout)
+        result = await env.execute(f"{GIT_WITHOUT_HOOKS}\n{command}", timeout)
     except EnvError as exc:
         return Verification(False, None, "", time.monotonic() - started, str(exc))
     duration = time.monotonic() - started
     if result.error is not None and result.exit_code != environments.TIMEOUT_EXIT_CODE:
         # Could not be run at all (bash would not start, the backend failed): says nothing about the model.
         return Verification(False, None, result.output, duration, result.error)
+    if result.exit_code in UNJUDGED_EXIT_CODES and result.exit_code not in failure_codes:
+        code = result.exit_code
+        why = (
+            f"the verifier could not judge: exit {code}, {UNJUDGED_EXIT_CODES[code]} "
+            f"(if exit {code} is a real failure of your tests, give --verify_failure_codes {code})"
+        )
+        return Verification(False, code, result.output, duration, why)
     # A verifier that ran out of time ran and failed (exit 124): the agent left something that does not pass.
     return Verification(result.exit_code == 0 and result.error is None, result.exit_code, result.output, duration)
+
+
+@dataclass
+class CapturedPatch:
+    """The agent's work as ``git diff --binary`` from the tree as the task found it (RepositoryStart.tree)."""
+
+    data: bytes
+    """The diff's bytes, at most PATCH_LIMIT_BYTES."""
+    size: int
+    """The whole diff's size in bytes."""
+    top: str
+    """The repository's top directory in the task's sandbox."""
+    start_subdir: str = "."
+    """The task's starting directory relative to ``top``."""
+
+    @property
+    def complete(self) -> bool:
+        return len(self.data) >= self.size
+
+    def text(self, secrets: tuple[str, ...]) -> str:
+        """The record's ``patch``: UTF-8 (an undecodable byte becomes U+FFFD), redacted, marked where cut."""
+        text = self.data.decode("utf-8", "replace")
+        if not self.complete:
+            text += f"\n[mini-swe-runner: patch cut at {len(self.data)} of {self.size} bytes]\n"
+        return redact(text, secrets)
+
+
+def test_patch_paths(prompt: Prompt) -> list[str]:
+    """The files a row's ``test_patch`` (SWE-bench) touches: the verifier restores them, so the agent's patch
+    never carries them."""
+    test_patch = prompt.fields.get("test_patch")
+    if not isinstance(test_patch, str):
+        return []
+    found = re.findall(r"^(?:---|\+\+\+) [ab]/(.+?)\t?$", test_patch, flags=re.MULTILINE)
+    return sorted(set(found))
+
+
+@dataclass(frozen=True)
+class RepositoryStart:
+    """Where the task's repository stood before the agent ran."""
+
+    commit: str
+    """HEAD then. The patch is not taken from it but from ``tree``, so a commit the agent makes is in the patch."""
+    tree: str
+    """The whole work tree then, uncommitted and untracked files included: the patch's base, so that an image
+    whose tree was not clean (a build's leftovers) still gets a patch that applies to a fresh sandbox of it."""
+    snapshot: str
+    """A commit of ``tree`` on ``commit`` (unreferenced): how a fresh directory gets that state (local, bwrap, ssh)."""
+
+
+async def repository_start(env: environments.Environment, start_cwd: str | None) -> RepositoryStart | None:
+    """The task's repository before the agent ran; None when its starting directory is in no repository with a
+    commit (or git is missing). New files are added to a copy of the index: the repository's own is untouched."""
+    env.cwd = start_cwd
+    script = f"""{GIT_WITHOUT_HOOKS}
+commit=$(git rev-parse --verify -q 'HEAD^{{commit}}') || exit 1
+cd "$(git rev-parse --show-toplevel)" || exit 1
+index=$(mktemp) || exit 1
+trap 'rm -f "$index"' EXIT
+cp "$(git rev-parse --git-path index)" "$index" 2>/dev/null || GIT_INDEX_FILE=$index git read-tree "$commit" || exit 1
+GIT_INDEX_FILE=$index git add -A . >/dev/null || exit 1
+tree=$(GIT_INDEX_FILE=$index git write-tree) || exit 1
+export GIT_AUTHOR_NAME=mini-swe-runner GIT_AUTHOR_EMAIL=runner@localhost
+export GIT_COMMITTER_NAME=mini-swe-runner GIT_COMMITTER_EMAIL=runner@localhost
+snapshot=$(git commit-tree "$tree" -p "$commit" -m "mini-swe-runner: the task's start") || exit 1
+echo "$commit $tree $snapshot"
+"""
+    result = await env.execute(script, GIT_TIMEOUT)
+    env.cwd = start_cwd  # the script's cd is not the agent's
+    found = result.output.split()
+    if result.exit_code != 0 or len(found) != 3 or not all(re.fullmatch(r"[0-9a-f]{40,64}", sha) for sha in found):
+        return None
+    return RepositoryStart(*found)
+
+
+async def capture_patch(
+    env: environments.Environment, start_cwd: str | None, start: RepositoryStart, excluded: list[str]
+) -> CapturedPatch | str:
+    """``git diff --binary`` of the whole work tree (new files included) from the task's start, ``excluded``
+    paths left out; the reason as a string when git failed. The repository's index is left as the agent left it:
+    new files are added to a copy of it."""
+    pathspecs = " ".join(shlex.quote(f":(exclude,literal){path}") for path in excluded)
+    script = f"""{GIT_WITHOUT_HOOKS}
+subdir=$(git rev-parse --show-prefix) || exit 90
+cd "$(git rev-parse --show-toplevel)" || exit 90
+index=$(mktemp) || exit 91
+trap 'rm -f "$index" "$index.diff"' EXIT
+cp "$(git rev-parse --git-path index)" "$index" 2>/dev/null \
+  || GIT_INDEX_FILE=$index git read-tree {start.tree} || exit 92
+GIT_INDEX_FILE=$index git add -A . >/dev/null || exit 93
+GIT_INDEX_FILE=$index git diff --cached --binary --full-index --no-color --no-ext-diff --no-textconv --no-renames \
+  {start.tree} -- . {pathspecs} > "$index.diff" || exit 94
+pwd
+printf '%s\\n' "${{subdir:-.}}"
+wc -c < "$index.diff"
+head -c {PATCH_LIMIT_BYTES} "$index.diff" | base64
+"""
+    env.cwd = start_cwd
+    result = await env.execute(script, GIT_TIMEOUT, output_limit=2 * PATCH_LIMIT_BYTES + 4096)
+    lines = result.output.splitlines()
+    if result.exit_code != 0 or result.error is not None or len(lines) < 3 or not lines[2].strip().isdigit():
+        return f"git could not take the patch (exit {result.exit_code}): {_short(result.output)}"
+    try:
+        data = base64.b64decode("".join(lines[3:]), validate=True)
+    except ValueError:
+        return "the patch came back garbled"
+    return CapturedPatch(data, int(lines[2]), lines[0], lines[1].rstrip("/") or ".")
+
+
+async def apply_patch(env: environments.Environment, patch: CapturedPatch) -> str | None:
+    """Write ``patch`` into the sandbox (the repository's top is env's cwd) and `git apply` it; None when it
+    applied, else what went wrong (the agent's patch does not apply: it fails)."""
+    if not patch.data:
+        return None
+    if not patch.complete:
+        return f"the agent's patch is over {PATCH_LIMIT_BYTES} bytes ({patch.size}): not applied"
+    made = await env.execute("mktemp", GIT_TIMEOUT)
+    path = made.output.strip()
+    if made.exit_code != 0 or not path.startswith("/"):
+        raise EnvError(f"could not make a file for the patch in the fresh sandbox: {_short(made.output)}")
+    encoded = base64.b64encode(patch.data).decode()
+    for start in range(0, len(encoded), PATCH_CHUNK_CHARS):
+        wrote = await env.execute(f"printf %s {encoded[start : start + PATCH_CHUNK_CHARS]} >> {path}", GIT_TIMEOUT)
+        if wrote.exit_code != 0:
+            raise EnvError(f"could not write the patch into the fresh sandbox: {_short(wrote.output)}")
+    applied = await env.execute(
+        f"{GIT_WITHOUT_HOOKS}\nbase64 -d {path} > {path}.diff && git apply --whitespace=nowarn {path}.diff; "
+        f"status=$?; rm -f {path} {path}.diff; exit $status",
+        GIT_TIMEOUT,
+    )
+    if applied.exit_code != 0:
+        return f"the agent's patch does not apply to the task's starting tree in a fresh sandbox:\n{applied.output}"
+    return None
+
+
+async def verify_in_fresh_sandbox(
+    prompt: Prompt,
+    ctx: RunContext,
+    image: str | None,
+    command: str,
+    patch: CapturedPatch | None = None,
+    start: RepositoryStart | None = None,
+) -> Verification:
+    """The verifier in a new sandbox of the task's image with only ``patch`` applied, as the SWE-bench harness
+    judges: hooks, PATH shims, commits and processes the agent left cannot reach it. A backend without an image
+    (local, bwrap, ssh) gets a fresh directory holding the repository as the task found it (``start``) instead.
+    Without a patch (the baseline) it runs where the task would start."""
+    config = ctx.config
+    settings, cwd = config.env, prompt.cwd
+    imageless = not environments.BACKENDS[settings.env_type].uses_image
+    if patch is not None and imageless:  # the same cwd would be the agent's own directory
+        settings, cwd = dataclasses.replace(settings, cwd=None), None
+    env = environments.create_environment(settings, image=image, cwd=cwd, task_id=prompt.task_id)
+    ctx.live_environments.add(env)
+    started = time.monotonic()
+    try:
+        await env.start()
+        start_cwd = env.cwd
+        if patch is not None:
+            if imageless:
+                # Fetched, never copied: the transport checks every object's hash, so objects the agent rewrote in
+                # its .git cannot pass for the starting commit's. HEAD is the starting commit, the tree as found.
+                upload_pack = shlex.quote("git -c uploadpack.allowAnySHA1InWant=true upload-pack")
+                clone = await env.execute(
+                    f"{GIT_WITHOUT_HOOKS}\ngit init -q . && git fetch -q --no-tags --upload-pack={upload_pack} -- "
+                    f"{shlex.quote(patch.top)} {start.snapshot} && "
+                    f"git -c advice.detachedHead=false checkout -q {start.snapshot} && "
+                    f"git reset -q --soft {start.commit} && git reset -q",
+                    GIT_TIMEOUT,
+                )
+                if clone.exit_code != 0:
+                    raise EnvError(f"could not clone {patch.top} for a fresh verification: {_short(clone.output)}")
+                start_cwd = os.path.join(start_cwd, patch.start_subdir)
+            else:
+                env.cwd = patch.top
+            failure = await apply_patch(env, patch)
+            if failure is not None:
+                return Verification(False, None, failure, time.monotonic() - started)
+        return await run_verifier(env, command, config.verify_timeout, start_cwd, config.verify_failure_codes)
+    except EnvError as exc:
+        return Verification(False, None, "", time.monotonic() - started, f"fresh sandbox: {exc}")
+    finally:
+        await _close_quietly(env, prompt.task_id)
+        ctx.live_environments.discard(env)
+
+
+async def baseline_of(prompt: Prompt, ctx: RunContext, image: str | None, command: str) -> dict:
+    """The prompt's verifier run once, in a fresh sandbox, before any agent worked on it; shared by its samples."""
+    known = ctx.baselines.get(prompt.task_id)
+    if known is None:
+        known = ctx.baselines[prompt.task_id] = asyncio.ensure_future(
+            verify_in_fresh_sandbox(prompt, ctx, image, command)
+        )
+    result = await asyncio.shield(known)
+    log.info("[%s] baseline: %s", prompt.task_id, result.error or f"exit {result.exit_code}")
+    return {
+        "passed": result.passed,
+        "exit_code": result.exit_code,
+        "duration_s": result.duration_s,
+        "error": result.error,
+    }
 
 
 async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> dict:
@@ -2207,6 +2459,9 @@ async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> di
     image = environments.task_image(config.env, prompt.image)  # resolved once: the record's and the backend's
     verify_command = verifier_for(prompt, config)
     verification: Verification | None = None
+    fresh = verify_command is not None and config.verify_in == "fresh"
+    patch: CapturedPatch | str | None = None
+    baseline = None
     started_wall, started = datetime.now(UTC), time.monotonic()
     env = None
     permanent_error = None
@@ -2217,16 +2472,22 @@ async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> di
             await ctx.images.ready(image)
             got_image = True
             started_wall, started = datetime.now(UTC), time.monotonic()
+        if verify_command is not None and config.verify_baseline:
+            baseline = await baseline_of(prompt, ctx, image, verify_command)
         async with asyncio.timeout(config.task_timeout) as deadline:
             env = environments.create_environment(config.env, image=image, cwd=prompt.cwd, task_id=prompt.task_id)
             ctx.live_environments.add(env)
             await env.start()
             start_cwd = getattr(env, "cwd", None)
+            repository = await repository_start(env, start_cwd) if config.collect_patch or fresh else None
             await _agent_loop(prompt, state, env, ctx, TaskClock(deadline))
         # Outside --task_timeout: the verifier has its own bound, and a slow verifier is not a slow agent.
-        if verify_command is not None and state.exit_reason in VERIFIED_ENDINGS:
-            with ctx.activity.command():
-                verification = await run_verifier(env, verify_command, config.verify_timeout, start_cwd)
+        with ctx.activity.command():
+            verification, patch = await _after_agent(
+                prompt, ctx, env, state, image, start_cwd, repository, verify_command
+            )
+        if verification is not None:
+            verification.baseline = baseline
             log.info(
                 "[%s#%d] verify: %s",
                 prompt.task_id,
@@ -2285,6 +2546,7 @@ async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> di
         cost=cost,
         cost_source=cost_source,
         tokens=None if state.tokens is None else state.tokens.record(),
+        patch=patch.text(secrets) if isinstance(patch, CapturedPatch) else None,
         metadata={
             "model": config.model,
             "env_type": config.env.env_type,
@@ -2296,6 +2558,50 @@ async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> di
             "prompt_fields": prompt.fields,
         },
     )
+
+
+async def _after_agent(
+    prompt: Prompt,
+    ctx: RunContext,
+    env: environments.Environment,
+    state: TaskState,
+    image: str | None,
+    start_cwd: str | None,
+    repository: RepositoryStart | None,
+    verify_command: str | None,
+) -> tuple[Verification | None, CapturedPatch | str | None]:
+    """Once the agent ended: end its processes (before a verifier in its sandbox), take its patch (before any
+    verifier touches the tree), then verify, in its sandbox or in a fresh one."""
+    config = ctx.config
+    verifying = verify_command is not None and state.exit_reason in VERIFIED_ENDINGS
+    fresh = verifying and config.verify_in == "fresh"
+    still_running = None
+    if verifying and not fresh:
+        try:
+            await env.end_processes()
+        except EnvError as exc:
+            still_running = f"could not end the agent's processes, so the verifier did not run: {exc}"
+    patch = None
+    if repository is not None:
+        patch = await capture_patch(env, start_cwd, repository, test_patch_paths(prompt))
+        if isinstance(patch, str):
+            log.warning("[%s] %s", prompt.task_id, patch)
+    if not verifying:
+        return None, patch
+    if still_running is not None:
+        return Verification(False, None, "", 0.0, still_running), patch
+    if not fresh:
+        return await run_verifier(
+            env, verify_command, config.verify_timeout, start_cwd, config.verify_failure_codes
+        ), patch
+    await _close_quietly(env, prompt.task_id)  # the agent's sandbox goes first: nothing of it outlives the agent
+    ctx.live_environments.discard(env)
+    if repository is None:
+        why = "--verify_in fresh needs a git repository (with a commit) in the task's starting directory"
+        return Verification(False, None, "", 0.0, why), patch
+    if isinstance(patch, str):  # git failed on the agent's tree: what the agent left is not a patch
+        return Verification(False, None, patch, 0.0), patch
+    return await verify_in_fresh_sandbox(prompt, ctx, image, verify_command, patch, repository), patch
 
 
 def _redacted_model_text(messages: list[dict], secrets: tuple[str, ...]) -> list[dict]:
@@ -2661,7 +2967,7 @@ class VerifiedIds:
             log.warning("%s: pass figures cover the prompts read before it changed", exc)
 
 
-def verification_summary(outcomes: SampleOutcomes, verifier_errors: int) -> dict:
+def verification_summary(outcomes: SampleOutcomes, verifier_errors: int, baseline_flagged: Iterable[str] = ()) -> dict:
     """Pass figures over the prompts that have a verifier. A sample counts in pass@k whatever its ending (one
     that timed out is a sample that did not pass); pass_rate counts only samples whose verifier ran.
 
@@ -2697,6 +3003,7 @@ def verification_summary(outcomes: SampleOutcomes, verifier_errors: int) -> dict
         "pass_at_k_method": method,
         "prompts_solved": sum(c > 0 for _, c in counts),
         "verifier_errors": verifier_errors,
+        "baseline_flagged": sorted(baseline_flagged),
     }
 
 
@@ -2711,6 +3018,8 @@ class RunTally:
     tool_calls: int = 0
     tool_failures: int = 0
     verifier_errors: int = 0
+    baseline_flagged: set = field(default_factory=set)
+    """task_ids whose verifier passed or could not judge before any agent worked on them (--verify_baseline)."""
     usage: dict = field(default_factory=trajectory.empty_usage)
     by_exit_reason: Counter = field(default_factory=Counter)
     failure_errors: Counter | None = field(default_factory=Counter)
@@ -2740,6 +3049,8 @@ class RunTally:
             self.cost += Decimal(repr(record["cost"]))
             self.costs.append(record["cost"])
         self.cost_sources[record["cost_source"] or "unknown"] += 1
+        if trajectory.baseline_teaches_nothing(record):
+            self.baseline_flagged.add(record["task_id"])
         if self.failure_errors is not None:
             if record["exit_reason"] in ("api_error", "env_error"):
                 self.failure_errors[record["error"]] += 1
@@ -2779,7 +3090,9 @@ def summarize(
         "tasks_per_minute": round(total / wall_time * 60, 2) if wall_time > 0 else 0.0,
         "samples_per_prompt": round(len(outcomes.rewards) / max(outcomes.prompt_count, 1), 3),
         "samples_not_needed": not_needed,
-        "verification": verification_summary(outcomes, tally.verifier_errors) if outcomes.verified_ids else None,
+        "verification": verification_summary(outcomes, tally.verifier_errors, tally.baseline_flagged)
+        if outcomes.verified_ids
+        else None,
         "images": None if images is None else images_summary(images),
         "cost": cost_summary(tally, bool(outcomes.verified_ids)),
     }
@@ -2898,6 +3211,13 @@ def summary_text(summary: dict, output_file: str) -> str:
             + f"; {verification['verifier_errors']} verifier errors"
             + (" (rerun on resume)" if verification["verifier_errors"] else "")
         )
+        flagged = verification.get("baseline_flagged") or []
+        if flagged:
+            shown = ", ".join(flagged[:5]) + (", ..." if len(flagged) > 5 else "")
+            text += (
+                f"\nbaseline: {len(flagged)} prompt(s) whose verifier passed or could not judge before the agent "
+                f"(they teach nothing): {shown}"
+            )
     return text
 
 
@@ -3779,6 +4099,18 @@ def _names(name: str, value: object) -> tuple[str, ...]:
     return tuple(item.strip() for item in str(value).split(",") if item.strip())
 
 
+def _exit_codes(name: str, value: object) -> tuple[int, ...]:
+    items = value if isinstance(value, (tuple, list)) else () if value is None else str(value).split(",")
+    codes = []
+    for item in items:
+        text = str(item).strip()
+        if not text.isdigit() or int(text) not in UNJUDGED_EXIT_CODES:
+            known = ", ".join(map(str, UNJUDGED_EXIT_CODES))
+            raise UsageError(f"--{name}: {text!r} is not one of the exit codes that cannot judge ({known})")
+        codes.append(int(text))
+    return tuple(codes)
+
+
 def _shard(value: object) -> tuple[int, int] | None:
     if value is None:
         return None
@@ -3802,6 +4134,10 @@ def main(
     verify_template: str | None = None,
     verify: str | None = None,
     verify_timeout: float = 300,
+    verify_in: str = "sandbox",
+    verify_baseline: bool = False,
+    verify_failure_codes: str | None = None,
+    collect_patch: bool = False,
     samples: int = 1,
     until_passed: int | None = None,
     output_file: str = "trajectories.jsonl",
@@ -3878,6 +4214,12 @@ def main(
         verify_template: Build each row's verifier from its fields, e.g. "git checkout {base_commit} -- tests && make".
         verify: Verifier for prompts without one: bash run in the task's sandbox after the agent ends; exit 0 = passed.
         verify_timeout: Seconds a verifier may run before it is killed and counts as failed (default 300).
+        verify_in: sandbox (the task's own, once the agent's processes ended; default) or fresh (a new sandbox of the
+            same image with only the agent's patch applied: the recommended form for SWE tasks).
+        verify_baseline: Also run each prompt's verifier once in a fresh sandbox before the agent: a prompt whose
+            verifier already passes (or cannot judge) is flagged in verification.baseline and the summary.
+        verify_failure_codes: Verifier exit codes among 4,5,126,127 that are real failures (default: could not judge).
+        collect_patch: Record the task's final git diff (from the tree as the task found it) in the record's patch.
         samples: Runs of every prompt, each in a fresh environment (default 1).
         until_passed: Start no new sample of a prompt once this many of its samples passed (needs a verifier).
         output_file: Where records are appended (JSONL); '-' for stdout. Rerunning resumes: finished tasks are skipped.
@@ -4055,7 +4397,13 @@ def main(
         prompt_template=_text("prompt_template", prompt_template),
         image_template=_text("image_template", image_template),
         verify_template=_text("verify_template", verify_template),
+        collect_patch=_bool("collect_patch", collect_patch),
+        verify_in=_text("verify_in", verify_in, allow_none=False),
+        verify_baseline=_bool("verify_baseline", verify_baseline),
+        verify_failure_codes=_exit_codes("verify_failure_codes", verify_failure_codes),
     )
+    if config.verify_in not in VERIFY_PLACES:
+        raise UsageError(f"--verify_in must be one of {', '.join(VERIFY_PLACES)}, not {config.verify_in!r}")
     config.command_timeout = min(config.command_timeout, config.max_command_timeout)
     _cost_settings(config, _text("price", price), _text("prices", prices), max_task_cost, max_cost, max_tokens_total)
     prompts = select_shard(load_run_prompts(config, task, prompts_file), _shard(shard))
@@ -4124,6 +4472,9 @@ def load_run_prompts(config: RunConfig, task: object, prompts_file: object) -> S
         raise UsageError(
             "--until_passed counts passed samples: give a verifier (--verify, --verify_template or a verify field)"
         )
+    if (config.verify_baseline or config.verify_in == "fresh") and not has_any_verifier(prompts, config):
+        flag = "--verify_baseline" if config.verify_baseline else "--verify_in fresh"
+        raise UsageError(f"{flag} runs a verifier: give one (--verify, --verify_template or a verify field)")
     return prompts
 
 

@@ -78,6 +78,7 @@ RECORD_KEYS = (
     "verification",
     "reward",
     "error",
+    "patch",
     "cost",
     "cost_source",
     "tokens",
@@ -86,7 +87,7 @@ RECORD_KEYS = (
 COST_SOURCES = ("provider", "price_table", "mixed")
 """Where a record's ``cost`` came from: the provider's measured figure for every call, a price table for every
 call, or some calls each way."""
-ADDED_KEYS = {"cost": None, "cost_source": None, "tokens": None}
+ADDED_KEYS = {"patch": None, "cost": None, "cost_source": None, "tokens": None}
 """Keys records gained after the first release, with the value an older record has for them (see current_record)."""
 SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "reasoning_effort")
 """The sampling settings every record's ``metadata.sampling`` carries (null where the provider default was used)."""
@@ -267,6 +268,7 @@ def build_record(
     metadata: dict,
     sample_index: int = 0,
     verification: dict | None = None,
+    patch: str | None = None,
     cost: float | None = None,
     cost_source: str | None = None,
     tokens: dict | None = None,
@@ -297,6 +299,7 @@ def build_record(
         "verification": verification,
         "reward": reward_of(verification),
         "error": None if error is None else str(error),
+        "patch": None if patch is None else str(patch),
         "cost": _float_or_none(cost),
         "cost_source": cost_source,
         "tokens": tokens,
@@ -389,7 +392,29 @@ def normalize_verification(verification: dict) -> dict:
         "output": str(verification.get("output") or ""),
         "duration_s": round(float(verification.get("duration_s") or 0.0), 3),
         "error": None if error is None else str(error),
+        "baseline": _normalize_baseline(verification.get("baseline")),
     }
+
+
+def _normalize_baseline(baseline: object) -> dict | None:
+    """``verification.baseline``: the verifier's result before any agent worked on the prompt, or null."""
+    if not isinstance(baseline, dict):
+        return None
+    exit_code, error = baseline.get("exit_code"), baseline.get("error")
+    return {
+        "passed": bool(baseline.get("passed")) and error is None,
+        "exit_code": None if exit_code is None else int(exit_code),
+        "duration_s": round(float(baseline.get("duration_s") or 0.0), 3),
+        "error": None if error is None else str(error),
+    }
+
+
+def baseline_teaches_nothing(record: dict) -> bool:
+    """Whether the record's prompt was flagged by --verify_baseline: its verifier passed, or could not judge,
+    before any agent worked on it."""
+    verification = record.get("verification")
+    baseline = verification.get("baseline") if isinstance(verification, dict) else None
+    return isinstance(baseline, dict) and (baseline.get("passed") is True or baseline.get("error") is not None)
 
 
 def reward_of(verification: dict | None) -> float | None:
@@ -1629,9 +1654,11 @@ def _record_schema(value) -> dict:
             "output": string,
             "duration_s": number,
             "error": string,
+            "baseline": {"passed": boolean, "exit_code": integer, "duration_s": number, "error": string},
         },
         "reward": number,
         "error": string,
+        "patch": string,
         "cost": number,
         "cost_source": string,
         "tokens": _tokens_schema(value),  # null on records made without --return_tokens

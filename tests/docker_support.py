@@ -123,3 +123,74 @@ def run_containers(run_id: str, client=None) -> list[str]:
     inspects each container in a second request, which fails when one is removed in between)."""
     listed = (client or engine()).api.containers(all=True, filters={"label": f"mini-swe-runner.run-id={run_id}"})
     return [c["Names"][0].lstrip("/") for c in listed]
+
+
+SWE_BASE_IMAGE = "mini-swe-runner-test:swe"
+"""TEST_IMAGE plus git, python3 and pytest (from Debian's archive): the base of the miniature SWE-bench images."""
+
+
+@functools.cache
+def swe_base_image() -> str:
+    """Built once per engine from TEST_IMAGE with apt-get (the Debian mirror the test image itself came from)."""
+    import docker
+
+    try:
+        engine().images.get(SWE_BASE_IMAGE)
+        return SWE_BASE_IMAGE
+    except docker.errors.ImageNotFound:
+        pass
+    install = (
+        "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "
+        "git python3 python-is-python3 python3-pytest && rm -rf /var/lib/apt/lists/* "
+        "&& git config --system user.name swe && git config --system user.email swe@example.com"
+    )
+    container = engine().containers.run(TEST_IMAGE, ["bash", "-c", install], detach=True)
+    try:
+        status = container.wait(timeout=600)
+        if status.get("StatusCode") != 0:
+            raise RuntimeError(f"building {SWE_BASE_IMAGE} failed: {container.logs()[-2000:].decode(errors='replace')}")
+        repository, tag = SWE_BASE_IMAGE.split(":")
+        container.commit(repository=repository, tag=tag)
+    finally:
+        container.remove(force=True)
+    return SWE_BASE_IMAGE
+
+
+def _put_files(container, files: dict[str, str]) -> None:
+    import io
+    import tarfile
+
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for path, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"testbed/{path}")
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    container.put_archive("/", archive.getvalue())
+
+
+def swe_instance_image(name: str, files: dict[str, str], leftovers: dict[str, str] | None = None) -> tuple[str, str]:
+    """An image of ``files`` committed as a git repository in /testbed (its WORKDIR), as SWE-bench images are;
+    returns (image, base_commit). The commit's dates are fixed, so the same files give the same commit.
+    ``leftovers`` are written after the commit and left uncommitted (what an install step leaves behind)."""
+    image = f"mini-swe-runner-test:swe-{name}"
+    container = engine().containers.run(swe_base_image(), ["sleep", "infinity"], detach=True)
+    try:
+        _put_files(container, files)
+        commit = (
+            "cd /testbed && git init -q && git add -A && "
+            "GIT_AUTHOR_DATE=2020-01-01T00:00:00Z GIT_COMMITTER_DATE=2020-01-01T00:00:00Z git commit -qm base && "
+            "git rev-parse HEAD"
+        )
+        result = container.exec_run(["bash", "-c", commit])
+        if result.exit_code != 0:
+            raise RuntimeError(f"building {image} failed: {result.output.decode(errors='replace')}")
+        base_commit = result.output.decode().strip().splitlines()[-1]
+        if leftovers:
+            _put_files(container, leftovers)
+        repository, tag = image.split(":")
+        container.commit(repository=repository, tag=tag, changes=["WORKDIR /testbed"])
+    finally:
+        container.remove(force=True)
+    return image, base_commit

@@ -301,6 +301,7 @@ SPEC_KEYS = (
     "verification",
     "reward",
     "error",
+    "patch",
     "cost",
     "cost_source",
     "tokens",
@@ -387,13 +388,16 @@ def assert_spec_types(record: dict) -> None:
     if verification is None:
         assert record["reward"] is None
     else:
-        assert list(verification) == ["passed", "exit_code", "output", "duration_s", "error"]
+        assert list(verification) == ["passed", "exit_code", "output", "duration_s", "error", "baseline"]
+        baseline = verification["baseline"]
+        assert baseline is None or list(baseline) == ["passed", "exit_code", "duration_s", "error"]
         assert type(verification["passed"]) is bool and type(verification["output"]) is str
         assert verification["exit_code"] is None or type(verification["exit_code"]) is int
         assert type(verification["duration_s"]) is float
         assert verification["error"] is None or type(verification["error"]) is str
         assert record["reward"] is None or type(record["reward"]) is float
     assert record["error"] is None or type(record["error"]) is str
+    assert record["patch"] is None or type(record["patch"]) is str
     assert list(record["metadata"]) == [
         "model",
         "env_type",
