@@ -32,6 +32,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -130,6 +131,8 @@ class EnvSettings:
     """CPU limit."""
     pids_limit: int | None = 512
     """Maximum number of processes in a container; None for no limit."""
+    tmp_size: str = "1g"
+    """bwrap: size bound of the sandbox's private /tmp (a tmpfs, in memory), e.g. '512m'; '0' for no bound."""
     volumes: tuple[str, ...] = ()
     """docker/bwrap: host:sandbox[:ro] mounts the user asked for; nothing is mounted otherwise."""
     env_vars: tuple[str, ...] = ()
@@ -551,6 +554,41 @@ SUPERVISOR_SCRIPT = r"""
 import array, ctypes, json, os, select, signal, socket, struct, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
 libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+# Run as root, commands keep root's powers except those that read another process's memory (the runner's keys):
+# ptrace and /proc/<pid>/mem of a non-dumpable process (SYS_PTRACE), bpf/perf probes (SYS_ADMIN, BPF, PERFMON),
+# kernel modules and raw memory (SYS_MODULE, SYS_RAWIO). Dropped from the bounding set: no exec gets them back.
+# (Not root, or in bwrap where every capability is gone already: these calls fail, and change nothing.)
+for cap in (16, 17, 19, 21, 38, 39):
+    libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP
+
+def deny_unix_sockets():
+    # bwrap --network none: no AF_UNIX socket can be made (nor io_uring, which could make one), so no socket of the
+    # host's file system can be reached, whatever is mounted where. socketpair() and inherited sockets still work.
+    machine = os.uname().machine
+    arch, socket_nr = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}.get(machine, (None, None))
+    if arch is None:
+        sys.stderr.write("--network none with bwrap filters sockets on x86_64 and aarch64 only, not %s\n" % machine)
+        os._exit(1)
+    ld, jeq, jgt, jge, ret = 0x20, 0x15, 0x25, 0x35, 0x06
+    deny, allow = 0x00050000 | 13, 0x7FFF0000  # SECCOMP_RET_ERRNO | EACCES, SECCOMP_RET_ALLOW
+    program = [
+        (ld, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, deny),  # another ABI (i386's socketcall): nothing runs
+        (ld, 0, 0, 0), (jge, 0, 1, 0x40000000), (ret, 0, 0, deny),  # x32 system calls
+        (jge, 0, 2, 425), (jgt, 1, 0, 427), (ret, 0, 0, deny),  # io_uring_setup, _enter, _register
+        (jeq, 0, 3, socket_nr), (ld, 0, 0, 16), (jeq, 0, 1, 1), (ret, 0, 0, deny),  # socket(AF_UNIX, ...)
+        (ret, 0, 0, allow),
+    ]
+    filters = b"".join(struct.pack("HBBI", *op) for op in program)
+    buffer = ctypes.create_string_buffer(filters)
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+    libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+    if libc.prctl(22, 2, ctypes.byref(Program(len(program), ctypes.addressof(buffer))), 0, 0) != 0:
+        sys.stderr.write("seccomp refused the socket filter: %s\n" % os.strerror(ctypes.get_errno()))
+        os._exit(1)
+
+if sys.argv[3:4] == ["deny-unix-sockets"]:
+    deny_unix_sockets()
 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
     signal.signal(s, signal.SIG_IGN)
 SPAWN_DEFAULT_SIGNALS = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
@@ -876,7 +914,14 @@ class Supervisor:
 
     With a prefix (bwrap's sandbox) it is a new process of its own; without one it is forked by the zygote."""
 
-    def __init__(self, prefix: list[str], cwd: str, environ: dict[str, str], owned_dir: str | None = None):
+    def __init__(
+        self,
+        prefix: list[str],
+        cwd: str,
+        environ: dict[str, str],
+        owned_dir: str | None = None,
+        deny_unix_sockets: bool = False,
+    ):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.process: subprocess.Popen | None = None
         self.pid: int | None = None
@@ -886,7 +931,7 @@ class Supervisor:
             if prefix:
                 self.process = subprocess.Popen(
                     [*prefix, sys.executable, "-I", "-S", "-c", SUPERVISOR_SCRIPT, str(theirs.fileno()),
-                     owned_dir or ""],
+                     owned_dir or "", "deny-unix-sockets" if deny_unix_sockets else ""],
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,  # read only if it does not come up (bwrap's own error, say)
@@ -1100,6 +1145,10 @@ class LocalEnvironment(Environment):
         """argv the supervisor runs under (bwrap puts its sandbox here)."""
         return []
 
+    def _denies_unix_sockets(self) -> bool:
+        """Whether the supervisor forbids its commands to make AF_UNIX sockets (bwrap --network none)."""
+        return False
+
     async def _start(self) -> None:
         if self.requested_cwd:
             base = os.path.abspath(os.path.expanduser(self.requested_cwd))
@@ -1116,7 +1165,9 @@ class LocalEnvironment(Environment):
 
     async def _start_supervisor(self) -> None:
         self._supervisor = None
-        supervisor = Supervisor(self._supervisor_prefix(), self.base, self._environ, self._temp_dir)
+        supervisor = Supervisor(
+            self._supervisor_prefix(), self.base, self._environ, self._temp_dir, self._denies_unix_sockets()
+        )
         await supervisor.ready(SUPERVISOR_START_WAIT, f"the {self.name} environment")
         self._supervisor = supervisor
 
@@ -1247,15 +1298,20 @@ class BwrapEnvironment(LocalEnvironment):
     """
 
     name = "bwrap"
-    flags = frozenset({"cwd", "pass_env", "network", "volume"})
+    flags = frozenset({"cwd", "pass_env", "network", "volume", "tmp_size"})
 
     @classmethod
     def check_settings(cls, settings: EnvSettings) -> None:
         if settings.network not in ("bridge", "host", "none"):
             raise SettingsError(f"--network {settings.network!r} with --env bwrap: use none (or the default, host's)")
+        if parse_size(settings.tmp_size, "--tmp_size") and parse_size(settings.tmp_size, "--tmp_size") < 1024**2:
+            raise SettingsError(f"--tmp_size {settings.tmp_size!r} is below 1m (give 0 for no bound)")
 
     def _supervisor_prefix(self) -> list[str]:
         return bwrap_argv(self.settings, self.base)
+
+    def _denies_unix_sockets(self) -> bool:
+        return self.settings.network == "none"
 
     @classmethod
     async def preflight(cls, settings: EnvSettings, images: set[str]) -> None:
@@ -1279,6 +1335,8 @@ class BwrapEnvironment(LocalEnvironment):
         _, stderr = await probe.communicate()
         if probe.returncode != 0:
             why = " ".join(stderr.decode(errors="replace").split()) or f"exit code {probe.returncode}"
+            if "Unknown option" in why:
+                raise EnvError(f"bwrap is too old ({why}): --env bwrap needs bubblewrap 0.8 or newer")
             raise EnvError(
                 f"bwrap cannot create its sandbox here ({why}): the kernel or container must allow user namespaces "
                 "(sysctl kernel.unprivileged_userns_clone=1, or kernel.apparmor_restrict_unprivileged_userns=0)"
@@ -1295,14 +1353,46 @@ def _interpreter_paths_under_tmp() -> list[str]:
     return [path for path in under_tmp if not any(path.startswith(other + "/") for other in under_tmp)]
 
 
+def _host_sockets() -> list[str]:
+    """The host's Unix sockets a sandbox would see through its read-only view of /: every path bound in this
+    network namespace (/proc/net/unix), and every socket under /run (a daemon in another namespace may bind there).
+    Each is hidden under /dev/null in the sandbox: read-only does not stop connect(), and as root the sandbox's
+    uid 0 owns docker.sock. (About 1 ms for 130 sockets; per sandbox, so that a daemon started since is hidden.)"""
+    paths = set()
+    with contextlib.suppress(OSError), open("/proc/net/unix", "rb") as table:
+        for line in table.read().splitlines()[1:]:
+            fields = line.split(None, 7)
+            if len(fields) == 8 and fields[7].startswith(b"/"):
+                paths.add(os.fsdecode(fields[7]))
+    for top, _, files in os.walk("/run"):
+        paths.update(os.path.join(top, name) for name in files)
+    found = set()
+    for path in paths:
+        with contextlib.suppress(OSError, ValueError):
+            real = os.path.realpath(path)
+            if stat.S_ISSOCK(os.lstat(real).st_mode) and not real.startswith(("/tmp/", "/dev/", "/proc/")):
+                found.add(real)  # under /tmp, /dev, /proc: the sandbox has its own
+    return sorted(found)
+
+
+BWRAP_CONFINEMENT = ["--unshare-user", "--disable-userns", "--cap-drop", "ALL"]
+"""Run by root, bwrap keeps root's capabilities inside unless told: remount / read-write, write /root, the runner's
+venv and its output file. In a user namespace of its own with every capability dropped, uid 0 inside is powerless
+(and cannot make a user namespace of its own to get capabilities back); run by another user this changes nothing."""
+
+
 def bwrap_argv(settings: EnvSettings, workdir: str) -> list[str]:
     """The bwrap command line a task's supervisor runs under."""
-    argv = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    tmp_size = parse_size(settings.tmp_size, "--tmp_size")
+    argv = ["bwrap", *BWRAP_CONFINEMENT, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    argv += [*(["--size", str(tmp_size)] if tmp_size else []), "--tmpfs", "/tmp"]
     for path in _interpreter_paths_under_tmp():  # the supervisor is this Python: it must stay visible
         argv += ["--ro-bind", path, path]
     argv += ["--bind", workdir, workdir]  # after the /tmp tmpfs: a temp task dir under /tmp stays the host's
     for host, target, mode in _existing_volumes(settings):
         argv += ["--ro-bind" if mode == "ro" else "--bind", host, target]
+    for path in _host_sockets():
+        argv += ["--ro-bind", "/dev/null", path]
     argv += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     if settings.network == "none":
         argv.append("--unshare-net")

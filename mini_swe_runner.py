@@ -2756,6 +2756,7 @@ def main(
     memory: str | None = None,
     cpus: float | None = None,
     pids_limit: int | None = None,
+    tmp_size: str | None = None,
     volume: str | None = None,
     env_var: str | None = None,
     no_hardening: bool | None = None,
@@ -2822,6 +2823,7 @@ def main(
         memory: docker/modal memory limit, e.g. 4g.
         cpus: docker/modal CPU limit, e.g. 2.
         pids_limit: docker: maximum processes per container (default 512; 0 for none).
+        tmp_size: bwrap: size bound of each sandbox's private /tmp, held in memory (default 1g; 0 for none).
         volume: docker/bwrap: comma-separated host:sandbox[:ro] mounts (none by default).
         env_var: docker/modal/ssh: comma-separated host variables passed to commands (none by default).
         no_hardening: docker: keep default capabilities and allow privilege escalation.
@@ -2855,6 +2857,7 @@ def main(
         "memory": ("memory", lambda v: _text("memory", v)),
         "cpus": ("cpus", lambda v: _number("cpus", v, float, no_limit)),
         "pids_limit": ("pids_limit", lambda v: int(_number("pids_limit", v, int, no_limit))),
+        "tmp_size": ("tmp_size", lambda v: _text("tmp_size", v, allow_none=False)),
         "volume": ("volumes", lambda v: _names("volume", v)),
         "env_var": ("env_vars", lambda v: _names("env_var", v)),
         "no_hardening": ("hardening", lambda v: not _bool("no_hardening", v)),
@@ -2867,7 +2870,8 @@ def main(
     }
     given = {
         "image": image, "cwd": cwd, "pass_env": pass_env, "pull": pull, "network": network, "memory": memory,
-        "cpus": cpus, "pids_limit": pids_limit, "volume": volume, "env_var": env_var, "no_hardening": no_hardening,
+        "cpus": cpus, "pids_limit": pids_limit, "tmp_size": tmp_size, "volume": volume, "env_var": env_var,
+        "no_hardening": no_hardening,
         "modal_app": modal_app, "sandbox_timeout": sandbox_timeout, "startup_timeout": startup_timeout,
         "ssh_host": ssh_host, "ssh_key": ssh_key, "ssh_known_hosts": ssh_known_hosts,
     }  # fmt: skip
