@@ -352,6 +352,17 @@ def secret_values_from_environ(extra: tuple[str, ...] = (), environ: dict[str, s
     return tuple(sorted(found - {""}, key=len, reverse=True))
 
 
+def hide_process_memory() -> None:
+    """Make this process's memory unreadable to its commands: PR_SET_DUMPABLE 0 turns /proc/<pid>/mem, environ and
+    maps root's and refuses ptrace (and process_vm_readv) to any process without CAP_SYS_PTRACE; a local command
+    run by root has none (SUPERVISOR_SCRIPT drops it). Without it a command read the API key out of the runner's
+    memory, where no redaction can follow (issue 19). For every process of ours that holds a secret; exec undoes it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+
+
 # Variables that keep agents' commands non-interactive and their output plain, in every backend.
 AGENT_ENV_DEFAULTS = {
     "PAGER": "cat",

@@ -3322,6 +3322,7 @@ def run_subcommand(name: str, argv: list[str]) -> int:
 def cli() -> None:
     """Console entry point: loads ./.env only, checks argv, runs fire, maps errors to exit codes."""
     handed = _scrub_secrets_from_process()
+    environments.hide_process_memory()  # the keys are in this process's memory from here on
     from dotenv import load_dotenv
 
     # Only the current directory's .env: find_dotenv would also walk up into every parent directory.
