@@ -571,6 +571,13 @@ libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 # (Not root, or in bwrap where every capability is gone already: these calls fail, and change nothing.)
 for cap in (16, 17, 19, 21, 38, 39):
     libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP
+# And from the supervisor's own sets, so that its commands may still read its (secret-free) /proc files: a
+# process with capabilities its reader lacks is out of the reader's reach.
+header, sets = (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()  # v3: effective, permitted, inheritable
+if libc.capget(header, sets) == 0:
+    for index in (0, 1, 3, 4):
+        sets[index] &= ~((1 << 16 | 1 << 17 | 1 << 19 | 1 << 21) if index < 3 else (1 << 6 | 1 << 7))
+    libc.capset(header, sets)
 
 def deny_unix_sockets():
     # bwrap --network none: no AF_UNIX socket can be made (nor io_uring, which could make one), so no socket of the
