@@ -896,6 +896,7 @@ class _Zygote:
             theirs.close()
         self.sock = ours
         self.lock = threading.Lock()
+        _adopt_orphans()
 
     def fork(self, task_socket: socket.socket, cwd: str, environ: dict[str, str], owned_dir: str | None) -> None:
         body = json.dumps({"cwd": cwd, "environ": environ, "owned_dir": owned_dir or ""}).encode()
@@ -925,6 +926,63 @@ class _Zygote:
 
 _ZYGOTES: dict[int, _Zygote] = {}
 _ZYGOTE_LOCK = threading.Lock()
+
+
+# SIGKILL the zygote, then a supervisor (a command can: they are its ancestors, of its user) and what the supervisor
+# ran is re-parented past both dead subreapers: to PID 1, where a `setsid sleep` outlived the run (issue 19). So
+# the runner is a child subreaper too, from its first local task on: such orphans come to it, and it kills them when
+# it exits. (Zombies of those that end first wait there for that; a runner killed with SIGKILL as well cannot.)
+_ADOPTING: set[int] = set()
+"""The pids of the processes (runners, forks of one) that adopt orphans and kill them at exit."""
+
+
+def _adopt_orphans() -> None:
+    if os.getpid() in _ADOPTING or not sys.platform.startswith("linux"):
+        return
+    import atexit
+    import ctypes
+
+    if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0:  # PR_SET_CHILD_SUBREAPER
+        _ADOPTING.add(os.getpid())
+        atexit.register(kill_adopted_orphans)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    with contextlib.suppress(OSError):
+        for thread in os.listdir(f"/proc/{pid}/task"):  # an orphan goes to any thread of its subreaper
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{thread}/children", "rb") as children:
+                found += map(int, children.read().split())
+    return found
+
+
+def kill_adopted_orphans() -> int:
+    """Kill every process re-parented to this runner, with what it started, leaving the zygotes (they end with the
+    runner and clean up after their own supervisors) alone; returns how many were killed. Run at exit."""
+    me = os.getpid()
+    if me not in _ADOPTING:
+        return 0
+    ours = {zygote.process.pid for zygote in _ZYGOTES.values()}
+    killed: set[int] = set()
+    for _ in range(500):  # again until nothing is left: a process may fork while we look
+        found, stack = set(), [pid for pid in _children(me) if pid not in ours]
+        while stack:
+            pid = stack.pop()
+            if pid not in found:
+                found.add(pid)
+                stack += _children(pid)
+        for pid in found:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in _children(me):  # reap those that were re-parented to us
+            if pid not in ours:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+        if not found:
+            break
+        killed |= found
+        time.sleep(0.002)
+    return len(killed)
 
 
 class Supervisor:

@@ -699,3 +699,25 @@ def test_no_secret_in_the_memory_of_any_ancestor_or_sibling_of_a_command(runner_
         data = dump.read_bytes()
         for secret in (api_key, variable):
             assert secret.encode() not in data, (dump.name, said)
+
+
+def test_nothing_outlives_the_run_when_a_command_kills_the_zygote_and_then_its_supervisor(tmp_path):
+    # Both subreapers above the command gone: what it started would go to PID 1; the runner adopts it and kills it
+    # when it exits.
+    from conftest import read_jsonl, run_cli, tool_results
+    from model_server import ScriptedModelServer, per_conversation, reply, tool_call
+
+    sleep = f"sleep 7{os.getpid() % 100000:05d}"
+    command = (
+        f"setsid {sleep} </dev/null >/dev/null 2>&1 & sleep 0.2; zygote=$(cut -d' ' -f4 /proc/$PPID/stat); "
+        "kill -KILL $zygote; sleep 0.2; kill -KILL $PPID; sleep 1"
+    )
+    script = per_conversation([reply(None, [tool_call(command)]), reply(None, [tool_call("echo next")]), reply("ok")])
+    with ScriptedModelServer(script) as server:
+        result = run_cli(["--task", "t", "--base_url", server.base_url, "--model", "m"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [record] = read_jsonl(tmp_path / "trajectories.jsonl")
+    first, second = tool_results(record)
+    assert "killed the process that ran it" in first["content"]["error"], first
+    assert second["content"]["output"] == "next\n"  # the task went on, under a new zygote and supervisor
+    assert wait_until_gone(sleep, within=2) == []
