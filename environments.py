@@ -1384,7 +1384,13 @@ class BwrapEnvironment(LocalEnvironment):
             raise SettingsError(f"--tmp_size {settings.tmp_size!r} is below 1m (give 0 for no bound)")
 
     def _supervisor_prefix(self) -> list[str]:
-        return bwrap_argv(self.settings, self.base)
+        argv = bwrap_argv(self.settings, self.base)
+        if not self._temp_dir:
+            return argv
+        # The sandbox cannot remove its task directory (a mount point in there), and a runner killed with SIGKILL
+        # does not: left empty, they piled up (issue 19). This shell outside the sandbox removes it once the sandbox
+        # ends, if the runner is gone (re-parented: a runner still there may start a new sandbox on the directory).
+        return ["sh", "-c", _BWRAP_OWNER_SCRIPT, self._temp_dir, *argv[1:]]
 
     def _denies_unix_sockets(self) -> bool:
         return self.settings.network == "none"
@@ -1417,6 +1423,13 @@ class BwrapEnvironment(LocalEnvironment):
                 f"bwrap cannot create its sandbox here ({why}): the kernel or container must allow user namespaces "
                 "(sysctl kernel.unprivileged_userns_clone=1, or kernel.apparmor_restrict_unprivileged_userns=0)"
             )
+
+
+_BWRAP_OWNER_SCRIPT = (
+    'bwrap "$@"; status=$?; read -r _ _ _ parent _ < /proc/$$/stat; [ "$parent" = "$PPID" ] || rm -rf -- "$0"; '
+    "exit $status"
+)
+"""$0 = the task's temporary directory, "$@" = bwrap's arguments."""
 
 
 def _interpreter_paths_under_tmp() -> list[str]:

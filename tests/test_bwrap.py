@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -287,3 +288,32 @@ def test_the_private_tmp_is_bounded_by_tmp_size():
         EnvSettings(env_type="bwrap", tmp_size="lots")
     with pytest.raises(SettingsError, match="below 1m"):
         EnvSettings(env_type="bwrap", tmp_size="1k")
+
+
+RUNNER_DIES = """
+import asyncio, os, signal, sys
+sys.path.insert(0, {root!r})
+from environments import BwrapEnvironment, EnvSettings
+
+async def main():
+    env = BwrapEnvironment(EnvSettings(env_type="bwrap"))
+    await env.start()
+    await env.execute("echo x > made; {sleep} &", 10)
+    print(env.base, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # the runner dies without any cleanup
+
+asyncio.run(main())
+"""
+
+
+def test_a_runner_killed_with_sigkill_leaves_no_task_directory_and_no_process():
+    sleep = f"sleep 6{os.getpid() % 100000:05d}"
+    child = subprocess.run(
+        [sys.executable, "-c", RUNNER_DIES.format(root=str(ROOT), sleep=sleep)], capture_output=True, text=True
+    )
+    base = child.stdout.strip()
+    assert child.returncode == -9 and "mini-swe-task-" in base, child.stderr
+    deadline = time.monotonic() + 5
+    while os.path.exists(base) or subprocess.run(["pgrep", "-f", sleep], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, f"{base} or {sleep} left behind"
+        time.sleep(0.05)
