@@ -2356,6 +2356,58 @@ SSH_MAX_SESSIONS = 10
 """Channels open at once on the one connection: OpenSSH's default MaxSessions; more are refused by the server."""
 SSH_CLIENT_GRACE = KILL_GRACE + 4.0
 """Past timeout + this we stop waiting for a remote command whose in-sandbox timeout failed, and kill its group."""
+SSH_WATCHDOG_MARGIN = 5.0
+"""The remote watchdog waits --startup_timeout (the runner's time to reconnect) plus this after losing the runner."""
+SSH_RECONNECT_BACKOFF = (0.5, 8.0)
+"""First and longest pause between reconnection attempts (doubling), all within --startup_timeout."""
+
+# Marks every process a task starts on the remote (inherited through setsid, nohup and double forks, which a
+# process group misses): the task's end kills them all, found through /proc/<pid>/environ (Linux, GNU grep).
+SSH_TASK_VARIABLE = "MSR_SSH_TASK"
+
+
+def _remote_reap(token: str) -> str:
+    """Shell that SIGKILLs every process of the remote user carrying the task's token, again until none is left."""
+    return (
+        f"for _ in 1 2 3 4 5 6 7 8 9 10; do p=$(grep -lzx {SSH_TASK_VARIABLE}={token} /proc/[0-9]*/environ "
+        '2>/dev/null | cut -d/ -f3); [ -z "$p" ] && break; kill -KILL $p 2>/dev/null; sleep 0.05; done'
+    )
+
+
+# One per connection, on a channel of its own: the runner registers each task ("+ token dir") and its end
+# ("- token"), and says "end" before it closes the connection. On end of file without "end" (the runner died, or
+# the connection dropped) it waits for the runner to reconnect (a reconnected runner starts a new watchdog, which
+# marks itself connected in a file and is given every live task); if none of the run's watchdogs is connected
+# after the wait, it kills every registered task's processes and removes their temporary directories.
+# $1 = run id, $2 = seconds to wait.
+_SSH_WATCHDOG_SCRIPT = (
+    r"""
+trap '' HUP INT TERM PIPE
+mark="${TMPDIR:-/tmp}/.mini-swe-watch-$1"
+declare -A dirs
+: > "$mark.$$"
+ended=
+while IFS=' ' read -r op token dir; do
+  case $op in
+    +) dirs[$token]=$dir ;;
+    -) unset "dirs[$token]" ;;
+    end) ended=1; break ;;
+  esac
+done
+rm -f -- "$mark.$$"
+[ -n "$ended" ] && exit 0
+sleep "$2"
+for f in "$mark".*; do
+  [ -e "$f" ] || continue
+  kill -0 "${f##*.}" 2>/dev/null && exit 0
+  rm -f -- "$f"
+done
+for token in "${!dirs[@]}"; do
+  REAP
+  [ -n "${dirs[$token]}" ] && rm -rf -- "${dirs[$token]}"
+done
+"""
+).replace("REAP", _remote_reap("$token"))
 
 
 def _import_asyncssh():
@@ -2375,28 +2427,80 @@ def parse_ssh_host(value: str) -> tuple[str | None, str, int]:
 
 
 class _SharedConnection:
-    """The run's one ssh connection: every task's commands are channels on it (no handshake per command)."""
+    """The run's one ssh connection: every task's commands are channels on it (no handshake per command). It keeps
+    the remote watchdog (see _SSH_WATCHDOG_SCRIPT) on a channel of its own, and reconnects when the connection
+    drops while tasks use it (one attempt sequence, shared by all of them)."""
 
     def __init__(self, key: tuple, settings: EnvSettings):
         self.key, self.settings = key, settings
         self.loop = asyncio.get_running_loop()
         self.users = 0
-        self.sessions = asyncio.Semaphore(SSH_MAX_SESSIONS)
+        self.sessions = asyncio.Semaphore(SSH_MAX_SESSIONS - 1)  # one more is the watchdog's
+        self.tasks: dict[str, str] = {}
+        """Live tasks: token -> temporary directory ('' for a given cwd), told to every new watchdog."""
+        self._watchdog = None
         self._connecting: asyncio.Task | None = None
         self._linger: asyncio.Task | None = None
+        self._closing = False
 
     async def acquire(self):
         self.users += 1
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
+        self._closing = False
         if self._connecting is None or (self._connecting.done() and self._connecting.exception() is not None):
-            self._connecting = asyncio.ensure_future(_ssh_connect(self.settings))
+            self._connecting = asyncio.ensure_future(self._connect(first=True))
         try:
             return await asyncio.shield(self._connecting)
         except BaseException:
             self.release()
             raise
+
+    async def reconnect(self, lost):
+        """A live connection in place of ``lost``: the one another task made already, or a new one (EnvError once
+        --startup_timeout passed without one)."""
+        current = self._connecting
+        if current is None or (current.done() and (current.exception() is not None or current.result() is lost)):
+            self._connecting = asyncio.ensure_future(self._connect(first=False))
+        return await asyncio.shield(self._connecting)
+
+    async def _connect(self, first: bool):
+        connection = await (_ssh_connect(self.settings) if first else _ssh_reconnect(self.settings))
+        try:
+            grace = f"{self.settings.startup_timeout + SSH_WATCHDOG_MARGIN:g}"
+            watch = ["bash", "-c", _SSH_WATCHDOG_SCRIPT, "watchdog", self.settings.run_id, grace]
+            self._watchdog = await connection.create_process(shlex.join(watch), encoding=None)
+        except (OSError, _import_asyncssh().Error) as exc:
+            connection.close()
+            raise EnvError(f"ssh to {self.settings.ssh_host} failed ({_one_line(exc)})") from None
+        for token, directory in self.tasks.items():
+            self._tell_watchdog(f"+ {token} {directory}")
+        asyncio.ensure_future(self._reconnect_when_lost(connection))
+        return connection
+
+    async def _reconnect_when_lost(self, connection) -> None:
+        # At once, not at a task's next command: a task waiting for its model would find its remote state reaped.
+        await connection.wait_closed()
+        if self._closing or self.users == 0 or self._connecting is None or not self._connecting.done():
+            return
+        if self._connecting.exception() is None and self._connecting.result() is connection:
+            with contextlib.suppress(EnvError):
+                await self.reconnect(connection)
+
+    def _tell_watchdog(self, line: str) -> None:
+        watchdog = self._watchdog
+        if watchdog is not None:
+            with contextlib.suppress(Exception):
+                watchdog.stdin.write(line.encode() + b"\n")
+
+    def register(self, token: str, directory: str | None) -> None:
+        self.tasks[token] = directory or ""
+        self._tell_watchdog(f"+ {token} {directory or ''}")
+
+    def unregister(self, token: str) -> None:
+        self.tasks.pop(token, None)
+        self._tell_watchdog(f"- {token}")
 
     def release(self) -> None:
         self.users -= 1
@@ -2412,8 +2516,10 @@ class _SharedConnection:
             # else the run's event loop is shutting down and cancels us: close cleanly below
         if _ssh_connections.get(self.key) is self:
             del _ssh_connections[self.key]
+        self._closing = True
         connecting, self._connecting = self._connecting, None
         if connecting is not None and connecting.done() and not connecting.cancelled() and not connecting.exception():
+            self._tell_watchdog("end")
             connection = connecting.result()
             connection.close()
             with contextlib.suppress(Exception):
@@ -2456,6 +2562,26 @@ async def _ssh_connect(settings: EnvSettings):
         raise EnvError(f"ssh login to {where} refused ({_one_line(exc)}): check the user and --ssh_key") from None
     except (asyncssh.Error, OSError, ValueError) as exc:
         raise EnvError(f"cannot connect to {where} over ssh ({_one_line(exc)})") from None
+
+
+async def _ssh_reconnect(settings: EnvSettings):
+    """Connect again after the connection dropped: attempts with doubling pauses, all within --startup_timeout."""
+    deadline = time.monotonic() + settings.startup_timeout
+    pause, longest = SSH_RECONNECT_BACKOFF
+    while True:
+        try:
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):
+                return await _ssh_connect(settings)
+        except (EnvError, TimeoutError) as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                why = str(exc) or "timed out"
+                raise EnvError(
+                    f"the ssh connection to {settings.ssh_host} was lost and not re-established within "
+                    f"{settings.startup_timeout:g} s ({why})"
+                ) from None
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, longest)
 
 
 class _ChannelOutput:
@@ -2521,7 +2647,9 @@ class _ChannelOutput:
 class SSHEnvironment(Environment):
     """Commands run on a remote machine over the run's one ssh connection, in a fresh remote temporary directory
     per task (removed at close) unless a cwd is given. A timeout kills the command's process group remotely; close
-    kills every group the task's commands made."""
+    kills every group the task's commands made and every process carrying the task's token (SSH_TASK_VARIABLE).
+    A dropped connection is re-established; the command it cut short gets an error result and the task goes on if
+    its remote directory survived. A runner that dies leaves the remote watchdog to clean up."""
 
     name = "ssh"
     flags = frozenset({"cwd", "env_var", "ssh_host", "ssh_key", "ssh_known_hosts", "startup_timeout"})
@@ -2534,10 +2662,11 @@ class SSHEnvironment(Environment):
         self._shared: _SharedConnection | None = None
         self._connection = None
         self._groups: list[int] = []
+        self._token = secrets.token_hex(8)
         # SHLVL=1: bash sources ~/.bashrc even non-interactively when it thinks sshd started it (SSH_CLIENT set,
         # shell level < 2); the login shell already paid that once, and the wrapper's bash must not pay it again
         # (measured: a pyenv-loading .bashrc doubled the round trip, 0.48 s against 0.24 s).
-        variables = {**sandbox_environ(settings.env_vars), "SHLVL": "1"}
+        variables = {**sandbox_environ(settings.env_vars), "SHLVL": "1", SSH_TASK_VARIABLE: self._token}
         self._env_prefix = ["env", *(f"{k}={v}" for k, v in variables.items())]
 
     async def _start(self) -> None:
@@ -2550,20 +2679,48 @@ class SSHEnvironment(Environment):
                 raise EnvError(f"working directory {self.requested_cwd} does not exist on {self.settings.ssh_host}")
             self.base = self.requested_cwd
         else:
-            made = await self._control('mktemp -d "${TMPDIR:-/tmp}/mini-swe-task-XXXXXX"')
+            # Named by the task's random token, not mktemp's: made again after a dropped connection, it is the same.
+            name = f'"${{TMPDIR:-/tmp}}/mini-swe-task-{self._token}"'
+            ours = '{ [ -d "$d" ] && [ ! -L "$d" ] && [ -O "$d" ]; }'
+            made = await self._control(f'd={name}; {{ mkdir -m 700 -- "$d" 2>/dev/null || {ours}; }} && echo "$d"')
             path = (made.stdout or "").strip()
             if made.exit_status != 0 or not path.startswith("/"):
                 await self._close()
                 raise EnvError(f"could not make a temporary directory on {self.settings.ssh_host}: {made.stderr!r}")
             self.base = self._temp_dir = path
+        self._shared.register(self._token, self._temp_dir)
         self.cwd = self.base
 
+    async def _live_connection(self):
+        """The connection, re-established if it dropped (EnvError if it cannot be within --startup_timeout, or if
+        the task's remote directory did not survive)."""
+        if self._connection.is_closed():
+            self._connection = await self._shared.reconnect(self._connection)
+            if self.base is not None:
+                await self._check_base()
+        return self._connection
+
+    async def _check_base(self) -> None:
+        if (await self._control(f"test -d {shlex.quote(self.base)}")).exit_status != 0:
+            host = self.settings.ssh_host
+            raise EnvError(f"the ssh connection to {host} was lost, and with it the task's directory {self.base}")
+
     async def _control(self, command: str):
-        async with self._shared.sessions:
-            try:
-                return await asyncio.wait_for(self._connection.run(command), self.settings.startup_timeout)
-            except (TimeoutError, OSError, _import_asyncssh().Error) as exc:
-                raise EnvError(f"ssh to {self.settings.ssh_host} failed ({_one_line(exc) or 'timed out'})") from None
+        asyncssh = _import_asyncssh()
+        for attempt in range(2):
+            connection = await self._live_connection()
+            async with self._shared.sessions:
+                try:
+                    result = await asyncio.wait_for(connection.run(command), self.settings.startup_timeout)
+                    if result.exit_status is None and result.exit_signal is None and connection.is_closed():
+                        raise OSError("the connection was lost")
+                    return result
+                except (TimeoutError, OSError, asyncssh.Error) as exc:
+                    if attempt == 0 and connection.is_closed():
+                        continue  # dropped: once more on a new connection
+                    why = _one_line(exc) or "timed out"
+                    raise EnvError(f"ssh to {self.settings.ssh_host} failed ({why})") from None
+        raise AssertionError("unreachable")
 
     def _remote_command(self, argv: list[str], timeout: float) -> str:
         # `echo $$ >&2; exec ...`: the shell reports its pid, then becomes env -> sh -> `timeout`, which keeps that
@@ -2574,12 +2731,17 @@ class SSHEnvironment(Environment):
         asyncssh = _import_asyncssh()
         output = _ChannelOutput(collector)
         async with self._shared.sessions:
-            try:
-                channel, _ = await self._connection.create_session(
-                    lambda: output, self._remote_command(argv, timeout), encoding=None
-                )
-            except (OSError, asyncssh.Error) as exc:
-                raise EnvError(f"ssh to {self.settings.ssh_host} failed ({_one_line(exc)})") from None
+            for attempt in range(2):
+                connection = await self._live_connection()
+                try:
+                    channel, _ = await connection.create_session(
+                        lambda: output, self._remote_command(argv, timeout), encoding=None
+                    )
+                    break
+                except (OSError, asyncssh.Error) as exc:
+                    if attempt == 0 and connection.is_closed():
+                        continue  # dropped before the command started: it runs on the new connection
+                    raise EnvError(f"ssh to {self.settings.ssh_host} failed ({_one_line(exc)})") from None
             channel.write_eof()  # no stdin: a command that reads it sees end of file, as everywhere else
             try:
                 try:
@@ -2593,27 +2755,41 @@ class SSHEnvironment(Environment):
                 if output.pgid:
                     self._groups.append(output.pgid)
                 channel.close()
-        if exit_code == -1 and channel.get_exit_status() is None and self._connection.is_closed():
-            raise EnvError(f"the ssh connection to {self.settings.ssh_host} was lost")
+        if exit_code == -1 and channel.get_exit_status() is None and connection.is_closed():
+            await self._after_lost_command(output.pgid)
         return exit_code
+
+    async def _after_lost_command(self, pgid: int | None) -> None:
+        """The connection dropped under a running command: reconnect, end that command (its output and exit code
+        are gone), and go on if the task's remote directory survived."""
+        host = self.settings.ssh_host
+        await self._live_connection()  # EnvError if it cannot be re-established
+        await self._kill_groups([pgid] if pgid else [])
+        raise CommandError(f"the ssh connection to {host} dropped during this command (reconnected; its output and "
+                           "exit code are lost, and it was stopped)")  # fmt: skip
 
     async def _kill_groups(self, groups: list[int]) -> None:
         if groups:
             with contextlib.suppress(EnvError):
                 await self._control("kill -KILL " + " ".join(f"-{g}" for g in groups) + " 2>/dev/null; true")
 
+    def _cleanup_command(self, groups: list[int], temp_dir: str | None) -> str:
+        """Kill the task's process groups and every process carrying its token, remove its temporary directory."""
+        kill = "kill -KILL " + " ".join(f"-{g}" for g in groups) + " 2>/dev/null; " if groups else ""
+        remove = f"; rm -rf -- {shlex.quote(temp_dir)}" if temp_dir else ""
+        return kill + _remote_reap(self._token) + remove
+
     async def _close(self) -> None:
         if self._shared is None or self._connection is None:
             return
         try:
             groups, self._groups = self._groups, []
-            remove = f"; rm -rf -- {shlex.quote(self._temp_dir)}" if self._temp_dir else ""
-            kill = "kill -KILL " + " ".join(f"-{g}" for g in groups) + " 2>/dev/null" if groups else "true"
             with contextlib.suppress(EnvError):
-                await self._control(kill + remove)
+                await self._control(self._cleanup_command(groups, self._temp_dir))
         finally:
             self._temp_dir = None
             shared, self._shared, self._connection = self._shared, None, None
+            shared.unregister(self._token)
             shared.release()
 
     def abandon(self) -> None:
@@ -2621,11 +2797,9 @@ class SSHEnvironment(Environment):
         self.closed = True
         groups, self._groups = self._groups, []
         temp_dir, self._temp_dir = self._temp_dir, None
-        if not groups and not temp_dir:
+        if self._shared is None:
             return
-        command = ("kill -KILL " + " ".join(f"-{g}" for g in groups) + " 2>/dev/null; " if groups else "") + (
-            f"rm -rf -- {shlex.quote(temp_dir)}" if temp_dir else "true"
-        )
+        command = self._cleanup_command(groups, temp_dir)
 
         async def clean() -> None:
             connection = await _ssh_connect(self.settings)
