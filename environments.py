@@ -2711,7 +2711,9 @@ class SSHEnvironment(Environment):
             connection = await self._live_connection()
             async with self._shared.sessions:
                 try:
-                    result = await asyncio.wait_for(connection.run(command), self.settings.startup_timeout)
+                    result = await self._refused_again(
+                        lambda on=connection: asyncio.wait_for(on.run(command), self.settings.startup_timeout)
+                    )
                     if result.exit_status is None and result.exit_signal is None and connection.is_closed():
                         raise OSError("the connection was lost")
                     return result
@@ -2721,6 +2723,22 @@ class SSHEnvironment(Environment):
                     why = _one_line(exc) or "timed out"
                     raise EnvError(f"ssh to {self.settings.ssh_host} failed ({why})") from None
         raise AssertionError("unreachable")
+
+    async def _refused_again(self, open_channel):
+        """``open_channel()``, again while the server refuses a session: OpenSSH counts one against MaxSessions
+        until it has reaped its command, a moment after the channel closed, and with 12 tasks at once refused
+        ("open failed") while we had fewer open. Doubling pauses, within --startup_timeout."""
+        asyncssh = _import_asyncssh()
+        deadline = time.monotonic() + self.settings.startup_timeout
+        pause = 0.02
+        while True:
+            try:
+                return await open_channel()
+            except asyncssh.ChannelOpenError:
+                if time.monotonic() + pause > deadline:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.5)
 
     def _remote_command(self, argv: list[str], timeout: float) -> str:
         # `echo $$ >&2; exec ...`: the shell reports its pid, then becomes env -> sh -> `timeout`, which keeps that
@@ -2734,8 +2752,10 @@ class SSHEnvironment(Environment):
             for attempt in range(2):
                 connection = await self._live_connection()
                 try:
-                    channel, _ = await connection.create_session(
-                        lambda: output, self._remote_command(argv, timeout), encoding=None
+                    channel, _ = await self._refused_again(
+                        lambda on=connection: on.create_session(
+                            lambda: output, self._remote_command(argv, timeout), encoding=None
+                        )
                     )
                     break
                 except (OSError, asyncssh.Error) as exc:
@@ -2755,6 +2775,10 @@ class SSHEnvironment(Environment):
                 if output.pgid:
                     self._groups.append(output.pgid)
                 channel.close()
+                # The slot is free once the server has closed its side too: it counts a session until then, and
+                # past its MaxSessions refuses the next one ("open failed").
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(channel.wait_closed(), KILL_GRACE)
         if exit_code == -1 and channel.get_exit_status() is None and connection.is_closed():
             await self._after_lost_command(output.pgid)
         return exit_code

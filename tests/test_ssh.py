@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -284,3 +285,49 @@ def test_a_task_whose_remote_state_went_with_the_connection_is_an_env_error(sshd
         message = ""
     assert time.monotonic() - started < 20
     assert "was lost, and with it the task's directory" in message, message
+
+
+def test_a_batch_of_twelve_tasks_survives_a_dropped_connection(sshd, tmp_path):
+    # The run: 12 tasks running, the connection killed under them; none may end as env_error.
+    sleep = f"sleep 5.{os.getpid() % 1000:03d}"
+    script = per_conversation(
+        [
+            reply(None, [tool_call("pwd > kept")]),
+            reply(None, [tool_call(f"{sleep}; echo slept")]),
+            reply(None, [tool_call("cat kept; pwd")]),
+            reply("done"),
+        ]
+    )
+
+    def drop_when_sleeping() -> None:  # once at least 6 tasks are in their sleep
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            found = subprocess.run(["pgrep", "-xf", sleep], capture_output=True, text=True).stdout.split()
+            if len(found) >= 6:
+                drop_connections(sshd)
+                return
+            time.sleep(0.05)
+
+    with ScriptedModelServer(script) as server:
+        config = make_config(
+            server, tmp_path / "out.jsonl", env=sshd.settings(concurrency=12, startup_timeout=20), workers=12
+        )
+        dropper = threading.Thread(target=drop_when_sleeping)
+        dropper.start()
+        try:
+            outcome, records = run_prompts(config, [f"task {i}" for i in range(12)])
+        finally:
+            dropper.join()
+    assert len(records) == 12
+    assert all(r["completed"] for r in records), [(r["error"], len(tool_results(r))) for r in records]
+    cut = 0
+    for record in records:
+        results = [result["content"] for result in tool_results(record)]
+        assert len(results) == 3
+        for result in results:
+            assert result["exit_code"] == 0 or "dropped during this command" in result["error"], result
+        cut += sum(1 for result in results if result["exit_code"] != 0)
+        kept, here = results[2]["output"].split()[-2:]  # (after what a remote .bashrc may print)
+        assert kept == here  # the task's remote directory survived and the task went on in it
+    assert cut >= 6  # the drop did cut commands short
+    assert outcome.exit_code == 0
