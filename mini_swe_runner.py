@@ -2870,10 +2870,10 @@ def main(
     }
     given = {
         "image": image, "cwd": cwd, "pass_env": pass_env, "pull": pull, "network": network, "memory": memory,
-        "cpus": cpus, "pids_limit": pids_limit, "tmp_size": tmp_size, "volume": volume, "env_var": env_var,
-        "no_hardening": no_hardening,
+        "cpus": cpus, "pids_limit": pids_limit, "volume": volume, "env_var": env_var, "no_hardening": no_hardening,
         "modal_app": modal_app, "sandbox_timeout": sandbox_timeout, "startup_timeout": startup_timeout,
         "ssh_host": ssh_host, "ssh_key": ssh_key, "ssh_known_hosts": ssh_known_hosts,
+        "tmp_size": tmp_size,
     }  # fmt: skip
     given = {flag: value for flag, value in given.items() if value is not None}
     if env not in environments.BACKENDS:
