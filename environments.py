@@ -2439,6 +2439,7 @@ class _SharedConnection:
         self.tasks: dict[str, str] = {}
         """Live tasks: token -> temporary directory ('' for a given cwd), told to every new watchdog."""
         self._watchdog = None
+        self._watching: asyncio.Task | None = None
         self._connecting: asyncio.Task | None = None
         self._linger: asyncio.Task | None = None
         self._closing = False
@@ -2461,7 +2462,8 @@ class _SharedConnection:
         """A live connection in place of ``lost``: the one another task made already, or a new one (EnvError once
         --startup_timeout passed without one)."""
         current = self._connecting
-        if current is None or (current.done() and (current.exception() is not None or current.result() is lost)):
+        failed = current is not None and current.done() and (current.cancelled() or current.exception() is not None)
+        if current is None or failed or (current.done() and current.result() is lost):
             self._connecting = asyncio.ensure_future(self._connect(first=False))
         return await asyncio.shield(self._connecting)
 
@@ -2476,15 +2478,16 @@ class _SharedConnection:
             raise EnvError(f"ssh to {self.settings.ssh_host} failed ({_one_line(exc)})") from None
         for token, directory in self.tasks.items():
             self._tell_watchdog(f"+ {token} {directory}")
-        asyncio.ensure_future(self._reconnect_when_lost(connection))
+        self._watching = asyncio.ensure_future(self._reconnect_when_lost(connection))  # (a reference keeps it)
         return connection
 
     async def _reconnect_when_lost(self, connection) -> None:
         # At once, not at a task's next command: a task waiting for its model would find its remote state reaped.
         await connection.wait_closed()
-        if self._closing or self.users == 0 or self._connecting is None or not self._connecting.done():
+        current = self._connecting
+        if self._closing or self.users == 0 or current is None or not current.done() or current.cancelled():
             return
-        if self._connecting.exception() is None and self._connecting.result() is connection:
+        if current.exception() is None and current.result() is connection:
             with contextlib.suppress(EnvError):
                 await self.reconnect(connection)
 
