@@ -2374,12 +2374,12 @@ def _remote_reap(token: str) -> str:
     )
 
 
-# One per connection, on a channel of its own: the runner registers each task ("+ token dir") and its end
-# ("- token"), and says "end" before it closes the connection. On end of file without "end" (the runner died, or
-# the connection dropped) it waits for the runner to reconnect (a reconnected runner starts a new watchdog, which
-# marks itself connected in a file and is given every live task); if none of the run's watchdogs is connected
-# after the wait, it kills every registered task's processes and removes their temporary directories.
-# $1 = run id, $2 = seconds to wait.
+# One per connection, on a channel of its own: the runner registers each task ("+ token dir") and its end once
+# cleaned up ("- token"), and says "end" before it closes the connection. On end of file without "end" (the runner
+# died, or the connection dropped) it waits for the runner to reconnect (a reconnected runner starts a new watchdog,
+# which marks itself connected in a file and is given every live task); if none of the run's watchdogs is connected
+# after the wait, it kills every registered task's processes and removes their temporary directories. After "end"
+# it does so at once for the tasks still registered (their own clean-up failed). $1 = run id, $2 = seconds to wait.
 _SSH_WATCHDOG_SCRIPT = (
     r"""
 trap '' HUP INT TERM PIPE
@@ -2395,13 +2395,14 @@ while IFS=' ' read -r op token dir; do
   esac
 done
 rm -f -- "$mark.$$"
-[ -n "$ended" ] && exit 0
-sleep "$2"
-for f in "$mark".*; do
-  [ -e "$f" ] || continue
-  kill -0 "${f##*.}" 2>/dev/null && exit 0
-  rm -f -- "$f"
-done
+if [ -z "$ended" ]; then
+  sleep "$2"
+  for f in "$mark".*; do
+    [ -e "$f" ] || continue
+    kill -0 "${f##*.}" 2>/dev/null && exit 0
+    rm -f -- "$f"
+  done
+fi
 for token in "${!dirs[@]}"; do
   REAP
   [ -n "${dirs[$token]}" ] && rm -rf -- "${dirs[$token]}"
@@ -2809,14 +2810,17 @@ class SSHEnvironment(Environment):
     async def _close(self) -> None:
         if self._shared is None or self._connection is None:
             return
+        cleaned = False
         try:
             groups, self._groups = self._groups, []
             with contextlib.suppress(EnvError):
                 await self._control(self._cleanup_command(groups, self._temp_dir))
+                cleaned = True
         finally:
             self._temp_dir = None
             shared, self._shared, self._connection = self._shared, None, None
-            shared.unregister(self._token)
+            if cleaned:  # else the watchdog keeps it, and cleans up when the connection ends
+                shared.unregister(self._token)
             shared.release()
 
     def abandon(self) -> None:
