@@ -174,7 +174,12 @@ def runner_user(request, tmp_path: Path):
     if request.param == "root":
         if not root:
             pytest.skip("the runner is not root here: the root case runs on CI (as root)")
-        yield RunnerUser("root", tmp_path, [])
+        # Not under /tmp (private in a bwrap sandbox): its output file must be in the sandbox's sight.
+        home = Path(tempfile.mkdtemp(prefix="msr-root-", dir="/var/tmp"))
+        try:
+            yield RunnerUser("root", home, [])
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
         return
     if not root:
         yield RunnerUser("unprivileged", tmp_path, [])

@@ -212,6 +212,7 @@ mount -o remount,rw / 2>/dev/null && echo "remount: DONE" || echo "remount: refu
 for target in /root/msr-escape-probe {venv}/msr-escape-probe; do
   touch "$target" 2>/dev/null && echo "write $target: DONE" || echo "write $target: refused"
 done
+[ -d {home} ] && echo "output directory: in sight"
 echo '{{"forged": true}}' >> {output} 2>/dev/null && echo "append output: DONE" || echo "append output: refused"
 {python} -I -S -c '
 import glob, socket
@@ -233,7 +234,7 @@ def test_no_escape_as_root_or_as_an_unprivileged_user(runner_user, network):
 
     output = runner_user.home / "out.jsonl"
     venv = sys.prefix
-    suite = ESCAPE_SUITE.format(venv=venv, output=output, python=runner_user.python)
+    suite = ESCAPE_SUITE.format(venv=venv, home=runner_user.home, output=output, python=runner_user.python)
     with ScriptedModelServer(per_conversation([reply(None, [tool_call(suite)]), reply("done")])) as server:
         result = runner_user.run(
             ["--task", "t", "--env", "bwrap", "--network", network, "--output_file", str(output), "--model", "m",
@@ -244,7 +245,7 @@ def test_no_escape_as_root_or_as_an_unprivileged_user(runner_user, network):
     said = tool_results(record)[0]["content"]["output"]
     assert "CapEff:\t0000000000000000" in said, said
     assert "DONE" not in said, said
-    assert "remount: refused" in said and said.count("connect ") >= 2
+    assert "remount: refused" in said and said.count("connect ") >= 2 and "output directory: in sight" in said
     assert not os.path.exists("/root/msr-escape-probe") and not os.path.exists(f"{venv}/msr-escape-probe")
 
 
