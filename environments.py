@@ -2716,7 +2716,8 @@ class SSHEnvironment(Environment):
             async with self._shared.sessions:
                 try:
                     result = await self._refused_again(
-                        lambda on=connection: asyncio.wait_for(on.run(command), self.settings.startup_timeout)
+                        connection,
+                        lambda on=connection: asyncio.wait_for(on.run(command), self.settings.startup_timeout),
                     )
                     if result.exit_status is None and result.exit_signal is None and connection.is_closed():
                         raise OSError("the connection was lost")
@@ -2728,7 +2729,7 @@ class SSHEnvironment(Environment):
                     raise EnvError(f"ssh to {self.settings.ssh_host} failed ({why})") from None
         raise AssertionError("unreachable")
 
-    async def _refused_again(self, open_channel):
+    async def _refused_again(self, connection, open_channel):
         """``open_channel()``, again while the server refuses a session: OpenSSH counts one against MaxSessions
         until it has reaped its command, a moment after the channel closed, and with 12 tasks at once refused
         ("open failed") while we had fewer open. Doubling pauses, within --startup_timeout."""
@@ -2739,7 +2740,7 @@ class SSHEnvironment(Environment):
             try:
                 return await open_channel()
             except asyncssh.ChannelOpenError:
-                if time.monotonic() + pause > deadline:
+                if connection.is_closed() or time.monotonic() + pause > deadline:
                     raise
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 0.5)
@@ -2757,9 +2758,10 @@ class SSHEnvironment(Environment):
                 connection = await self._live_connection()
                 try:
                     channel, _ = await self._refused_again(
+                        connection,
                         lambda on=connection: on.create_session(
                             lambda: output, self._remote_command(argv, timeout), encoding=None
-                        )
+                        ),
                     )
                     break
                 except (OSError, asyncssh.Error) as exc:

@@ -302,11 +302,11 @@ def test_a_batch_of_twelve_tasks_survives_a_dropped_connection(sshd, tmp_path):
         ]
     )
 
-    def drop_when_sleeping() -> None:  # once at least 6 tasks are in their sleep
-        deadline = time.monotonic() + 30
+    def drop_when_sleeping() -> None:  # once at least 4 tasks are in their sleep
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             found = subprocess.run(["pgrep", "-xf", sleep], capture_output=True, text=True).stdout.split()
-            if len(found) >= 6:
+            if len(found) >= 4:
                 drop_connections(sshd)
                 return
             time.sleep(0.05)
@@ -333,5 +333,5 @@ def test_a_batch_of_twelve_tasks_survives_a_dropped_connection(sshd, tmp_path):
         if results[0]["exit_code"] == 0 and results[2]["exit_code"] == 0:  # (not themselves cut short)
             kept, here = results[2]["output"].split()[-2:]  # (after what a remote .bashrc may print)
             assert kept == here  # the task's remote directory survived and the task went on in it
-    assert cut >= 6  # the drop did cut commands short
+    assert cut >= 4  # the drop did cut commands short
     assert outcome.exit_code == 0
