@@ -32,6 +32,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -136,6 +137,8 @@ class EnvSettings:
     """CPU limit."""
     pids_limit: int | None = 512
     """Maximum number of processes in a container; None for no limit."""
+    tmp_size: str = "1g"
+    """bwrap: size bound of the sandbox's private /tmp (a tmpfs, in memory), e.g. '512m'; '0' for no bound."""
     volumes: tuple[str, ...] = ()
     """docker/bwrap: host:sandbox[:ro] mounts the user asked for; nothing is mounted otherwise."""
     env_vars: tuple[str, ...] = ()
@@ -356,6 +359,17 @@ def secret_values_from_environ(extra: tuple[str, ...] = (), environ: dict[str, s
     environ = os.environ if environ is None else environ
     found = {v for k, v in environ.items() if is_secret_name(k) and len(v) >= 8} | set(extra)
     return tuple(sorted(found - {""}, key=len, reverse=True))
+
+
+def hide_process_memory() -> None:
+    """Make this process's memory unreadable to its commands: PR_SET_DUMPABLE 0 turns /proc/<pid>/mem, environ and
+    maps root's and refuses ptrace (and process_vm_readv) to any process without CAP_SYS_PTRACE; a local command
+    run by root has none (SUPERVISOR_SCRIPT drops it). Without it a command read the API key out of the runner's
+    memory, where no redaction can follow (issue 19). For every process of ours that holds a secret; exec undoes it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
 
 
 # Variables that keep agents' commands non-interactive and their output plain, in every backend.
@@ -600,6 +614,48 @@ SUPERVISOR_SCRIPT = r"""
 import array, ctypes, json, os, select, signal, socket, struct, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
 libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+# Run as root, commands keep root's powers except those that read another process's memory (the runner's keys):
+# ptrace and /proc/<pid>/mem of a non-dumpable process (SYS_PTRACE), bpf/perf probes (SYS_ADMIN, BPF, PERFMON),
+# kernel modules and raw memory (SYS_MODULE, SYS_RAWIO). Dropped from the bounding set: no exec gets them back.
+# (Not root, or in bwrap where every capability is gone already: these calls fail, and change nothing.)
+for cap in (16, 17, 19, 21, 38, 39):
+    libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP
+# And from the supervisor's own sets, so that its commands may still read its (secret-free) /proc files: a
+# process with capabilities its reader lacks is out of the reader's reach.
+header, sets = (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()  # v3: effective, permitted, inheritable
+if libc.capget(header, sets) == 0:
+    for index in (0, 1, 3, 4):
+        sets[index] &= ~((1 << 16 | 1 << 17 | 1 << 19 | 1 << 21) if index < 3 else (1 << 6 | 1 << 7))
+    libc.capset(header, sets)
+
+def deny_unix_sockets():
+    # bwrap --network none: no AF_UNIX socket can be made (nor io_uring, which could make one), so no socket of the
+    # host's file system can be reached, whatever is mounted where. socketpair() and inherited sockets still work.
+    machine = os.uname().machine
+    arch, socket_nr = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}.get(machine, (None, None))
+    if arch is None:
+        sys.stderr.write("--network none with bwrap filters sockets on x86_64 and aarch64 only, not %s\n" % machine)
+        os._exit(1)
+    ld, jeq, jgt, jge, ret = 0x20, 0x15, 0x25, 0x35, 0x06
+    deny, allow = 0x00050000 | 13, 0x7FFF0000  # SECCOMP_RET_ERRNO | EACCES, SECCOMP_RET_ALLOW
+    program = [
+        (ld, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, deny),  # another ABI (i386's socketcall): nothing runs
+        (ld, 0, 0, 0), (jge, 0, 1, 0x40000000), (ret, 0, 0, deny),  # x32 system calls
+        (jge, 0, 2, 425), (jgt, 1, 0, 427), (ret, 0, 0, deny),  # io_uring_setup, _enter, _register
+        (jeq, 0, 3, socket_nr), (ld, 0, 0, 16), (jeq, 0, 1, 1), (ret, 0, 0, deny),  # socket(AF_UNIX, ...)
+        (ret, 0, 0, allow),
+    ]
+    filters = b"".join(struct.pack("HBBI", *op) for op in program)
+    buffer = ctypes.create_string_buffer(filters)
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+    libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+    if libc.prctl(22, 2, ctypes.byref(Program(len(program), ctypes.addressof(buffer))), 0, 0) != 0:
+        sys.stderr.write("seccomp refused the socket filter: %s\n" % os.strerror(ctypes.get_errno()))
+        os._exit(1)
+
+if sys.argv[3:4] == ["deny-unix-sockets"]:
+    deny_unix_sockets()
 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
     signal.signal(s, signal.SIG_IGN)
 SPAWN_DEFAULT_SIGNALS = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
@@ -912,6 +968,7 @@ class _Zygote:
             theirs.close()
         self.sock = ours
         self.lock = threading.Lock()
+        _adopt_orphans()
 
     def fork(self, task_socket: socket.socket, cwd: str, environ: dict[str, str], owned_dir: str | None) -> None:
         body = json.dumps({"cwd": cwd, "environ": environ, "owned_dir": owned_dir or ""}).encode()
@@ -943,12 +1000,76 @@ _ZYGOTES: dict[int, _Zygote] = {}
 _ZYGOTE_LOCK = threading.Lock()
 
 
+# SIGKILL the zygote, then a supervisor (a command can: they are its ancestors, of its user) and what the supervisor
+# ran is re-parented past both dead subreapers: to PID 1, where a `setsid sleep` outlived the run (issue 19). So
+# the runner is a child subreaper too, from its first local task on: such orphans come to it, and it kills them when
+# it exits. (Zombies of those that end first wait there for that; a runner killed with SIGKILL as well cannot.)
+_ADOPTING: set[int] = set()
+"""The pids of the processes (runners, forks of one) that adopt orphans and kill them at exit."""
+
+
+def _adopt_orphans() -> None:
+    if os.getpid() in _ADOPTING or not sys.platform.startswith("linux"):
+        return
+    import atexit
+    import ctypes
+
+    if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0:  # PR_SET_CHILD_SUBREAPER
+        _ADOPTING.add(os.getpid())
+        atexit.register(kill_adopted_orphans)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    with contextlib.suppress(OSError):
+        for thread in os.listdir(f"/proc/{pid}/task"):  # an orphan goes to any thread of its subreaper
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{thread}/children", "rb") as children:
+                found += map(int, children.read().split())
+    return found
+
+
+def kill_adopted_orphans() -> int:
+    """Kill every process re-parented to this runner, with what it started, leaving the zygotes (they end with the
+    runner and clean up after their own supervisors) alone; returns how many were killed. Run at exit."""
+    me = os.getpid()
+    if me not in _ADOPTING:
+        return 0
+    ours = {zygote.process.pid for zygote in _ZYGOTES.values()}
+    killed: set[int] = set()
+    for _ in range(500):  # again until nothing is left: a process may fork while we look
+        found, stack = set(), [pid for pid in _children(me) if pid not in ours]
+        while stack:
+            pid = stack.pop()
+            if pid not in found:
+                found.add(pid)
+                stack += _children(pid)
+        for pid in found:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in _children(me):  # reap those that were re-parented to us
+            if pid not in ours:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+        if not found:
+            break
+        killed |= found
+        time.sleep(0.002)
+    return len(killed)
+
+
 class Supervisor:
     """The runner's end of one task's supervisor process (see SUPERVISOR_SCRIPT).
 
     With a prefix (bwrap's sandbox) it is a new process of its own; without one it is forked by the zygote."""
 
-    def __init__(self, prefix: list[str], cwd: str, environ: dict[str, str], owned_dir: str | None = None):
+    def __init__(
+        self,
+        prefix: list[str],
+        cwd: str,
+        environ: dict[str, str],
+        owned_dir: str | None = None,
+        deny_unix_sockets: bool = False,
+    ):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.process: subprocess.Popen | None = None
         self.pid: int | None = None
@@ -958,7 +1079,7 @@ class Supervisor:
             if prefix:
                 self.process = _start_from_stdin(
                     [*prefix, sys.executable, "-I", "-S", "-c", CODE_FROM_STDIN, "mini-swe-runner-supervisor",
-                     str(theirs.fileno()), owned_dir or ""],
+                     str(theirs.fileno()), owned_dir or "", "deny-unix-sockets" if deny_unix_sockets else ""],
                     SUPERVISOR_SCRIPT,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,  # read only if it does not come up (bwrap's own error, say)
@@ -1172,6 +1293,10 @@ class LocalEnvironment(Environment):
         """argv the supervisor runs under (bwrap puts its sandbox here)."""
         return []
 
+    def _denies_unix_sockets(self) -> bool:
+        """Whether the supervisor forbids its commands to make AF_UNIX sockets (bwrap --network none)."""
+        return False
+
     async def _start(self) -> None:
         if self.requested_cwd:
             base = os.path.abspath(os.path.expanduser(self.requested_cwd))
@@ -1188,7 +1313,9 @@ class LocalEnvironment(Environment):
 
     async def _start_supervisor(self) -> None:
         self._supervisor = None
-        supervisor = Supervisor(self._supervisor_prefix(), self.base, self._environ, self._temp_dir)
+        supervisor = Supervisor(
+            self._supervisor_prefix(), self.base, self._environ, self._temp_dir, self._denies_unix_sockets()
+        )
         await supervisor.ready(SUPERVISOR_START_WAIT, f"the {self.name} environment")
         self._supervisor = supervisor
 
@@ -1325,15 +1452,26 @@ class BwrapEnvironment(LocalEnvironment):
     """
 
     name = "bwrap"
-    flags = frozenset({"cwd", "pass_env", "network", "volume"})
+    flags = frozenset({"cwd", "pass_env", "network", "volume", "tmp_size"})
 
     @classmethod
     def check_settings(cls, settings: EnvSettings) -> None:
         if settings.network not in ("bridge", "host", "none"):
             raise SettingsError(f"--network {settings.network!r} with --env bwrap: use none (or the default, host's)")
+        if parse_size(settings.tmp_size, "--tmp_size") and parse_size(settings.tmp_size, "--tmp_size") < 1024**2:
+            raise SettingsError(f"--tmp_size {settings.tmp_size!r} is below 1m (give 0 for no bound)")
 
     def _supervisor_prefix(self) -> list[str]:
-        return bwrap_argv(self.settings, self.base)
+        argv = bwrap_argv(self.settings, self.base)
+        if not self._temp_dir:
+            return argv
+        # The sandbox cannot remove its task directory (a mount point in there), and a runner killed with SIGKILL
+        # does not: left empty, they piled up (issue 19). This shell outside the sandbox removes it once the sandbox
+        # ends, if the runner is gone (re-parented: a runner still there may start a new sandbox on the directory).
+        return ["sh", "-c", _BWRAP_OWNER_SCRIPT, self._temp_dir, *argv[1:]]
+
+    def _denies_unix_sockets(self) -> bool:
+        return self.settings.network == "none"
 
     @classmethod
     async def preflight(cls, settings: EnvSettings, images: set[str]) -> None:
@@ -1357,10 +1495,19 @@ class BwrapEnvironment(LocalEnvironment):
         _, stderr = await probe.communicate()
         if probe.returncode != 0:
             why = " ".join(stderr.decode(errors="replace").split()) or f"exit code {probe.returncode}"
+            if "Unknown option" in why:
+                raise EnvError(f"bwrap is too old ({why}): --env bwrap needs bubblewrap 0.8 or newer")
             raise EnvError(
                 f"bwrap cannot create its sandbox here ({why}): the kernel or container must allow user namespaces "
                 "(sysctl kernel.unprivileged_userns_clone=1, or kernel.apparmor_restrict_unprivileged_userns=0)"
             )
+
+
+_BWRAP_OWNER_SCRIPT = (
+    'bwrap "$@"; status=$?; read -r _ _ _ parent _ < /proc/$$/stat; [ "$parent" = "$PPID" ] || rm -rf -- "$0"; '
+    "exit $status"
+)
+"""$0 = the task's temporary directory, "$@" = bwrap's arguments."""
 
 
 def _interpreter_paths_under_tmp() -> list[str]:
@@ -1373,14 +1520,46 @@ def _interpreter_paths_under_tmp() -> list[str]:
     return [path for path in under_tmp if not any(path.startswith(other + "/") for other in under_tmp)]
 
 
+def _host_sockets() -> list[str]:
+    """The host's Unix sockets a sandbox would see through its read-only view of /: every path bound in this
+    network namespace (/proc/net/unix), and every socket under /run (a daemon in another namespace may bind there).
+    Each is hidden under /dev/null in the sandbox: read-only does not stop connect(), and as root the sandbox's
+    uid 0 owns docker.sock. (About 1 ms for 130 sockets; per sandbox, so that a daemon started since is hidden.)"""
+    paths = set()
+    with contextlib.suppress(OSError), open("/proc/net/unix", "rb") as table:
+        for line in table.read().splitlines()[1:]:
+            fields = line.split(None, 7)
+            if len(fields) == 8 and fields[7].startswith(b"/"):
+                paths.add(os.fsdecode(fields[7]))
+    for top, _, files in os.walk("/run"):
+        paths.update(os.path.join(top, name) for name in files)
+    found = set()
+    for path in paths:
+        with contextlib.suppress(OSError, ValueError):
+            real = os.path.realpath(path)
+            if stat.S_ISSOCK(os.lstat(real).st_mode) and not real.startswith(("/tmp/", "/dev/", "/proc/")):
+                found.add(real)  # under /tmp, /dev, /proc: the sandbox has its own
+    return sorted(found)
+
+
+BWRAP_CONFINEMENT = ["--unshare-user", "--disable-userns", "--cap-drop", "ALL"]
+"""Run by root, bwrap keeps root's capabilities inside unless told: remount / read-write, write /root, the runner's
+venv and its output file. In a user namespace of its own with every capability dropped, uid 0 inside is powerless
+(and cannot make a user namespace of its own to get capabilities back); run by another user this changes nothing."""
+
+
 def bwrap_argv(settings: EnvSettings, workdir: str) -> list[str]:
     """The bwrap command line a task's supervisor runs under."""
-    argv = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    tmp_size = parse_size(settings.tmp_size, "--tmp_size")
+    argv = ["bwrap", *BWRAP_CONFINEMENT, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    argv += [*(["--size", str(tmp_size)] if tmp_size else []), "--tmpfs", "/tmp"]
     for path in _interpreter_paths_under_tmp():  # the supervisor is this Python: it must stay visible
         argv += ["--ro-bind", path, path]
     argv += ["--bind", workdir, workdir]  # after the /tmp tmpfs: a temp task dir under /tmp stays the host's
     for host, target, mode in _existing_volumes(settings):
         argv += ["--ro-bind" if mode == "ro" else "--bind", host, target]
+    for path in _host_sockets():
+        argv += ["--ro-bind", "/dev/null", path]
     argv += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     if settings.network == "none":
         argv.append("--unshare-net")
@@ -2539,6 +2718,59 @@ SSH_MAX_SESSIONS = 10
 """Channels open at once on the one connection: OpenSSH's default MaxSessions; more are refused by the server."""
 SSH_CLIENT_GRACE = KILL_GRACE + 4.0
 """Past timeout + this we stop waiting for a remote command whose in-sandbox timeout failed, and kill its group."""
+SSH_WATCHDOG_MARGIN = 5.0
+"""The remote watchdog waits --startup_timeout (the runner's time to reconnect) plus this after losing the runner."""
+SSH_RECONNECT_BACKOFF = (0.5, 8.0)
+"""First and longest pause between reconnection attempts (doubling), all within --startup_timeout."""
+
+# Marks every process a task starts on the remote (inherited through setsid, nohup and double forks, which a
+# process group misses): the task's end kills them all, found through /proc/<pid>/environ (Linux, GNU grep).
+SSH_TASK_VARIABLE = "MSR_SSH_TASK"
+
+
+def _remote_reap(token: str) -> str:
+    """Shell that SIGKILLs every process of the remote user carrying the task's token, again until none is left."""
+    return (
+        f"for _ in 1 2 3 4 5 6 7 8 9 10; do p=$(grep -lzx {SSH_TASK_VARIABLE}={token} /proc/[0-9]*/environ "
+        '2>/dev/null | cut -d/ -f3); [ -z "$p" ] && break; kill -KILL $p 2>/dev/null; sleep 0.05; done'
+    )
+
+
+# One per connection, on a channel of its own: the runner registers each task ("+ token dir") and its end once
+# cleaned up ("- token"), and says "end" before it closes the connection. On end of file without "end" (the runner
+# died, or the connection dropped) it waits for the runner to reconnect (a reconnected runner starts a new watchdog,
+# which marks itself connected in a file and is given every live task); if none of the run's watchdogs is connected
+# after the wait, it kills every registered task's processes and removes their temporary directories. After "end"
+# it does so at once for the tasks still registered (their own clean-up failed). $1 = run id, $2 = seconds to wait.
+_SSH_WATCHDOG_SCRIPT = (
+    r"""
+trap '' HUP INT TERM PIPE
+mark="${TMPDIR:-/tmp}/.mini-swe-watch-$1"
+declare -A dirs
+: > "$mark.$$"
+ended=
+while IFS=' ' read -r op token dir; do
+  case $op in
+    +) dirs[$token]=$dir ;;
+    -) unset "dirs[$token]" ;;
+    end) ended=1; break ;;
+  esac
+done
+rm -f -- "$mark.$$"
+if [ -z "$ended" ]; then
+  sleep "$2"
+  for f in "$mark".*; do
+    [ -e "$f" ] || continue
+    kill -0 "${f##*.}" 2>/dev/null && exit 0
+    rm -f -- "$f"
+  done
+fi
+for token in "${!dirs[@]}"; do
+  REAP
+  [ -n "${dirs[$token]}" ] && rm -rf -- "${dirs[$token]}"
+done
+"""
+).replace("REAP", _remote_reap("$token"))
 
 
 def _import_asyncssh():
@@ -2558,28 +2790,83 @@ def parse_ssh_host(value: str) -> tuple[str | None, str, int]:
 
 
 class _SharedConnection:
-    """The run's one ssh connection: every task's commands are channels on it (no handshake per command)."""
+    """The run's one ssh connection: every task's commands are channels on it (no handshake per command). It keeps
+    the remote watchdog (see _SSH_WATCHDOG_SCRIPT) on a channel of its own, and reconnects when the connection
+    drops while tasks use it (one attempt sequence, shared by all of them)."""
 
     def __init__(self, key: tuple, settings: EnvSettings):
         self.key, self.settings = key, settings
         self.loop = asyncio.get_running_loop()
         self.users = 0
-        self.sessions = asyncio.Semaphore(SSH_MAX_SESSIONS)
+        self.sessions = asyncio.Semaphore(SSH_MAX_SESSIONS - 1)  # one more is the watchdog's
+        self.tasks: dict[str, str] = {}
+        """Live tasks: token -> temporary directory ('' for a given cwd), told to every new watchdog."""
+        self._watchdog = None
+        self._watching: asyncio.Task | None = None
         self._connecting: asyncio.Task | None = None
         self._linger: asyncio.Task | None = None
+        self._closing = False
 
     async def acquire(self):
         self.users += 1
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
+        self._closing = False
         if self._connecting is None or (self._connecting.done() and self._connecting.exception() is not None):
-            self._connecting = asyncio.ensure_future(_ssh_connect(self.settings))
+            self._connecting = asyncio.ensure_future(self._connect(first=True))
         try:
             return await asyncio.shield(self._connecting)
         except BaseException:
             self.release()
             raise
+
+    async def reconnect(self, lost):
+        """A live connection in place of ``lost``: the one another task made already, or a new one (EnvError once
+        --startup_timeout passed without one)."""
+        current = self._connecting
+        failed = current is not None and current.done() and (current.cancelled() or current.exception() is not None)
+        if current is None or failed or (current.done() and current.result() is lost):
+            self._connecting = asyncio.ensure_future(self._connect(first=False))
+        return await asyncio.shield(self._connecting)
+
+    async def _connect(self, first: bool):
+        connection = await (_ssh_connect(self.settings) if first else _ssh_reconnect(self.settings))
+        try:
+            grace = f"{self.settings.startup_timeout + SSH_WATCHDOG_MARGIN:g}"
+            watch = ["bash", "-c", _SSH_WATCHDOG_SCRIPT, "watchdog", self.settings.run_id, grace]
+            self._watchdog = await connection.create_process(shlex.join(watch), encoding=None)
+        except (OSError, _import_asyncssh().Error) as exc:
+            connection.close()
+            raise EnvError(f"ssh to {self.settings.ssh_host} failed ({_one_line(exc)})") from None
+        for token, directory in self.tasks.items():
+            self._tell_watchdog(f"+ {token} {directory}")
+        self._watching = asyncio.ensure_future(self._reconnect_when_lost(connection))  # (a reference keeps it)
+        return connection
+
+    async def _reconnect_when_lost(self, connection) -> None:
+        # At once, not at a task's next command: a task waiting for its model would find its remote state reaped.
+        await connection.wait_closed()
+        current = self._connecting
+        if self._closing or self.users == 0 or current is None or not current.done() or current.cancelled():
+            return
+        if current.exception() is None and current.result() is connection:
+            with contextlib.suppress(EnvError):
+                await self.reconnect(connection)
+
+    def _tell_watchdog(self, line: str) -> None:
+        watchdog = self._watchdog
+        if watchdog is not None:
+            with contextlib.suppress(Exception):
+                watchdog.stdin.write(line.encode() + b"\n")
+
+    def register(self, token: str, directory: str | None) -> None:
+        self.tasks[token] = directory or ""
+        self._tell_watchdog(f"+ {token} {directory or ''}")
+
+    def unregister(self, token: str) -> None:
+        self.tasks.pop(token, None)
+        self._tell_watchdog(f"- {token}")
 
     def release(self) -> None:
         self.users -= 1
@@ -2595,8 +2882,10 @@ class _SharedConnection:
             # else the run's event loop is shutting down and cancels us: close cleanly below
         if _ssh_connections.get(self.key) is self:
             del _ssh_connections[self.key]
+        self._closing = True
         connecting, self._connecting = self._connecting, None
         if connecting is not None and connecting.done() and not connecting.cancelled() and not connecting.exception():
+            self._tell_watchdog("end")
             connection = connecting.result()
             connection.close()
             with contextlib.suppress(Exception):
@@ -2641,8 +2930,33 @@ async def _ssh_connect(settings: EnvSettings):
         raise EnvError(f"cannot connect to {where} over ssh ({_one_line(exc)})") from None
 
 
+async def _ssh_reconnect(settings: EnvSettings):
+    """Connect again after the connection dropped: attempts with doubling pauses, all within --startup_timeout."""
+    deadline = time.monotonic() + settings.startup_timeout
+    pause, longest = SSH_RECONNECT_BACKOFF
+    while True:
+        try:
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):
+                return await _ssh_connect(settings)
+        except (EnvError, TimeoutError) as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                why = str(exc) or "timed out"
+                raise EnvError(
+                    f"the ssh connection to {settings.ssh_host} was lost and not re-established within "
+                    f"{settings.startup_timeout:g} s ({why})"
+                ) from None
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, longest)
+
+
+PGID_MARKER = b"MSR-PGID "
+"""Starts the line on which an ssh command reports its process group, ahead of its own output."""
+
+
 class _ChannelOutput:
-    """asyncssh session callbacks: stdout into the collector, the first stderr line is the command's process group."""
+    """asyncssh session callbacks: stdout into the collector; on stderr the command's process group (PGID_MARKER)
+    first, then its output."""
 
     def __init__(self, collector: OutputCollector):
         self.collector = collector
@@ -2658,16 +2972,33 @@ class _ChannelOutput:
         if datatype is None:
             self.collector.feed(data)
             return
-        if self.pgid is None:  # "<pgid>\n" first; anything after is the remote shell's own complaints
+        if self.pgid is None:
+            # "MSR-PGID <pgid>\n" comes first from the command itself. What the remote login shell printed before
+            # it (a ~/.bashrc's complaints, "pyenv: cannot rehash") is not the command's output: it is dropped,
+            # unless the marker never comes (the shell failed: then it is all there is to say, see _flush).
             self.stderr += data
-            line, newline, rest = bytes(self.stderr).partition(b"\n")
-            if not newline:
+            start = self.stderr.find(PGID_MARKER)
+            if start < 0 or (start > 0 and self.stderr[start - 1 : start] != b"\n"):
+                if len(self.stderr) > 65536:  # no marker in sight: not our command's stderr layout at all
+                    self._flush()
                 return
-            self.pgid = int(line) if line.isdigit() else 0
-            data = rest
+            end = self.stderr.find(b"\n", start)
+            if end < 0:
+                return
+            number = bytes(self.stderr[start + len(PGID_MARKER) : end])
+            self.pgid = int(number) if number.isdigit() else 0
+            data, self.stderr = bytes(self.stderr[end + 1 :]), bytearray()
         self.collector.feed(data)
 
+    def _flush(self) -> None:
+        """Stderr that never reached the pgid marker: the remote shell's own words are all the output there is."""
+        if self.pgid is None:
+            self.pgid = 0
+            self.collector.feed(bytes(self.stderr))
+            self.stderr = bytearray()
+
     def _exit(self, code: int) -> None:
+        self._flush()
         if not self.exited.done():
             self.exited.set_result(code)
 
@@ -2679,6 +3010,7 @@ class _ChannelOutput:
         self._exit(128 + int(number) if number else -1)
 
     def eof_received(self) -> bool:
+        self._flush()
         if not self.ended.done():
             self.ended.set_result(None)
         return False
@@ -2704,7 +3036,9 @@ class _ChannelOutput:
 class SSHEnvironment(Environment):
     """Commands run on a remote machine over the run's one ssh connection, in a fresh remote temporary directory
     per task (removed at close) unless a cwd is given. A timeout kills the command's process group remotely; close
-    kills every group the task's commands made."""
+    kills every group the task's commands made and every process carrying the task's token (SSH_TASK_VARIABLE).
+    A dropped connection is re-established; the command it cut short gets an error result and the task goes on if
+    its remote directory survived. A runner that dies leaves the remote watchdog to clean up."""
 
     name = "ssh"
     flags = frozenset({"cwd", "env_var", "ssh_host", "ssh_key", "ssh_known_hosts", "startup_timeout"})
@@ -2717,10 +3051,11 @@ class SSHEnvironment(Environment):
         self._shared: _SharedConnection | None = None
         self._connection = None
         self._groups: list[int] = []
+        self._token = secrets.token_hex(8)
         # SHLVL=1: bash sources ~/.bashrc even non-interactively when it thinks sshd started it (SSH_CLIENT set,
         # shell level < 2); the login shell already paid that once, and the wrapper's bash must not pay it again
         # (measured: a pyenv-loading .bashrc doubled the round trip, 0.48 s against 0.24 s).
-        variables = {**sandbox_environ(settings.env_vars), "SHLVL": "1"}
+        variables = {**sandbox_environ(settings.env_vars), "SHLVL": "1", SSH_TASK_VARIABLE: self._token}
         self._env_prefix = ["env", *(f"{k}={v}" for k, v in variables.items())]
 
     async def _start(self) -> None:
@@ -2733,36 +3068,92 @@ class SSHEnvironment(Environment):
                 raise EnvError(f"working directory {self.requested_cwd} does not exist on {self.settings.ssh_host}")
             self.base = self.requested_cwd
         else:
-            made = await self._control('mktemp -d "${TMPDIR:-/tmp}/mini-swe-task-XXXXXX"')
+            # Named by the task's random token, not mktemp's: made again after a dropped connection, it is the same.
+            name = f'"${{TMPDIR:-/tmp}}/mini-swe-task-{self._token}"'
+            ours = '{ [ -d "$d" ] && [ ! -L "$d" ] && [ -O "$d" ]; }'
+            made = await self._control(f'd={name}; {{ mkdir -m 700 -- "$d" 2>/dev/null || {ours}; }} && echo "$d"')
             path = (made.stdout or "").strip()
             if made.exit_status != 0 or not path.startswith("/"):
                 await self._close()
                 raise EnvError(f"could not make a temporary directory on {self.settings.ssh_host}: {made.stderr!r}")
             self.base = self._temp_dir = path
+        self._shared.register(self._token, self._temp_dir)
         self.cwd = self.base
 
+    async def _live_connection(self):
+        """The connection, re-established if it dropped (EnvError if it cannot be within --startup_timeout, or if
+        the task's remote directory did not survive)."""
+        if self._connection.is_closed():
+            self._connection = await self._shared.reconnect(self._connection)
+            if self.base is not None:
+                await self._check_base()
+        return self._connection
+
+    async def _check_base(self) -> None:
+        if (await self._control(f"test -d {shlex.quote(self.base)}")).exit_status != 0:
+            host = self.settings.ssh_host
+            raise EnvError(f"the ssh connection to {host} was lost, and with it the task's directory {self.base}")
+
     async def _control(self, command: str):
-        async with self._shared.sessions:
+        asyncssh = _import_asyncssh()
+        for attempt in range(2):
+            connection = await self._live_connection()
+            async with self._shared.sessions:
+                try:
+                    result = await self._refused_again(
+                        connection,
+                        lambda on=connection: asyncio.wait_for(on.run(command), self.settings.startup_timeout),
+                    )
+                    if result.exit_status is None and result.exit_signal is None and connection.is_closed():
+                        raise OSError("the connection was lost")
+                    return result
+                except (TimeoutError, OSError, asyncssh.Error) as exc:
+                    if attempt == 0 and connection.is_closed():
+                        continue  # dropped: once more on a new connection
+                    why = _one_line(exc) or "timed out"
+                    raise EnvError(f"ssh to {self.settings.ssh_host} failed ({why})") from None
+        raise AssertionError("unreachable")
+
+    async def _refused_again(self, connection, open_channel):
+        """``open_channel()``, again while the server refuses a session: OpenSSH counts one against MaxSessions
+        until it has reaped its command, a moment after the channel closed, and with 12 tasks at once refused
+        ("open failed") while we had fewer open. Doubling pauses, within --startup_timeout."""
+        asyncssh = _import_asyncssh()
+        deadline = time.monotonic() + self.settings.startup_timeout
+        pause = 0.02
+        while True:
             try:
-                return await asyncio.wait_for(self._connection.run(command), self.settings.startup_timeout)
-            except (TimeoutError, OSError, _import_asyncssh().Error) as exc:
-                raise EnvError(f"ssh to {self.settings.ssh_host} failed ({_one_line(exc) or 'timed out'})") from None
+                return await open_channel()
+            except asyncssh.ChannelOpenError:
+                if connection.is_closed() or time.monotonic() + pause > deadline:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.5)
 
     def _remote_command(self, argv: list[str], timeout: float) -> str:
-        # `echo $$ >&2; exec ...`: the shell reports its pid, then becomes env -> sh -> `timeout`, which keeps that
-        # pid and makes it its process group: the group close() and the client-side guard kill.
-        return "echo $$ >&2; exec " + shlex.join([*self._env_prefix, *sandbox_timeout_argv(argv, timeout)])
+        # `echo "MSR-PGID $$" >&2; exec ...`: the shell reports its pid, then becomes env -> sh -> `timeout`, which
+        # keeps that pid and makes it its process group: the group close() and the client-side guard kill.
+        marker = PGID_MARKER.decode()
+        return f'echo "{marker}$$" >&2; exec ' + shlex.join([*self._env_prefix, *sandbox_timeout_argv(argv, timeout)])
 
     async def _run(self, argv: list[str], collector: OutputCollector, timeout: float) -> int | None:
         asyncssh = _import_asyncssh()
         output = _ChannelOutput(collector)
         async with self._shared.sessions:
-            try:
-                channel, _ = await self._connection.create_session(
-                    lambda: output, self._remote_command(argv, timeout), encoding=None
-                )
-            except (OSError, asyncssh.Error) as exc:
-                raise EnvError(f"ssh to {self.settings.ssh_host} failed ({_one_line(exc)})") from None
+            for attempt in range(2):
+                connection = await self._live_connection()
+                try:
+                    channel, _ = await self._refused_again(
+                        connection,
+                        lambda on=connection: on.create_session(
+                            lambda: output, self._remote_command(argv, timeout), encoding=None
+                        ),
+                    )
+                    break
+                except (OSError, asyncssh.Error) as exc:
+                    if attempt == 0 and connection.is_closed():
+                        continue  # dropped before the command started: it runs on the new connection
+                    raise EnvError(f"ssh to {self.settings.ssh_host} failed ({_one_line(exc)})") from None
             channel.write_eof()  # no stdin: a command that reads it sees end of file, as everywhere else
             try:
                 try:
@@ -2776,8 +3167,12 @@ class SSHEnvironment(Environment):
                 if output.pgid:
                     self._groups.append(output.pgid)
                 channel.close()
-        if exit_code == -1 and channel.get_exit_status() is None and self._connection.is_closed():
-            raise EnvError(f"the ssh connection to {self.settings.ssh_host} was lost")
+                # The slot is free once the server has closed its side too: it counts a session until then, and
+                # past its MaxSessions refuses the next one ("open failed").
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(channel.wait_closed(), KILL_GRACE)
+        if exit_code == -1 and channel.get_exit_status() is None and connection.is_closed():
+            await self._after_lost_command(output.pgid)
         return exit_code
 
     async def end_processes(self) -> None:
@@ -2786,23 +3181,40 @@ class SSHEnvironment(Environment):
         await self._kill_groups(groups)
         await super().end_processes()
 
+    async def _after_lost_command(self, pgid: int | None) -> None:
+        """The connection dropped under a running command: reconnect, end that command (its output and exit code
+        are gone), and go on if the task's remote directory survived."""
+        host = self.settings.ssh_host
+        await self._live_connection()  # EnvError if it cannot be re-established
+        await self._kill_groups([pgid] if pgid else [])
+        raise CommandError(f"the ssh connection to {host} dropped during this command (reconnected; its output and "
+                           "exit code are lost, and it was stopped)")  # fmt: skip
+
     async def _kill_groups(self, groups: list[int]) -> None:
         if groups:
             with contextlib.suppress(EnvError):
                 await self._control("kill -KILL " + " ".join(f"-{g}" for g in groups) + " 2>/dev/null; true")
 
+    def _cleanup_command(self, groups: list[int], temp_dir: str | None) -> str:
+        """Kill the task's process groups and every process carrying its token, remove its temporary directory."""
+        kill = "kill -KILL " + " ".join(f"-{g}" for g in groups) + " 2>/dev/null; " if groups else ""
+        remove = f"; rm -rf -- {shlex.quote(temp_dir)}" if temp_dir else ""
+        return kill + _remote_reap(self._token) + remove
+
     async def _close(self) -> None:
         if self._shared is None or self._connection is None:
             return
+        cleaned = False
         try:
             groups, self._groups = self._groups, []
-            remove = f"; rm -rf -- {shlex.quote(self._temp_dir)}" if self._temp_dir else ""
-            kill = "kill -KILL " + " ".join(f"-{g}" for g in groups) + " 2>/dev/null" if groups else "true"
             with contextlib.suppress(EnvError):
-                await self._control(kill + remove)
+                await self._control(self._cleanup_command(groups, self._temp_dir))
+                cleaned = True
         finally:
             self._temp_dir = None
             shared, self._shared, self._connection = self._shared, None, None
+            if cleaned:  # else the watchdog keeps it, and cleans up when the connection ends
+                shared.unregister(self._token)
             shared.release()
 
     def abandon(self) -> None:
@@ -2810,11 +3222,9 @@ class SSHEnvironment(Environment):
         self.closed = True
         groups, self._groups = self._groups, []
         temp_dir, self._temp_dir = self._temp_dir, None
-        if not groups and not temp_dir:
+        if self._shared is None:
             return
-        command = ("kill -KILL " + " ".join(f"-{g}" for g in groups) + " 2>/dev/null; " if groups else "") + (
-            f"rm -rf -- {shlex.quote(temp_dir)}" if temp_dir else "true"
-        )
+        command = self._cleanup_command(groups, temp_dir)
 
         async def clean() -> None:
             connection = await _ssh_connect(self.settings)

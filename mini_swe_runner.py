@@ -298,6 +298,12 @@ def data_settings(config: RunConfig, system_prompt: str, tools: list[dict]) -> d
                 ("verify_template", config.verify_template),
                 ("verify", config.verify),
                 ("verify_timeout", None if config.verify_timeout == DEFAULT_VERIFY_TIMEOUT else config.verify_timeout),
+                # How a reward is judged and what a record holds beside it: a fresh sandbox gives other rewards
+                # than the agent's own (the attacks), and a record without its patch is not one with it.
+                ("verify_in", None if config.verify_in == "sandbox" else config.verify_in),
+                ("verify_failure_codes", list(config.verify_failure_codes) or None),
+                ("verify_baseline", config.verify_baseline or None),
+                ("collect_patch", config.collect_patch or None),
             )
             if value is not None
         },
@@ -3474,7 +3480,8 @@ class OutputFile:
                 f"settings hash {other.get('config_hash')} there, {self.config_hash} now: the endpoint host, system "
                 "prompt, tool description, --extra_body, --return_tokens, limits (--max_iterations, --timeout, "
                 "--max_timeout, --max_output_chars, --max_task_cost) or how prompts are built and verified "
-                "(--prompt_template, --image_template, --verify_template, --verify, --verify_timeout) differ"
+                "(--prompt_template, --image_template, --verify_template, --verify, --verify_timeout, --verify_in, "
+                "--verify_failure_codes, --verify_baseline, --collect_patch) differ"
             )
         raise UsageError(
             f"--output_file {self.shown} holds records of a run with other settings ({difference}); "
@@ -4185,6 +4192,7 @@ def main(
     memory: str | None = None,
     cpus: float | None = None,
     pids_limit: int | None = None,
+    tmp_size: str | None = None,
     volume: str | None = None,
     env_var: str | None = None,
     no_hardening: bool | None = None,
@@ -4272,6 +4280,7 @@ def main(
         memory: docker/modal memory limit, e.g. 4g.
         cpus: docker/modal CPU limit, e.g. 2.
         pids_limit: docker: maximum processes per container (default 512; 0 for none).
+        tmp_size: bwrap: size bound of each sandbox's private /tmp, held in memory (default 1g; 0 for none).
         volume: docker/bwrap: comma-separated host:sandbox[:ro] mounts (none by default).
         env_var: docker/modal/ssh: comma-separated host variables passed to commands (none by default).
         no_hardening: docker: keep default capabilities and allow privilege escalation.
@@ -4311,6 +4320,7 @@ def main(
         "memory": ("memory", lambda v: _text("memory", v)),
         "cpus": ("cpus", lambda v: _number("cpus", v, float, no_limit)),
         "pids_limit": ("pids_limit", lambda v: int(_number("pids_limit", v, int, no_limit))),
+        "tmp_size": ("tmp_size", lambda v: _text("tmp_size", v, allow_none=False)),
         "volume": ("volumes", lambda v: _names("volume", v)),
         "env_var": ("env_vars", lambda v: _names("env_var", v)),
         "no_hardening": ("hardening", lambda v: not _bool("no_hardening", v)),
@@ -4327,6 +4337,7 @@ def main(
         "cpus": cpus, "pids_limit": pids_limit, "volume": volume, "env_var": env_var, "no_hardening": no_hardening,
         "modal_app": modal_app, "sandbox_timeout": sandbox_timeout, "startup_timeout": startup_timeout,
         "ssh_host": ssh_host, "ssh_key": ssh_key, "ssh_known_hosts": ssh_known_hosts,
+        "tmp_size": tmp_size,
     }  # fmt: skip
     given = {flag: value for flag, value in given.items() if value is not None}
     if env not in environments.BACKENDS:
@@ -4890,6 +4901,7 @@ def _reader_gone() -> int:
 def cli() -> None:
     """Console entry point: loads ./.env only, checks argv, runs fire, maps errors to exit codes."""
     handed = _scrub_secrets_from_process()
+    environments.hide_process_memory()  # the keys are in this process's memory from here on
     from dotenv import load_dotenv
 
     # Only the current directory's .env: find_dotenv would also walk up into every parent directory.

@@ -131,3 +131,84 @@ __all__ = [
     "tool_results",
     "trajectory",
 ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The runner as root and as an unprivileged user (the escape tests run both ways)
+# ---------------------------------------------------------------------------------------------------------------
+
+UNPRIVILEGED_ID = 64_999
+"""A uid and gid with no account: setpriv needs none, and nothing of the machine's users is touched."""
+
+
+class RunnerUser:
+    """Who the CLI runs as in a test: ``name`` is "root" or "unprivileged"; ``home`` a fresh directory it owns
+    (its cwd and output), ``python`` the interpreter it runs on, ``run`` the real CLI as that user."""
+
+    def __init__(self, name: str, home: Path, prefix: list[str], python: str = sys.executable, path: str = ""):
+        self.name, self.home, self.prefix, self.python, self.path = name, home, prefix, python, path
+
+    def run(self, args: list[str], env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        environ = env if env is not None else clean_environ(HOME=str(self.home))
+        if self.path:
+            environ["PYTHONPATH"] = self.path
+        return subprocess.run(
+            [*self.prefix, self.python, str(ROOT / "mini_swe_runner.py"), *args],
+            cwd=self.home,
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+@pytest.fixture(params=["root", "unprivileged"])
+def runner_user(request, tmp_path: Path):
+    """The CLI run by root, then by an unprivileged user (setpriv to UNPRIVILEGED_ID); a variant this machine
+    cannot give (not root: no other user to become; root: nothing to drop to without setpriv) skips with why."""
+    import shutil
+    import sysconfig
+    import tempfile
+
+    root = os.geteuid() == 0
+    if request.param == "root":
+        if not root:
+            pytest.skip("the runner is not root here: the root case runs on CI (as root)")
+        # Not under /tmp (private in a bwrap sandbox): its output file must be in the sandbox's sight.
+        home = Path(tempfile.mkdtemp(prefix="msr-root-", dir="/var/tmp"))
+        try:
+            yield RunnerUser("root", home, [])
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+        return
+    if not root:
+        yield RunnerUser("unprivileged", tmp_path, [])
+        return
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is missing: cannot run the runner as an unprivileged user")
+    # Not under tmp_path: its parents are root's, mode 0700.
+    home = Path(tempfile.mkdtemp(prefix="msr-unprivileged-", dir="/var/tmp"))
+    os.chown(home, UNPRIVILEGED_ID, UNPRIVILEGED_ID)
+    prefix = ["setpriv", f"--reuid={UNPRIVILEGED_ID}", f"--regid={UNPRIVILEGED_ID}", "--clear-groups"]
+    # This interpreter may live where the user cannot go (pyenv under /root, mode 0700): then the system's one of
+    # the same version, with this venv's packages on its path.
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    path = sysconfig.get_paths()["purelib"]
+    for python, python_path in (
+        (sys.executable, ""),
+        (f"/usr/bin/{version}", path),
+        (f"/usr/local/bin/{version}", path),
+    ):
+        readme = str(ROOT / "README.md")
+        check = f"import sys; sys.path[:0] = {python_path!r}.split(':'); import openai, fire; open({readme!r})"
+        probe = subprocess.run([*prefix, "/bin/sh", "-c", 'exec "$0" -c "$1"', python, check], capture_output=True)
+        if probe.returncode == 0:
+            break
+    else:
+        shutil.rmtree(home, ignore_errors=True)
+        pytest.skip(f"uid {UNPRIVILEGED_ID} can run no Python {version} with this venv's packages here")
+    try:
+        yield RunnerUser("unprivileged", home, prefix, python, python_path)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)

@@ -8,9 +8,11 @@ where they fail loudly: ``scripts/test`` installs openssh-server.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -32,6 +34,8 @@ class SSHServer:
     key: str
     known_hosts: str
     root: Path
+    pid: int
+    """The listening sshd's: each connection is served by a child of it."""
 
     @property
     def host(self) -> str:
@@ -110,7 +114,7 @@ def sshd_fixture():
                 pytest.fail(f"sshd did not start: {(root / 'sshd.log').read_text()[-2000:]}", pytrace=False)
             time.sleep(0.05)
     try:
-        yield SSHServer(getpass.getuser(), port, str(root / "user_key"), str(root / "known_hosts"), root)
+        yield SSHServer(getpass.getuser(), port, str(root / "user_key"), str(root / "known_hosts"), root, process.pid)
     finally:
         process.terminate()
         try:
@@ -124,3 +128,16 @@ def sshd_fixture():
 def accepted_connections(server: SSHServer) -> int:
     """How many ssh connections the server has accepted so far (from its own log)."""
     return (server.root / "sshd.log").read_text(errors="replace").count("Accepted publickey")
+
+
+def drop_connections(server: SSHServer) -> int:
+    """Cut every ssh connection the server has, as a network failure would: SIGKILL the sshd process serving each
+    one (what the remote commands run under is left alone: their processes are re-parented and go on)."""
+    dropped = 0
+    for thread in os.listdir(f"/proc/{server.pid}/task"):
+        with open(f"/proc/{server.pid}/task/{thread}/children") as children:
+            for pid in map(int, children.read().split()):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    dropped += 1
+    return dropped

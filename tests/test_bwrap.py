@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,118 @@ def test_a_command_that_kills_its_parent_is_an_error_result_and_the_task_goes_on
     assert results[1].exit_code == -1 and "killed the process that ran it" in results[1].error
     assert left == ""  # nothing of the dead sandbox runs, before the task's end
     assert results[2].ok and results[2].output == "kept\n"
+
+
+# What a command tried, as an attacker would, in the issue (#19): each line says what it got.
+ESCAPE_SUITE = r"""
+grep CapEff /proc/self/status
+mount -o remount,rw / 2>/dev/null && echo "remount: DONE" || echo "remount: refused"
+for target in /root/msr-escape-probe {venv}/msr-escape-probe; do
+  touch "$target" 2>/dev/null && echo "write $target: DONE" || echo "write $target: refused"
+done
+[ -d {home} ] && echo "output directory: in sight"
+echo '{{"forged": true}}' >> {output} 2>/dev/null && echo "append output: DONE" || echo "append output: refused"
+{python} -I -S -c '
+import glob, socket
+for path in ["/var/run/docker.sock", "/run/docker.sock", *glob.glob("/run/**/*.sock", recursive=True)]:
+    try:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(path)
+        print("connect", path, "DONE")
+    except OSError as exc:
+        print("connect", path, "refused", exc.errno)
+'
+"""
+
+
+@pytest.mark.parametrize("network", ["bridge", "none"])
+def test_no_escape_as_root_or_as_an_unprivileged_user(runner_user, network):
+    from conftest import read_jsonl, tool_results
+    from model_server import ScriptedModelServer, per_conversation, reply, tool_call
+
+    output = runner_user.home / "out.jsonl"
+    venv = sys.prefix
+    suite = ESCAPE_SUITE.format(venv=venv, home=runner_user.home, output=output, python=runner_user.python)
+    with ScriptedModelServer(per_conversation([reply(None, [tool_call(suite)]), reply("done")])) as server:
+        result = runner_user.run(
+            ["--task", "t", "--env", "bwrap", "--network", network, "--output_file", str(output), "--model", "m",
+             "--base_url", server.base_url],
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [record] = read_jsonl(output)  # one line: nothing forged was appended
+    said = tool_results(record)[0]["content"]["output"]
+    assert "CapEff:\t0000000000000000" in said, said
+    assert "DONE" not in said, said
+    assert "remount: refused" in said and said.count("connect ") >= 2 and "output directory: in sight" in said
+    assert not os.path.exists("/root/msr-escape-probe") and not os.path.exists(f"{venv}/msr-escape-probe")
+
+
+def test_host_sockets_are_hidden_and_network_none_makes_no_unix_socket(tmp_path):
+    # A socket of the host outside /run and /tmp, bound by this process (so in the runner's network namespace).
+    where = Path("/var/tmp") / f"msr-probe-{os.getpid()}.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(where))
+    listener.listen()
+    probe = f"""{sys.executable} -I -S -c '
+import socket, sys
+a, b = socket.socketpair()
+print("socketpair ok")
+try:
+    s = socket.socket(socket.AF_UNIX)
+except OSError as exc:
+    sys.exit(print("no unix socket", exc.errno))
+try:
+    s.connect("{where}")
+    print("connected")
+except OSError as exc:
+    print("refused", exc.errno)
+'"""
+    try:
+        _, shared = run_commands([probe])
+        _, cut = run_commands([probe], network="none")
+    finally:
+        listener.close()
+        where.unlink()
+    assert shared[0].output.split() == ["socketpair", "ok", "refused", "111"]  # /dev/null in its place
+    assert cut[0].output.split() == ["socketpair", "ok", "no", "unix", "socket", "13"]
+
+
+def test_the_private_tmp_is_bounded_by_tmp_size():
+    write = "head -c 3000000 /dev/zero 2>/dev/null > /tmp/big; echo $?; df -k --output=size /tmp | tail -1"
+    _, bounded = run_commands([write], tmp_size="2m")
+    _, default = run_commands(["df -k --output=size /tmp | tail -1"])
+    assert bounded[0].output.split() == ["1", "2048"]  # the write failed (no space left), the tmpfs is 2 MiB
+    assert default[0].output.strip() == str(1024 * 1024)  # 1g by default
+    with pytest.raises(SettingsError, match="--tmp_size"):
+        EnvSettings(env_type="bwrap", tmp_size="lots")
+    with pytest.raises(SettingsError, match="below 1m"):
+        EnvSettings(env_type="bwrap", tmp_size="1k")
+
+
+RUNNER_DIES = """
+import asyncio, os, signal, sys
+sys.path.insert(0, {root!r})
+from environments import BwrapEnvironment, EnvSettings
+
+async def main():
+    env = BwrapEnvironment(EnvSettings(env_type="bwrap"))
+    await env.start()
+    await env.execute("echo x > made; {sleep} &", 10)
+    print(env.base, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # the runner dies without any cleanup
+
+asyncio.run(main())
+"""
+
+
+def test_a_runner_killed_with_sigkill_leaves_no_task_directory_and_no_process():
+    sleep = f"sleep 6{os.getpid() % 100000:05d}"
+    child = subprocess.run(
+        [sys.executable, "-c", RUNNER_DIES.format(root=str(ROOT), sleep=sleep)], capture_output=True, text=True
+    )
+    base = child.stdout.strip()
+    assert child.returncode == -9 and "mini-swe-task-" in base, child.stderr
+    deadline = time.monotonic() + 5
+    while os.path.exists(base) or subprocess.run(["pgrep", "-f", sleep], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, f"{base} or {sleep} left behind"
+        time.sleep(0.05)

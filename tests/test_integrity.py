@@ -521,6 +521,27 @@ def test_the_settings_hash_covers_templates_and_the_verifier(tmp_path):
         assert read_jsonl(out)[0]["metadata"]["config_hash"] == plain_hash
 
 
+@pytest.mark.parametrize(
+    "flags",
+    [["--verify_in", "fresh"], ["--verify_failure_codes", "4"], ["--verify_baseline"], ["--collect_patch"]],
+    ids=["verify_in", "failure_codes", "baseline", "collect_patch"],
+)
+def test_how_rewards_are_judged_is_part_of_the_settings_hash(tmp_path, flags):
+    """A reward judged in a fresh sandbox is not one judged in the agent's (the attacks), and a record without its
+    patch is not one with it: an output made one way is not resumed the other way, and a run without these flags
+    keeps its hash."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(_rows({"id": "t0", "prompt": "say 0", "verify": "true"}))
+    out = tmp_path / "out.jsonl"
+    with ScriptedModelServer(lambda request: reply("ok")) as server:
+        base = ["--prompts_file", str(prompts), "--base_url", server.base_url, "--output_file", str(out), "--quiet"]
+        assert run_cli(base, cwd=tmp_path).returncode == 0
+        plain_hash = read_jsonl(out)[0]["metadata"]["config_hash"]
+        one_line_error(run_cli([*base, *flags], cwd=tmp_path), 2, "settings hash", flags[0])
+        assert run_cli([*base, *flags, "--overwrite"], cwd=tmp_path).returncode == 0
+        assert read_jsonl(out)[0]["metadata"]["config_hash"] != plain_hash
+
+
 def test_a_refused_run_changes_nothing_in_the_output(tmp_path):
     """An env_error record would be dropped by compaction: a run refused for its settings, or because its endpoint
     cannot be reached, leaves the output and its index byte for byte as they were."""

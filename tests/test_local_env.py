@@ -612,3 +612,112 @@ def test_the_command_holds_no_descriptor_of_ours():
     # stray copy of the pipe would keep it open as long as anything the command started in the background runs).
     result = run_one("ls /proc/$$/fd")
     assert result.output.split() == ["0", "1", "2", "9"]
+
+
+# Run by a command: copies what it can read of /proc/<pid>/environ and /proc/<pid>/mem of every ancestor up to the
+# test process (excluded: it runs the model server, which sees the key) and of every sibling of each, into files.
+# The test, not the command, looks for the secrets in them: the command's text passes through the supervisor.
+MEMORY_PROBE = r"""
+import os, re, sys
+stop, out = int(sys.argv[1]), sys.argv[2]
+os.makedirs(out, exist_ok=True)
+
+def parent(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+def children(pid):
+    found = []
+    for task in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/children" % (pid, task)) as f:
+                found += map(int, f.read().split())
+        except OSError:
+            pass
+    return found
+
+chain, pid = [], parent(os.getpid())
+while pid not in (stop, 0, 1):
+    chain.append(pid)
+    pid = parent(pid)
+targets = set(chain)
+for pid in chain:
+    targets.update(children(pid))
+targets.discard(os.getpid())
+for pid in sorted(targets):
+    readable = []
+    try:
+        with open("/proc/%d/environ" % pid, "rb") as f, open("%s/%d.environ" % (out, pid), "wb") as dump:
+            dump.write(f.read())
+        readable.append("environ")
+    except OSError:
+        pass
+    try:
+        with open("/proc/%d/maps" % pid) as f:
+            regions = [line.split() for line in f]
+        with open("/proc/%d/mem" % pid, "rb", 0) as mem, open("%s/%d.mem" % (out, pid), "wb") as dump:
+            for fields in regions:
+                if fields[1][0] != "r" or (len(fields) > 5 and fields[5] in ("[vvar]", "[vsyscall]")):
+                    continue
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                try:
+                    mem.seek(start)
+                    dump.write(mem.read(end - start))
+                except (OSError, ValueError, OverflowError):
+                    pass
+        readable.append("mem")
+    except OSError:
+        pass
+    print(pid, "in chain" if pid in chain else "sibling", *readable or ["nothing"])
+"""
+
+
+def test_no_secret_in_the_memory_of_any_ancestor_or_sibling_of_a_command(runner_user):
+    from conftest import clean_environ, read_jsonl, tool_results
+    from model_server import ScriptedModelServer, per_conversation, reply, tool_call
+
+    api_key = "sk-probe-api-key-" + os.urandom(8).hex()
+    variable = "tok-probe-variable-" + os.urandom(8).hex()
+    probe = runner_user.home / "probe.py"
+    probe.write_text(MEMORY_PROBE)
+    dumps = runner_user.home / "dumps"
+    command = f"{runner_user.python} -I -S {probe} {os.getpid()} {dumps}"
+    with ScriptedModelServer(per_conversation([reply(None, [tool_call(command)]), reply("done")])) as server:
+        result = runner_user.run(
+            ["--task", "t", "--api_key", api_key, "--base_url", server.base_url, "--model", "m", "--workers", "2"],
+            env=clean_environ(HOME=str(runner_user.home), MSR_PROBE_TOKEN=variable),
+        )
+    assert result.returncode == 0, result.stderr
+    [record] = read_jsonl(runner_user.home / "trajectories.jsonl")
+    said = tool_results(record)[0]["content"]["output"]
+    lines = said.splitlines()
+    # What was looked at: the command's bash, the supervisor, the zygote and the runner (at least).
+    assert sum(" in chain " in line or line.endswith(" in chain") for line in lines) >= 4, said
+    assert any(line.endswith("environ mem") for line in lines), said  # the probe can read what it may
+    assert (dumps).is_dir(), said
+    for dump in dumps.iterdir():
+        data = dump.read_bytes()
+        for secret in (api_key, variable):
+            assert secret.encode() not in data, (dump.name, said)
+
+
+def test_nothing_outlives_the_run_when_a_command_kills_the_zygote_and_then_its_supervisor(tmp_path):
+    # Both subreapers above the command gone: what it started would go to PID 1; the runner adopts it and kills it
+    # when it exits.
+    from conftest import read_jsonl, run_cli, tool_results
+    from model_server import ScriptedModelServer, per_conversation, reply, tool_call
+
+    sleep = f"sleep 7{os.getpid() % 100000:05d}"
+    command = (
+        f"setsid {sleep} </dev/null >/dev/null 2>&1 & sleep 0.2; zygote=$(cut -d' ' -f4 /proc/$PPID/stat); "
+        "kill -KILL $zygote; sleep 0.2; kill -KILL $PPID; sleep 1"
+    )
+    script = per_conversation([reply(None, [tool_call(command)]), reply(None, [tool_call("echo next")]), reply("ok")])
+    with ScriptedModelServer(script) as server:
+        result = run_cli(["--task", "t", "--base_url", server.base_url, "--model", "m"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [record] = read_jsonl(tmp_path / "trajectories.jsonl")
+    first, second = tool_results(record)
+    assert "killed the process that ran it" in first["content"]["error"], first
+    assert second["content"]["output"] == "next\n"  # the task went on, under a new zygote and supervisor
+    assert wait_until_gone(sleep, within=2) == []
