@@ -501,12 +501,15 @@ def load_prompts(path: str, row_format: RowFormat | None = None) -> Sequence[Pro
     suffix = os.path.splitext(path)[1].lower()
     try:
         if suffix == ".parquet":
+            tag = _file_tag(path, row_format)  # before the read: a change after it changes the tag
             prompts: Sequence[Prompt] = prompts_from_rows(_list_rows(_parquet_rows(path), path), row_format)
+            prompts = PromptList(prompts, tag)
         elif suffix == ".json" or not os.path.isfile(path):  # a pipe (<(...), /dev/stdin) is read once, whole
+            tag = _file_tag(path, row_format) if suffix == ".json" and os.path.isfile(path) else None
             with open(path, encoding="utf-8-sig", errors="strict") as handle:  # -sig: a BOM is not a prompt
                 text = handle.read()
             if suffix == ".json":
-                prompts = prompts_from_rows(_list_rows(_json_list(text, path), path), row_format)
+                prompts = PromptList(prompts_from_rows(_list_rows(_json_list(text, path), path), row_format), tag)
             else:  # "\n" only: str.splitlines() would also split at U+2028, U+0085... inside JSON strings and text
                 prompts = prompts_from_rows(_line_rows(text.split("\n"), path), row_format)
         else:
@@ -529,6 +532,52 @@ _SCAN_JSON = json.scanner.make_scanner(json.JSONDecoder())
 ASCII_SPACE_BYTES = (ASCII_SPACE + "\n").encode()
 ID_BUCKETS = 256
 """Hashes of ids and texts are kept in this many arrays, so finding repeats needs a set of one bucket at a time."""
+
+
+def _file_tag(path: str, row_format: RowFormat | None) -> int:
+    """A prompts file as it is now, read with these row settings (see PromptFile.source_tag)."""
+    status = os.stat(path)
+    return trajectory.stable_tag(
+        f"prompts\0{PROMPTS_TAG_VERSION}\0{status.st_dev}\0{status.st_ino}\0{status.st_size}\0"
+        f"{status.st_mtime_ns}\0{status.st_ctime_ns}\0{row_format or RowFormat()!r}"
+    )
+
+
+class PromptList(list):
+    """Prompts loaded whole (a .json or .parquet file, --dataset), named like a :class:`PromptFile` for the output's
+    resume index: records written against the same input are placed on their rows without parsing their lines
+    (1,000,000 records: parsing them all took 15.9 s, bench/bench_input.py). ``source_tag`` None: the input cannot
+    be named (a pipe, a dataset without a fingerprint), and resume parses the records as before.
+
+    A slice (--limit) or shard stays a PromptList of the same input: a prompt's ``index`` is its row in it."""
+
+    def __init__(self, prompts: Iterable[Prompt], source_tag: int | None, ids_by_row: list[str] | None = None):
+        super().__init__(prompts)
+        self.source_tag = source_tag
+        self._ids_by_row = ids_by_row if ids_by_row is not None else [prompt.task_id for prompt in self]
+        """Row of the whole input -> its task_id (a shard or slice holds some of the rows)."""
+        self._rows_by_id: dict[str, int] | None = None
+
+    def __getitem__(self, position):
+        if isinstance(position, slice):
+            return self.part(super().__getitem__(position))
+        return super().__getitem__(position)
+
+    def part(self, prompts: Iterable[Prompt]) -> "PromptList":
+        """Some of these prompts, still named as the whole input (the index's rows are the input's)."""
+        return PromptList(prompts, self.source_tag, self._ids_by_row)
+
+    @property
+    def file_rows(self) -> int:
+        return len(self._ids_by_row)
+
+    def locate(self, task_id: str) -> int | None:
+        if self._rows_by_id is None:
+            self._rows_by_id = {task_id: row for row, task_id in enumerate(self._ids_by_row)}
+        return self._rows_by_id.get(task_id)
+
+    def task_id_of_row(self, row: int) -> str:
+        return self._ids_by_row[row]
 
 
 class PromptFile(Sequence[Prompt]):
@@ -874,7 +923,14 @@ def load_dataset_prompts(name: str, split: str | None, row_format: RowFormat | N
             raise UsageError(f"--dataset {name} has no split {split!r} (it has {', '.join(names)})")
         loaded = loaded[split]
     source = f"{name}[{split}]" if split else name
-    prompts = prompts_from_rows(_list_rows(loaded, source), row_format)
+    # The library's own content hash of the rows (data files, revision, transforms): the same data, the same tag.
+    fingerprint = getattr(loaded, "_fingerprint", None)
+    tag = None
+    if isinstance(fingerprint, str) and fingerprint:
+        tag = trajectory.stable_tag(
+            f"dataset\0{PROMPTS_TAG_VERSION}\0{source}\0{fingerprint}\0{row_format or RowFormat()!r}"
+        )
+    prompts = PromptList(prompts_from_rows(_list_rows(loaded, source), row_format), tag)
     if not prompts:
         raise UsageError(f"--dataset {source} has no rows")
     return prompts
@@ -888,7 +944,8 @@ def select_shard(prompts: Sequence[Prompt], shard: tuple[int, int] | None) -> Se
     number, count = shard
     if isinstance(prompts, PromptFile):  # a prompt's index is its row: the shard is a stride, read nothing
         return prompts[number - 1 :: count]
-    return [p for p in prompts if p.index % count == number - 1]
+    shard_prompts = [p for p in prompts if p.index % count == number - 1]
+    return prompts.part(shard_prompts) if isinstance(prompts, PromptList) else shard_prompts
 
 
 def has_any_verifier(prompts: Sequence[Prompt], config: "RunConfig") -> bool:
@@ -2123,6 +2180,7 @@ class OutputFile:
         self.target = config.output_file
         self.writer: trajectory.JsonlWriter | None = None
         self._prompts: PromptFile | None = None
+        self._prompt_list: PromptList | None = None
         self._index_source = 0
         self._lock_fd: int | None = None
         self._pending_replacement: str | None = None  # --overwrite: the new file, renamed over target at commit
@@ -2133,7 +2191,9 @@ class OutputFile:
         not parsed)."""
         path = self.config.output_file
         self._prompts = prompts if isinstance(prompts, PromptFile) else None
-        self._index_source = self._prompts.source_tag if self._prompts is not None else 0
+        self._prompt_list = prompts if isinstance(prompts, PromptList) and prompts.source_tag is not None else None
+        named = self._prompts if self._prompts is not None else self._prompt_list
+        self._index_source = named.source_tag if named is not None else 0
         if path == "-":
             self.writer = trajectory.JsonlWriter("-")
             return {}
@@ -2177,8 +2237,8 @@ class OutputFile:
             raise PermissionError(path)
         prompts = self._prompts
         source = None
-        if prompts is not None:
-            source = trajectory.PromptsSource(prompts.source_tag, prompts.file_rows, prompts.locate)
+        if (named := prompts if prompts is not None else self._prompt_list) is not None:
+            source = trajectory.PromptsSource(named.source_tag, named.file_rows, named.locate)
         compacted = trajectory.compact_for_resume(
             self.target, compaction_path=self._sibling("compact"), source=source, index=True
         )
@@ -2203,6 +2263,12 @@ class OutputFile:
         self.writer = trajectory.JsonlWriter(self.target, index_source=self._index_source)
         if prompts is not None:  # records of tasks that are not among the prompts are kept, but not the run's
             return DoneSamples(prompts, compacted.by_row)
+        if self._prompt_list is not None:  # placed by row without parsing: keyed again by the row's task_id
+            task_id_of_row = self._prompt_list.task_id_of_row
+            for sample, samples in compacted.by_row.items():
+                for row, entry in enumerate(samples.entries):
+                    if entry >= 0:
+                        compacted.done[(task_id_of_row(row), sample)] = samples.reward(row)
         return compacted.done
 
     def _pending_index(self) -> str:
