@@ -2635,6 +2635,8 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
     progress = Progress(schedule.total, config.quiet, verifying=bool(outcomes.verified_ids), images=ctx.images)
     progress.not_needed(schedule.not_needed)
     running: set[asyncio.Task] = set()
+    waiting_turn: set[asyncio.Task] = set()
+    """Workers waiting for the backend's turn (see environments.start_turn): a stop cancels their wait too."""
     tally = RunTally()
     stop: dict = {"signal": None, "fatal": None}
 
@@ -2650,7 +2652,7 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
             file=sys.stderr,
             flush=True,
         )
-        for task in running:
+        for task in (*running, *waiting_turn):
             task.cancel()
         schedule.wake()
 
@@ -2661,12 +2663,25 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
         if stop["fatal"] is None:
             stop["fatal"] = message
         ctx.stopping = True
-        for other in running:
+        for other in (*running, *waiting_turn):
             other.cancel()
         schedule.wake()
 
     async def worker() -> None:
         while not schedule.finished() and not ctx.stopping:
+            # Thousands of workers wait here holding next to nothing, rather than as started tasks (Modal paces
+            # creations: bench/bench_modal_scale.py); a signal cancels the wait with the run's other waits.
+            waiting_turn.add(me := asyncio.current_task())
+            try:
+                await environments.start_turn(config.env)
+            except asyncio.CancelledError:
+                if ctx.stopping:
+                    return
+                raise
+            finally:
+                waiting_turn.discard(me)
+            if schedule.finished() or ctx.stopping:
+                return
             try:
                 sample = schedule.take()
             except FatalRunError as exc:  # the prompts file changed under the run
