@@ -2667,21 +2667,25 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
             other.cancel()
         schedule.wake()
 
-    async def worker() -> None:
+    async def take_turn() -> bool:
+        """Wait for the backend's turn to start a task (see environments.start_turn); False once the run is over or
+        stopping. A signal or a fatal error cancels the wait with the run's other waits."""
+        waiting_turn.add(me := asyncio.current_task())
+        try:
+            await environments.start_turn(config.env)
+        except asyncio.CancelledError:
+            if ctx.stopping:
+                return False
+            raise
+        finally:
+            waiting_turn.discard(me)
+        return not (schedule.finished() or ctx.stopping)
+
+    async def worker(turn_taken: bool = False) -> None:
         while not schedule.finished() and not ctx.stopping:
-            # Thousands of workers wait here holding next to nothing, rather than as started tasks (Modal paces
-            # creations: bench/bench_modal_scale.py); a signal cancels the wait with the run's other waits.
-            waiting_turn.add(me := asyncio.current_task())
-            try:
-                await environments.start_turn(config.env)
-            except asyncio.CancelledError:
-                if ctx.stopping:
-                    return
-                raise
-            finally:
-                waiting_turn.discard(me)
-            if schedule.finished() or ctx.stopping:
+            if not turn_taken and not await take_turn():
                 return
+            turn_taken = False
             try:
                 sample = schedule.take()
             except FatalRunError as exc:  # the prompts file changed under the run
@@ -2721,7 +2725,20 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
             progress.update(record)
 
     try:
-        await asyncio.gather(*(worker() for _ in range(min(config.workers, schedule.total))))
+        # Workers are started one turn at a time: where the backend paces its starts (Modal), the thousands not yet
+        # started are a count here, not coroutines each kept alive for every garbage collection to walk
+        # (bench/bench_modal_scale.py); elsewhere every turn comes at once and all start together, as before.
+        workers: list[asyncio.Future] = []
+        try:
+            for _ in range(min(config.workers, schedule.total)):
+                if not await take_turn():
+                    break
+                workers.append(asyncio.ensure_future(worker(turn_taken=True)))
+        except BaseException:  # cancelled from outside: the started workers go with it, as they would in a gather
+            for started_worker in workers:
+                started_worker.cancel()
+            raise
+        await asyncio.gather(*workers)
     finally:
         for s in handled:
             loop.remove_signal_handler(s)
