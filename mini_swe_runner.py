@@ -2688,6 +2688,7 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
             await environments.start_turn(config.env)
         except asyncio.CancelledError:
             if ctx.stopping:
+                me.uncancel()  # the stop's cancel ends here: a timeout later in this task must still be one
                 return False
             raise
         finally:
