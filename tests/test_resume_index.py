@@ -384,3 +384,18 @@ def test_prompts_loaded_whole_are_resumed_from_the_index_too(tmp_path, kind):
     assert sorted(r["task_id"] for r in read_jsonl(out)) == sorted(
         [f"t{n}" for n in range(6)] + (["t9"] if kind == "json" else [])
     )
+
+
+def test_a_shard_of_a_json_file_is_resumed_by_its_rows_in_the_whole_file(tmp_path):
+    rows = [{"prompt": f"say {n}", "id": f"t{n}"} for n in range(8)]
+    source = _write_rows("json", tmp_path, rows)
+    out = tmp_path / "out.jsonl"
+    with ScriptedModelServer(lambda request: reply("ok")) as server:
+        base = [*source, "--base_url", server.base_url, "--output_file", str(out), "--quiet", "--shard", "2/2"]
+        assert run_cli([*base, "--limit", "2"], cwd=tmp_path).returncode == 0  # t1 and t3
+        resumed = run_cli([*base, "--verbose"], cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
+        assert "resume: 2 line(s)" in _resume_line(resumed.stderr)
+        assert len(server.requests) == 4  # then t5 and t7 only
+    assert sorted(r["task_id"] for r in read_jsonl(out)) == ["t1", "t3", "t5", "t7"]
+    assert sorted(r["prompt_index"] for r in read_jsonl(out)) == [1, 3, 5, 7]
