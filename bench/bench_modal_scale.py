@@ -1,4 +1,4 @@
-"""A thousand tasks in flight through the Modal backend, against the fake SDK with Modal's latencies and rate limit.
+"""Thousands of tasks in flight through the Modal backend, against the fake SDK with Modal's latencies and rate limit.
 
 The runner (``mini_swe_runner.run_batch``, ``--env modal``, every task started at once) runs in a child process so
 its peak RSS is its own. The fake (tests/fake_modal.py) is what ``import modal`` finds in that process, so the
@@ -12,7 +12,8 @@ Execs are answered from a script by default (no process per command): a thousand
 
 Printed: creations and the most in any 1 s window (the limit: 30/s sustained), refusals the fake sent and
 env_errors tasks recorded, the event loop's longest stall (a heartbeat sleeping 10 ms in the runner's loop; its
-lateness) with its p99, peak RSS of the runner process.
+lateness) with its p99, the full garbage collections once the tasks run (the start-up objects are frozen by then),
+peak RSS of the runner process; then a table of each figure beside its target for every --tasks given.
 
     python bench/bench_modal_scale.py                    # 1000 tasks, workers 1000, 5 commands each
     python bench/bench_modal_scale.py --tasks 200 --commands 3
