@@ -697,11 +697,24 @@ def _checked_id(task_id: str, where: str) -> str:
 def prompts_from_rows(rows: Iterable[InputRow], row_format: RowFormat | None = None) -> list[Prompt]:
     """Prompts from input rows, every row checked (and every template filled) before any task runs."""
     row_format = row_format or RowFormat()
+    plain = row_format == RowFormat()
     prompts: list[Prompt] = []
     occurrences: Counter[str] = Counter()
     seen_ids: dict[str, str] = {}
     for row in rows:
-        prompt, explicit_id = _row_prompt(row, row_format)
+        value = row.value
+        if (  # the usual row, {"prompt": "...", "id": "..."}, as PromptFile._first_pass takes it: 4x cheaper
+            plain
+            and type(value) is dict
+            and len(value) == 2
+            and type(text := value.get("prompt")) is str
+            and type(task_id := value.get("id")) is str
+            and text
+            and not text.isspace()
+        ):
+            prompt, explicit_id = Prompt(index=-1, text=text, task_id=""), task_id
+        else:
+            prompt, explicit_id = _row_prompt(row, row_format)
         occurrence = occurrences[prompt.text]
         occurrences[prompt.text] += 1
         task_id = explicit_id if explicit_id is not None else derived_task_id(prompt.text, occurrence)
@@ -753,12 +766,15 @@ def load_prompts(path: str, row_format: RowFormat | None = None) -> Sequence[Pro
     suffix = os.path.splitext(path)[1].lower()
     try:
         if suffix == ".parquet":
+            tag = _file_tag(path, row_format)  # before the read: a change after it changes the tag
             prompts: Sequence[Prompt] = prompts_from_rows(_list_rows(_parquet_rows(path), path), row_format)
+            prompts = PromptList(prompts, tag)
         elif suffix == ".json" or not os.path.isfile(path):  # a pipe (<(...), /dev/stdin) is read once, whole
+            tag = _file_tag(path, row_format) if suffix == ".json" and os.path.isfile(path) else None
             with open(path, encoding="utf-8-sig", errors="strict") as handle:  # -sig: a BOM is not a prompt
                 text = handle.read()
             if suffix == ".json":
-                prompts = prompts_from_rows(_list_rows(_json_list(text, path), path), row_format)
+                prompts = PromptList(prompts_from_rows(_list_rows(_json_list(text, path), path), row_format), tag)
             else:  # "\n" only: str.splitlines() would also split at U+2028, U+0085... inside JSON strings and text
                 prompts = prompts_from_rows(_line_rows(text.split("\n"), path), row_format)
         else:
@@ -781,6 +797,52 @@ _SCAN_JSON = json.scanner.make_scanner(json.JSONDecoder())
 ASCII_SPACE_BYTES = (ASCII_SPACE + "\n").encode()
 ID_BUCKETS = 256
 """Hashes of ids and texts are kept in this many arrays, so finding repeats needs a set of one bucket at a time."""
+
+
+def _file_tag(path: str, row_format: RowFormat | None) -> int:
+    """A prompts file as it is now, read with these row settings (see PromptFile.source_tag)."""
+    status = os.stat(path)
+    return trajectory.stable_tag(
+        f"prompts\0{PROMPTS_TAG_VERSION}\0{status.st_dev}\0{status.st_ino}\0{status.st_size}\0"
+        f"{status.st_mtime_ns}\0{status.st_ctime_ns}\0{row_format or RowFormat()!r}"
+    )
+
+
+class PromptList(list):
+    """Prompts loaded whole (a .json or .parquet file, --dataset), named like a :class:`PromptFile` for the output's
+    resume index: records written against the same input are placed on their rows without parsing their lines
+    (1,000,000 records: parsing them all took 15.9 s, bench/bench_input.py). ``source_tag`` None: the input cannot
+    be named (a pipe, a dataset without a fingerprint), and resume parses the records as before.
+
+    A slice (--limit) or shard stays a PromptList of the same input: a prompt's ``index`` is its row in it."""
+
+    def __init__(self, prompts: Iterable[Prompt], source_tag: int | None, ids_by_row: list[str] | None = None):
+        super().__init__(prompts)
+        self.source_tag = source_tag
+        self._ids_by_row = ids_by_row if ids_by_row is not None else [prompt.task_id for prompt in self]
+        """Row of the whole input -> its task_id (a shard or slice holds some of the rows)."""
+        self._rows_by_id: dict[str, int] | None = None
+
+    def __getitem__(self, position):
+        if isinstance(position, slice):
+            return self.part(super().__getitem__(position))
+        return super().__getitem__(position)
+
+    def part(self, prompts: Iterable[Prompt]) -> "PromptList":
+        """Some of these prompts, still named as the whole input (the index's rows are the input's)."""
+        return PromptList(prompts, self.source_tag, self._ids_by_row)
+
+    @property
+    def file_rows(self) -> int:
+        return len(self._ids_by_row)
+
+    def locate(self, task_id: str) -> int | None:
+        if self._rows_by_id is None:
+            self._rows_by_id = {task_id: row for row, task_id in enumerate(self._ids_by_row)}
+        return self._rows_by_id.get(task_id)
+
+    def task_id_of_row(self, row: int) -> str:
+        return self._ids_by_row[row]
 
 
 class PromptFile(Sequence[Prompt]):
@@ -1131,7 +1193,14 @@ def load_dataset_prompts(name: str, split: str | None, row_format: RowFormat | N
             raise UsageError(f"--dataset {name} has no split {split!r} (it has {', '.join(names)})")
         loaded = loaded[split]
     source = f"{name}[{split}]" if split else name
-    prompts = prompts_from_rows(_list_rows(loaded, source), row_format)
+    # The library's own content hash of the rows (data files, revision, transforms): the same data, the same tag.
+    fingerprint = getattr(loaded, "_fingerprint", None)
+    tag = None
+    if isinstance(fingerprint, str) and fingerprint:
+        tag = trajectory.stable_tag(
+            f"dataset\0{PROMPTS_TAG_VERSION}\0{source}\0{fingerprint}\0{row_format or RowFormat()!r}"
+        )
+    prompts = PromptList(prompts_from_rows(_list_rows(loaded, source), row_format), tag)
     if not prompts:
         raise UsageError(f"--dataset {source} has no rows")
     return prompts
@@ -1145,7 +1214,8 @@ def select_shard(prompts: Sequence[Prompt], shard: tuple[int, int] | None) -> Se
     number, count = shard
     if isinstance(prompts, PromptFile):  # a prompt's index is its row: the shard is a stride, read nothing
         return prompts[number - 1 :: count]
-    return [p for p in prompts if p.index % count == number - 1]
+    shard_prompts = [p for p in prompts if p.index % count == number - 1]
+    return prompts.part(shard_prompts) if isinstance(prompts, PromptList) else shard_prompts
 
 
 def has_any_verifier(prompts: Sequence[Prompt], config: "RunConfig") -> bool:
@@ -3249,6 +3319,7 @@ class OutputFile:
         self.target = config.output_file
         self.writer: trajectory.JsonlWriter | None = None
         self._prompts: PromptFile | None = None
+        self._prompt_list: PromptList | None = None
         self._index_source = 0
         self._lock_fd: int | None = None
         self._file_lock_fds: list[int] = []
@@ -3267,7 +3338,9 @@ class OutputFile:
         path = self.config.output_file
         self._prompts = prompts if isinstance(prompts, PromptFile) else None
         self._all_prompts = prompts
-        self._index_source = index_source_tag(self._prompts, self.config) if self._prompts is not None else 0
+        self._prompt_list = prompts if isinstance(prompts, PromptList) and prompts.source_tag is not None else None
+        named = self._prompts if self._prompts is not None else self._prompt_list
+        self._index_source = index_source_tag(named, self.config) if named is not None else 0
         if path == "-":
             self.writer = trajectory.JsonlWriter("-")
             return {}
@@ -3319,8 +3392,8 @@ class OutputFile:
             self.spent = trajectory.output_spend(self.target)
         prompts = self._prompts
         source = None
-        if prompts is not None:
-            source = trajectory.PromptsSource(self._index_source, prompts.file_rows, prompts.locate)
+        if (named := prompts if prompts is not None else self._prompt_list) is not None:
+            source = trajectory.PromptsSource(self._index_source, named.file_rows, named.locate)
         compacted = trajectory.compact_for_resume(
             self.target,
             compaction_path=self._sibling("compact"),
@@ -3352,6 +3425,12 @@ class OutputFile:
         self._dropped = dropped
         if prompts is not None:  # records of tasks that are not among the prompts are kept, but not the run's
             return DoneSamples(prompts, compacted.by_row)
+        if self._prompt_list is not None:  # placed by row without parsing: keyed again by the row's task_id
+            task_id_of_row = self._prompt_list.task_id_of_row
+            for sample, samples in compacted.by_row.items():
+                for row, entry in enumerate(samples.entries):
+                    if entry >= 0:
+                        compacted.done[(task_id_of_row(row), sample)] = samples.reward(row)
         return compacted.done
 
     def start(self) -> None:
@@ -3838,6 +3917,8 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
     progress.not_needed(schedule.not_needed)
     watcher = asyncio.ensure_future(_watch_activity(progress, ctx))
     running: set[asyncio.Task] = set()
+    waiting_turn: set[asyncio.Task] = set()
+    """Workers waiting for the backend's turn (see environments.start_turn): a stop cancels their wait too."""
     tally = RunTally(spent_before=output.spent)
     stop: dict = {"signal": None, "fatal": None, "budget": None}
 
@@ -3853,7 +3934,7 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
             file=sys.stderr,
             flush=True,
         )
-        for task in running:
+        for task in (*running, *waiting_turn):
             task.cancel()
         schedule.wake()
 
@@ -3864,16 +3945,34 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
         if stop["fatal"] is None:
             stop["fatal"] = message
         ctx.stopping = True
-        for other in running:
+        for other in (*running, *waiting_turn):
             other.cancel()
         schedule.wake()
 
-    async def worker() -> None:
+    async def take_turn() -> bool:
+        """Wait for the backend's turn to start a task (see environments.start_turn); False once the run is over or
+        stopping. A signal or a fatal error cancels the wait with the run's other waits."""
+        waiting_turn.add(me := asyncio.current_task())
+        try:
+            await environments.start_turn(config.env)
+        except asyncio.CancelledError:
+            if ctx.stopping:
+                me.uncancel()  # the stop's cancel ends here: a timeout later in this task must still be one
+                return False
+            raise
+        finally:
+            waiting_turn.discard(me)
+        return not (schedule.finished() or ctx.stopping)
+
+    async def worker(turn_taken: bool = False) -> None:
         while not schedule.finished() and not ctx.stopping:
             if (gone := budget.gone()) is not None:  # running tasks' calls count: they stop at their next call
                 stop["budget"] = gone
                 schedule.wake()  # a worker waiting for a sample to end must not wait for one that never starts
                 return
+            if not turn_taken and not await take_turn():
+                return
+            turn_taken = False
             try:
                 sample = schedule.take()
             except FatalRunError as exc:  # the prompts file changed under the run
@@ -3914,7 +4013,20 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
             progress.update(record)
 
     try:
-        await asyncio.gather(*(worker() for _ in range(min(config.workers, schedule.total))))
+        # Workers are started one turn at a time: where the backend paces its starts (Modal), the thousands not yet
+        # started are a count here, not coroutines each kept alive for every garbage collection to walk
+        # (bench/bench_modal_scale.py); elsewhere every turn comes at once and all start together, as before.
+        workers: list[asyncio.Future] = []
+        try:
+            for _ in range(min(config.workers, schedule.total)):
+                if not await take_turn():
+                    break
+                workers.append(asyncio.ensure_future(worker(turn_taken=True)))
+        except BaseException:  # cancelled from outside: the started workers go with it, as they would in a gather
+            for started_worker in workers:
+                started_worker.cancel()
+            raise
+        await asyncio.gather(*workers)
     finally:
         watcher.cancel()
         for s in handled:

@@ -13,6 +13,7 @@ argument error (neither imports the HTTP stack; tests/test_batch.py checks that)
 
     python bench/bench_input.py                  # N = 1,000,000
     python bench/bench_input.py --lines 200000
+    python bench/bench_input.py --json_resume ../main   # a .json prompts file's resume, beside another checkout
 """
 
 from __future__ import annotations
@@ -72,7 +73,37 @@ def write_inputs(directory: Path, lines: int) -> tuple[Path, Path]:
     return prompts, output
 
 
-def first_task(server, prompts: Path | None, output: Path, resume: bool, index: bool = True) -> dict:
+def write_json_inputs(directory: Path, lines: int) -> tuple[Path, Path]:
+    """The same prompts as one .json list, and the output of its N - 1 first tasks, indexed against it."""
+    prompts, output = directory / f"prompts-{lines}.json", directory / f"done-{lines}-json.jsonl"
+    import mini_swe_runner
+    import trajectory
+
+    rows = [{"prompt": f"Solve task number {index} and report.", "id": f"task-{index}"} for index in range(lines)]
+    prompts.write_text(json.dumps(rows))
+    del rows
+    source = mini_swe_runner.load_prompts(str(prompts), mini_swe_runner.RowFormat()).source_tag
+    with trajectory.JsonlWriter(str(output), sync=False, index_source=source) as o:
+        for index in range(lines - 1):  # every task but the last is already done
+            o.write(
+                trajectory.build_record(
+                    prompt_index=index,
+                    task_id=f"task-{index}",
+                    conversations=[{"from": "human", "value": f"Solve task number {index} and report."}],
+                    completed=True,
+                    exit_reason="completed",
+                    api_calls=1,
+                    tool_stats=trajectory.empty_tool_stats(),
+                    usage=trajectory.empty_usage(),
+                    duration_s=1.0,
+                    error=None,
+                    metadata={"model": "bench", "env_type": "local", "image": None, "timestamp": "2026-01-01"},
+                )
+            )
+    return prompts, output
+
+
+def first_task(server, prompts: Path | None, output: Path, resume: bool, index: bool = True, root: Path = ROOT) -> dict:
     """``prompts`` None: a single --task. ``index``: resume with the output's index (False: as an output written
     by an older version, or whose index no longer describes it: every line is parsed)."""
     from conftest import clean_environ
@@ -90,7 +121,7 @@ def first_task(server, prompts: Path | None, output: Path, resume: bool, index: 
     seen = len(server.requests)
     command = [
         sys.executable,
-        str(ROOT / "mini_swe_runner.py"),
+        str(root / "mini_swe_runner.py"),
         *(["--task", "Solve one task and report."] if prompts is None else ["--prompts_file", str(prompts)]),
         "--base_url",
         server.base_url,
@@ -133,8 +164,27 @@ def wall_time(argv: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--lines", type=int, default=1_000_000)
+    parser.add_argument(
+        "--json_resume",
+        metavar="BEFORE_ROOT",
+        help="only: resume over N records of a .json prompts file, this checkout (index, and without) beside the "
+        "runner of BEFORE_ROOT (another checkout: the figures before a change)",
+    )
     args = parser.parse_args()
     from model_server import ScriptedModelServer, reply
+
+    if args.json_resume:
+        with tempfile.TemporaryDirectory() as tmp, ScriptedModelServer(lambda r: reply("ok"), latency=5) as server:
+            prompts, output = write_json_inputs(Path(tmp), args.lines)
+            before = first_task(server, prompts, output, resume=True, index=False, root=Path(args.json_resume))
+            parsed = first_task(server, prompts, output, resume=True, index=False)
+            resumed = first_task(server, prompts, output, resume=True)
+        print(f"resume over {args.lines:,} records of a .json prompts file: first request, peak RSS")
+        print(f"  before ({args.json_resume}): {before['seconds']:.2f} s, {before['peak_rss_mb']:.0f} MB")
+        print(f"  this checkout, through the index: {resumed['seconds']:.2f} s, {resumed['peak_rss_mb']:.0f} MB")
+        print(f"  this checkout, without the index: {parsed['seconds']:.2f} s, {parsed['peak_rss_mb']:.0f} MB")
+        print("  target: first request in < 2 s")
+        return
 
     with tempfile.TemporaryDirectory() as tmp, ScriptedModelServer(lambda request: reply("ok"), latency=5) as server:
         rows = []

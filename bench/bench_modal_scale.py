@@ -1,4 +1,4 @@
-"""A thousand tasks in flight through the Modal backend, against the fake SDK with Modal's latencies and rate limit.
+"""Thousands of tasks in flight through the Modal backend, against the fake SDK with Modal's latencies and rate limit.
 
 The runner (``mini_swe_runner.run_batch``, ``--env modal``, every task started at once) runs in a child process so
 its peak RSS is its own. The fake (tests/fake_modal.py) is what ``import modal`` finds in that process, so the
@@ -12,10 +12,12 @@ Execs are answered from a script by default (no process per command): a thousand
 
 Printed: creations and the most in any 1 s window (the limit: 30/s sustained), refusals the fake sent and
 env_errors tasks recorded, the event loop's longest stall (a heartbeat sleeping 10 ms in the runner's loop; its
-lateness) with its p99, peak RSS of the runner process.
+lateness) with its p99, the full garbage collections once the tasks run (the start-up objects are frozen by then),
+peak RSS of the runner process; then a table of each figure beside its target for every --tasks given.
 
     python bench/bench_modal_scale.py                    # 1000 tasks, workers 1000, 5 commands each
     python bench/bench_modal_scale.py --tasks 200 --commands 3
+    python bench/bench_modal_scale.py --tasks 1000 10000     # the figures beside their targets at both scales
 """
 
 from __future__ import annotations
@@ -77,11 +79,16 @@ def child(args: argparse.Namespace) -> None:
     gc_pauses: list[tuple[float, float]] = []  # (wall, CPU) of each full collection
     gc_started = [0.0, 0.0]
 
+    gc_during_run: list[tuple[float, float, float]] = []  # (since start, wall, CPU) of full ones once tasks run
+
     def gc_timer(phase: str, info: dict) -> None:
         if phase == "start":
             gc_started[:] = time.perf_counter(), time.thread_time()
         elif info["generation"] == 2:
-            gc_pauses.append((time.perf_counter() - gc_started[0], time.thread_time() - gc_started[1]))
+            wall, cpu = time.perf_counter() - gc_started[0], time.thread_time() - gc_started[1]
+            gc_pauses.append((wall, cpu))
+            if gc.get_freeze_count():  # after run_batch froze the start-up objects: the tasks' own collections
+                gc_during_run.append((time.monotonic() - started, wall, cpu))
 
     gc.callbacks.append(gc_timer)
     live_peak = 0
@@ -157,12 +164,14 @@ def child(args: argparse.Namespace) -> None:
         for stack, count in stall_stacks.most_common(15):
             print(f"{count:5d} {stack}", file=sys.stderr)
     env_errors = [r["error"] for r in records if r["exit_reason"] == "env_error"]
+    distinct = len({r["task_id"] for r in records})
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(
         json.dumps(
             {
                 "wall": wall,
                 "records": len(records),
+                "distinct_tasks": distinct,
                 "completed": sum(1 for r in records if r["completed"]),
                 "exit_reasons": sorted({r["exit_reason"] for r in records}),
                 "creations": len(fake.created_at),
@@ -182,6 +191,13 @@ def child(args: argparse.Namespace) -> None:
                 "gc2_max_ms": max((wall for wall, _ in gc_pauses), default=0.0) * 1000,
                 "gc2_max_cpu_ms": max((cpu for _, cpu in gc_pauses), default=0.0) * 1000,
                 "gc2_count": len(gc_pauses),
+                "gc2_run_count": len(gc_during_run),
+                "gc2_run_max_cpu_ms": max((cpu for _, _, cpu in gc_during_run), default=0.0) * 1000,
+                "gc2_run": [
+                    (round(at, 1), round(wall * 1000, 1), round(cpu * 1000, 1)) for at, wall, cpu in gc_during_run
+                ][:20],
+                "loop_cpu_s": time.thread_time(),
+                "load_average": os.getloadavg()[0],
                 "busy_max_ms": max((cpu for _, _, cpu in stalls), default=0.0) * 1000,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "bash_peak_rss_mb": children,
@@ -191,20 +207,19 @@ def child(args: argparse.Namespace) -> None:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--child", action="store_true")
-    parser.add_argument("--base_url")
-    parser.add_argument("--tasks", type=int, default=1000, help="tasks, all in flight at once (workers = tasks)")
-    parser.add_argument("--commands", type=int, default=5, help="commands per task (then a final answer)")
-    parser.add_argument("--latency", type=float, nargs=2, default=[2.0, 5.0], help="model latency range, seconds")
-    parser.add_argument("--runner_root", help="run mini_swe_runner.py/environments.py of this checkout instead")
-    parser.add_argument("--profile", action="store_true", help="sample the loop's stack while it stalls (stderr)")
-    parser.add_argument("--real_bash", action="store_true", help="run every command in a real bash process")
-    args = parser.parse_args()
-    if args.child:
-        return child(args)
+TARGETS = (
+    # (label, key, target text, met?)
+    ("records written / distinct tasks", None, "= tasks", lambda m, n: m["records"] == m["distinct_tasks"] == n),
+    ("env_errors from the rate limit", "env_errors_rate_limit", "0", lambda m, n: m["env_errors_rate_limit"] == 0),
+    ("most creations in any 1 s window", "max_creations_1s", "<= 30", lambda m, n: m["max_creations_1s"] <= 30),
+    ("longest event-loop stall, wall ms", "stall_max_ms", "<= 100", lambda m, n: m["stall_max_ms"] <= 100),
+    ("  of it the loop's own work, ms", "busy_max_ms", "<= 100", lambda m, n: m["busy_max_ms"] <= 100),
+    ("longest full collection while tasks run, CPU ms", "gc2_run_max_cpu_ms", "<= 100", None),
+    ("peak RSS of the runner, MB", "peak_rss_mb", "<= 1536", lambda m, n: m["peak_rss_mb"] <= 1536),
+)
 
+
+def measure(args: argparse.Namespace, tasks: int) -> dict:
     from model_server import ScriptedModelServer, delayed, per_conversation, reply, tool_call
 
     rng = random.Random(3)
@@ -217,7 +232,7 @@ def main() -> None:
         [after_latency(reply(None, [tool_call(c)])) for c in commands] + [after_latency(reply("done"))]
     )
     with ScriptedModelServer(script) as server:
-        command = [sys.executable, __file__, "--child", "--base_url", server.base_url, "--tasks", str(args.tasks)]
+        command = [sys.executable, __file__, "--child", "--base_url", server.base_url, "--tasks", str(tasks)]
         command += ["--commands", str(args.commands)] + (["--real_bash"] if args.real_bash else [])
         command += ["--profile"] if args.profile else []
         command += ["--runner_root", args.runner_root] if args.runner_root else []
@@ -225,17 +240,20 @@ def main() -> None:
     sys.stderr.write(result.stderr if args.profile else result.stderr[-5000:])
     if result.returncode != 0:
         sys.exit(f"the runner's process failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    m = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def report(args: argparse.Namespace, tasks: int, m: dict) -> None:
     execs = "real bash" if args.real_bash else "answered from a script"
-    if args.runner_root:
-        print(f"runner code from {args.runner_root}")
     print(
-        f"{args.tasks} tasks in flight (workers {args.tasks}), {args.commands} commands each, model "
+        f"\n{tasks} tasks in flight (workers {tasks}), {args.commands} commands each, model "
         f"{args.latency[0]:g}-{args.latency[1]:g} s per call; fake Modal: creation limit 30/s burst 30, "
-        f"create latency median 1 s p99 20 s, exec latency median 80 ms p99 300 ms, execs {execs}"
+        f"create latency median 1 s p99 20 s, exec latency median 80 ms p99 300 ms, execs {execs}; "
+        f"load average {m['load_average']:.1f} at the end"
     )
     print(
-        f"wall {m['wall']:.1f} s; records {m['records']}, completed {m['completed']}, exit reasons {m['exit_reasons']}"
+        f"wall {m['wall']:.1f} s; records {m['records']} ({m['distinct_tasks']} distinct tasks), completed "
+        f"{m['completed']}, exit reasons {m['exit_reasons']}; the loop thread's CPU {m['loop_cpu_s']:.1f} s"
     )
     print(f"sandboxes live at once, peak: {m['live_peak']}")
     print(
@@ -259,13 +277,54 @@ def main() -> None:
         f"load): longest {m['busy_max_ms']:.1f} ms; full garbage collections: {m['gc2_count']}, longest "
         f"{m['gc2_max_ms']:.1f} ms ({m['gc2_max_cpu_ms']:.1f} ms CPU)"
     )
-    print(f"peak RSS of the runner process: {m['peak_rss_mb']:.0f} MB (target <= 600 MB)", end="")
+    print(
+        f"  full collections once the tasks run (after the start-up freeze): {m['gc2_run_count']}, "
+        f"(s since start, ms wall, ms CPU): {m['gc2_run']}"
+    )
+    print(f"peak RSS of the runner process: {m['peak_rss_mb']:.0f} MB (target <= 1.5 GB)", end="")
     print(
         f"; bash runs in processes of its own (ru_maxrss of children: {m['bash_peak_rss_mb']:.0f} MB, which counts "
         "the forked copy of the runner before exec)"
         if args.real_bash
         else ""
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child", action="store_true")
+    parser.add_argument("--base_url")
+    parser.add_argument(
+        "--tasks",
+        type=int,
+        nargs="+",
+        default=[1000],
+        help="tasks, all in flight at once (workers = tasks); "
+        "several numbers run one after another and end in one table",
+    )
+    parser.add_argument("--commands", type=int, default=5, help="commands per task (then a final answer)")
+    parser.add_argument("--latency", type=float, nargs=2, default=[2.0, 5.0], help="model latency range, seconds")
+    parser.add_argument("--runner_root", help="run mini_swe_runner.py/environments.py of this checkout instead")
+    parser.add_argument("--profile", action="store_true", help="sample the loop's stack while it stalls (stderr)")
+    parser.add_argument("--real_bash", action="store_true", help="run every command in a real bash process")
+    args = parser.parse_args()
+    if args.child:
+        args.tasks = args.tasks[0]
+        return child(args)
+    if args.runner_root:
+        print(f"runner code from {args.runner_root}")
+    results = {}
+    for tasks in args.tasks:
+        results[tasks] = measure(args, tasks)
+        report(args, tasks, results[tasks])
+    print("\nfigure" + "".join(f" | {tasks} in flight" for tasks in results) + " | target")
+    for label, key, target, met in TARGETS:
+        cells = []
+        for tasks, m in results.items():
+            value = f"{m['records']} / {m['distinct_tasks']}" if key is None else f"{m[key]:.0f}"
+            verdict = "" if met is None else (" met" if met(m, tasks) else " MISSED")
+            cells.append(f" | {value}{verdict}")
+        print(label + "".join(cells) + f" | {target}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import math
 import os
 import socket
 import subprocess
+import sys
 import time
 import warnings
 
@@ -620,6 +621,69 @@ def test_cancelled_while_waiting_for_a_slot_leaves_nothing(fake):
     run(scenario())
     assert len(fake.sandboxes) == 1 and len(fake.called("Sandbox.create.aio")) == 1
     assert not any("list" in name for name, _, _ in fake.calls)
+
+
+def test_admission_lets_a_task_start_only_when_its_slot_is_near():
+    pacer = CreationPacer(rate=20, burst=1)
+
+    async def scenario():
+        started = time.monotonic()
+
+        async def admitted():
+            await pacer.admit(lead=0.25)
+            return time.monotonic() - started
+
+        return await asyncio.gather(*(admitted() for _ in range(30)))
+
+    times = run(scenario())
+    assert times == sorted(times)  # first come, first served
+    # The slot of the k-th is k/20 s away: it starts 0.25 s before that, so about 6 at once, not all 30.
+    assert 4 <= sum(1 for t in times if t < 0.05) <= 8
+    assert (29 / 20 - 0.25) - 0.05 <= max(times) < (29 / 20 - 0.25) + 1.5  # generous: the machine is shared
+
+
+def test_a_batch_starts_tasks_as_creation_slots_near_and_a_stop_ends_the_waits(tmp_path, monkeypatch):
+    """Thousands of workers wait for their turn before they start a task (bench/bench_modal_scale.py: each started
+    task keeps its state alive for every garbage collection); a Ctrl-C ends those waits at once, not at their turn."""
+    import signal
+
+    from model_server import ScriptedModelServer, reply
+
+    fake = FakeModal(tmp_path / "sandboxes")
+    fake.keep_history = True
+    monkeypatch.setitem(sys.modules, "modal", fake)  # the SDK boundary: what the backend's `import modal` gets
+    monkeypatch.setenv("MODAL_TOKEN_ID", "ak-test")
+    monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-test")
+    tasks = 300  # at 25 creations/s the last one's slot is 12 s away
+
+    async def scenario(base_url):
+        config = mini_swe_runner.RunConfig(
+            model="m",
+            base_url=base_url,
+            api_key="k",
+            output_file=str(tmp_path / "out.jsonl"),
+            workers=tasks,
+            quiet=True,
+            env=EnvSettings(env_type="modal"),
+        )
+        prompts = [mini_swe_runner.Prompt(index=i, text=f"task {i}", task_id=f"t{i}") for i in range(tasks)]
+        batch = asyncio.ensure_future(mini_swe_runner.run_batch(config, prompts))
+        while not fake.called("Sandbox.create.aio"):  # past the preflight and the endpoint check: tasks run
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)
+        started_tasks = len(fake.called("App.lookup.aio"))  # every started task looks the app up first
+        stopped_at = time.monotonic()
+        os.kill(os.getpid(), signal.SIGINT)
+        outcome = await batch
+        return started_tasks, time.monotonic() - stopped_at, outcome
+
+    with ScriptedModelServer(lambda request: reply("done"), latency=0.5) as server:
+        started_tasks, stop_took, outcome = run(scenario(server.base_url))
+    # 1 s in: the slots of about 80 tasks are within 2 s; without the turn all 300 had started.
+    assert 0 < started_tasks <= 150
+    assert outcome.exit_code == mini_swe_runner.EXIT_SIGNAL[signal.SIGINT]
+    assert stop_took < 8  # the waiting workers were cancelled, not left to sleep until their turn (12 s)
+    assert all(sandbox.terminated for sandbox in fake.sandboxes)
 
 
 def test_fake_rate_limit_error_is_what_the_sdk_raises_for_resource_exhausted():

@@ -406,3 +406,63 @@ def test_a_full_filesystem_for_the_index_alone_never_stops_the_run(tmp_path):
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
     assert len(read_jsonl(out)) == 120
+
+
+def _write_rows(kind: str, directory: Path, rows: list[dict]) -> list[str]:
+    """The prompts as a .json file, a .parquet file or a dataset folder; the CLI flags that read them."""
+    if kind == "json":
+        path = directory / "p.json"
+        path.write_text(json.dumps(rows))
+        return ["--prompts_file", str(path)]
+    if kind == "parquet":
+        import pyarrow
+        import pyarrow.parquet
+
+        path = directory / "p.parquet"
+        pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows), str(path))
+        return ["--prompts_file", str(path)]
+    import datasets
+
+    path = directory / "p-dataset"
+    datasets.Dataset.from_list(rows).save_to_disk(str(path))
+    return ["--dataset", str(path)]
+
+
+@pytest.mark.parametrize("kind", ["json", "parquet", "dataset"])
+def test_prompts_loaded_whole_are_resumed_from_the_index_too(tmp_path, kind):
+    rows = [{"prompt": f"say {n}", "id": f"t{n}"} for n in range(6)]
+    source = _write_rows(kind, tmp_path, rows)
+    out = tmp_path / "out.jsonl"
+    with ScriptedModelServer(lambda request: reply("ok")) as server:
+        base = [*source, "--base_url", server.base_url, "--output_file", str(out), "--quiet"]
+        assert run_cli([*base, "--limit", "4"], cwd=tmp_path).returncode == 0
+        resumed = run_cli([*base, "--verbose"], cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
+        # 4 placed on their rows from the index; 1 parsed: the first record of its settings hash (the settings check)
+        assert "resume: 4 line(s)" in _resume_line(resumed.stderr) and "1 parsed" in _resume_line(resumed.stderr)
+        assert len(server.requests) == 6  # the 4 done were skipped
+        assert sorted(r["task_id"] for r in read_jsonl(out)) == [f"t{n}" for n in range(6)]
+        if kind == "json":  # the file changed: another input, so its records are matched by task_id, parsed
+            (tmp_path / "p.json").write_text(json.dumps(rows[::-1] + [{"prompt": "say 9", "id": "t9"}]))
+            again = run_cli([*base, "--verbose"], cwd=tmp_path)
+            assert again.returncode == 0, again.stderr
+            assert "resume: 0 line(s)" in _resume_line(again.stderr)
+            assert len(server.requests) == 7  # only t9 ran
+    assert sorted(r["task_id"] for r in read_jsonl(out)) == sorted(
+        [f"t{n}" for n in range(6)] + (["t9"] if kind == "json" else [])
+    )
+
+
+def test_a_shard_of_a_json_file_is_resumed_by_its_rows_in_the_whole_file(tmp_path):
+    rows = [{"prompt": f"say {n}", "id": f"t{n}"} for n in range(8)]
+    source = _write_rows("json", tmp_path, rows)
+    out = tmp_path / "out.jsonl"
+    with ScriptedModelServer(lambda request: reply("ok")) as server:
+        base = [*source, "--base_url", server.base_url, "--output_file", str(out), "--quiet", "--shard", "2/2"]
+        assert run_cli([*base, "--limit", "2"], cwd=tmp_path).returncode == 0  # t1 and t3
+        resumed = run_cli([*base, "--verbose"], cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
+        assert "resume: 2 line(s)" in _resume_line(resumed.stderr)
+        assert len(server.requests) == 4  # then t5 and t7 only
+    assert sorted(r["task_id"] for r in read_jsonl(out)) == ["t1", "t3", "t5", "t7"]
+    assert sorted(r["prompt_index"] for r in read_jsonl(out)) == [1, 3, 5, 7]
