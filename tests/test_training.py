@@ -76,6 +76,7 @@ def test_verifier_passes_and_fails_in_the_starting_directory_and_the_model_never
         "output": "",
         "duration_s": skipped["verification"]["duration_s"],
         "error": None,
+        "baseline": None,  # no --verify_baseline
     }
     assert skipped["reward"] == 0.0
     assert "solved.txt &&" not in requests and "verified in" not in requests  # the model never sees it
