@@ -191,6 +191,22 @@ def test_the_readme_worked_example_on_a_miniature_swe_bench(tmp_path, mini_swe_b
     assert "patch" not in fields and "test_patch" in fields and "FAIL_TO_PASS" in fields  # the gold patch left out
     stats = json.loads((tmp_path / "swe-stats.json").read_text())["verification"]
     assert stats["prompts_solved"] == 2 and stats["verifier_errors"] == 0
+    # The README's next step: the predictions for the official harness, exported as it writes them.
+    export_line = readme_export_line()
+    exported = subprocess.run(["bash", "-c", export_line], cwd=tmp_path, env=environ, capture_output=True, text=True)
+    assert exported.returncode == 0, exported.stderr
+    predictions = {p["instance_id"]: p for p in read_jsonl(tmp_path / "preds.jsonl")}
+    assert set(predictions) == {"mini__calc-1", "mini__calc-2", "mini__calc-3"}
+    assert predictions["mini__calc-1"]["model_patch"] == by_id["mini__calc-1"][0]["patch"]
+    assert predictions["mini__calc-3"]["model_patch"] == ""  # no patch: the harness counts it as empty
+    assert {p["model_name_or_path"] for p in predictions.values()} == {"scripted-model"}
+
+
+def readme_export_line() -> str:
+    """The worked example's `mini-swe-runner export ... --format swebench` line, as the README prints it."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Worked example: a SWE-bench-style parquet file") :]
+    return re.search(r"^mini-swe-runner export .*--format swebench.*$", section, re.M).group(0)
 
 
 def test_the_readme_verifier_judges_the_gold_patch_and_no_patch_and_flags_a_broken_task(tmp_path, out, mini_swe_bench):
