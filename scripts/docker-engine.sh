@@ -38,7 +38,8 @@ else
     log "starting dockerd (log: $DOCKERD_LOG)"
     $SUDO mkdir -p "$(dirname "$DOCKERD_LOG")"
     # setsid + nohup: the daemon outlives this script and the shell that ran it; the log is opened as root.
-    $SUDO sh -c 'exec setsid nohup dockerd >>"$1" 2>&1 </dev/null' sh "$DOCKERD_LOG" &
+    # From /: a daemon must not hold on to a directory (this checkout) that may be removed later.
+    $SUDO sh -c 'cd / && exec setsid nohup dockerd >>"$1" 2>&1 </dev/null' sh "$DOCKERD_LOG" &
     for _ in $(seq "$WAIT_SECONDS"); do
         docker info >/dev/null 2>&1 && break
         sleep 1

@@ -27,14 +27,23 @@ answers() { curl -sf --unix-socket "$SOCKET" http://d/_ping >/dev/null 2>&1; }
 start_service() {
     rm -f "$SOCKET"
     mkdir -p "$(dirname "$LOG")"
-    setsid nohup podman system service --time=0 "unix://$SOCKET" >>"$LOG" 2>&1 </dev/null &
+    # From /: the service's working directory is its containers' conmon's, and a directory removed later (a
+    # checkout, a worktree) makes every container fail ("conmon: Failed to get working directory").
+    (cd / && exec setsid nohup podman system service --time=0 "unix://$SOCKET" >>"$LOG" 2>&1 </dev/null) &
     SERVICE_PID=$!
     for _ in $(seq 30); do answers && return 0; sleep 1; done
     tail -n 20 "$LOG" >&2 || true
     die "podman service did not answer within 30 s"
 }
 CONF=/etc/containers/containers.conf
-if ! answers || ! grep -q 'mini-swe-runner' "$CONF" 2>/dev/null; then
+service_cwd_gone() {
+    local pid
+    for pid in $(pgrep -f "podman system service --time=0 unix://$SOCKET" || true); do
+        case "$(readlink "/proc/$pid/cwd" 2>/dev/null)" in *" (deleted)") return 0 ;; esac
+    done
+    return 1
+}
+if ! answers || ! grep -q 'mini-swe-runner' "$CONF" 2>/dev/null || service_cwd_gone; then
     pkill -f "podman system service --time=0 unix://$SOCKET" 2>/dev/null || true
     log "starting podman system service on $SOCKET (log: $LOG)"
     start_service

@@ -288,7 +288,8 @@ def tmp_path_outside_tmp(request, tmp_path: Path) -> Path:
     import shutil
     import tempfile
 
-    path = Path(tempfile.mkdtemp(prefix=".test-swe-", dir=Path(__file__).resolve().parent))
+    # Not under the checkout: CI may clone it under /tmp, which is private inside a bwrap sandbox.
+    path = Path(tempfile.mkdtemp(prefix="msr-test-swe-", dir="/var/tmp"))
     request.addfinalizer(lambda: shutil.rmtree(path, ignore_errors=True))
     return path
 
