@@ -1,7 +1,8 @@
 """mini-swe-runner: run a tool-using model on prompts in sandboxes and write Hermes trajectories as JSONL.
 
-Data flows one way: CLI flags -> RunConfig -> run_batch -> (environment + model) per task -> messages ->
-trajectory record -> writer. Everything for humans goes to stderr; stdout carries JSONL only (--output_file -).
+Data flows one way: CLI flags (or Python: run/run_sync) -> RunConfig -> run_batch -> (environment + model) per
+task -> messages -> trajectory record -> writer. Everything for humans goes to stderr; stdout carries JSONL only
+(--output_file -).
 """
 
 import asyncio
