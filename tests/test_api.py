@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from model_server import ScriptedModelServer, per_conversation, reply, tool_call
+from model_server import ScriptedModelServer, http_error, per_conversation, reply, tool_call
 
 from environments import EnvSettings
 from mini_swe_runner import Prompt, Run, RunConfig, RunOutcome, UsageError, run, run_sync
@@ -51,12 +51,14 @@ def written(path: Path) -> list[dict]:
 def test_run_sync_returns_the_records_it_wrote_with_a_verifier_and_samples(tmp_path):
     output = tmp_path / "out.jsonl"
     with ScriptedModelServer(script("touch solved.txt")) as server:
-        outcome = run_sync(["fix it", "fix that"], settings(server, output, verify="test -f solved.txt", samples=2))
+        given = settings(server, output, verify="test -f solved.txt", samples=2, stats_file=str(tmp_path / "s.json"))
+        outcome = run_sync(["fix it", "fix that"], given)
     assert isinstance(outcome, RunOutcome) and outcome.exit_code == 0 and outcome.message is None
     assert outcome.records == written(output)
     assert sorted((r["prompt_index"], r["sample_index"]) for r in outcome.records) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert all(r["reward"] == 1.0 and r["completed"] for r in outcome.records)
-    assert isinstance(outcome.summary, dict)  # its schema is the summary's own (see --stats_file)
+    assert json.loads((tmp_path / "s.json").read_text()) == json.loads(json.dumps(outcome.summary))
+    assert given.api_key == KEY and given.env.secret_values == ()  # the caller's settings are not changed
 
 
 def test_two_runs_share_one_event_loop_and_leave_no_process_state(tmp_path):
@@ -115,12 +117,14 @@ def test_a_prompts_file_and_prompt_objects_are_taken(tmp_path):
     assert [(r["task_id"], r["reward"]) for r in from_objects.records] == [("mine", 0.0)]
 
 
-def test_the_api_key_is_redacted_though_the_caller_named_no_secret(tmp_path):
+def test_the_api_key_and_the_environments_secrets_are_redacted_though_the_caller_named_none(tmp_path, monkeypatch):
     output = tmp_path / "out.jsonl"
-    with ScriptedModelServer(script(f"echo {KEY}")) as server:
+    monkeypatch.setenv("SOME_SERVICE_TOKEN", "tok-value-9876543210")
+    with ScriptedModelServer(script(f"echo {KEY} tok-value-9876543210")) as server:
         outcome = run_sync(["show the key"], settings(server, output))
     text = output.read_text(encoding="utf-8")
     assert KEY not in text and KEY not in json.dumps(outcome.records)
+    assert "tok-value-9876543210" not in text
     assert "echo" in text  # the command ran and its output was recorded
 
 
@@ -153,3 +157,11 @@ def test_leaving_early_with_aclose_stops_the_run_and_a_rerun_resumes(tmp_path):
     assert len(got) == 1 and got[0] == kept[0]
     assert 1 <= len(kept) < 6 and len(kept) + len(rest.records) == 6
     assert sorted(prompt_of(r) for r in written(output)) == [f"p{i}" for i in range(6)]
+
+
+def test_a_fatal_error_is_an_outcome_not_an_exception(tmp_path):
+    output = tmp_path / "out.jsonl"
+    with ScriptedModelServer(script("echo hi"), models=http_error(401, "invalid key")) as server:
+        outcome = run_sync(["x"], settings(server, output))
+    assert outcome.exit_code == 1 and "401" in outcome.message and outcome.records == []
+    assert not output.exists()
