@@ -1,7 +1,8 @@
 """mini-swe-runner: run a tool-using model on prompts in sandboxes and write Hermes trajectories as JSONL.
 
-Data flows one way: CLI flags -> RunConfig -> run_batch -> (environment + model) per task -> messages ->
-trajectory record -> writer. Everything for humans goes to stderr; stdout carries JSONL only (--output_file -).
+Data flows one way: CLI flags (or Python: run/run_sync) -> RunConfig -> run_batch -> (environment + model) per
+task -> messages -> trajectory record -> writer. Everything for humans goes to stderr; stdout carries JSONL only
+(--output_file -).
 """
 
 import asyncio
@@ -3299,9 +3300,17 @@ def summary_text(summary: dict, output_file: str) -> str:
 
 @dataclass
 class RunOutcome:
+    """How a run ended: what the command line prints and exits with."""
+
     exit_code: int
+    """0, or the command line's exit code: 1 a fatal error (a bad key, an unusable backend, every task failed), 130
+    or 143 a signal's stop."""
     summary: dict
+    """The run's summary, as --stats_file writes it."""
     message: str | None = None
+    """Why the run stopped early or failed, in one line; None when it simply finished."""
+    records: list[dict] = field(default_factory=list)
+    """The records written, in order: filled by :func:`run_sync` only (``run`` yields them instead)."""
 
 
 class OutputFile:
@@ -3816,8 +3825,17 @@ def image_uses(config: RunConfig, prompts: Sequence[Prompt], schedule: "SampleSc
     return uses
 
 
-async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
-    """Run every sample of every prompt not already recorded in the output, ``config.workers`` at a time."""
+async def run_batch(
+    config: RunConfig,
+    prompts: Sequence[Prompt],
+    on_record: Callable[[dict], None] | None = None,
+    own_process: bool = True,
+) -> RunOutcome:
+    """Run every sample of every prompt not already recorded in the output, ``config.workers`` at a time.
+
+    ``on_record`` is given each record once it is written. ``own_process``: the run is the process's only one (the
+    command line), so it may change what the whole process shares: SIGINT/SIGTERM handlers on the loop (removed at
+    the end), a frozen garbage collector, the loop's default thread pool. The Python API runs with it False."""
     started = time.monotonic()
     tools = [terminal_tool(config)]
     system_prompt = render_system_prompt(config.system_prompt or DEFAULT_SYSTEM_PROMPT, config.env.env_type)
@@ -3864,8 +3882,8 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
         )
         return RunOutcome(EXIT_OK, summary, f"{gone}: no sample started; raise the budget to run the rest")
     loop = asyncio.get_running_loop()
-    # Blocking SDK calls (docker) go to threads: enough of them for every worker at once.
-    loop.set_default_executor(ThreadPoolExecutor(max_workers=config.workers + 8, thread_name_prefix="msr"))
+    if own_process:  # blocking SDK calls (docker) go to threads: enough of them for every worker at once
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=config.workers + 8, thread_name_prefix="msr"))
     if isinstance(prompts, PromptFile) and schedule.total == len(prompts) * config.samples:
         own_images = prompts.own_images()  # every prompt is pending: no need to visit each
     else:
@@ -3901,7 +3919,8 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
     # What exists now (the SDKs, imported lazily up to the first request) lives as long as the run: out of the
     # collector's sight, a full collection walks only the tasks' objects. Every full collection stalls the event
     # loop; over the SDKs' ~150,000 objects alone it took ~100 ms on the 2-core machine (bench/bench_modal_scale.py).
-    gc.freeze()
+    if own_process:  # the collector is the process's: a run sharing it with others leaves it alone
+        gc.freeze()
     if ctx.images is not None:
         ctx.images.start()
     writer = output.writer
@@ -3938,7 +3957,7 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
             task.cancel()
         schedule.wake()
 
-    handled = [s for s in (signal.SIGINT, signal.SIGTERM) if _install_handler(loop, s, request_stop)]
+    handled = [s for s in (signal.SIGINT, signal.SIGTERM) if own_process and _install_handler(loop, s, request_stop)]
 
     def fail(message: str) -> None:
         """Stop the whole run: no new task starts, running ones are cancelled and cleaned up."""
@@ -4011,6 +4030,8 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
             if not trajectory.is_retryable(record):
                 outcomes.rewards[trajectory.record_key(record)] = record["reward"]
             progress.update(record)
+            if on_record is not None:
+                on_record(record)
 
     try:
         # Workers are started one turn at a time: where the backend paces its starts (Modal), the thousands not yet
@@ -4121,6 +4142,146 @@ def write_stats(path: str, summary: dict) -> None:
             handle.write("\n")
     except OSError as exc:
         log.error("could not write --stats_file %s: %s", path, exc.strerror)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The Python API: what the command line itself calls
+# ---------------------------------------------------------------------------------------------------------------
+
+PromptsInput = str | os.PathLike | Sequence[str | Prompt]
+"""A prompts file's path (JSONL, plain text, .json or .parquet), or a list of prompt texts and/or Prompt objects."""
+
+
+def run(prompts: PromptsInput, settings: RunConfig) -> "Run":
+    """Start a run: ``async for record in run(prompts, settings): ...`` yields each record once it is written to
+    ``settings.output_file``, with every guarantee of the command line (resume, verification, samples, limits,
+    secrets). Nothing of the process or the event loop is changed, so runs can share one loop. Settings or prompts a
+    run cannot take raise :class:`UsageError` here, before anything starts."""
+    return Run(prompts, settings)
+
+
+def run_sync(prompts: PromptsInput, settings: RunConfig) -> RunOutcome:
+    """:func:`run` to its end on an event loop of its own; the outcome's ``records`` are the records written."""
+    started = Run(prompts, settings)
+
+    async def whole() -> RunOutcome:
+        # The loop is this call's own: its thread pool can be sized for the run (a docker command holds a thread).
+        pool = ThreadPoolExecutor(max_workers=started.settings.workers + 8, thread_name_prefix="msr")
+        asyncio.get_running_loop().set_default_executor(pool)
+        records = [record async for record in started]
+        started.outcome.records = records
+        return started.outcome
+
+    return asyncio.run(whole())
+
+
+class Run:
+    """One run as an async iterator of the records it writes; ``outcome`` once the iteration has ended.
+
+    The run starts at the first ``__anext__``. Leaving the loop early does not stop it: ``await run.aclose()`` (or
+    ``async with run(...) as records:``) does, as a signal would, and what was written is resumed by the next run."""
+
+    def __init__(self, prompts: PromptsInput, settings: RunConfig, *, own_process: bool = False):
+        self.settings = prepared_settings(settings)
+        """The settings the run uses: a copy of the given ones, completed (API key, secrets) and checked."""
+        self.prompts = api_prompts(prompts, self.settings)
+        self.outcome: RunOutcome | None = None
+        """The exit code (0, or what the command line would exit with), summary and message; None until the end."""
+        self._own_process = own_process
+        self._records: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+
+    def __aiter__(self) -> "Run":
+        return self
+
+    async def __anext__(self) -> dict:
+        if self._task is None:
+            if self.outcome is not None:
+                raise StopAsyncIteration
+            environments.hide_process_memory()  # the key is in this process's memory: its commands must not read it
+            self._records = queue = asyncio.Queue()
+            self._task = asyncio.ensure_future(
+                run_batch(self.settings, self.prompts, queue.put_nowait, own_process=self._own_process)
+            )
+            self._task.add_done_callback(lambda _: queue.put_nowait(None))
+        record = await self._records.get()
+        if record is not None:
+            return record
+        task, self._task = self._task, None
+        self.outcome = task.result()  # a UsageError of the output file is raised here
+        if self.settings.stats_file:
+            write_stats(self.settings.stats_file, self.outcome.summary)
+        raise StopAsyncIteration
+
+    async def to_end(self) -> RunOutcome:
+        """Run to the end without looking at the records (the command line's way)."""
+        async for _ in self:
+            pass
+        return self.outcome
+
+    async def aclose(self) -> None:
+        """Stop the run: running tasks are cancelled and cleaned up; nothing half-done is written."""
+        if self._task is not None:
+            task, self._task = self._task, None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                self.outcome = await task
+
+    async def __aenter__(self) -> "Run":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+def prepared_settings(settings: RunConfig) -> RunConfig:
+    """A checked copy of ``settings`` as the command line would make them: the API key resolved from the environment
+    when none is given, every secret it and the environment hold redacted, one worker per sandbox slot."""
+    if not isinstance(settings, RunConfig):
+        raise UsageError(f"settings must be a RunConfig, not {type(settings).__name__}")
+    api_key = settings.api_key or resolve_api_key(settings.base_url, None, dict(os.environ))
+    secrets = environments.secret_values_from_environ(
+        extra=(*settings.env.secret_values, *redactable_keys(api_key, settings.base_url))
+    )
+    try:
+        env = dataclasses.replace(settings.env, concurrency=settings.workers, secret_values=secrets)
+    except environments.SettingsError as exc:
+        raise UsageError(str(exc)) from None
+    prepared = dataclasses.replace(
+        settings,
+        api_key=api_key,
+        env=env,
+        command_timeout=min(settings.command_timeout, settings.max_command_timeout),
+    )
+    check_settings(prepared)
+    return prepared
+
+
+def api_prompts(prompts: PromptsInput, settings: RunConfig) -> Sequence[Prompt]:
+    """The run's prompts: a file read as --prompts_file reads it, or texts and Prompt objects (texts get the ids a
+    prompts file's lines would get), every one checked before any task runs."""
+    row_format = RowFormat.from_config(settings)
+    if isinstance(prompts, (str, os.PathLike)):
+        loaded = load_prompts(os.fspath(prompts), row_format)
+    elif isinstance(prompts, PromptFile | PromptList):
+        loaded = prompts
+    else:
+        rows = list(prompts)
+        if rows and all(isinstance(row, Prompt) for row in rows):
+            loaded = rows
+            ids = Counter(prompt.task_id for prompt in rows)
+            if repeated := [task_id for task_id, count in ids.items() if count > 1]:
+                raise UsageError(f"prompts: id {repeated[0]!r} is used by more than one prompt")
+        elif all(isinstance(row, str) for row in rows):
+            loaded = prompts_from_rows(
+                (InputRow(f"prompts[{i}]", f"prompts[{i}]", text) for i, text in enumerate(rows)), row_format
+            )
+        else:
+            raise UsageError("prompts must be a file path, or a list of str or of Prompt objects (not mixed)")
+        if not loaded:
+            raise UsageError("prompts: the list is empty")
+    check_verifiers(loaded, settings)
+    return loaded
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -4525,16 +4686,12 @@ def main(
         verify_baseline=_bool("verify_baseline", verify_baseline),
         verify_failure_codes=_exit_codes("verify_failure_codes", verify_failure_codes),
     )
-    if config.verify_in not in VERIFY_PLACES:
-        raise UsageError(f"--verify_in must be one of {', '.join(VERIFY_PLACES)}, not {config.verify_in!r}")
     config.command_timeout = min(config.command_timeout, config.max_command_timeout)
     _cost_settings(config, _text("price", price), _text("prices", prices), max_task_cost, max_cost, max_tokens_total)
     prompts = select_shard(load_run_prompts(config, task, prompts_file), _shard(shard))
     if limit is not None:
         prompts = prompts[: int(_number("limit", limit, int, 1))]
-    outcome = asyncio.run(run_batch(config, prompts))
-    if config.stats_file:
-        write_stats(config.stats_file, outcome.summary)
+    outcome = asyncio.run(Run(prompts, config, own_process=True).to_end())
     if outcome.exit_code != EXIT_FATAL and (not quiet or outcome.exit_code != EXIT_OK):
         print(summary_text(outcome.summary, config.output_file), file=sys.stderr)
     if outcome.message:
@@ -4575,12 +4732,7 @@ def _unknown_flags_message(names: list[str]) -> str:
 
 def load_run_prompts(config: RunConfig, task: object, prompts_file: object) -> Sequence[Prompt]:
     """The run's prompts from --task, --prompts_file or --dataset, every row checked before any task runs."""
-    if config.verify is not None and not config.verify.strip():
-        raise UsageError("--verify is empty")
-    if config.verify is not None and config.verify_template is not None:
-        raise UsageError("give --verify (one command for every prompt) or --verify_template (one per row), not both")
-    if config.until_passed is not None and config.until_passed > config.samples:
-        raise UsageError(f"--until_passed {config.until_passed} can never be reached with --samples {config.samples}")
+    check_settings(config)
     row_format = RowFormat.from_config(config)
     if task is not None:
         text = _text("task", task, allow_none=False)
@@ -4591,6 +4743,24 @@ def load_run_prompts(config: RunConfig, task: object, prompts_file: object) -> S
         prompts = load_prompts(_text("prompts_file", prompts_file, allow_none=False), row_format)
     else:
         prompts = load_dataset_prompts(config.dataset, config.split, row_format)
+    check_verifiers(prompts, config)
+    return prompts
+
+
+def check_settings(config: RunConfig) -> None:
+    """Settings that cannot go together, refused before any prompt is read (the command line's and the API's)."""
+    if config.verify_in not in VERIFY_PLACES:
+        raise UsageError(f"--verify_in must be one of {', '.join(VERIFY_PLACES)}, not {config.verify_in!r}")
+    if config.verify is not None and not config.verify.strip():
+        raise UsageError("--verify is empty")
+    if config.verify is not None and config.verify_template is not None:
+        raise UsageError("give --verify (one command for every prompt) or --verify_template (one per row), not both")
+    if config.until_passed is not None and config.until_passed > config.samples:
+        raise UsageError(f"--until_passed {config.until_passed} can never be reached with --samples {config.samples}")
+
+
+def check_verifiers(prompts: Sequence[Prompt], config: RunConfig) -> None:
+    """Settings that need a verifier, refused when no prompt has one."""
     if config.until_passed is not None and not has_any_verifier(prompts, config):
         raise UsageError(
             "--until_passed counts passed samples: give a verifier (--verify, --verify_template or a verify field)"
@@ -4598,7 +4768,6 @@ def load_run_prompts(config: RunConfig, task: object, prompts_file: object) -> S
     if (config.verify_baseline or config.verify_in == "fresh") and not has_any_verifier(prompts, config):
         flag = "--verify_baseline" if config.verify_baseline else "--verify_in fresh"
         raise UsageError(f"{flag} runs a verifier: give one (--verify, --verify_template or a verify field)")
-    return prompts
 
 
 # --help lists the backends the registry has: there is one list of them.
