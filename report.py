@@ -25,6 +25,7 @@ import shutil
 import sys
 import tempfile
 import zlib
+from array import array
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -303,7 +304,10 @@ class SummaryBuilder:
     env_types: Counter = field(default_factory=Counter)
     totals: Counter = field(default_factory=Counter)
     usage: Counter = field(default_factory=Counter)
-    values: dict[str, list[float]] = field(default_factory=lambda: {key: [] for key, _ in DISTRIBUTIONS})
+    values: dict[str, array] = field(
+        default_factory=lambda: {key: array("d" if key == "duration_s" else "q") for key, _ in DISTRIBUTIONS}
+    )
+    """Each record's figure per distribution, 8 bytes each: a run's summary is built while it writes 1,000,000."""
     rewards: dict[tuple[str, int], float | None] | None = field(default_factory=dict)
     """(task_id, sample_index) -> reward, for pass@k; None when the caller brings its own SampleOutcomes."""
     verified_ids: set[str] = field(default_factory=set)
@@ -312,7 +316,7 @@ class SummaryBuilder:
     last: str | None = None
     cost: Decimal = Decimal(0)
     """The records' costs added as decimals: exactly the sum of the figures they carry."""
-    costs: list[float] = field(default_factory=list)
+    costs: array = field(default_factory=lambda: array("d"))
     cost_sources: Counter = field(default_factory=Counter)
 
     def add(self, facts: RecordFacts) -> None:
