@@ -471,7 +471,7 @@ def summary_table(summary: dict) -> str:
                 f"{states['error']:,} verifier errors, {states['none']:,} without a verifier",
             )
         )
-    if verification and verification["k"] > 1:
+    if verification and verification["k"] > 1 and verification["prompts"]:  # prompts: a verifier judged one
         rows.append(
             (
                 "pass@k",
@@ -1327,7 +1327,7 @@ function renderOverview(summary) {
     `passed (${int(v.passed)} of ${int(v.passed + v.failed)} verified)`));
   if (v.error) cards.push(card(int(v.error), "verifier could not run", "warn"));
   const k = summary.verification;
-  if (k && k.k > 1) cards.push(card(percent(k.prompts_solved, k.prompts),
+  if (k && k.k > 1 && k.prompts) cards.push(card(percent(k.prompts_solved, k.prompts),
     `pass@k: tasks with a passing sample (${int(k.prompts_solved)} of ${int(k.prompts)}, k up to ${k.k})`));
   const t = summary.totals;
   cards.push(card(compact(t.tokens || 0), "tokens"), card(int(t.tool_calls || 0),

@@ -762,3 +762,18 @@ def test_stats_file_and_stats_json_share_one_schema_naming_models_command_and_ti
     assert "scripted-model" in run["command"] and secret not in json.dumps(run) and "--api_key" not in run["command"]
     assert later["command"] == ["mini-swe-runner", "stats", "trajectories.jsonl", "--json"]
     assert run["run"]["skipped_already_done"] == 0 and later["run"] is None
+
+
+def test_stats_with_only_verifier_errors_shows_them_and_no_pass_at_k(tmp_path):
+    """Samples whose verifier never judged: the verifier errors are counted, pass@k has nothing to divide."""
+    path = tmp_path / "errors.jsonl"
+    records = [
+        {"task_id": "t", "sample_index": i, "verification": {"passed": False, "error": "no image"}} for i in range(2)
+    ]
+    path.write_bytes(b"".join(trajectory.record_line(record) for record in records))
+    result = run_cli(["stats", str(path)])
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^verified\s+0 passed, 0 failed, 2 verifier errors", result.stdout, re.M)
+    assert "pass@k" not in result.stdout
+    summary = report.summarize([str(path)])
+    assert summary["verification"]["verifier_errors"] == 2 and summary["verification"]["prompts"] == 0
