@@ -163,6 +163,8 @@ class RunConfig:
     """Replaces the built-in system prompt the model sees (it is never saved in the trajectory)."""
     stats_file: str | None = None
     """Where to write the run's summary as JSON."""
+    command: list[str] | None = None
+    """The command line the summary names (secrets removed): set by the CLI, None for a run started from Python."""
     quiet: bool = False
     """No progress output."""
     progress_interval: float = 10
@@ -3063,14 +3065,14 @@ def summarize(
     outcomes: SampleOutcomes,
     not_needed: int = 0,
     images: "environments.ImageSupply | None" = None,
-    output_file: str | None = None,
+    config: "RunConfig | None" = None,
 ) -> dict:
     """The run's summary, in the one schema `stats --json` prints (report.SummaryBuilder): record counts from the
     records this run wrote (``tally``); ``verification`` (null when no prompt has a verifier) and
     ``run.samples_per_prompt`` from ``outcomes``, every final sample of the run's prompts; under ``run`` what only
-    a run knows. ``command`` is filled in by the CLI (it alone knows the command line)."""
+    a run knows; ``files`` and ``command`` from ``config`` (the command line is the CLI's to give)."""
     total = tally.tasks
-    tally.summary.files = [] if output_file is None else [output_file]
+    tally.summary.files = [] if config is None else [config.output_file]
     run = {
         "skipped_already_done": skipped,
         "wall_time_s": round(wall_time, 3),
@@ -3079,7 +3081,8 @@ def summarize(
         "samples_not_needed": not_needed,
         "images": None if images is None else images_summary(images),
     }
-    return tally.summary.summary(0, outcomes=outcomes, run=run, spent_before=tally.spent_before)
+    command = None if config is None else config.command
+    return tally.summary.summary(0, command, outcomes, run, tally.spent_before)
 
 
 def images_summary(images: "environments.ImageSupply") -> dict:
@@ -3730,7 +3733,7 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
         output.start()
         output.close(keep=True)
         summary = summarize(
-            RunTally(), time.monotonic() - started, skipped, outcomes, schedule.not_needed, None, config.output_file
+            RunTally(), time.monotonic() - started, skipped, outcomes, schedule.not_needed, None, config
         )
         return RunOutcome(EXIT_OK, summary)
     budget = RunBudget(config, output.spent or (Decimal(0), 0))
@@ -3742,7 +3745,7 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
             skipped,
             outcomes,
             schedule.not_needed,
-            output_file=config.output_file,
+            config=config,
         )
         return RunOutcome(EXIT_OK, summary, f"{gone}: no sample started; raise the budget to run the rest")
     loop = asyncio.get_running_loop()
@@ -3757,7 +3760,7 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
         await environments.preflight(config.env, images)
     except EnvError as exc:
         output.close(keep=False)
-        summary = summarize(RunTally(), time.monotonic() - started, skipped, outcomes, output_file=config.output_file)
+        summary = summarize(RunTally(), time.monotonic() - started, skipped, outcomes, config=config)
         return RunOutcome(EXIT_FATAL, summary, str(exc))
 
     ctx = RunContext(
@@ -3775,7 +3778,7 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
     except FatalRunError as exc:
         await ctx.model.close()
         output.close(keep=False)
-        summary = summarize(RunTally(), time.monotonic() - started, skipped, outcomes, output_file=config.output_file)
+        summary = summarize(RunTally(), time.monotonic() - started, skipped, outcomes, config=config)
         return RunOutcome(EXIT_FATAL, summary, str(exc))
     try:
         output.start()  # every check passed: only now is the output compacted
@@ -3922,9 +3925,7 @@ async def run_batch(config: RunConfig, prompts: Sequence[Prompt]) -> RunOutcome:
         await ctx.model.close()
         if ctx.images is not None:
             await ctx.images.close()
-    summary = summarize(
-        tally, time.monotonic() - started, skipped, outcomes, schedule.not_needed, ctx.images, config.output_file
-    )
+    summary = summarize(tally, time.monotonic() - started, skipped, outcomes, schedule.not_needed, ctx.images, config)
     if stop["fatal"] is not None:
         return RunOutcome(EXIT_FATAL, summary, stop["fatal"])
     if stop["signal"] is not None:
@@ -4415,11 +4416,11 @@ def main(
         raise UsageError(f"--verify_in must be one of {', '.join(VERIFY_PLACES)}, not {config.verify_in!r}")
     config.command_timeout = min(config.command_timeout, config.max_command_timeout)
     _cost_settings(config, _text("price", price), _text("prices", prices), max_task_cost, max_cost, max_tokens_total)
+    config.command = command_line(sys.argv[1:], env_settings.secret_values)
     prompts = select_shard(load_run_prompts(config, task, prompts_file), _shard(shard))
     if limit is not None:
         prompts = prompts[: int(_number("limit", limit, int, 1))]
     outcome = asyncio.run(run_batch(config, prompts))
-    outcome.summary["command"] = command_line(sys.argv[1:], env_settings.secret_values)
     if config.stats_file:
         write_stats(config.stats_file, outcome.summary)
     if outcome.exit_code != EXIT_FATAL and (not quiet or outcome.exit_code != EXIT_OK):
