@@ -46,6 +46,7 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import urlparse
 
 import environments
+import report
 import trajectory
 
 __version__ = "0.2.0"
@@ -96,7 +97,7 @@ def check_own_modules(*modules: object) -> None:
             )
 
 
-check_own_modules(environments, trajectory)
+check_own_modules(environments, report, trajectory)
 # After the check: another package's module of that name has none of these names, and would fail right here.
 from environments import EnvError, EnvSettings, ExecResult, redact  # noqa: E402
 
@@ -163,6 +164,8 @@ class RunConfig:
     """Replaces the built-in system prompt the model sees (it is never saved in the trajectory)."""
     stats_file: str | None = None
     """Where to write the run's summary as JSON."""
+    command: list[str] | None = None
+    """The command line the summary names (secrets removed): set by the CLI, None for a run started from Python."""
     quiet: bool = False
     """No progress output."""
     progress_interval: float = 10
@@ -2994,29 +2997,9 @@ def _terminal_columns(stream) -> int | None:
         return None
 
 
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """The unbiased estimate of the chance that at least one of k samples passes, from n samples of which c
-    passed (Chen et al., 2021): 1 - C(n-c, k) / C(n, k). Needs n >= k."""
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
-
-@dataclass
-class SampleOutcomes:
-    """Every final sample of the run's prompts in the output, earlier runs' and this run's: the figures that
-    need all samples of a prompt (pass@k, samples per prompt) come from here, not from this run's records alone."""
-
-    rewards: "dict[tuple[str, int], float | None] | DoneSamples"
-    """(task_id, sample_index) -> reward of each final record (retryable ones are not final)."""
-    prompt_count: int
-    """The run's prompts (after --shard)."""
-    verified_ids: "Iterable[str]"
-    """The prompts that have a verifier (a set, or :class:`VerifiedIds`: read only when the summary needs them)."""
-    k: int
-    """--samples: the k of pass@k."""
-    until_passed: int | None = None
-    """--until_passed: a prompt's sampling stopped at its passes, so pass@k cannot be estimated from c of n."""
+SampleOutcomes = report.SampleOutcomes
+"""Every final sample of the run's prompts in the output, earlier runs' and this run's: the figures that need all
+samples of a prompt (pass@k, samples per prompt) come from here, not from this run's records alone."""
 
 
 class VerifiedIds:
@@ -3044,90 +3027,25 @@ class VerifiedIds:
             log.warning("%s: pass figures cover the prompts read before it changed", exc)
 
 
-def verification_summary(outcomes: SampleOutcomes, verifier_errors: int, baseline_flagged: Iterable[str] = ()) -> dict:
-    """Pass figures over the prompts that have a verifier. A sample counts in pass@k whatever its ending (one
-    that timed out is a sample that did not pass); pass_rate counts only samples whose verifier ran.
-
-    With --until_passed a prompt's sampling stops once it passed, so c/n and the unbiased estimator overstate
-    prompts that failed first and drop those that passed early (n < k). What stays exact: pass@1 from each prompt's
-    first sample (always drawn), and pass@k as the share of prompts solved within their k samples (stopping after
-    a pass does not change whether one of the first k passed), over the prompts whose sampling finished."""
-    per_prompt: dict[str, dict[int, float | None]] = {task_id: {} for task_id in outcomes.verified_ids}
-    for (task_id, sample_index), reward in outcomes.rewards.items():
-        if task_id in per_prompt:
-            per_prompt[task_id][sample_index] = reward
-    verified = sum(reward is not None for rewards in per_prompt.values() for reward in rewards.values())
-    passed = sum(reward == 1.0 for rewards in per_prompt.values() for reward in rewards.values())
-    counts = [(len(rewards), sum(r == 1.0 for r in rewards.values())) for rewards in per_prompt.values() if rewards]
-    k, until_passed = outcomes.k, outcomes.until_passed
-    if until_passed is None:
-        at_1 = [c / n for n, c in counts]
-        at_k = [pass_at_k(n, c, k) for n, c in counts if n >= k]
-        method = "unbiased estimate from c of n samples per prompt"
-    else:
-        at_1 = [float(rewards[0] == 1.0) for rewards in per_prompt.values() if 0 in rewards]
-        at_k = [float(c > 0) for n, c in counts if n >= k or c >= until_passed]
-        method = "--until_passed: pass@1 from each prompt's first sample, pass@k as prompts solved within k samples"
-    return {
-        "prompts": len(per_prompt),
-        "verified": verified,
-        "passed": passed,
-        "pass_rate": round(passed / verified, 4) if verified else None,
-        "pass_at_1": round(sum(at_1) / len(at_1), 4) if at_1 else None,
-        "k": k,
-        "pass_at_k": round(sum(at_k) / len(at_k), 4) if at_k else None,
-        "pass_at_k_prompts": len(at_k),
-        "pass_at_k_method": method,
-        "prompts_solved": sum(c > 0 for _, c in counts),
-        "verifier_errors": verifier_errors,
-        "baseline_flagged": sorted(baseline_flagged),
-    }
-
-
 @dataclass
 class RunTally:
-    """What the summary needs of the records this run wrote, added up as each is written: the records themselves
-    are not kept (a long run held every trajectory until its end, and every full garbage collection walked them)."""
+    """What the summary needs of the records this run wrote, added up as each is written by the one summary builder
+    (report.py): the records themselves are not kept. And what the run's end needs: whether every record failed."""
 
-    tasks: int = 0
-    completed: int = 0
-    api_calls: int = 0
-    tool_calls: int = 0
-    tool_failures: int = 0
-    verifier_errors: int = 0
-    baseline_flagged: set = field(default_factory=set)
-    """task_ids whose verifier passed or could not judge before any agent worked on them (--verify_baseline)."""
-    usage: dict = field(default_factory=trajectory.empty_usage)
-    by_exit_reason: Counter = field(default_factory=Counter)
+    summary: report.SummaryBuilder = field(default_factory=lambda: report.SummaryBuilder(files=[], rewards=None))
+    """rewards=None: pass@k comes from the run's SampleOutcomes (every final sample of its prompts)."""
     failure_errors: Counter | None = field(default_factory=Counter)
     """The errors of api_error/env_error records while every record so far is one; None once any other came."""
-    passed: int = 0
-    cost: Decimal = Decimal(0)
-    """The records' costs as they wrote them, added as decimals: exactly their sum."""
-    costs: array = field(default_factory=lambda: array("d"))
-    """Each record's known cost, for the distribution (8 bytes a record)."""
-    cost_sources: Counter = field(default_factory=Counter)
     spent_before: tuple[Decimal, int] | None = None
     """What the output had cost before this run (read for a budget only), else None."""
 
+    @property
+    def tasks(self) -> int:
+        """Records this run wrote."""
+        return self.summary.records
+
     def add(self, record: dict) -> None:
-        self.tasks += 1
-        self.completed += bool(record["completed"])
-        self.api_calls += record["api_calls"]
-        self.tool_calls += record["tool_stats"]["terminal"]["count"]
-        self.tool_failures += record["tool_stats"]["terminal"]["failure"]
-        for key in self.usage:
-            self.usage[key] += record["usage"][key]
-        self.by_exit_reason[record["exit_reason"]] += 1
-        verification = record["verification"]
-        self.verifier_errors += verification is not None and verification["error"] is not None
-        self.passed += record["reward"] == 1.0
-        if record["cost"] is not None:
-            self.cost += Decimal(repr(record["cost"]))
-            self.costs.append(record["cost"])
-        self.cost_sources[record["cost_source"] or "unknown"] += 1
-        if trajectory.baseline_teaches_nothing(record):
-            self.baseline_flagged.add(record["task_id"])
+        self.summary.add(report.record_facts(record))
         if self.failure_errors is not None:
             if record["exit_reason"] in ("api_error", "env_error"):
                 self.failure_errors[record["error"]] += 1
@@ -3148,31 +3066,24 @@ def summarize(
     outcomes: SampleOutcomes,
     not_needed: int = 0,
     images: "environments.ImageSupply | None" = None,
+    config: "RunConfig | None" = None,
 ) -> dict:
-    """The run's statistics: task counts from the records this run wrote (``tally``); ``verification`` (null when
-    no prompt has a verifier) and ``samples_per_prompt`` from ``outcomes``, every final sample of the run's
-    prompts."""
+    """The run's summary, in the one schema `stats --json` prints (report.SummaryBuilder): record counts from the
+    records this run wrote (``tally``); ``verification`` (null when no prompt has a verifier) and
+    ``run.samples_per_prompt`` from ``outcomes``, every final sample of the run's prompts; under ``run`` what only
+    a run knows; ``files`` and ``command`` from ``config`` (the command line is the CLI's to give)."""
     total = tally.tasks
-    return {
-        "tasks": total,
+    tally.summary.files = [] if config is None else [config.output_file]
+    run = {
         "skipped_already_done": skipped,
-        "by_exit_reason": dict(tally.by_exit_reason),
-        "completed": tally.completed,
-        "completion_rate": round(tally.completed / total, 4) if total else None,
-        "api_calls": tally.api_calls,
-        "tokens": dict(tally.usage),
-        "tool_calls": tally.tool_calls,
-        "tool_failures": tally.tool_failures,
         "wall_time_s": round(wall_time, 3),
         "tasks_per_minute": round(total / wall_time * 60, 2) if wall_time > 0 else 0.0,
         "samples_per_prompt": round(len(outcomes.rewards) / max(outcomes.prompt_count, 1), 3),
         "samples_not_needed": not_needed,
-        "verification": verification_summary(outcomes, tally.verifier_errors, tally.baseline_flagged)
-        if outcomes.verified_ids
-        else None,
         "images": None if images is None else images_summary(images),
-        "cost": cost_summary(tally, bool(outcomes.verified_ids)),
     }
+    command = None if config is None else config.command
+    return tally.summary.summary(0, command, outcomes, run, tally.spent_before)
 
 
 def images_summary(images: "environments.ImageSupply") -> dict:
@@ -3186,58 +3097,25 @@ def images_summary(images: "environments.ImageSupply") -> dict:
     }
 
 
-def cost_summary(tally: RunTally, verifying: bool) -> dict:
-    """What this run's records cost (USD): the total is the exact sum of their figures; null where unknown."""
-    known = len(tally.costs)
-    total = float(tally.cost) if known else None
-    ordered = sorted(tally.costs)
-
-    def per(count: int) -> float | None:
-        return round(float(tally.cost) / count, 10) if known and count else None
-
-    before = tally.spent_before
-    return {
-        "total": total,
-        "tasks_with_cost": known,
-        "tasks_without_cost": tally.tasks - known,
-        "sources": dict(tally.cost_sources),
-        "per_task": {
-            "min": ordered[0],
-            "p50": _quantile(ordered, 0.5),
-            "p90": _quantile(ordered, 0.9),
-            "max": ordered[-1],
-            "mean": round(float(tally.cost) / known, 10),
-        }
-        if known
-        else None,
-        "per_completed_task": per(tally.completed),
-        "per_passed_sample": per(tally.passed) if verifying else None,
-        "output_before_run": None if before is None else float(before[0]),
-        "output_tokens_before_run": None if before is None else before[1],
-    }
-
-
-def _quantile(ordered: list[float], fraction: float) -> float:
-    """Linear interpolation between the closest ranks (as `stats` computes its distributions)."""
-    rank = fraction * (len(ordered) - 1)
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return round(ordered[low] + (ordered[high] - ordered[low]) * (rank - low), 10)
+def command_line(argv: list[str], secrets: Iterable[str]) -> list[str]:
+    """The command line as the summary names it: --api_key and its value left out, every secret value redacted."""
+    return ["mini-swe-runner", *(redact(word, secrets) for word in _without_api_key(argv)[0])]
 
 
 def summary_text(summary: dict, output_file: str) -> str:
-    reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["by_exit_reason"].items())) or "none"
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["exit_reasons"].items())) or "none"
     where = "stdout" if output_file == "-" else output_file
+    run, totals = summary["run"], summary["totals"]
     text = (
-        f"done: {summary['tasks']} tasks ({reasons}); completion {summary['completion_rate'] or 0:.1%}; "
-        f"{summary['api_calls']} API calls, {summary['tokens']['total_tokens']} tokens; "
-        f"{summary['tool_calls']} tool calls ({summary['tool_failures']} failed); "
-        f"{summary['wall_time_s']:.1f}s, {summary['tasks_per_minute']:.1f} tasks/min; "
-        f"{summary['skipped_already_done']} skipped as already done -> {where}"
+        f"done: {summary['records']} tasks ({reasons}); completion {summary['completion_rate'] or 0:.1%}; "
+        f"{totals.get('api_calls', 0)} API calls, {summary['tokens']['total_tokens']} tokens; "
+        f"{totals.get('tool_calls', 0)} tool calls ({totals.get('tool_failures', 0)} failed); "
+        f"{run['wall_time_s']:.1f}s, {run['tasks_per_minute']:.1f} tasks/min; "
+        f"{run['skipped_already_done']} skipped as already done -> {where}"
     )
-    if not summary["tasks"]:  # a rerun with nothing left to do: no rates of nothing
-        text = f"done: no task run; {summary['skipped_already_done']} skipped as already done -> {where}"
-    images = summary.get("images")
+    if not summary["records"]:  # a rerun with nothing left to do: no rates of nothing
+        text = f"done: no task run; {run['skipped_already_done']} skipped as already done -> {where}"
+    images = run.get("images")
     if images and images["failed"]:
         listed = sorted(images["failed"].items())
         failed = "; ".join(f"{image} ({why})" for image, why in listed[:5])
@@ -3248,7 +3126,7 @@ def summary_text(summary: dict, output_file: str) -> str:
     if cost and cost["total"] is not None:
         per_task = cost["per_task"]
         text += (
-            f"\ncost: {_usd(cost['total'])} for {cost['tasks_with_cost']} tasks "
+            f"\ncost: {_usd(cost['total'])} for {cost['records_with_cost']} tasks "
             f"({', '.join(f'{k} {v}' for k, v in sorted(cost['sources'].items()))}); per task p50 "
             f"{_usd(per_task['p50'])}, p90 {_usd(per_task['p90'])}, max {_usd(per_task['max'])}; per completed task "
             + ("n/a" if cost["per_completed_task"] is None else _usd(cost["per_completed_task"]))
@@ -3283,8 +3161,8 @@ def summary_text(summary: dict, output_file: str) -> str:
             f"\nverified: {verification['verified']} samples, {verification['passed']} passed (pass rate {rate}); "
             f"{at_k}; "
             f"{verification['prompts_solved']}/{verification['prompts']} prompts solved; "
-            f"{summary['samples_per_prompt']:g} samples/prompt"
-            + (f" ({summary['samples_not_needed']} not needed)" if summary["samples_not_needed"] else "")
+            f"{run['samples_per_prompt']:g} samples/prompt"
+            + (f" ({run['samples_not_needed']} not needed)" if run["samples_not_needed"] else "")
             + f"; {verification['verifier_errors']} verifier errors"
             + (" (rerun on resume)" if verification["verifier_errors"] else "")
         )
@@ -3872,13 +3750,20 @@ async def run_batch(
     if schedule.finished():
         output.start()
         output.close(keep=True)
-        summary = summarize(RunTally(), time.monotonic() - started, skipped, outcomes, schedule.not_needed)
+        summary = summarize(
+            RunTally(), time.monotonic() - started, skipped, outcomes, schedule.not_needed, None, config
+        )
         return RunOutcome(EXIT_OK, summary)
     budget = RunBudget(config, output.spent or (Decimal(0), 0))
     if (gone := budget.gone()) is not None:  # resumed into an output that has spent it all: nothing starts
         output.close(keep=False)
         summary = summarize(
-            RunTally(spent_before=output.spent), time.monotonic() - started, skipped, outcomes, schedule.not_needed
+            RunTally(spent_before=output.spent),
+            time.monotonic() - started,
+            skipped,
+            outcomes,
+            schedule.not_needed,
+            config=config,
         )
         return RunOutcome(EXIT_OK, summary, f"{gone}: no sample started; raise the budget to run the rest")
     loop = asyncio.get_running_loop()
@@ -3893,7 +3778,8 @@ async def run_batch(
         await environments.preflight(config.env, images)
     except EnvError as exc:
         output.close(keep=False)
-        return RunOutcome(EXIT_FATAL, summarize(RunTally(), time.monotonic() - started, skipped, outcomes), str(exc))
+        summary = summarize(RunTally(), time.monotonic() - started, skipped, outcomes, config=config)
+        return RunOutcome(EXIT_FATAL, summary, str(exc))
 
     ctx = RunContext(
         config=config,
@@ -3910,7 +3796,8 @@ async def run_batch(
     except FatalRunError as exc:
         await ctx.model.close()
         output.close(keep=False)
-        return RunOutcome(EXIT_FATAL, summarize(RunTally(), time.monotonic() - started, skipped, outcomes), str(exc))
+        summary = summarize(RunTally(), time.monotonic() - started, skipped, outcomes, config=config)
+        return RunOutcome(EXIT_FATAL, summary, str(exc))
     try:
         output.start()  # every check passed: only now is the output compacted
     except UsageError:
@@ -4059,7 +3946,7 @@ async def run_batch(
         await ctx.model.close()
         if ctx.images is not None:
             await ctx.images.close()
-    summary = summarize(tally, time.monotonic() - started, skipped, outcomes, schedule.not_needed, ctx.images)
+    summary = summarize(tally, time.monotonic() - started, skipped, outcomes, schedule.not_needed, ctx.images, config)
     if stop["fatal"] is not None:
         return RunOutcome(EXIT_FATAL, summary, stop["fatal"])
     if stop["signal"] is not None:
@@ -4688,6 +4575,7 @@ def main(
     )
     config.command_timeout = min(config.command_timeout, config.max_command_timeout)
     _cost_settings(config, _text("price", price), _text("prices", prices), max_task_cost, max_cost, max_tokens_total)
+    config.command = command_line(sys.argv[1:], env_settings.secret_values)
     prompts = select_shard(load_run_prompts(config, task, prompts_file), _shard(shard))
     if limit is not None:
         prompts = prompts[: int(_number("limit", limit, int, 1))]

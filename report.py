@@ -25,6 +25,7 @@ import shutil
 import sys
 import tempfile
 import zlib
+from array import array
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -141,6 +142,13 @@ class RecordFacts:
     prompt: str
     cost: float | None = None
     """USD, as the record says (null in records without a known cost, and in those written before cost was)."""
+    cost_source: str = "unknown"
+    usage: dict = field(default_factory=dict)
+    """The record's token counts by kind (prompt, completion, reasoning, cached, ...), numbers only."""
+    timestamp: str = ""
+    """metadata.timestamp (ISO 8601), empty when the record has none."""
+    baseline_flagged: bool = False
+    """--verify_baseline found the prompt's verifier passing (or unable to judge) before the agent."""
 
 
 def record_facts(record: dict) -> RecordFacts:
@@ -181,6 +189,10 @@ def record_facts(record: dict) -> RecordFacts:
         error=_text(record.get("error")),
         prompt=_text(prompt),
         cost=_cost(record.get("cost")),
+        cost_source=_text(record.get("cost_source")) or "unknown",
+        usage={key: int(_number(value)) for key, value in usage.items() if isinstance(key, str)},
+        timestamp=_text(metadata.get("timestamp")),
+        baseline_flagged=trajectory.baseline_teaches_nothing(record),
     )
 
 
@@ -209,9 +221,77 @@ def distribution(values: list[float]) -> dict:
     }
 
 
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased estimate of the chance that at least one of k samples passes, from n samples of which c
+    passed (Chen et al., 2021): 1 - C(n-c, k) / C(n, k). Needs n >= k."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def verification_summary(
+    rewards, verified_ids, k: int, until_passed: int | None, verifier_errors: int, baseline_flagged=()
+) -> dict:
+    """Pass figures over the prompts that have a verifier, from ``rewards`` ((task_id, sample_index) -> reward of
+    each final sample; a mapping). A sample counts in pass@k whatever its ending (one that timed out is a sample
+    that did not pass); pass_rate counts only samples whose verifier ran.
+
+    With --until_passed a prompt's sampling stops once it passed, so c/n and the unbiased estimator overstate
+    prompts that failed first and drop those that passed early (n < k). What stays exact: pass@1 from each prompt's
+    first sample (always drawn), and pass@k as the share of prompts solved within their k samples (stopping after
+    a pass does not change whether one of the first k passed), over the prompts whose sampling finished."""
+    per_prompt: dict[str, dict[int, float | None]] = {task_id: {} for task_id in verified_ids}
+    for (task_id, sample_index), reward in rewards.items():
+        if task_id in per_prompt:
+            per_prompt[task_id][sample_index] = reward
+    verified = sum(reward is not None for rewards in per_prompt.values() for reward in rewards.values())
+    passed = sum(reward == 1.0 for rewards in per_prompt.values() for reward in rewards.values())
+    counts = [(len(rewards), sum(r == 1.0 for r in rewards.values())) for rewards in per_prompt.values() if rewards]
+    if until_passed is None:
+        at_1 = [c / n for n, c in counts]
+        at_k = [pass_at_k(n, c, k) for n, c in counts if n >= k]
+        method = "unbiased estimate from c of n samples per prompt"
+    else:
+        at_1 = [float(rewards[0] == 1.0) for rewards in per_prompt.values() if 0 in rewards]
+        at_k = [float(c > 0) for n, c in counts if n >= k or c >= until_passed]
+        method = "--until_passed: pass@1 from each prompt's first sample, pass@k as prompts solved within k samples"
+    return {
+        "prompts": len(per_prompt),
+        "verified": verified,
+        "passed": passed,
+        "pass_rate": round(passed / verified, 4) if verified else None,
+        "pass_at_1": round(sum(at_1) / len(at_1), 4) if at_1 else None,
+        "k": k,
+        "pass_at_k": round(sum(at_k) / len(at_k), 4) if at_k else None,
+        "pass_at_k_prompts": len(at_k),
+        "pass_at_k_method": method,
+        "prompts_solved": sum(c > 0 for _, c in counts),
+        "verifier_errors": verifier_errors,
+        "baseline_flagged": sorted(baseline_flagged),
+    }
+
+
+@dataclass
+class SampleOutcomes:
+    """Every final sample of the prompts a summary covers. `stats` and `view` take them from the records they read;
+    a run passes its own (earlier runs' samples of its prompts included, and prompts not sampled yet)."""
+
+    rewards: object
+    """(task_id, sample_index) -> reward of each final sample (a mapping)."""
+    prompt_count: int
+    """The prompts (a run's, after --shard; the distinct task ids for `stats`)."""
+    verified_ids: object
+    """The task_ids that have a verifier (an iterable, true when there is any; for `stats`: a verifier judged)."""
+    k: int
+    """The k of pass@k: --samples for a run, the most samples of one task for `stats`."""
+    until_passed: int | None = None
+    """--until_passed: a prompt's sampling stopped at its passes, so pass@k cannot be estimated from c of n."""
+
+
 @dataclass
 class SummaryBuilder:
-    """Accumulates the run's summary one record at a time (memory: a few numbers per record)."""
+    """THE summary (`--stats_file`, the runner's stderr lines, `stats`, `view`), accumulated one record at a time
+    (memory: a few numbers per record)."""
 
     files: list[str]
     records: int = 0
@@ -223,22 +303,30 @@ class SummaryBuilder:
     images: Counter = field(default_factory=Counter)
     env_types: Counter = field(default_factory=Counter)
     totals: Counter = field(default_factory=Counter)
-    values: dict[str, list[float]] = field(default_factory=lambda: {key: [] for key, _ in DISTRIBUTIONS})
-    per_task: dict[str, list[int]] = field(default_factory=dict)
-    """task_id -> [samples, samples that passed, samples the verifier judged]: pass@k per task."""
+    usage: Counter = field(default_factory=Counter)
+    values: dict[str, array] = field(
+        default_factory=lambda: {key: array("d" if key == "duration_s" else "q") for key, _ in DISTRIBUTIONS}
+    )
+    """Each record's figure per distribution, 8 bytes each: a run's summary is built while it writes 1,000,000."""
+    rewards: dict[tuple[str, int], float | None] | None = field(default_factory=dict)
+    """(task_id, sample_index) -> reward, for pass@k; None when the caller brings its own SampleOutcomes."""
+    verified_ids: set[str] = field(default_factory=set)
+    baseline_flagged: set[str] = field(default_factory=set)
+    first: str | None = None
+    last: str | None = None
     cost: Decimal = Decimal(0)
     """The records' costs added as decimals: exactly the sum of the figures they carry."""
-    costs: list[float] = field(default_factory=list)
-    cost_completed: int = 0
-    cost_passed: int = 0
+    costs: array = field(default_factory=lambda: array("d"))
+    cost_sources: Counter = field(default_factory=Counter)
 
     def add(self, facts: RecordFacts) -> None:
         self.records += 1
         self.task_ids.add(facts.task_id)
-        counts = self.per_task.setdefault(facts.task_id, [0, 0, 0])
-        counts[0] += 1
-        counts[1] += facts.verification == "passed"
-        counts[2] += facts.verification in ("passed", "failed")
+        if self.rewards is not None:
+            reward = {"passed": 1.0, "failed": 0.0}.get(facts.verification)
+            self.rewards[(facts.task_id, facts.sample_index)] = reward
+            if facts.verification in ("passed", "failed"):
+                self.verified_ids.add(facts.task_id)
         self.completed += facts.completed
         self.verification[facts.verification] += 1
         self.exit_reasons[facts.exit_reason] += 1
@@ -248,70 +336,96 @@ class SummaryBuilder:
         for key in ("api_calls", "tokens", "tool_calls", "tool_failures", "truncated_outputs"):
             self.totals[key] += getattr(facts, key)
         self.totals["duration_s"] += facts.duration_s
+        self.usage.update(facts.usage)
         for key, _ in DISTRIBUTIONS:
             self.values[key].append(getattr(facts, key))
+        if facts.baseline_flagged:
+            self.baseline_flagged.add(facts.task_id)
+        if facts.timestamp:
+            self.first = facts.timestamp if self.first is None else min(self.first, facts.timestamp)
+            self.last = facts.timestamp if self.last is None else max(self.last, facts.timestamp)
         if facts.cost is not None:
             self.cost += Decimal(repr(facts.cost))
             self.costs.append(facts.cost)
+        self.cost_sources[facts.cost_source] += 1
 
-    def summary(self, malformed_lines: int) -> dict:
-        verified = self.verification["passed"] + self.verification["failed"]
+    def summary(
+        self,
+        malformed_lines: int,
+        command: list[str] | None = None,
+        outcomes: SampleOutcomes | None = None,
+        run: dict | None = None,
+        spent_before: tuple[Decimal, int] | None = None,
+    ) -> dict:
+        """The one summary schema. ``run``: what only a run knows (null from `stats`/`view`)."""
+        if outcomes is None:
+            per_task = Counter(task_id for task_id, _ in self.rewards or {})
+            k = max(per_task.values(), default=1)
+            outcomes = SampleOutcomes(self.rewards or {}, len(self.task_ids), self.verified_ids, k)
+        verifying = bool(outcomes.verified_ids) or bool(self.verification["error"])
         return {
+            "command": command,
+            "models": dict(self.models.most_common()),
+            "time_range": {"first": self.first, "last": self.last},
             "files": self.files,
             "records": self.records,
             "malformed_lines": malformed_lines,
             "tasks": len(self.task_ids),
             "completed": self.completed,
-            "completion_rate": self.completed / self.records if self.records else 0.0,
-            "verification": {state: self.verification[state] for state in VERIFICATION_STATES},
-            "pass_rate": self.verification["passed"] / verified if verified else None,
-            "pass_at_k": self._pass_at_k(),
+            "completion_rate": round(self.completed / self.records, 4) if self.records else None,
             "exit_reasons": dict(self.exit_reasons.most_common()),
-            "models": dict(self.models.most_common()),
             "images": dict(self.images.most_common()),
             "env_types": dict(self.env_types.most_common()),
+            "tokens": {**trajectory.empty_usage(), **self.usage},
             "totals": {key: self.totals[key] for key in sorted(self.totals)},
             "distributions": {key: distribution(self.values[key]) for key, _ in DISTRIBUTIONS},
-            "cost": self._cost(),
+            "verification": {
+                **verification_summary(
+                    outcomes.rewards,
+                    outcomes.verified_ids,
+                    outcomes.k,
+                    outcomes.until_passed,
+                    self.verification["error"],
+                    self.baseline_flagged,
+                ),
+                "states": {state: self.verification[state] for state in VERIFICATION_STATES},
+            }
+            if verifying
+            else None,
+            "cost": self._cost(verifying, spent_before),
+            "run": run,
         }
 
-    def _cost(self) -> dict:
-        """USD over the records with a known cost; per completed task and per passed sample divide the same total
-        (the money spent on the failures is what each success cost)."""
+    def _cost(self, verifying: bool, before: tuple[Decimal, int] | None) -> dict:
+        """USD over the records with a known cost; the total is the exact sum of their figures. Per completed task
+        and per passed sample divide the same total (the money spent on the failures is what each success cost)."""
         known = len(self.costs)
         total = float(self.cost) if known else None
+        ordered = sorted(self.costs)
 
         def per(count: int) -> float | None:
-            return float(self.cost) / count if known and count else None
+            return round(float(self.cost) / count, 10) if known and count else None
 
         return {
             "total": total,
             "records_with_cost": known,
             "records_without_cost": self.records - known,
-            "per_task": distribution(self.costs) if known else None,
+            "sources": dict(self.cost_sources),
+            "per_task": {key: round(value, 10) for key, value in distribution(ordered).items()} if known else None,
             "per_completed_task": per(self.completed),
-            "per_passed_sample": per(self.verification["passed"]),
-        }
-
-    def _pass_at_k(self) -> dict | None:
-        """Over the tasks a verifier judged: how many have a sample that passed (k: each task's samples)."""
-        judged = [counts for counts in self.per_task.values() if counts[2]]
-        if not judged:
-            return None
-        return {
-            "tasks": len(judged),
-            "passed": sum(1 for counts in judged if counts[1]),
-            "max_k": max(counts[0] for counts in self.per_task.values()),
+            "per_passed_sample": per(self.verification["passed"]) if verifying else None,
+            "output_before_run": None if before is None else float(before[0]),
+            "output_tokens_before_run": None if before is None else before[1],
         }
 
 
-def summarize(paths: list[str]) -> dict:
+def summarize(paths: list[str], command: list[str] | None = None) -> dict:
     """The summary of the last record of each task and sample in ``paths``."""
     builder = SummaryBuilder(files=list(paths))
     malformed = [0]
     for record in trajectory.last_records(paths, malformed):
         builder.add(record_facts(record))
-    return builder.summary(malformed[0])
+    return builder.summary(malformed[0], command)
 
 
 def _count(value: float) -> str:
@@ -335,32 +449,42 @@ def summary_table(summary: dict) -> str:
     records = summary["records"]
     verification = summary["verification"]
     totals = summary["totals"]
+    time_range = summary["time_range"]
     rows = [
         ("files", ", ".join(summary["files"])),
+        ("time range", f"{time_range['first']} .. {time_range['last']}" if time_range["first"] else "unknown"),
         (
             "records",
             f"{records:,}"
             + (f" ({summary['malformed_lines']:,} malformed lines skipped)" if summary["malformed_lines"] else ""),
         ),
         ("tasks", f"{summary['tasks']:,} distinct task ids"),
-        ("completed", f"{summary['completed']:,} ({summary['completion_rate']:.1%})"),
+        ("completed", f"{summary['completed']:,} ({summary['completion_rate'] or 0:.1%})"),
     ]
-    if summary["pass_rate"] is not None or verification["error"]:
-        rate = "" if summary["pass_rate"] is None else f" (pass rate {summary['pass_rate']:.1%})"
+    if verification:
+        states = verification["states"]
+        rate = "" if verification["pass_rate"] is None else f" (pass rate {verification['pass_rate']:.1%})"
         rows.append(
             (
                 "verified",
-                f"{verification['passed']:,} passed, {verification['failed']:,} failed{rate}, "
-                f"{verification['error']:,} verifier errors, {verification['none']:,} without a verifier",
+                f"{states['passed']:,} passed, {states['failed']:,} failed{rate}, "
+                f"{states['error']:,} verifier errors, {states['none']:,} without a verifier",
             )
         )
-    pass_at_k = summary["pass_at_k"]
-    if pass_at_k and pass_at_k["max_k"] > 1:
+    if verification and verification["k"] > 1 and verification["prompts"]:  # prompts: a verifier judged one
         rows.append(
             (
                 "pass@k",
-                f"{pass_at_k['passed']:,} of {pass_at_k['tasks']:,} verified tasks have a sample that passed "
-                f"({pass_at_k['passed'] / pass_at_k['tasks']:.1%}), k up to {pass_at_k['max_k']}",
+                f"{verification['prompts_solved']:,} of {verification['prompts']:,} verified tasks have a sample "
+                f"that passed ({verification['prompts_solved'] / verification['prompts']:.1%}), k up to "
+                f"{verification['k']}",
+            )
+        )
+        rows.append(
+            (
+                "pass@1, @k",
+                f"{verification['pass_at_1']}, pass@{verification['k']} {verification['pass_at_k']} (unbiased "
+                f"estimate over the {verification['pass_at_k_prompts']:,} tasks with {verification['k']} samples)",
             )
         )
     rows += [
@@ -691,7 +815,7 @@ def stats_command(argv: list[str]) -> int:
         if arguments is None:
             print(STATS_HELP)
             return EXIT_OK
-        summary = summarize(arguments.files)
+        summary = summarize(arguments.files, ["mini-swe-runner", "stats", *argv])
     except ReportUsageError as exc:
         print(f"mini-swe-runner: {trajectory.terminal_safe(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
@@ -1196,15 +1320,15 @@ function shortNames(names) {
 }
 function renderOverview(summary) {
   $("files").textContent = summary.files.join(", ");
-  const v = summary.verification;
+  const v = summary.verification ? summary.verification.states : {passed: 0, failed: 0, error: 0};
   const cards = [card(int(summary.records), "records"), card(int(summary.tasks), "distinct tasks"),
     card(percent(summary.completed, summary.records), `completed (${int(summary.completed)})`)];
   if (v.passed + v.failed) cards.push(card(percent(v.passed, v.passed + v.failed),
     `passed (${int(v.passed)} of ${int(v.passed + v.failed)} verified)`));
   if (v.error) cards.push(card(int(v.error), "verifier could not run", "warn"));
-  const k = summary.pass_at_k;
-  if (k && k.max_k > 1) cards.push(card(percent(k.passed, k.tasks),
-    `pass@k: tasks with a passing sample (${int(k.passed)} of ${int(k.tasks)}, k up to ${k.max_k})`));
+  const k = summary.verification;
+  if (k && k.k > 1 && k.prompts) cards.push(card(percent(k.prompts_solved, k.prompts),
+    `pass@k: tasks with a passing sample (${int(k.prompts_solved)} of ${int(k.prompts)}, k up to ${k.k})`));
   const t = summary.totals;
   cards.push(card(compact(t.tokens || 0), "tokens"), card(int(t.tool_calls || 0),
     `tool calls (${int(t.tool_failures || 0)} failed)`),

@@ -61,7 +61,7 @@ def child(args: argparse.Namespace) -> None:
                 "startup": startup,
                 "peak_rss_mb": peak_mb,
                 "completed": completed,
-                "api_calls": outcome.summary["api_calls"],
+                "api_calls": outcome.summary["totals"]["api_calls"],
             }
         )
     )

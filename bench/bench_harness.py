@@ -62,7 +62,8 @@ def child_runner(args: argparse.Namespace) -> dict:
         prompts = [mini_swe_runner.Prompt(index=i, text=f"task {i}", task_id=f"t{i}") for i in range(args.tasks)]
         cpu, wall = cpu_seconds(), time.perf_counter()
         outcome = asyncio.run(mini_swe_runner.run_batch(config, prompts))
-        return {"cpu": cpu_seconds() - cpu, "wall": time.perf_counter() - wall, "steps": outcome.summary["api_calls"]}
+        steps = outcome.summary["totals"]["api_calls"]
+        return {"cpu": cpu_seconds() - cpu, "wall": time.perf_counter() - wall, "steps": steps}
 
 
 def child_bare(args: argparse.Namespace) -> dict:

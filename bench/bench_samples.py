@@ -99,7 +99,7 @@ def main() -> None:
                 wall, summary = run(server.base_url, prompts, args, until_passed)
                 walls.append(wall)
             wall = min(walls)
-            assert summary["tasks"] == samples, f"{label}: {summary['tasks']} samples ran, expected {samples}"
+            assert summary["records"] == samples, f"{label}: {summary['records']} samples ran, expected {samples}"
             chain = args.samples if until_passed else 1
             ideal = max(math.ceil(samples / args.workers), chain) * sample_time
             rows.append((label, wall, ideal))

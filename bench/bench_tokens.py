@@ -84,7 +84,7 @@ def child(args: argparse.Namespace) -> dict:
         return {
             "cpu": cpu,
             "wall": time.perf_counter() - wall,
-            "steps": outcome.summary["api_calls"],
+            "steps": outcome.summary["totals"]["api_calls"],
             "record_bytes": len(lines[0]) + 1,
             "tokens_bytes": tokens_bytes,
             "ids": ids,

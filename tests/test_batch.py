@@ -55,7 +55,7 @@ def test_many_workers_write_whole_valid_lines(out, tmp_path):
     records = [json.loads(line) for line in raw_lines[:-1]]
     check_exactly_once(records, prompts)
     assert all(r["completed"] for r in records)
-    assert outcome.summary["tasks"] == 60 and outcome.summary["by_exit_reason"] == {"completed": 60}
+    assert outcome.summary["tasks"] == 60 and outcome.summary["exit_reasons"] == {"completed": 60}
 
 
 def test_workers_really_run_concurrently(out):
@@ -87,7 +87,7 @@ def test_resume_skips_done_tasks_and_retries_failed_ones(out, tmp_path):
     records = read_jsonl(out)
     check_exactly_once(records, prompts)
     assert all(r["completed"] for r in records)
-    assert outcome.summary["skipped_already_done"] == 4
+    assert outcome.summary["run"]["skipped_already_done"] == 4
     duplicates = [r for r in records if r["conversations"][1]["value"] == "duplicate prompt"]
     assert len(duplicates) == 2
 
@@ -281,10 +281,11 @@ def test_stats_file_and_plain_progress_lines(tmp_path):
     assert result.returncode == 0
     assert "progress: 4/4 done, 4 completed, 0 failed" in result.stderr
     summary = json.loads(stats.read_text())
-    assert summary["tasks"] == 4 and summary["by_exit_reason"] == {"completed": 4}
-    assert summary["completion_rate"] == 1.0 and summary["api_calls"] == 8 and summary["tool_calls"] == 4
+    assert summary["tasks"] == 4 and summary["exit_reasons"] == {"completed": 4}
+    assert summary["completion_rate"] == 1.0
+    assert summary["totals"]["api_calls"] == 8 and summary["totals"]["tool_calls"] == 4
     assert summary["tokens"]["total_tokens"] == 8 * 120
-    assert summary["tasks_per_minute"] > 0 and summary["wall_time_s"] > 0
+    assert summary["run"]["tasks_per_minute"] > 0 and summary["run"]["wall_time_s"] > 0
     assert quiet.returncode == 0 and quiet.stderr == "" and len(read_jsonl(tmp_path / "q.jsonl")) == 4
 
 
@@ -416,7 +417,8 @@ def test_resume_over_a_prompt_file_skips_the_finished_samples(tmp_path):
         prompts = mini_swe_runner.load_prompts(str(path))
         first = asyncio.run(mini_swe_runner.run_batch(make_config(server, out), prompts[:4]))
         again = asyncio.run(mini_swe_runner.run_batch(make_config(server, out), prompts))
-    assert first.summary["tasks"] == 4 and again.summary["tasks"] == 2 and again.summary["skipped_already_done"] == 4
+    assert first.summary["tasks"] == 4 and again.summary["tasks"] == 2
+    assert again.summary["run"]["skipped_already_done"] == 4
     expected = {p.task_id for p in mini_swe_runner.parse_prompt_lines(path.read_text().splitlines(), "p")}
     assert {r["task_id"] for r in read_jsonl(out)} == expected and len(read_jsonl(out)) == 6
 

@@ -143,7 +143,7 @@ def test_no_cost_and_no_price_leaves_cost_null(out):
     with ScriptedModelServer(per_conversation([reply("done")])) as server:
         outcome, [record] = run_prompts(make_config(server, out), ["task"])
     assert record["cost"] is None and record["cost_source"] is None
-    assert outcome.summary["cost"]["total"] is None and outcome.summary["cost"]["tasks_without_cost"] == 1
+    assert outcome.summary["cost"]["total"] is None and outcome.summary["cost"]["records_without_cost"] == 1
     assert "cost:" not in mini_swe_runner.summary_text(outcome.summary, str(out))
 
 
@@ -182,7 +182,8 @@ def test_max_task_cost_ends_the_task_with_cost_limit_verified_and_kept_on_resume
         assert not trajectory.is_retryable(record)
         requests = len(server.requests)
         again, records = run_prompts(config, ["task"])
-        assert len(server.requests) == requests and len(records) == 1 and again.summary["skipped_already_done"] == 1
+        assert len(server.requests) == requests and len(records) == 1
+        assert again.summary["run"]["skipped_already_done"] == 1
 
 
 def test_max_cost_stops_a_40_task_run_at_8_workers_within_one_call_per_worker(out, tmp_path):
@@ -337,7 +338,7 @@ def test_old_records_without_cost_resume_count_and_export(out, tmp_path):
     assert trajectory.output_spend(str(out)) == (Decimal("0.5"), 240)
     with ScriptedModelServer(per_conversation([reply("done", usage=billed(0.5))])) as server:
         outcome, records = run_prompts(make_config(server, out, max_cost=Decimal("5")), ["new", "other"])
-    assert outcome.summary["skipped_already_done"] == 1 and len(records) == 3
+    assert outcome.summary["run"]["skipped_already_done"] == 1 and len(records) == 3
     exported = tmp_path / "hermes.jsonl"
     result = run_cli(["export", str(out), "--output_file", str(exported)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr

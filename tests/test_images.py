@@ -104,7 +104,7 @@ def test_images_are_pulled_ahead_in_order_each_once_and_the_first_task_starts_ea
     order = sorted(images, key=arrived.get)
     assert order[:2] == sorted(images[:2], key=arrived.get)  # the first tasks' images came first
     assert pulls_since(started).count(images[0]) <= 1 and len(pulls_since(started)) == 12  # each image once
-    summary = outcome.summary["images"]
+    summary = outcome.summary["run"]["images"]
     assert summary["needed"] == 12 and summary["failed"] == {} and summary["pulled_bytes"] >= 12 * 1_000_000
 
 
@@ -126,7 +126,7 @@ def test_a_missing_tag_costs_only_its_own_tasks_and_resume_retries_it(fresh, tmp
         assert missing in error and "could not be pulled" in error and "\n" not in error
         assert "manifest unknown" in error or "not found" in error  # the registry's own words
         assert records["t1"]["api_calls"] == 0  # never started: no model call was spent on it
-        assert set(outcome.summary["images"]["failed"]) == {missing}
+        assert set(outcome.summary["run"]["images"]["failed"]) == {missing}
         assert "could not be had" in mini_swe_runner.summary_text(outcome.summary, str(out))
 
         # The tag appears in the registry: a rerun retries exactly the failed tasks, and they pass now.
@@ -198,7 +198,7 @@ def test_the_disk_budget_removes_only_what_this_run_pulled_and_no_running_task_n
     assert sorted(layer_of(r) for r in records) == sorted(f"img{n}" for n in range(6) for _ in range(2))
     left = local_tags(f"{fresh.host}/")
     assert left == {before}, left
-    summary = outcome.summary["images"]
+    summary = outcome.summary["run"]["images"]
     assert sorted(summary["removed"]) == sorted(images[1:]) and summary["not_removed"] == {}
 
 
@@ -211,7 +211,7 @@ def test_pull_never_pulls_and_removes_nothing(fresh, tmp_path):
     assert records["t0"]["exit_reason"] == "completed"
     assert records["t1"]["exit_reason"] == "env_error" and "--pull never" in records["t1"]["error"]
     assert local_tags(f"{fresh.host}/") == {present}
-    assert outcome.summary["images"]["removed"] == []
+    assert outcome.summary["run"]["images"]["removed"] == []
 
 
 def test_kill_9_mid_pull_then_resume_gives_every_record_once(fresh, tmp_path):
@@ -267,6 +267,6 @@ def test_samples_that_until_passed_makes_unneeded_give_their_image_back(fresh, t
     records = read_jsonl(tmp_path / "out.jsonl")
     assert outcome.exit_code == 0, outcome.error
     assert len(records) == 2 and all(r["reward"] == 1.0 for r in records)
-    assert outcome.summary["samples_not_needed"] == 4
-    assert sorted(outcome.summary["images"]["removed"]) == sorted(images)
+    assert outcome.summary["run"]["samples_not_needed"] == 4
+    assert sorted(outcome.summary["run"]["images"]["removed"]) == sorted(images)
     assert local_tags(f"{fresh.host}/") == set()

@@ -176,9 +176,12 @@ def test_summary_counts_the_last_record_of_each_task_and_sample(run_files):
     assert summary["malformed_lines"] == 2
     assert summary["exit_reasons"] == {"completed": 5, "max_iterations": 2, "api_error": 1, "unknown": 1}
     assert summary["completed"] == 5
-    assert summary["verification"] == {"passed": 1, "failed": 1, "error": 1, "none": 6}
-    assert summary["pass_rate"] == 0.5
-    assert summary["pass_at_k"] == {"tasks": 1, "passed": 1, "max_k": 2}  # odd-calls; verifier-broke was not judged
+    verification = summary["verification"]
+    assert verification["states"] == {"passed": 1, "failed": 1, "error": 1, "none": 6}
+    assert verification["pass_rate"] == 0.5 and verification["verifier_errors"] == 1
+    # odd-calls (1 of 2 samples passed); verifier-broke was not judged
+    assert (verification["prompts"], verification["prompts_solved"], verification["k"]) == (1, 1, 2)
+    assert verification["pass_at_1"] == 0.5 and verification["pass_at_k"] == 1.0
     assert summary["models"] == {"scripted-model": 4, "other-model": 4, "unknown": 1}
     assert summary["totals"]["truncated_outputs"] == 1
     assert summary["distributions"]["tokens"]["max"] == 99_999
@@ -243,7 +246,7 @@ def test_stats_prints_the_summary_table_and_json(run_files):
     assert re.search(r"^tokens\s+\d", table.stdout, re.M) and "p90" in table.stdout
     assert "skipped 2 malformed line(s)" in table.stderr
     as_json = run_cli(["stats", *files, "--json"])
-    assert json.loads(as_json.stdout) == report.summarize(files)
+    assert json.loads(as_json.stdout) == report.summarize(files, ["mini-swe-runner", "stats", *files, "--json"])
 
 
 def test_view_takes_text_flags_exactly_as_typed(run_files, tmp_path):
@@ -727,3 +730,50 @@ def test_stats_gives_pass_at_k_as_the_page_does(swe_report):
     assert re.search(
         r"^pass@k\s+2 of 3 verified tasks have a sample that passed \(66\.7%\), k up to 3$", result.stdout, re.M
     )
+
+
+def test_stats_file_and_stats_json_share_one_schema_naming_models_command_and_time(tmp_path):
+    """The run's --stats_file and `stats --json` over its output are the same schema (one builder): the same keys,
+    the same record figures, pass@k in both; each names the model, its command line (no secret) and time range."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"t{i}", "verify": f"test {i} = 0"}) + "\n" for i in range(2)))
+    stats = tmp_path / "stats.json"
+    secret = "sk-summary-secret-123"
+    with ScriptedModelServer(lambda request: reply("done")) as server:
+        result = run_cli(
+            ["--prompts_file", str(prompts), "--base_url", server.base_url, "--stats_file", str(stats)]
+            + ["--api_key", secret, "--model", "scripted-model", "--samples", "2"],
+            cwd=tmp_path,
+        )
+    assert result.returncode == 0, result.stderr
+    run = json.loads(stats.read_text())
+    later = json.loads(run_cli(["stats", "trajectories.jsonl", "--json"], cwd=tmp_path).stdout)
+    assert set(run) == set(later) and set(run["verification"]) == set(later["verification"])
+    assert set(run["cost"]) == set(later["cost"])
+    for key in ("records", "tasks", "completed", "exit_reasons", "models", "tokens", "totals", "time_range"):
+        assert run[key] == later[key], key
+    assert run["models"] == {"scripted-model": 4} and run["records"] == 4 and run["tasks"] == 2
+    first, last = run["time_range"]["first"], run["time_range"]["last"]
+    assert first is not None and first <= last
+    for figure in ("verified", "passed", "pass_at_1", "pass_at_k", "k", "prompts_solved", "states"):
+        assert run["verification"][figure] == later["verification"][figure], figure
+    assert run["verification"]["pass_at_k"] == 0.5 and run["verification"]["k"] == 2  # t0 passes, t1 never
+    assert run["command"][0] == "mini-swe-runner" and "--stats_file" in run["command"]
+    assert "scripted-model" in run["command"] and secret not in json.dumps(run) and "--api_key" not in run["command"]
+    assert later["command"] == ["mini-swe-runner", "stats", "trajectories.jsonl", "--json"]
+    assert run["run"]["skipped_already_done"] == 0 and later["run"] is None
+
+
+def test_stats_with_only_verifier_errors_shows_them_and_no_pass_at_k(tmp_path):
+    """Samples whose verifier never judged: the verifier errors are counted, pass@k has nothing to divide."""
+    path = tmp_path / "errors.jsonl"
+    records = [
+        {"task_id": "t", "sample_index": i, "verification": {"passed": False, "error": "no image"}} for i in range(2)
+    ]
+    path.write_bytes(b"".join(trajectory.record_line(record) for record in records))
+    result = run_cli(["stats", str(path)])
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^verified\s+0 passed, 0 failed, 2 verifier errors", result.stdout, re.M)
+    assert "pass@k" not in result.stdout
+    summary = report.summarize([str(path)])
+    assert summary["verification"]["verifier_errors"] == 2 and summary["verification"]["prompts"] == 0

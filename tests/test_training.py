@@ -20,6 +20,7 @@ from model_server import ScriptedModelServer, assistant_turns, per_conversation,
 
 import environments
 import mini_swe_runner
+import report
 import trajectory
 from environments import EnvSettings
 from mini_swe_runner import Prompt, SampleOutcomes, SampleSchedule
@@ -121,7 +122,7 @@ def test_verifier_timeout_is_a_kept_model_failure(out, tmp_path):
         assert "timed out" in verification["output"]
         # A verifier that ran and failed is the model's failure: resume keeps it.
         outcome, again = run_prompts(make_config(server, out, verify=verify, verify_timeout=0.5), ["slow verifier"])
-    assert again == [record] and outcome.summary["skipped_already_done"] == 1
+    assert again == [record] and outcome.summary["run"]["skipped_already_done"] == 1
     time.sleep(0.5)
     assert not marker.exists()  # its process tree was killed
 
@@ -141,7 +142,7 @@ def test_verifier_that_cannot_run_is_infrastructure_and_runs_again_on_resume(out
     with ScriptedModelServer(by_prompt({"vanish": "touch solved.txt"})) as server:
         outcome, records = run_prompts(make_config(server, out, verify=VERIFY), ["vanish please"])
     assert len(records) == 1 and records[0]["reward"] == 1.0  # the bad verdict was dropped and the sample rerun
-    assert outcome.summary["skipped_already_done"] == 0
+    assert outcome.summary["run"]["skipped_already_done"] == 0
 
 
 def test_no_verification_after_an_ending_that_is_not_the_agents_own(out):
@@ -265,7 +266,7 @@ def test_until_passed_stops_passing_prompts_early_without_starving_the_others(ou
     assert len({r["task_id"] for r in records}) == 8  # task_id stays the prompt's
     assert in_flight["max"] >= 3  # the other workers kept going while bad prompts' samples ran one by one
     summary = outcome.summary
-    assert summary["samples_not_needed"] == 12 and summary["samples_per_prompt"] == 2.5
+    assert summary["run"]["samples_not_needed"] == 12 and summary["run"]["samples_per_prompt"] == 2.5
     # Every prompt counts in pass@4 (good ones passed early, bad ones used their 4 samples): solved within 4.
     verification = summary["verification"]
     assert verification["prompts_solved"] == 4 and verification["pass_at_k_prompts"] == 8
@@ -290,7 +291,7 @@ def test_until_passed_batch_ends_when_the_last_running_sample_passes(out):
         outcome = asyncio.run(asyncio.wait_for(mini_swe_runner.run_batch(config, _prompts(1)), 60))
     records = sorted(read_jsonl(out), key=lambda r: r["sample_index"])
     assert [r["reward"] for r in records] == [0.0, 0.0, 1.0]  # one after another, never speculatively
-    assert outcome.summary["samples_not_needed"] == 1
+    assert outcome.summary["run"]["samples_not_needed"] == 1
 
 
 def test_samples_each_get_a_fresh_environment(out):
@@ -354,10 +355,10 @@ def test_shards_split_prompts_and_each_runs_all_samples_of_its_prompts(tmp_path)
 
 def test_pass_at_k_matches_a_hand_computation():
     # 1 - C(n-c, k) / C(n, k) by hand: n=5, c=2, k=3 -> 1 - C(3,3)/C(5,3) = 1 - 1/10.
-    assert mini_swe_runner.pass_at_k(5, 2, 3) == pytest.approx(0.9)
-    assert mini_swe_runner.pass_at_k(3, 1, 2) == pytest.approx(1 - 1 / 3)  # 1 - C(2,2)/C(3,2)
-    assert mini_swe_runner.pass_at_k(4, 0, 2) == 0.0
-    assert mini_swe_runner.pass_at_k(4, 3, 2) == 1.0  # n-c < k: every draw of 2 holds a pass
+    assert report.pass_at_k(5, 2, 3) == pytest.approx(0.9)
+    assert report.pass_at_k(3, 1, 2) == pytest.approx(1 - 1 / 3)  # 1 - C(2,2)/C(3,2)
+    assert report.pass_at_k(4, 0, 2) == 0.0
+    assert report.pass_at_k(4, 3, 2) == 1.0  # n-c < k: every draw of 2 holds a pass
     rewards = {}
     for task_id, outcomes in {
         "a": [1.0, 0.0, 0.0],  # n=3 c=1: pass@1 1/3, pass@2 2/3
@@ -375,7 +376,7 @@ def test_pass_at_k_matches_a_hand_computation():
     assert verification["verified"] == 9 and verification["passed"] == 3
     assert verification["pass_rate"] == pytest.approx(3 / 9, abs=1e-4)
     assert verification["prompts"] == 4 and verification["prompts_solved"] == 2
-    assert summary["samples_per_prompt"] == pytest.approx(10 / 5)
+    assert summary["run"]["samples_per_prompt"] == pytest.approx(10 / 5)
     text = mini_swe_runner.summary_text(summary, "out.jsonl")
     assert "pass@1 0.250" in text and "pass@2 0.556 over 3 prompts" in text and "2/4 prompts solved" in text
 
@@ -394,7 +395,7 @@ def test_cli_summary_stats_file_and_progress_count_passed_samples(tmp_path):
     assert "progress: 4/4 done, 4 completed, 0 failed, 2 passed" in result.stderr
     assert "verified: 4 samples, 2 passed (pass rate 50.0%); pass@1 0.500, pass@2 0.500 over 2 prompts" in result.stderr
     summary = json.loads(stats.read_text())
-    assert summary["verification"]["pass_at_k"] == 0.5 and summary["samples_per_prompt"] == 2
+    assert summary["verification"]["pass_at_k"] == 0.5 and summary["run"]["samples_per_prompt"] == 2
 
 
 def test_progress_bar_shows_passed_samples():
