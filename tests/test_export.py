@@ -325,7 +325,7 @@ def test_the_readme_loading_example_runs(tmp_path, monkeypatch):
     offline_datasets(monkeypatch, tmp_path)
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
-    example = next(b for b in blocks if "record_features" in b)
+    example = next(b for b in blocks if "record_features" in b and "trajectories.jsonl" in b)  # the loading recipe
     records = [_record("a"), _record("b", error="x", image="img")]
     for record in records:
         record["metadata"]["timestamp"] = "2026-11-24T19:16:59+00:00"  # what pyarrow's JSON reader would parse
