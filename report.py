@@ -27,7 +27,6 @@ import tempfile
 import zlib
 from array import array
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -56,34 +55,14 @@ class ReportUsageError(Exception):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _blocks(value: str, tag: str) -> Iterator[tuple[object, bool]]:
-    """The JSON payload of each ``<tag>`` block of a turn, decoded from the opening tag on (a command or an output
-    may itself contain ``</tag>``, so the closing tag is never searched for). Yields (payload, ok)."""
-    decoder = json.JSONDecoder()
-    opening = f"<{tag}>"
-    position = value.find(opening)
-    while position != -1:
-        start = position + len(opening)
-        while start < len(value) and value[start] in " \t\r\n":
-            start += 1
-        try:
-            payload, end = decoder.raw_decode(value, start)
-        except (ValueError, RecursionError):
-            yield None, False
-            position = value.find(opening, start)
-            continue
-        yield payload, True
-        position = value.find(opening, end)
-
-
 def tool_outputs(record: dict) -> list[str]:
     """The text of every tool result in a record (terminal results: their ``output``)."""
     outputs = []
     for turn in _turns(record):
         if turn.get("from") != "tool" or not isinstance(turn.get("value"), str):
             continue
-        for payload, ok in _blocks(turn["value"], "tool_response"):
-            content = payload.get("content") if ok and isinstance(payload, dict) else None
+        for payload in trajectory.parse_tool_value(turn["value"], lenient=True):
+            content = payload.get("content") if isinstance(payload, dict) else None
             if isinstance(content, dict):
                 content = content.get("output")
             if isinstance(content, str):

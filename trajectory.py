@@ -1913,6 +1913,26 @@ def _parse_blocks(text: str, position: int, opening: str, closing: str, separato
             return None
 
 
+def _scan_blocks(text: str, opening: str) -> list:
+    """The JSON payload after each ``opening`` tag of ``text`` (leading whitespace skipped), None for one that does
+    not decode; the search goes on after each decoded payload, so a tag inside one is not a block."""
+    payloads = []
+    position = text.find(opening)
+    while position != -1:
+        start = position + len(opening)
+        while start < len(text) and text[start] in " \t\r\n":
+            start += 1
+        try:
+            payload, end = _JSON.raw_decode(text, start)
+        except (ValueError, RecursionError):
+            payloads.append(None)
+            position = text.find(opening, start)
+            continue
+        payloads.append(payload)
+        position = text.find(opening, end)
+    return payloads
+
+
 def _render_turn(turn: AssistantTurn) -> str:
     message = {
         "content": turn.content,
@@ -1929,8 +1949,16 @@ def _openai_function(call: dict) -> dict:
     return {"name": call["name"], "arguments": arguments}
 
 
-def parse_tool_value(value: str) -> list[dict]:
-    """The ``{"tool_call_id", "name", "content"}`` payloads of a ``tool`` value, in order."""
+def parse_tool_value(value: str, lenient: bool = False) -> list:
+    """The ``{"tool_call_id", "name", "content"}`` payloads of a ``tool`` value, in order: the one reader of
+    ``<tool_response>`` blocks (the export, the report and the tests use it).
+
+    Strict by default: anything but the writer's blocks raises RecordFormatError. ``lenient=True`` reads a foreign
+    or damaged value as far as it goes and never raises (the report): each block's JSON is decoded from its opening
+    tag on (an output may itself contain ``</tool_response>``, so the closing tag is never searched for), a block
+    whose JSON does not decode gives None, and the payloads are not checked."""
+    if lenient:
+        return _scan_blocks(value, _RESPONSE_OPEN.rstrip("\n"))
     payloads = _parse_blocks(value, 0, _RESPONSE_OPEN, _RESPONSE_CLOSE, "\n")
     if payloads is None or not all(isinstance(p, dict) and {"tool_call_id", "content"} <= set(p) for p in payloads):
         raise RecordFormatError("a tool turn is not a list of <tool_response> blocks")

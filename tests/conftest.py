@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -21,6 +22,8 @@ import trajectory  # noqa: E402
 from environments import EnvSettings  # noqa: E402
 
 KEY_VARIABLES = {"MINI_SWE_RUNNER_API_KEY", *mini_swe_runner.PROVIDER_KEY_VARIABLES.values()}
+FINAL = "echo MINI_SWE_AGENT_FINAL_OUTPUT"
+"""The command a scripted model calls to end its task: its output's first line is the final-output marker."""
 
 
 def clean_environ(**extra: str) -> dict[str, str]:
@@ -62,6 +65,31 @@ def start_cli(args: list[str], cwd: str | Path, env: dict | None = None) -> subp
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def one_line_error(result: subprocess.CompletedProcess, code: int, *needles: str) -> str:
+    """The CLI failed with exit ``code`` and one stderr line, no traceback, holding every needle; returns the line."""
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def processes_running(marker: str) -> list[str]:
+    """The command lines of the processes whose command line holds ``marker`` (pgrep itself left out)."""
+    found = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout.splitlines()
+    return [line for line in found if "pgrep" not in line]
+
+
+def require_bwrap() -> None:
+    """Skip the test when bwrap is missing; fail it instead under CI=true, where scripts/test installs it."""
+    if shutil.which("bwrap") is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI=true but bwrap is missing (scripts/test installs bubblewrap)", pytrace=False)
+        pytest.skip("bwrap is not installed (apt-get install bubblewrap)")
 
 
 def wait_for(condition, timeout: float = 30.0, interval: float = 0.05) -> None:
@@ -108,9 +136,7 @@ def tool_results(record: dict) -> list[dict]:
     results = []
     for turn in record["conversations"]:
         if turn["from"] == "tool":
-            for block in turn["value"].split("</tool_response>"):
-                if "<tool_response>" in block:
-                    results.append(json.loads(block.split("<tool_response>\n", 1)[1].strip()))
+            results.extend(trajectory.parse_tool_value(turn["value"]))
     return results
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from conftest import make_config, run_prompts, tool_results
+from conftest import FINAL, make_config, run_prompts, tool_results
 from model_server import (
     ScriptedModelServer,
     Step,
@@ -21,8 +21,6 @@ from model_server import (
 
 import mini_swe_runner
 from environments import EnvSettings
-
-FINAL = "echo MINI_SWE_AGENT_FINAL_OUTPUT && echo finished"
 
 
 def test_commands_run_and_marker_completes_the_task(out):

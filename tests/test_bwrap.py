@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, require_bwrap
 
 import environments
 from environments import BwrapEnvironment, EnvError, EnvSettings, SettingsError, preflight
@@ -23,10 +23,7 @@ from environments import BwrapEnvironment, EnvError, EnvSettings, SettingsError,
 
 @pytest.fixture(autouse=True)
 def need_bwrap():
-    if shutil.which("bwrap") is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("CI=true but bwrap is missing (scripts/test installs bubblewrap)", pytrace=False)
-        pytest.skip("bwrap is not installed (apt-get install bubblewrap)")
+    require_bwrap()
 
 
 def run_commands(commands: list[str], timeout: float = 20, cwd: str | None = None, **settings) -> tuple[str, list]:

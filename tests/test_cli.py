@@ -10,23 +10,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, clean_environ, read_jsonl, run_cli
+from conftest import FINAL, ROOT, clean_environ, one_line_error, read_jsonl, run_cli
 from model_server import ScriptedModelServer, http_error, per_conversation, reply, tool_call
 
 import mini_swe_runner
 import trajectory
-
-FINAL = "echo MINI_SWE_AGENT_FINAL_OUTPUT && echo done"
-
-
-def one_line_error(result: subprocess.CompletedProcess, code: int, *needles: str) -> str:
-    assert result.returncode == code, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture

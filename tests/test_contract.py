@@ -12,13 +12,12 @@ import asyncio
 import os
 import re
 import secrets
-import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
+from conftest import processes_running, require_bwrap
 from docker_support import TEST_IMAGE, docker_engine, podman, podman_engine, run_containers  # noqa: F401
 from ssh_support import sshd_fixture  # noqa: F401
 
@@ -35,11 +34,6 @@ class Backend:
     """make(**settings) -> a not-yet-started environment."""
     leftovers: Callable[[object, str], list[str]]
     """leftovers(env, marker) -> what of that environment is still there (processes running ``marker``...)."""
-
-
-def processes_running(marker: str) -> list[str]:
-    found = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout.splitlines()
-    return [line for line in found if "pgrep" not in line]
 
 
 def local_leftovers(env, marker: str) -> list[str]:
@@ -64,10 +58,7 @@ def backend(request, tmp_path) -> Backend:
     if name == "local":
         return Backend(name, lambda **s: create_environment(EnvSettings(**s)), local_leftovers)
     if name == "bwrap":
-        if shutil.which("bwrap") is None:
-            if os.environ.get("CI", "").lower() == "true":
-                pytest.fail("CI=true but bwrap is missing (scripts/test installs bubblewrap)", pytrace=False)
-            pytest.skip("bwrap is not installed (apt-get install bubblewrap)")
+        require_bwrap()
         return Backend(name, lambda **s: create_environment(EnvSettings(env_type="bwrap", **s)), local_leftovers)
     if name == "docker":
         request.getfixturevalue("docker_engine")

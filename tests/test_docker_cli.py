@@ -13,8 +13,6 @@ from model_server import ScriptedModelServer, per_conversation, reply, tool_call
 
 pytestmark = pytest.mark.usefixtures("docker_engine")
 
-FINAL = "echo MINI_SWE_AGENT_FINAL_OUTPUT && echo done"
-
 
 def docker_args(server, image: str = TEST_IMAGE) -> list[str]:
     return ["--base_url", server.base_url, "--model", "m", "--env", "docker", "--image", image, "--pull", "never"]

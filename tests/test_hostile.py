@@ -14,13 +14,11 @@ import socket
 import time
 
 import pytest
-from conftest import make_config, read_jsonl, run_cli, run_prompts, tool_results
+from conftest import FINAL, make_config, read_jsonl, run_cli, run_prompts, tool_results
 from model_server import HOSTILE, ScriptedModelServer, http_error, per_conversation, per_prompt, reply, tool_call
 
 import mini_swe_runner
 import trajectory
-
-FINAL = "echo MINI_SWE_AGENT_FINAL_OUTPUT && echo finished"
 
 
 def finish() -> object:

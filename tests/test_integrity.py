@@ -11,19 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, clean_environ, read_jsonl, run_cli, start_cli, tool_results, wait_for
+from conftest import FINAL, ROOT, clean_environ, one_line_error, read_jsonl, run_cli, start_cli, tool_results, wait_for
 from model_server import ScriptedModelServer, http_error, per_conversation, reply, tool_call
-
-FINAL = "echo MINI_SWE_AGENT_FINAL_OUTPUT"
-
-
-def one_line_error(result: subprocess.CompletedProcess, code: int, *needles: str) -> str:
-    assert result.returncode == code, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def answer_script(*commands: str):

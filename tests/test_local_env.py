@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import processes_running
 
 from environments import (
     EnvError,
@@ -396,11 +397,6 @@ def test_collector_keeps_head_and_tail_of_a_long_stream_in_bounded_memory(chunk_
 # ---------------------------------------------------------------------------------------------------------------
 # No way out: commands are not the runner's children, and nothing they start outlives them
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def processes_running(marker: str) -> list[str]:
-    found = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout.splitlines()
-    return [line for line in found if "pgrep" not in line]
 
 
 def wait_until_gone(marker: str, within: float = 5.0) -> list[str]:

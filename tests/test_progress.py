@@ -9,15 +9,13 @@ import os
 import pty
 import re
 import select
-import shutil
 import struct
 import subprocess
 import sys
 import termios
 import time
 
-import pytest
-from conftest import ROOT, clean_environ, read_jsonl, run_cli, tool_results
+from conftest import ROOT, clean_environ, read_jsonl, require_bwrap, run_cli, tool_results
 from model_server import ScriptedModelServer, delayed, http_error, per_conversation, reply, tool_call
 
 import mini_swe_runner
@@ -293,8 +291,7 @@ def test_ps_shows_a_name_not_the_supervisors_source(tmp_path):
 
 
 def test_ps_shows_a_name_not_the_supervisors_source_in_bwrap(tmp_path):
-    if shutil.which("bwrap") is None:
-        pytest.skip("bwrap is not installed (apt-get install bubblewrap)")
+    require_bwrap()
     line = command_output(tmp_path, "tr '\\0' ' ' < /proc/$PPID/cmdline", "bwrap").strip()
     assert "mini-swe-runner-supervisor" in line and len(line) < 300, line
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_config, read_jsonl, run_cli, run_prompts
+from conftest import FINAL, make_config, read_jsonl, run_cli, run_prompts
 from model_server import ScriptedModelServer, Step, http_error, reply, tool_call
 from token_server import IM_END, TokenModel, Turn
 
 import mini_swe_runner
 import trajectory
 
-FINAL = "echo MINI_SWE_AGENT_FINAL_OUTPUT"
 THREE_TURNS = [Turn("echo one"), Turn("ls -la", words=5), Turn(FINAL, words=2)]
 
 

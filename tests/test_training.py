@@ -8,13 +8,22 @@ import asyncio
 import io
 import json
 import random
-import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import clean_environ, make_config, read_jsonl, run_cli, run_prompts, start_cli, wait_for
+from conftest import (
+    FINAL,
+    clean_environ,
+    make_config,
+    one_line_error,
+    read_jsonl,
+    run_cli,
+    run_prompts,
+    start_cli,
+    wait_for,
+)
 from docker_support import docker_engine  # noqa: F401
 from model_server import ScriptedModelServer, assistant_turns, per_conversation, reply, tool_call
 
@@ -25,7 +34,6 @@ import trajectory
 from environments import EnvSettings
 from mini_swe_runner import Prompt, SampleOutcomes, SampleSchedule
 
-FINAL = "echo MINI_SWE_AGENT_FINAL_OUTPUT && echo done"
 VERIFY = 'test -f solved.txt && echo "verified in $PWD"'
 
 
@@ -39,13 +47,6 @@ def by_prompt(commands: dict[str, str], default: str = "true"):
         return reply(None, [tool_call(FINAL)])
 
     return choose
-
-
-def one_line_error(result: subprocess.CompletedProcess, needle: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert needle in lines[0], lines[0]
 
 
 def keys(records: list[dict]) -> list[tuple[str, int]]:
@@ -498,7 +499,7 @@ def test_dataset_saved_to_disk_and_a_folder_of_jsonl_files(tmp_path):
     with ScriptedModelServer(lambda request: reply("ok")) as server:
         base = ["--base_url", server.base_url]
         ambiguous = run_cli(["--dataset", str(saved), *base], cwd=tmp_path, env=environ)
-        one_line_error(ambiguous, "has splits test, train: pick one with --split")
+        one_line_error(ambiguous, 2, "has splits test, train: pick one with --split")
         saved_run = run_cli(
             ["--dataset", str(saved), "--split", "test", "--output_file", str(tmp_path / "a.jsonl")]
             + ["--prompt_template", "Fix in /testbed:\n{problem_statement}", *base],
@@ -533,11 +534,11 @@ def test_missing_datasets_library_names_the_extra(tmp_path):
     environ = clean_environ(PYTHONPATH=str(blocker))
     base = ["--base_url", "http://127.0.0.1:9/v1"]
     result = run_cli(["--dataset", "anything", *base], cwd=tmp_path, env=environ)
-    one_line_error(result, "pip install 'mini-swe-runner[datasets]'")
+    one_line_error(result, 2, "pip install 'mini-swe-runner[datasets]'")
     source = tmp_path / "rows.parquet"
     source.write_bytes(b"PAR1")
     result = run_cli(["--prompts_file", str(source), *base], cwd=tmp_path, env=environ)
-    one_line_error(result, "pip install 'mini-swe-runner[datasets]'")
+    one_line_error(result, 2, "pip install 'mini-swe-runner[datasets]'")
 
 
 @pytest.mark.parametrize(
@@ -564,7 +565,7 @@ def test_bad_templates_and_sampling_flags_are_one_line_errors_before_any_task(tm
     with ScriptedModelServer([reply("x")]) as server:
         result = run_cli(["--prompts_file", str(source), "--base_url", server.base_url, *flags], cwd=tmp_path)
         assert server.requests == []
-    one_line_error(result, needle)
+    one_line_error(result, 2, needle)
     assert not (tmp_path / "trajectories.jsonl").exists()
 
 
@@ -586,8 +587,10 @@ def test_unusual_but_valid_prompts_file_input(tmp_path):
     deep = tmp_path / "deep.jsonl"
     deep.write_text('{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
     base = ["--base_url", "http://127.0.0.1:9/v1"]
-    one_line_error(run_cli(["--prompts_file", str(surrogates), *base], cwd=tmp_path), "sur.jsonl:1: id 'a\\ud800'")
-    one_line_error(run_cli(["--prompts_file", str(deep), *base], cwd=tmp_path), "deep.jsonl:1: JSON nested too deeply")
+    one_line_error(run_cli(["--prompts_file", str(surrogates), *base], cwd=tmp_path), 2, "sur.jsonl:1: id 'a\\ud800'")
+    one_line_error(
+        run_cli(["--prompts_file", str(deep), *base], cwd=tmp_path), 2, "deep.jsonl:1: JSON nested too deeply"
+    )
     # A prompt text with a lone surrogate is refused with its line (issue 19 item 10): it could never be sent.
     with pytest.raises(mini_swe_runner.UsageError, match="t:2: the prompt holds a lone surrogate"):
         mini_swe_runner.parse_prompt_lines(['{"prompt": "a"}', '{"prompt": "a\\ud801"}'], "t")
