@@ -11,12 +11,12 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import FINAL
 from model_server import ScriptedModelServer, http_error, per_conversation, reply, tool_call
 
 from environments import EnvSettings
 from mini_swe_runner import Prompt, Run, RunConfig, RunOutcome, UsageError, run, run_sync
 
-FINAL = "echo MINI_SWE_AGENT_FINAL_OUTPUT && echo done"
 KEY = "sk-api-test-key-0123456789"
 
 
