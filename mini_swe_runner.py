@@ -5052,10 +5052,6 @@ def run_subcommand(name: str, argv: list[str]) -> int:
         return cleanup()
     if name == "export":
         return export_command(argv)
-    import report  # only the report commands need it
-
-    check_own_modules(report)
-
     return report.view_command(argv) if name == "view" else report.stats_command(argv)
 
 
