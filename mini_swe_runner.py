@@ -3769,13 +3769,11 @@ async def run_batch(
     loop = asyncio.get_running_loop()
     if own_process:  # blocking SDK calls (docker) go to threads: enough of them for every worker at once
         loop.set_default_executor(ThreadPoolExecutor(max_workers=config.workers + 8, thread_name_prefix="msr"))
-    if isinstance(prompts, PromptFile) and schedule.total == len(prompts) * config.samples:
-        own_images = prompts.own_images()  # every prompt is pending: no need to visit each
-    else:
-        own_images = {prompt_image(prompts, position) for position in schedule.pending_positions()}
-    images = {environments.task_image(config.env, image) for image in own_images} - {None}
+    # One pass over the pending samples gives both what preflight checks and what the image supply pulls (none,
+    # and no pass at all, for backends without images).
+    image_counts = image_uses(config, prompts, schedule)
     try:
-        await environments.preflight(config.env, images)
+        await environments.preflight(config.env, set(image_counts))
     except EnvError as exc:
         output.close(keep=False)
         summary = summarize(RunTally(), time.monotonic() - started, skipped, outcomes, config=config)
@@ -3788,7 +3786,7 @@ async def run_batch(
         system_prompt=system_prompt,
         config_hash=output.config_hash,
         output=output,
-        images=environments.image_supply(config.env, image_uses(config, prompts, schedule)),
+        images=environments.image_supply(config.env, image_counts),
         budget=budget,
     )
     try:
