@@ -3703,6 +3703,68 @@ def image_uses(config: RunConfig, prompts: Sequence[Prompt], schedule: "SampleSc
     return uses
 
 
+class FullCollections:
+    """The cycle collector's full collections while a command-line run lasts: when memory says garbage has built up,
+    not at every quarter's growth of the objects that outlived two young collections.
+
+    A full collection walks every object the collector tracks, and the event loop stands still for all of it. With
+    ~550 Modal tasks in flight (bench/bench_modal_scale.py at 10,000 tasks) that is ~92,000 objects, most of them the
+    openai SDK's per-request coroutines, options and headers that live as long as a model call (2-5 s, long enough
+    to be promoted), and 80-150 ms of CPU on the 2-core machine, every 10-20 s. Yet what a task leaves is freed by
+    reference counting: the garbage the collector found over 200 whole tasks (gc.DEBUG_SAVEALL) held nothing of the
+    runner's or the SDK's (only the aiohttp connections closed at the run's end). So automatic full collections are
+    off while the run lasts, and one runs from the event loop when the resident memory has grown by GROWTH (at least
+    GROWTH_FLOOR) since the last: the same bound on garbage as CPython's own rule (a full collection once the objects
+    promoted since the last reach a quarter of those that survived it), measured in what garbage costs, so cyclic
+    garbage (an SDK's, a bug's) is still collected and never grows past it. Young collections stay automatic: a few
+    thousand objects each."""
+
+    GROWTH = 0.25
+    GROWTH_FLOOR = 64 * 2**20
+    CHECK = 1.0
+    """Seconds between looks at the resident memory (one read of /proc/self/statm)."""
+
+    def __init__(self) -> None:
+        self.thresholds = gc.get_threshold()
+        young, middle, _ = self.thresholds
+        gc.set_threshold(young, middle, 2**31 - 1)  # the oldest generation's count never gets there
+        self.baseline = _resident_bytes()
+        self.collections = 0
+
+    def due(self) -> bool:
+        resident = _resident_bytes()
+        self.baseline = min(self.baseline, resident)  # memory handed back: growth counts from the lower mark
+        return resident > self.baseline + max(self.GROWTH_FLOOR, self.baseline * self.GROWTH)
+
+    def collect(self) -> None:
+        gc.collect()
+        self.collections += 1
+        self.baseline = _resident_bytes()
+
+    def close(self) -> None:
+        gc.set_threshold(*self.thresholds)
+
+
+def _resident_bytes() -> int:
+    """The process's resident memory now; where /proc is missing, its peak, which only grows (a coarser trigger)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
+
+
+async def _collect_when_grown(collections: FullCollections) -> None:
+    """Until cancelled: a full collection whenever memory has grown enough since the last (see FullCollections)."""
+    while True:
+        await asyncio.sleep(collections.CHECK)
+        if collections.due():
+            collections.collect()
+
+
 async def run_batch(
     config: RunConfig,
     prompts: Sequence[Prompt],
@@ -3804,11 +3866,18 @@ async def run_batch(
     # What exists now (the SDKs, imported lazily up to the first request) lives as long as the run: out of the
     # collector's sight, a full collection walks only the tasks' objects. Every full collection stalls the event
     # loop; over the SDKs' ~150,000 objects alone it took ~100 ms on the 2-core machine (bench/bench_modal_scale.py).
+    # Past that, full collections wait for memory to say they are due (FullCollections).
+    full_collections = None
     if own_process:  # the collector is the process's: a run sharing it with others leaves it alone
         gc.freeze()
+        full_collections = FullCollections()
     if ctx.images is not None:
         ctx.images.start()
     writer = output.writer
+    # Records are written from one thread of their own: the writer takes its lock for each line anyway, and a pool
+    # that grows a thread whenever none is idle blocks the loop in Thread.start() until the new thread runs, up to
+    # tens of ms on a loaded machine (bench/bench_modal_scale.py caught the loop there at 1,000 tasks).
+    write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="msr-write")
     progress = Progress(
         schedule.total,
         config.quiet,
@@ -3820,6 +3889,7 @@ async def run_batch(
     )
     progress.not_needed(schedule.not_needed)
     watcher = asyncio.ensure_future(_watch_activity(progress, ctx))
+    collector = None if full_collections is None else asyncio.ensure_future(_collect_when_grown(full_collections))
     running: set[asyncio.Task] = set()
     waiting_turn: set[asyncio.Task] = set()
     """Workers waiting for the backend's turn (see environments.start_turn): a stop cancels their wait too."""
@@ -3907,7 +3977,7 @@ async def run_batch(
             if stop["fatal"] is not None:
                 return  # tasks cut short by a fatal error are worth nothing: nothing written
             try:
-                await asyncio.to_thread(writer.write, record)
+                await loop.run_in_executor(write_thread, writer.write, record)
             except OSError as exc:  # the reader of a pipe went away, the disk is full...
                 where = "stdout" if config.output_file == "-" else config.output_file
                 return fail(f"cannot write to {where} ({exc.strerror or exc}); stopping")
@@ -3935,11 +4005,15 @@ async def run_batch(
         await asyncio.gather(*workers)
     finally:
         watcher.cancel()
+        if collector is not None:
+            collector.cancel()
+            full_collections.close()
         for s in handled:
             loop.remove_signal_handler(s)
         progress.close()
         # --overwrite replaces the old file only if this run got somewhere: a model answered, or records were
         # written without a fatal error (a 401 or an unusable backend keeps the old records).
+        write_thread.shutdown()  # every write was awaited: nothing left in it
         output.close(keep=bool(tally.tasks) and stop["fatal"] is None)
         await ctx.model.close()
         if ctx.images is not None:

@@ -146,6 +146,21 @@ class _Twin:
         return await self.impl(*args, **kwargs)
 
 
+class _TwinMethod:
+    """A method's twins, made at each access as synchronicity's method wrappers are. An instance holding a twin of
+    its own bound method would be a reference cycle: each sandbox and process garbage for the cycle collector instead
+    of freed when dropped, which is the fake's heap, not the SDK's, in a benchmark's collections. An instance
+    attribute of the same name still overrides it (a test's hanging terminate)."""
+
+    def __init__(self, name: str, impl: str):
+        self.name, self.impl = name, impl
+
+    def __get__(self, owner, owner_type=None):
+        if owner is None:
+            return self
+        return _Twin(owner.fake, self.name, getattr(owner, self.impl))
+
+
 class _GeneratorTwin:
     """An async generator function's twins: ``.aio(...)`` is the async generator, the blocking call a generator."""
 
@@ -239,7 +254,8 @@ class FakeProcess:
         self.expired = False
         self.stdout = FakeStream(self, fds[0], text)
         self.stderr = FakeStream(self, fds[1], text)
-        self.wait = _Twin(fake, "ContainerProcess.wait", self._wait)
+
+    wait = _TwinMethod("ContainerProcess.wait", "_wait")
 
     def remaining(self) -> float | None:
         return None if self.deadline == math.inf else max(self.deadline - time.monotonic(), 0)
@@ -278,10 +294,11 @@ class ScriptedStream:
 
 class ScriptedProcess:
     def __init__(self, fake: FakeModal, output: bytes, exit_code: int, text: bool):
-        self.exit_code = exit_code
+        self.fake, self.exit_code = fake, exit_code
         self.stdout = ScriptedStream(fake, output, text)
         self.stderr = ScriptedStream(fake, b"", text)
-        self.wait = _Twin(fake, "ContainerProcess.wait", self._wait)
+
+    wait = _TwinMethod("ContainerProcess.wait", "_wait")
 
     async def _wait(self) -> int:
         return self.exit_code
@@ -295,9 +312,10 @@ class FakeSandbox:
         self.tags: dict[str, str] = dict(create_kwargs.get("tags") or {})
         self.terminated = False
         self.processes: list[FakeProcess] = []
-        self.exec = _Twin(fake, "Sandbox.exec", self._exec)
-        self.terminate = _Twin(fake, "Sandbox.terminate", self._terminate)
-        self.get_tags = _Twin(fake, "Sandbox.get_tags", self._get_tags)
+
+    exec = _TwinMethod("Sandbox.exec", "_exec")
+    terminate = _TwinMethod("Sandbox.terminate", "_terminate")
+    get_tags = _TwinMethod("Sandbox.get_tags", "_get_tags")
 
     async def _get_tags(self) -> dict[str, str]:
         return dict(self.tags)

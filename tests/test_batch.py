@@ -446,3 +446,56 @@ def test_a_prompts_pipe_is_read_once_whole(tmp_path):
     prompts = mini_swe_runner.load_prompts(str(fifo))  # a pipe cannot be read back: no PromptFile
     writer.join(timeout=10)
     assert prompts == mini_swe_runner.parse_prompt_lines(['{"prompt": "a", "id": "x"}', "plain"], str(fifo))
+
+
+class Cycle:
+    """An object that refers to itself: freed by the cycle collector only, never by reference counting."""
+
+    def __init__(self, payload: bytes):
+        self.payload, self.me = payload, self
+        self.young = [[] for _ in range(1_000)]  # objects the collector tracks: what makes its pass long
+
+
+def test_full_collections_wait_for_memory_and_still_free_cyclic_garbage(tmp_path):
+    """A command-line run turns the automatic full collections off (each stalls the event loop for every tracked
+    object) and runs one when memory has grown: cyclic garbage in the oldest generation outlives young collections
+    however many objects are promoted, and is freed once it weighs enough; the thresholds come back after."""
+    import gc
+    import weakref
+
+    thresholds = gc.get_threshold()
+    collections = mini_swe_runner.FullCollections()
+    try:
+        grow = max(collections.GROWTH_FLOOR, collections.baseline * collections.GROWTH) + 48 * 2**20
+        garbage = [Cycle(b"\x01" * 2**20) for _ in range(int(grow // 2**20))]
+        probe = weakref.ref(garbage[0])
+        gc.collect(1)
+        gc.collect(1)  # survived two young collections: in the oldest generation, as a model call's objects get
+        del garbage
+        for _ in range(300):  # young collections by the hundred, over ~100,000 promoted objects: by CPython's own
+            [[] for _ in range(1_000)]  # rule (a quarter of the long-lived ones promoted) a full one would be due
+        assert probe() is not None, "an automatic full collection ran"
+        assert collections.due()
+
+        async def until_freed() -> None:
+            collector = asyncio.ensure_future(mini_swe_runner._collect_when_grown(collections))
+            try:
+                await wait_for_async(lambda: probe() is None, 10)
+            finally:
+                collector.cancel()
+
+        asyncio.run(until_freed())
+        assert collections.collections == 1 and not collections.due()
+    finally:
+        collections.close()
+    assert gc.get_threshold() == thresholds
+    with ScriptedModelServer(quick_script()) as server:  # a run (the command line's path) gives them back too
+        outcome, records = run_prompts(make_config(server, tmp_path / "out.jsonl"), ["one", "two"])
+    assert outcome.exit_code == 0 and len(records) == 2 and gc.get_threshold() == thresholds
+
+
+async def wait_for_async(condition, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
