@@ -64,6 +64,7 @@ def test_run_sync_returns_the_records_it_wrote_with_a_verifier_and_samples(tmp_p
 def test_two_runs_share_one_event_loop_and_leave_no_process_state(tmp_path):
     before_handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     frozen_before = gc.get_freeze_count()  # earlier tests of this process may have run the CLI's own_process path
+    thresholds = gc.get_threshold()
     in_loop: list[dict] = []  # asyncio.run's own SIGINT handler first, then what the runs saw
 
     async def consume(prompts: list[str], output: Path, server: ScriptedModelServer) -> tuple[list[dict], Run]:
@@ -90,6 +91,7 @@ def test_two_runs_share_one_event_loop_and_leave_no_process_state(tmp_path):
     assert len(in_loop) == 6 and all(handlers == in_loop[0] for handlers in in_loop)  # the caller's handlers
     assert {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} == before_handlers
     assert gc.get_freeze_count() == frozen_before  # the collector is the caller's: nothing frozen by these runs
+    assert gc.get_threshold() == thresholds  # nor its full collections put off (FullCollections is the CLI's)
     assert not [t.name for t in threading.enumerate() if t.name.startswith("msr")]  # no thread pool of ours left
 
 
