@@ -372,10 +372,9 @@ def report(args: argparse.Namespace, tasks: int, m: dict) -> None:
     )
     print(f"  longest young collection (generation 0 or 1) once the tasks run: {m['young_max_cpu_ms']:.1f} ms CPU")
     print(
-        f"longest single callback of the loop once the tasks run: {m['callback_max_cpu_ms']:.1f} ms CPU (target <= 100;"
-        " "
-        f"over 100 ms: {m['callbacks_over_100ms']}, over 50 ms: {m['callbacks_over_50ms']}); the longest "
-        f"(ms CPU, ms wall, s since start, what): {m['long_callbacks']}"
+        f"longest single callback of the loop once the tasks run: {m['callback_max_cpu_ms']:.1f} ms CPU "
+        f"(target <= 100; over 100 ms: {m['callbacks_over_100ms']}, over 50 ms: {m['callbacks_over_50ms']}); "
+        f"the longest (ms CPU, ms wall, s since start, what): {m['long_callbacks']}"
     )
     print(
         f"resident memory (s since start, MB) every 10 s: {m['resident_mb']}; growth from a quarter of the way to the "
