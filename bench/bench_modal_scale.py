@@ -11,9 +11,13 @@ Execs are answered from a script by default (no process per command): a thousand
 2-core machine measure the machine, not the runner. ``--real_bash`` runs them for real.
 
 Printed: creations and the most in any 1 s window (the limit: 30/s sustained), refusals the fake sent and
-env_errors tasks recorded, the event loop's longest stall (a heartbeat sleeping 10 ms in the runner's loop; its
-lateness) with its p99, the full garbage collections once the tasks run (the start-up objects are frozen by then),
-peak RSS of the runner process; then a table of each figure beside its target for every --tasks given.
+env_errors tasks recorded, the event loop's longest stall once the tasks run (a heartbeat sleeping 10 ms in the
+runner's loop; its lateness, and the loop thread's CPU in that beat) with its p99, the longest single callback the
+loop ran (a beat's lateness also holds every callback queued before it: on a loaded machine, the backlog of the time
+the process waited for a CPU), the garbage collections once the tasks run (full and young), the resident memory
+every 10 s and its growth while the tasks in flight hold steady (flat: no garbage builds up), peak RSS of the runner
+process; then a table of each figure beside its target for every --tasks given. The progress display runs (plain
+lines, the child's stderr being a pipe), as in a real run.
 
     python bench/bench_modal_scale.py                    # 1000 tasks, workers 1000, 5 commands each
     python bench/bench_modal_scale.py --tasks 200 --commands 3
