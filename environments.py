@@ -766,7 +766,7 @@ def reap():
             report(command_id, os.waitstatus_to_exitcode(status))
 
 def spawn(command_id, argv, cwd, out_fd):
-    environ = dict(os.environb)  # the task's variables (set by the zygote, or by next_task for a later task)
+    environ = base_environ.copy()
     environ[MARK[:-1]] = b"%d" % command_id
     started[command_id] = int(time.clock_gettime(time.CLOCK_BOOTTIME) * TICKS)
     try:
@@ -826,7 +826,8 @@ def next_task():
 
 def serve(task_fd, owned_dir):
     # One task, from its ready byte to the end of its socket; returns once nothing it started is left.
-    global sock
+    global sock, base_environ
+    base_environ = dict(os.environb)  # the task's variables (set by the zygote, or after next_task), read once
     sock = socket.socket(fileno=task_fd)
     sock.set_inheritable(False)
     poller.register(sock, select.POLLIN)
