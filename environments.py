@@ -933,10 +933,11 @@ def _start_from_stdin(argv: list[str], source: str, **popen) -> subprocess.Popen
 
 ZYGOTE_SCRIPT = r"""
 # Gives each task a supervisor on request: an idle one (done with an earlier task) when there is one, else a fork of
-# this small process (about 1 ms) instead of a Python start-up (about 25 ms of CPU). Its first argument is its control socket; the runner puts the
-# supervisor's source in SUPERVISOR_SOURCE ahead of this script. It is a child subreaper: when a supervisor dies
-# before its time (a command may kill its parent), what the supervisor ran is re-parented here, and killed. It ends
-# when the runner's end of the control socket closes (the runner ended or died).
+# this small process (about 1 ms) instead of a Python start-up (about 25 ms of CPU). Its first argument is its
+# control socket; the runner puts the supervisor's source in SUPERVISOR_SOURCE ahead of this script. It is a child
+# subreaper: when a supervisor dies before its time (a command may kill its parent), what the supervisor ran is
+# re-parented here, and killed. It ends when the runner's end of the control socket closes (the runner ended or
+# died); its idle supervisors then see their links close, and exit.
 import array, ctypes, json, os, select, shutil, signal, socket, struct, sys, time  # the supervisor's, done once
 code = compile(SUPERVISOR_SOURCE, "<supervisor>", "exec")
 control = socket.socket(fileno=int(sys.argv[1]))
