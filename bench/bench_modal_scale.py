@@ -101,6 +101,7 @@ def child(args: argparse.Namespace) -> None:
     lateness: list[float] = []  # of every beat once the tasks run
     stalls: list[tuple[float, float, float]] = []  # (since start, lateness, loop CPU) of beats later than 50 ms
     startup_stall = [0.0, 0.0]  # the latest beat before the tasks run (importing the SDK...): wall, loop CPU
+    ended = [False]
     running = [False]  # run_batch froze the start-up objects: the tasks run (gc.get_freeze_count walks a list: once)
     gc_pauses: list[tuple[float, float]] = []  # (wall, CPU) of each full collection
     gc_started = [0.0, 0.0]
@@ -154,9 +155,11 @@ def child(args: argparse.Namespace) -> None:
             await asyncio.sleep(HEARTBEAT)
             last_beat[0] = time.monotonic()
             late, cpu = last_beat[0] - before - HEARTBEAT, time.thread_time() - cpu_before
-            running[0] = running[0] or gc.get_freeze_count() > 0
+            if not running[0] and not ended[0]:
+                running[0] = gc.get_freeze_count() > 0
             if not running[0]:
-                startup_stall[:] = max(startup_stall[0], late), max(startup_stall[1], cpu)
+                if not ended[0]:
+                    startup_stall[:] = max(startup_stall[0], late), max(startup_stall[1], cpu)
                 continue
             lateness.append(late)
             if late > 0.05:  # with the loop thread's own CPU time in it: low means the machine, not us, held it
@@ -198,6 +201,7 @@ def child(args: argparse.Namespace) -> None:
         try:
             return await mini_swe_runner.run_batch(config, prompts)
         finally:
+            running[0], ended[0] = False, True  # what comes after (the restored collector's work) is not the run's
             stop.set()
             await beat
 
