@@ -222,6 +222,9 @@ def child(args: argparse.Namespace) -> None:
         started = time.monotonic()
         asyncio.run(run(config, prompts))
         wall = time.monotonic() - started
+        peak_rss_mb = (
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        )  # the run's, before its records are read
         with open(output, encoding="utf-8") as file:
             records = [json.loads(line) for line in file]
     if args.profile:
@@ -278,7 +281,7 @@ def child(args: argparse.Namespace) -> None:
                 "loop_cpu_s": time.thread_time(),
                 "load_average": os.getloadavg()[0],
                 "busy_max_ms": max((cpu for _, _, cpu in stalls), default=0.0) * 1000,
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_rss_mb": peak_rss_mb,
                 "bash_peak_rss_mb": children,
                 "gc_collections": [s["collections"] for s in gc.get_stats()],
             }
