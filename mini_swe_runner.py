@@ -3777,7 +3777,8 @@ async def run_batch(
 
     ``on_record`` is given each record once it is written. ``own_process``: the run is the process's only one (the
     command line), so it may change what the whole process shares: SIGINT/SIGTERM handlers on the loop (removed at
-    the end), a frozen garbage collector, the loop's default thread pool. The Python API runs with it False."""
+    the end), a frozen garbage collector whose full collections wait for memory to grow (FullCollections; its
+    thresholds come back at the end), the loop's default thread pool. The Python API runs with it False."""
     started = time.monotonic()
     tools = [terminal_tool(config)]
     system_prompt = render_system_prompt(config.system_prompt or DEFAULT_SYSTEM_PROMPT, config.env.env_type)
