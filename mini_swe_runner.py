@@ -3710,7 +3710,7 @@ class FullCollections:
     A full collection walks every object the collector tracks, and the event loop stands still for all of it. With
     ~600 Modal tasks in flight (bench/bench_modal_scale.py at 10,000 tasks) that is ~90,000 objects, most of them the
     openai SDK's per-request coroutines, options and headers, which live as long as a model call (2-5 s: long enough
-    to be promoted): 80-390 ms of CPU on the 2-core machine, quiet to loaded, 20 to 80 times a run. Yet what a task
+    to be promoted): 80-400 ms of CPU on the 2-core machine, quiet to loaded, 20 to 94 times a run. Yet what a task
     leaves is freed by reference counting: the garbage found over 200 whole tasks (gc.DEBUG_SAVEALL) held nothing of
     the runner's or the SDK's (only the aiohttp connections closed at the run's end), and over 10,000 tasks about
     8,000 objects. So automatic full collections are off while the run lasts, and one runs from the event loop when
