@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+"""The checkout: its README and scripts are read, its modules never imported (the suite tests the installed package)."""
+# `python -m pytest` in the checkout puts it first on sys.path, where our modules would shadow the installed ones.
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mini_swe_runner  # noqa: E402
@@ -22,6 +24,8 @@ import trajectory  # noqa: E402
 from environments import EnvSettings  # noqa: E402
 
 KEY_VARIABLES = {"MINI_SWE_RUNNER_API_KEY", *mini_swe_runner.PROVIDER_KEY_VARIABLES.values()}
+RUNNER = [sys.executable, "-P", "-m", "mini_swe_runner"]
+"""The installed CLI in a subprocess: -P keeps the working directory (a checkout, say) off its sys.path."""
 FINAL = "echo MINI_SWE_AGENT_FINAL_OUTPUT"
 """The command a scripted model calls to end its task: its output's first line is the final-output marker."""
 
@@ -43,7 +47,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess:
     """The real CLI as a user runs it, in a subprocess."""
     return subprocess.run(
-        [sys.executable, str(ROOT / "mini_swe_runner.py"), *args],
+        [*RUNNER, *args],
         cwd=cwd,
         env=env if env is not None else clean_environ(),
         capture_output=True,
@@ -57,7 +61,7 @@ def run_cli(
 def start_cli(args: list[str], cwd: str | Path, env: dict | None = None) -> subprocess.Popen:
     """The real CLI in the background, for tests that signal or kill it."""
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "mini_swe_runner.py"), *args],
+        [*RUNNER, *args],
         cwd=cwd,
         env=env if env is not None else clean_environ(),
         stdin=subprocess.DEVNULL,
@@ -147,6 +151,7 @@ def out(tmp_path: Path) -> Path:
 
 __all__ = [
     "ROOT",
+    "RUNNER",
     "clean_environ",
     "run_cli",
     "start_cli",

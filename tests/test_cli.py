@@ -5,12 +5,13 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 
 import pytest
-from conftest import FINAL, ROOT, clean_environ, one_line_error, read_jsonl, run_cli
+from conftest import FINAL, ROOT, RUNNER, clean_environ, one_line_error, read_jsonl, run_cli
 from model_server import ScriptedModelServer, http_error, per_conversation, reply, tool_call
 
 import mini_swe_runner
@@ -74,7 +75,7 @@ def test_output_to_stdout_pipes_into_another_program(server, tmp_path):
         "import sys, json; rows = [json.loads(line) for line in sys.stdin]; print(len(rows), rows[0]['exit_reason'])"
     )
     command = (
-        f"{sys.executable} {ROOT / 'mini_swe_runner.py'} --prompts_file {prompts} --output_file - "
+        f"{shlex.join(RUNNER)} --prompts_file {prompts} --output_file - "
         f'--base_url {server.base_url} --model m --workers 3 | {sys.executable} -c "{consumer}"'
     )
     result = subprocess.run(command, shell=True, capture_output=True, text=True, env=clean_environ(), timeout=120)
@@ -328,8 +329,7 @@ def test_reader_closing_the_pipe_is_a_one_line_error(server, tmp_path):
     prompts.write_text("".join(f"prompt {i}\n" for i in range(40)))
     process = subprocess.Popen(
         [
-            sys.executable,
-            str(ROOT / "mini_swe_runner.py"),
+            *RUNNER,
             "--prompts_file",
             str(prompts),
             "--output_file",

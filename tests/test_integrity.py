@@ -11,7 +11,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FINAL, ROOT, clean_environ, one_line_error, read_jsonl, run_cli, start_cli, tool_results, wait_for
+from conftest import (
+    FINAL,
+    RUNNER,
+    clean_environ,
+    one_line_error,
+    read_jsonl,
+    run_cli,
+    start_cli,
+    tool_results,
+    wait_for,
+)
 from model_server import ScriptedModelServer, http_error, per_conversation, reply, tool_call
 
 
@@ -397,7 +407,7 @@ def test_a_401_across_many_workers_is_exactly_one_line(tmp_path):
 def test_help_and_version_work_without_importing_anything_heavy(tmp_path):
     for flag in ("--version", "--help"):
         result = subprocess.run(
-            [sys.executable, "-X", "importtime", str(ROOT / "mini_swe_runner.py"), flag],
+            [sys.executable, "-X", "importtime", *RUNNER[1:], flag],
             capture_output=True,
             text=True,
             env=clean_environ(),

@@ -11,11 +11,10 @@ import re
 import select
 import struct
 import subprocess
-import sys
 import termios
 import time
 
-from conftest import ROOT, clean_environ, read_jsonl, require_bwrap, run_cli, tool_results
+from conftest import RUNNER, clean_environ, read_jsonl, require_bwrap, run_cli, tool_results
 from model_server import ScriptedModelServer, delayed, http_error, per_conversation, reply, tool_call
 
 import mini_swe_runner
@@ -149,7 +148,7 @@ def test_a_zero_column_terminal_still_shows_progress(tmp_path):
     script = per_conversation([reply(None, [tool_call("sleep 1")]), reply("done")])
     with ScriptedModelServer(script) as server:
         process = subprocess.Popen(
-            [sys.executable, str(ROOT / "mini_swe_runner.py"), "--task", "hello", "--base_url", server.base_url]
+            [*RUNNER, "--task", "hello", "--base_url", server.base_url]
             + ["--progress_interval", "0.3", "--output_file", str(tmp_path / "o.jsonl")],
             cwd=tmp_path,
             env=clean_environ(),
@@ -271,7 +270,7 @@ def test_stats_into_a_closed_pipe_ends_without_a_traceback(tmp_path):
         read_end, write_end = os.pipe()
         os.close(read_end)  # `| head` that has already gone: every write is EPIPE
         process = subprocess.run(
-            [sys.executable, str(ROOT / "mini_swe_runner.py"), "stats", "trajectories.jsonl", *extra],
+            [*RUNNER, "stats", "trajectories.jsonl", *extra],
             cwd=tmp_path,
             env=clean_environ(),
             stdout=write_end,

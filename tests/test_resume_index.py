@@ -19,13 +19,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import read_jsonl, run_cli
+from conftest import ROOT, read_jsonl, run_cli
 from model_server import ScriptedModelServer, reply
 
 import trajectory
 from trajectory import JsonlWriter, PromptsSource, build_record, compact_for_resume, index_path, read_records
 
-ROOT = Path(__file__).resolve().parent.parent
 TAG = 0x5EED_0F_1D
 ROWS = 50
 
@@ -254,7 +253,7 @@ def test_kill_9_while_writing_never_loses_or_invents_a_record(tmp_path):
     out = tmp_path / "out.jsonl"
     script = (
         "import sys, itertools\n"
-        f"sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+        f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
         "from test_resume_index import record, TAG, ROWS\n"
         "from trajectory import JsonlWriter\n"
         f"writer = JsonlWriter({str(out)!r}, sync=False, index_source=TAG)\n"
@@ -263,7 +262,7 @@ def test_kill_9_while_writing_never_loses_or_invents_a_record(tmp_path):
         "    writer.write(record(n % ROWS, sample=n // ROWS % 3))\n"
     )
     for delay in (0.05, 0.11, 0.23):
-        child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+        child = subprocess.Popen([sys.executable, "-P", "-c", script], stdout=subprocess.PIPE)
         assert child.stdout.readline() == b"ready\n"
         time.sleep(delay)
         child.send_signal(signal.SIGKILL)
