@@ -1,7 +1,9 @@
-"""The resume index (.NAME.index beside an output): written by the writer, trusted by resume only while it provably
-describes the file, and never a way to lose a record or to let a damaged line pass as one.
+"""Resume: a rerun over an existing output skips what is done, runs again what failed, refuses records made with
+other settings, prompts or verifiers, and survives damaged lines.
 
-Each case compares what resume found with what a full parse of the file says (read_records), and checks through
+First the resume index (.NAME.index beside an output): written by the writer, trusted by resume only while it
+provably describes the file, and never a way to lose a record or to let a damaged line pass as one. Each case
+compares what resume found with what a full parse of the file says (read_records), and checks through
 CompactResult's counters which way the file was read: ``indexed_lines`` (placed from the index, not parsed) and
 ``parsed_lines``.
 """
@@ -254,7 +256,7 @@ def test_kill_9_while_writing_never_loses_or_invents_a_record(tmp_path):
     script = (
         "import sys, itertools\n"
         f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
-        "from test_resume_index import record, TAG, ROWS\n"
+        "from test_resume import record, TAG, ROWS\n"
         "from trajectory import JsonlWriter\n"
         f"writer = JsonlWriter({str(out)!r}, sync=False, index_source=TAG)\n"
         "print('ready', flush=True)\n"
