@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from model_server import per_conversation, reply, tool_call  # noqa: E402
+
 import mini_swe_runner  # noqa: E402
 import trajectory  # noqa: E402
 from environments import EnvSettings  # noqa: E402
@@ -152,12 +154,15 @@ def out(tmp_path: Path) -> Path:
 __all__ = [
     "ROOT",
     "RUNNER",
+    "check_exactly_once",
     "clean_environ",
     "run_cli",
     "start_cli",
     "wait_for",
+    "write_prompts",
     "read_jsonl",
     "make_config",
+    "quick_script",
     "run_prompts",
     "tool_results",
     "trajectory",
@@ -303,3 +308,30 @@ def runner_user(request, tmp_path: Path):
         yield RunnerUser("unprivileged", home, prefix, python, path)
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batches of prompts (shared by the batch and resume tests)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def quick_script() -> object:
+    return per_conversation([reply(None, [tool_call("echo step")]), reply("done")])
+
+
+def write_prompts(path: Path, count: int, duplicate_every: int = 0) -> Path:
+    lines = []
+    for i in range(count):
+        text = "duplicate prompt" if duplicate_every and i % duplicate_every == 0 else f"prompt number {i}"
+        lines.append(json.dumps({"prompt": text}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def check_exactly_once(records: list[dict], prompts_file: Path) -> None:
+    expected = {p.task_id for p in mini_swe_runner.load_prompts(str(prompts_file))}
+    ids = [r["task_id"] for r in records]
+    assert len(ids) == len(set(ids)), "a task was recorded twice"
+    assert set(ids) == expected
+    for record in records:
+        assert tuple(record) == trajectory.RECORD_KEYS

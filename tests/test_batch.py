@@ -15,33 +15,22 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import clean_environ, make_config, read_jsonl, run_cli, run_prompts, start_cli, wait_for
+from conftest import (
+    check_exactly_once,
+    clean_environ,
+    make_config,
+    quick_script,
+    read_jsonl,
+    run_cli,
+    run_prompts,
+    start_cli,
+    wait_for,
+    write_prompts,
+)
 from model_server import ScriptedModelServer, http_error, per_conversation, reply, tool_call
 
 import mini_swe_runner
 import trajectory
-
-
-def quick_script() -> object:
-    return per_conversation([reply(None, [tool_call("echo step")]), reply("done")])
-
-
-def write_prompts(path: Path, count: int, duplicate_every: int = 0) -> Path:
-    lines = []
-    for i in range(count):
-        text = "duplicate prompt" if duplicate_every and i % duplicate_every == 0 else f"prompt number {i}"
-        lines.append(json.dumps({"prompt": text}))
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def check_exactly_once(records: list[dict], prompts_file: Path) -> None:
-    expected = {p.task_id for p in mini_swe_runner.load_prompts(str(prompts_file))}
-    ids = [r["task_id"] for r in records]
-    assert len(ids) == len(set(ids)), "a task was recorded twice"
-    assert set(ids) == expected
-    for record in records:
-        assert tuple(record) == trajectory.RECORD_KEYS
 
 
 def test_many_workers_write_whole_valid_lines(out, tmp_path):
