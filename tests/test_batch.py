@@ -56,31 +56,6 @@ def test_workers_really_run_concurrently(out):
     assert len(records) == 12 and elapsed < 4.5
 
 
-def test_resume_skips_done_tasks_and_retries_failed_ones(out, tmp_path):
-    prompts = write_prompts(tmp_path / "p.jsonl", 6, duplicate_every=3)  # prompts 0 and 3 are duplicates
-
-    def first_pass(request):
-        text = request["messages"][1]["content"]
-        return http_error(500, "down") if text.endswith(("1", "4")) else reply("ok")
-
-    loaded = mini_swe_runner.load_prompts(str(prompts))
-    with ScriptedModelServer(first_pass) as server:
-        asyncio.run(mini_swe_runner.run_batch(make_config(server, out, max_retries=0), loaded))
-    first = read_jsonl(out)
-    assert sorted(r["exit_reason"] for r in first) == ["api_error"] * 2 + ["completed"] * 4
-    with out.open("ab") as handle:  # a crash left a torn line behind
-        handle.write(b'{"prompt_index": 9, "task_id": "torn", "conv')
-    with ScriptedModelServer(lambda request: reply("second pass")) as server:
-        outcome = asyncio.run(mini_swe_runner.run_batch(make_config(server, out), loaded))
-        assert len(server.requests) == 2  # only the two failed tasks ran again
-    records = read_jsonl(out)
-    check_exactly_once(records, prompts)
-    assert all(r["completed"] for r in records)
-    assert outcome.summary["run"]["skipped_already_done"] == 4
-    duplicates = [r for r in records if r["conversations"][1]["value"] == "duplicate prompt"]
-    assert len(duplicates) == 2
-
-
 def test_overwrite_starts_afresh(out):
     with ScriptedModelServer(lambda request: reply("ok")) as server:
         run_prompts(make_config(server, out), ["a", "b"])
@@ -397,19 +372,6 @@ def test_a_prompts_file_changed_during_a_run_stops_it_with_one_line(tmp_path):
         assert not server.requests  # no prompt that was not checked reached the model
     assert outcome.exit_code == 1 and "changed during the run" in outcome.message
     assert not (tmp_path / "out.jsonl").exists() or not read_jsonl(tmp_path / "out.jsonl")
-
-
-def test_resume_over_a_prompt_file_skips_the_finished_samples(tmp_path):
-    path = write_prompts(tmp_path / "p.jsonl", 6, duplicate_every=3)
-    out = tmp_path / "out.jsonl"
-    with ScriptedModelServer(quick_script()) as server:
-        prompts = mini_swe_runner.load_prompts(str(path))
-        first = asyncio.run(mini_swe_runner.run_batch(make_config(server, out), prompts[:4]))
-        again = asyncio.run(mini_swe_runner.run_batch(make_config(server, out), prompts))
-    assert first.summary["tasks"] == 4 and again.summary["tasks"] == 2
-    assert again.summary["run"]["skipped_already_done"] == 4
-    expected = {p.task_id for p in mini_swe_runner.parse_prompt_lines(path.read_text().splitlines(), "p")}
-    assert {r["task_id"] for r in read_jsonl(out)} == expected and len(read_jsonl(out)) == 6
 
 
 def test_argument_errors_answer_without_importing_the_http_stack(tmp_path):
