@@ -353,25 +353,6 @@ def test_sampling_options_pass_through_and_are_recorded(tmp_path):
         )
 
 
-def test_command_line_shape(tmp_path):
-    one_line_error(run_cli(["clean"], cwd=tmp_path), 2, "unexpected argument 'clean'", "cleanup")
-    one_line_error(run_cli(["help"], cwd=tmp_path), 2, "unexpected argument 'help'")
-    one_line_error(run_cli(["--task", "x", "--shard", "1/2"], cwd=tmp_path), 2, "--shard")
-    one_line_error(run_cli(["--task", "x", "-w", "4"], cwd=tmp_path), 2)
-    version = run_cli(["--version"], cwd=tmp_path)
-    assert version.returncode == 0 and version.stdout.startswith("mini-swe-runner ")
-    helped = run_cli(["--help"], cwd=tmp_path)
-    assert helped.returncode == 0 and helped.stderr == ""
-    assert "--task TEXT" in helped.stdout and "Optional[" not in helped.stdout
-    lines = helped.stdout.splitlines()
-    for index, line in enumerate(lines):  # every flag has its description under it
-        if line.startswith("  --"):
-            assert lines[index + 1].strip(), line
-    assert not any(
-        line.lstrip().startswith("-") and not line.lstrip().startswith("--") for line in helped.stdout.splitlines()
-    )  # no short flags shown: none work
-
-
 def test_a_401_across_many_workers_is_exactly_one_line(tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(f"p{i}\n" for i in range(8)))
