@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-"""The checkout: its README and scripts are read, its modules never imported (the suite tests the installed package)."""
-# `python -m pytest` in the checkout puts it first on sys.path, where our modules would shadow the installed ones.
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT]
+"""The checkout: its README and scripts are read, its modules not imported: scripts/test runs `python -P -m pytest`
+against the installed package (tests/test_packaging.py checks). The benchmarks, which import this module too, put
+the checkout on sys.path themselves to measure it."""
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from model_server import per_conversation, reply, tool_call  # noqa: E402
