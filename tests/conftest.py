@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -98,6 +99,13 @@ def require_bwrap() -> None:
         pytest.skip("bwrap is not installed (apt-get install bubblewrap)")
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on (at the moment of asking)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def wait_for(condition, timeout: float = 30.0, interval: float = 0.05) -> None:
     """Poll ``condition`` until it is true; fail the test past ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -156,6 +164,7 @@ __all__ = [
     "RUNNER",
     "check_exactly_once",
     "clean_environ",
+    "free_port",
     "run_cli",
     "start_cli",
     "wait_for",

@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import socket
 import time
 
 import pytest
-from conftest import FINAL, make_config, read_jsonl, run_cli, run_prompts, tool_results
+from conftest import FINAL, free_port, make_config, read_jsonl, run_cli, run_prompts, tool_results
 from model_server import HOSTILE, ScriptedModelServer, http_error, per_conversation, per_prompt, reply, tool_call
 
 import mini_swe_runner
@@ -381,12 +380,6 @@ def _delayed(seconds: float, step):
 # ---------------------------------------------------------------------------------------------------------------
 # Runs that cannot work
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_a_refused_endpoint_stops_the_run_before_the_first_task(out, tmp_path):
