@@ -37,7 +37,7 @@ import time
 import typing
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -2544,6 +2544,7 @@ async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> di
     baseline = None
     started_wall, started = datetime.now(UTC), time.monotonic()
     env = None
+    starting: asyncio.Future | None = None
     permanent_error = None
     got_image = False
     try:
@@ -2557,10 +2558,11 @@ async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> di
         async with asyncio.timeout(config.task_timeout) as deadline:
             env = environments.create_environment(config.env, image=image, cwd=prompt.cwd, task_id=prompt.task_id)
             ctx.live_environments.add(env)
-            await env.start()
-            start_cwd = getattr(env, "cwd", None)
-            repository = await repository_start(env, start_cwd) if config.collect_patch or fresh else None
-            await _agent_loop(prompt, state, env, ctx, TaskClock(deadline))
+            # The first model call needs only the prompt: the environment starts while it is in flight, so its
+            # start-up hides behind the model's latency instead of adding to it (bench/bench_samples.py).
+            starting = asyncio.ensure_future(_start_environment(env, config.collect_patch or fresh))
+            await _agent_loop(prompt, state, env, ctx, TaskClock(deadline), starting)
+            start_cwd, repository = await starting
         # Outside --task_timeout: the verifier has its own bound, and a slow verifier is not a slow agent.
         with ctx.activity.command():
             verification, patch = await _after_agent(
@@ -2592,6 +2594,8 @@ async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> di
         state.exit_reason, state.error = "env_error", _internal_error(prompt, exc)
         verification = None
     finally:
+        if starting is not None:  # a start still going (the model call failed first, a stop) ends before the close
+            await _start_given_up(starting)
         if env is not None:
             await _close_quietly(env, prompt.task_id)
             ctx.live_environments.discard(env)
@@ -2725,6 +2729,49 @@ def _bare_conversation(prompt: Prompt, ctx: RunContext) -> list[dict]:
         return [{"from": "system", "value": ""}, {"from": "human", "value": prompt.text}]
 
 
+async def _start_environment(
+    env: environments.Environment, want_repository: bool
+) -> tuple[str | None, RepositoryStart | None]:
+    """Start the task's environment and note where its repository stood: (starting cwd, repository start)."""
+    # One pass of the event loop first: the first model request, made right after this task was created, is sent
+    # before the start's own work (forking, a thread for the engine) competes with it for the CPU.
+    await asyncio.sleep(0)
+    await env.start()
+    start_cwd = getattr(env, "cwd", None)
+    return start_cwd, await repository_start(env, start_cwd) if want_repository else None
+
+
+async def _start_given_up(starting: asyncio.Future) -> None:
+    """Cancel an environment start the task no longer waits for and let it end, so the close that follows finds
+    what the start made (a backend's start is cancel-safe: see Environment.start). Awaited again when cancelled,
+    as _close_quietly is."""
+    starting.cancel()
+    while not starting.done():
+        try:
+            await asyncio.wait((starting,))
+        except asyncio.CancelledError:
+            continue
+    if not starting.cancelled():
+        starting.exception()  # retrieved: the task has ended another way, and its record says how
+
+
+async def _first_answer(call: Awaitable[ModelTurn], starting: asyncio.Future) -> ModelTurn:
+    """The model's answer to a call made while the environment starts. A start that fails first cancels the call
+    (the conversation cannot go on without a sandbox) and its error ends the task."""
+    answer = asyncio.ensure_future(call)
+    try:
+        await asyncio.wait((answer, starting), return_when=asyncio.FIRST_COMPLETED)
+        if not answer.done() and not starting.cancelled() and starting.exception() is not None:
+            starting.result()  # raises the start's error
+        return await answer
+    finally:
+        if not answer.done():
+            answer.cancel()
+            await asyncio.wait((answer,))
+        elif not answer.cancelled():
+            answer.exception()  # retrieved: the start's error is the one the task ends with
+
+
 async def _close_quietly(env: environments.Environment, task_id: str) -> None:
     # Shielded, and awaited again when cancelled: a run stopping (a signal, a fatal error) while a task closes its
     # environment must neither leave the container or sandbox behind nor warn about a close that did happen.
@@ -2742,8 +2789,15 @@ async def _close_quietly(env: environments.Environment, task_id: str) -> None:
 
 
 async def _agent_loop(
-    prompt: Prompt, state: TaskState, env: environments.Environment, ctx: RunContext, clock: TaskClock | None = None
+    prompt: Prompt,
+    state: TaskState,
+    env: environments.Environment,
+    ctx: RunContext,
+    clock: TaskClock | None = None,
+    starting: asyncio.Future | None = None,
 ) -> None:
+    """``starting``: the environment's start, still going while the first calls are made; the first command waits
+    for it, and its failure ends the task (as env_error) with the turns the model gave so far."""
     config = ctx.config
     while True:
         if state.api_calls >= config.max_iterations:
@@ -2756,9 +2810,12 @@ async def _agent_loop(
         if config.return_tokens and state.tokens is None:
             state.tokens = trajectory.TokenLog()
         with ctx.activity.model_call():
-            turn = await ctx.model.complete(
+            request = ctx.model.complete(
                 state.messages, ctx.tools, clock, state.encoded, cost=state.cost, tokens=state.tokens
             )
+            if starting is not None and not starting.done():
+                request = _first_answer(request, starting)
+            turn = await request
         ctx.activity.answered(turn.usage["total_tokens"])
         if ctx.output is not None:
             ctx.output.commit()  # the endpoint works: --overwrite may now replace the old records
@@ -2781,6 +2838,8 @@ async def _agent_loop(
                 return
             state.completed, state.exit_reason = True, "completed"
             return
+        if starting is not None:
+            await starting  # the environment's start (once) and any error of it
         finished = False
         for call in calls:
             with ctx.activity.command():
