@@ -218,7 +218,9 @@ def main() -> None:
                     print(
                         f"  run {attempt + 1}: {name:>6} {mode:>12}  wall {result['wall']:.2f} s  "
                         f"efficiency {ideal[mode] / result['wall']:.3f}  pass@1 {result['pass_at_1']:.3f}  "
-                        f"CPU: runner's tree {cpu:.2f} s (its process {result['own_cpu']:.2f}), server {server_cpu:.2f} s  (load {os.getloadavg()[0]:.1f})",
+                        f"CPU: runner's tree {cpu:.2f} s (its process {result['own_cpu']:.2f})"
+                        f", server {server_cpu:.2f} s  "
+                        f"(load {os.getloadavg()[0]:.1f})",
                         flush=True,
                     )
     print(
