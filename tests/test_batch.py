@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import clean_environ, make_config, read_jsonl, run_cli, run_prompts, start_cli, wait_for
-from model_server import ScriptedModelServer, http_error, per_conversation, reply, tool_call
+from model_server import ScriptedModelServer, delayed, http_error, per_conversation, reply, tool_call
 
 import mini_swe_runner
 import trajectory
@@ -157,6 +157,44 @@ def test_signal_interrupts_cleans_up_and_resume_completes(tmp_path, signum, code
     final = read_jsonl(output)
     check_exactly_once(final, prompts)
     assert all(r["completed"] for r in final)
+
+
+def _processes_in(directory: Path) -> list[int]:
+    """Pids of the processes whose working directory is under ``directory``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/cwd").startswith(str(directory)):
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_stop_while_first_calls_wait_and_environments_start_leaves_nothing(tmp_path):
+    # Each task's environment starts while its first model call is in flight: a stop then cancels both, and
+    # neither a supervisor nor a task's temp dir outlives the run.
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    prompts = write_prompts(tmp_path / "p.jsonl", 4)
+    output = tmp_path / "out.jsonl"
+    with ScriptedModelServer(lambda request: delayed(60, reply("never"))) as server:
+        process = start_cli(
+            ["--prompts_file", str(prompts), "--output_file", str(output), "--model", "m", "--workers", "4",
+             "--base_url", server.base_url],
+            tmp_path,
+            env=clean_environ(TMPDIR=str(temp)),
+        )  # fmt: skip
+        wait_for(lambda: len(server.requests) == 4)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    records = read_jsonl(output)
+    assert [r["exit_reason"] for r in records] == ["interrupted"] * 4
+    assert all(r["api_calls"] == 1 and [t["from"] for t in r["conversations"]] == ["system", "human"] for r in records)
+    wait_for(lambda: not _processes_in(temp), timeout=5)
+    assert list(temp.iterdir()) == []  # each task's temp dir was removed
 
 
 def test_second_ctrl_c_exits_at_once_and_still_cleans_up(tmp_path):
