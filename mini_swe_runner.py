@@ -2537,7 +2537,7 @@ class Handover:
 
     async def sandbox_free(self) -> None:
         if self.previous_gone is not None:
-            await asyncio.wait((self.previous_gone,))  # not cancelled with a waiter: other samples may wait on it
+            await asyncio.wait((self.previous_gone,))  # a cancelled wait leaves the previous sample's future alone
 
 
 async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0, handover: Handover | None = None) -> dict:
