@@ -4965,8 +4965,8 @@ def protect_argv(argv: list[str], command: Callable[..., int] | None = None) -> 
                 takes_next = not following.startswith("--") and not (kind == "bool" and takes_files)
             if not takes_next and kind == "list":
                 raise UsageError(f"--{name} needs a value")
-            if not takes_next:
-                protected.append(f"--{name}")  # a bare flag: True for fire (a text flag then "needs a value")
+            if not takes_next:  # a bare flag is True (a text flag then "needs a value"); with "=", so that fire
+                protected.append(f"--{name}=True")  # never takes a file that follows for its value
                 continue
             value = following
             index += 1
