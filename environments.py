@@ -11,8 +11,9 @@ run, timed out?, cwd update, :class:`ExecResult`); a backend implements only fou
     await env.close()                           # idempotent; removes everything the task created
     env.abandon()                               # sync best-effort cleanup when the user insists on exiting now
 
-``BACKENDS`` maps each ``--env`` name to its class; the class says whether it uses an image, which flags apply
-to it, and brings its own preflight and leftover cleanup. Heavy SDKs (docker, modal, asyncssh) are imported
+``BACKENDS`` maps each ``--env`` name to its class; the class says whether it uses an image, declares each flag
+it uses once (a Flag: the CLI, --help, the check and the EnvSettings field come from it), and brings its own
+preflight and leftover cleanup. Heavy SDKs (docker, modal, asyncssh) are imported
 lazily so ``--help`` and the local backend stay fast.
 """
 
@@ -203,7 +204,7 @@ class CommonSettings:
     """
 
     env_type: str = "local"
-    """A name in BACKENDS: local, bwrap, docker, ssh or modal."""
+    """A name in BACKENDS (the registry, at the end of this module)."""
     max_output_chars: int = 50_000
     """Output beyond this keeps its head and tail with a marker saying how much was left out."""
     secret_values: tuple[str, ...] = ()

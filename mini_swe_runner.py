@@ -5117,8 +5117,9 @@ def cli() -> None:
     command = main
     if argv[:1] and argv[0] in COMMANDS:
         command, argv = COMMANDS[argv[0]], argv[1:]
-    if handed.get("api_key") is not None:  # first: a command that takes files reads every word after "--" as one
-        argv = [f"--api_key={handed['api_key']}", *argv]
+    if handed.get("api_key") is not None:  # before a "--": a command that takes files reads what follows as files
+        cut = argv.index("--") if "--" in argv else len(argv)
+        argv = [*argv[:cut], f"--api_key={handed['api_key']}", *argv[cut:]]
     try:
         flags = argv[: argv.index("--")] if "--" in argv else argv
         if any(word in ("--help", "-h") for word in flags):
