@@ -15,33 +15,24 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import clean_environ, make_config, read_jsonl, run_cli, run_prompts, start_cli, wait_for
-from model_server import ScriptedModelServer, http_error, per_conversation, reply, tool_call
+from conftest import (
+    FINAL,
+    check_exactly_once,
+    clean_environ,
+    make_config,
+    quick_script,
+    read_jsonl,
+    run_cli,
+    run_prompts,
+    start_cli,
+    tool_results,
+    wait_for,
+    write_prompts,
+)
+from model_server import ScriptedModelServer, Step, delayed, http_error, per_conversation, per_prompt, reply, tool_call
 
 import mini_swe_runner
 import trajectory
-
-
-def quick_script() -> object:
-    return per_conversation([reply(None, [tool_call("echo step")]), reply("done")])
-
-
-def write_prompts(path: Path, count: int, duplicate_every: int = 0) -> Path:
-    lines = []
-    for i in range(count):
-        text = "duplicate prompt" if duplicate_every and i % duplicate_every == 0 else f"prompt number {i}"
-        lines.append(json.dumps({"prompt": text}))
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def check_exactly_once(records: list[dict], prompts_file: Path) -> None:
-    expected = {p.task_id for p in mini_swe_runner.load_prompts(str(prompts_file))}
-    ids = [r["task_id"] for r in records]
-    assert len(ids) == len(set(ids)), "a task was recorded twice"
-    assert set(ids) == expected
-    for record in records:
-        assert tuple(record) == trajectory.RECORD_KEYS
 
 
 def test_many_workers_write_whole_valid_lines(out, tmp_path):
@@ -65,31 +56,6 @@ def test_workers_really_run_concurrently(out):
         outcome, records = run_prompts(make_config(server, out, workers=12), [f"t{i}" for i in range(12)])
         elapsed = time.monotonic() - started
     assert len(records) == 12 and elapsed < 4.5
-
-
-def test_resume_skips_done_tasks_and_retries_failed_ones(out, tmp_path):
-    prompts = write_prompts(tmp_path / "p.jsonl", 6, duplicate_every=3)  # prompts 0 and 3 are duplicates
-
-    def first_pass(request):
-        text = request["messages"][1]["content"]
-        return http_error(500, "down") if text.endswith(("1", "4")) else reply("ok")
-
-    loaded = mini_swe_runner.load_prompts(str(prompts))
-    with ScriptedModelServer(first_pass) as server:
-        asyncio.run(mini_swe_runner.run_batch(make_config(server, out, max_retries=0), loaded))
-    first = read_jsonl(out)
-    assert sorted(r["exit_reason"] for r in first) == ["api_error"] * 2 + ["completed"] * 4
-    with out.open("ab") as handle:  # a crash left a torn line behind
-        handle.write(b'{"prompt_index": 9, "task_id": "torn", "conv')
-    with ScriptedModelServer(lambda request: reply("second pass")) as server:
-        outcome = asyncio.run(mini_swe_runner.run_batch(make_config(server, out), loaded))
-        assert len(server.requests) == 2  # only the two failed tasks ran again
-    records = read_jsonl(out)
-    check_exactly_once(records, prompts)
-    assert all(r["completed"] for r in records)
-    assert outcome.summary["run"]["skipped_already_done"] == 4
-    duplicates = [r for r in records if r["conversations"][1]["value"] == "duplicate prompt"]
-    assert len(duplicates) == 2
 
 
 def test_overwrite_starts_afresh(out):
@@ -157,6 +123,88 @@ def test_signal_interrupts_cleans_up_and_resume_completes(tmp_path, signum, code
     final = read_jsonl(output)
     check_exactly_once(final, prompts)
     assert all(r["completed"] for r in final)
+
+
+def _processes_in(directory: Path) -> list[int]:
+    """Pids of the processes whose working directory is under ``directory``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/cwd").startswith(str(directory)):
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_stop_while_first_calls_wait_and_environments_start_leaves_nothing(tmp_path):
+    # Each task's environment starts while its first model call is in flight: a stop then cancels both, and
+    # neither a supervisor nor a task's temp dir outlives the run.
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    prompts = write_prompts(tmp_path / "p.jsonl", 4)
+    output = tmp_path / "out.jsonl"
+    with ScriptedModelServer(lambda request: delayed(60, reply("never"))) as server:
+        process = start_cli(
+            ["--prompts_file", str(prompts), "--output_file", str(output), "--model", "m", "--workers", "4",
+             "--base_url", server.base_url],
+            tmp_path,
+            env=clean_environ(TMPDIR=str(temp)),
+        )  # fmt: skip
+        wait_for(lambda: len(server.requests) == 4)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    records = read_jsonl(output)
+    assert [r["exit_reason"] for r in records] == ["interrupted"] * 4
+    assert all(r["api_calls"] == 1 and [t["from"] for t in r["conversations"]] == ["system", "human"] for r in records)
+    wait_for(lambda: not _processes_in(temp), timeout=5)
+    assert list(temp.iterdir()) == []  # each task's temp dir was removed
+
+
+def test_a_workers_next_sample_asks_the_model_while_the_previous_one_verifies(tmp_path):
+    # One worker, two prompts. The first prompt's verifier passes once the model has been asked the second prompt
+    # (and fails after 10 s): the worker takes its next sample as soon as the agent is done, so that model call
+    # overlaps the verifier instead of waiting for it.
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    verifier = (
+        f"[ -e {marks}/ended ] && exit 0; "
+        f"for i in $(seq 200); do [ -e {marks}/go ] && {{ touch {marks}/ended; exit 0; }}; sleep 0.05; done; "
+        f"touch {marks}/ended; exit 1"
+    )
+    asked_before_the_verifier_ended = []
+
+    def second_prompt_asked() -> Step:
+        asked_before_the_verifier_ended.append(not (marks / "ended").exists())
+        (marks / "go").touch()
+        return reply(None, [tool_call("ls -d $TMPDIR/mini-swe-task-* | wc -l")])
+
+    script = per_prompt(
+        {"first": [reply(None, [tool_call(FINAL)])], "second": [second_prompt_asked, reply(None, [tool_call(FINAL)])]},
+        lambda request: reply("unexpected"),
+    )
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "first"}\n{"prompt": "second"}\n')
+    output = tmp_path / "out.jsonl"
+    with ScriptedModelServer(script) as server:
+        result = run_cli(
+            ["--prompts_file", str(prompts), "--output_file", str(output), "--model", "m", "--workers", "1",
+             "--verify", verifier, "--base_url", server.base_url],
+            cwd=tmp_path,
+            env=clean_environ(TMPDIR=str(temp)),
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert asked_before_the_verifier_ended == [True]
+    by_prompt = {r["conversations"][1]["value"]: r for r in read_jsonl(output)}
+    assert by_prompt["first"]["reward"] == 1.0 and by_prompt["second"]["reward"] == 1.0
+    # The second sample's sandbox was made once the first one's was gone: a worker holds one at a time.
+    [listing, _] = tool_results(by_prompt["second"])
+    assert listing["content"]["output"].strip() == "1"
+    assert list(temp.iterdir()) == []
 
 
 def test_second_ctrl_c_exits_at_once_and_still_cleans_up(tmp_path):
@@ -408,19 +456,6 @@ def test_a_prompts_file_changed_during_a_run_stops_it_with_one_line(tmp_path):
         assert not server.requests  # no prompt that was not checked reached the model
     assert outcome.exit_code == 1 and "changed during the run" in outcome.message
     assert not (tmp_path / "out.jsonl").exists() or not read_jsonl(tmp_path / "out.jsonl")
-
-
-def test_resume_over_a_prompt_file_skips_the_finished_samples(tmp_path):
-    path = write_prompts(tmp_path / "p.jsonl", 6, duplicate_every=3)
-    out = tmp_path / "out.jsonl"
-    with ScriptedModelServer(quick_script()) as server:
-        prompts = mini_swe_runner.load_prompts(str(path))
-        first = asyncio.run(mini_swe_runner.run_batch(make_config(server, out), prompts[:4]))
-        again = asyncio.run(mini_swe_runner.run_batch(make_config(server, out), prompts))
-    assert first.summary["tasks"] == 4 and again.summary["tasks"] == 2
-    assert again.summary["run"]["skipped_already_done"] == 4
-    expected = {p.task_id for p in mini_swe_runner.parse_prompt_lines(path.read_text().splitlines(), "p")}
-    assert {r["task_id"] for r in read_jsonl(out)} == expected and len(read_jsonl(out)) == 6
 
 
 def test_argument_errors_answer_without_importing_the_http_stack(tmp_path):
