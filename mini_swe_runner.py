@@ -2208,8 +2208,8 @@ class RunContext:
     stopping: bool = False
     config_hash: str = ""
     """Of the settings that shape the data (see data_settings); the same on every record of the run."""
-    output: "trajectory.OutputFile | None" = None
-    """Told when the first model answer shows the run works (--overwrite replaces the old file then)."""
+    on_model_answer: Callable[[], None] | None = None
+    """Called when a model answers (the run works); what that means is the batch's to decide."""
 
     early_failures: EarlyFailureWatch = field(default_factory=EarlyFailureWatch)
     """Stops the run when its first tasks all end in the same permanent API error."""
@@ -2764,8 +2764,8 @@ async def _agent_loop(
                 state.messages, ctx.tools, clock, state.encoded, cost=state.cost, tokens=state.tokens
             )
         ctx.activity.answered(turn.usage["total_tokens"])
-        if ctx.output is not None:
-            ctx.output.commit()  # the endpoint works: --overwrite may now replace the old records
+        if ctx.on_model_answer is not None:
+            ctx.on_model_answer()
         for key, value in turn.usage.items():
             state.usage[key] += value
         if turn.tokens is not None and state.tokens is not None:
@@ -3490,13 +3490,18 @@ async def run_batch(
         summary = summarize(RunTally(), time.monotonic() - started, skipped, outcomes, config=config)
         return RunOutcome(EXIT_FATAL, summary, str(exc))
 
+    def model_answered() -> None:
+        """The run works: --overwrite's new file replaces the old records now (once: the hook goes with it)."""
+        ctx.on_model_answer = None
+        output.commit()
+
     ctx = RunContext(
         config=config,
         model=ModelClient(config),
         tools=tools,
         system_prompt=system_prompt,
         config_hash=data_hash,
-        output=output,
+        on_model_answer=model_answered,
         images=environments.image_supply(config.env, image_counts),
         budget=budget,
     )
