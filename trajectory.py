@@ -1,8 +1,9 @@
 """Messages -> Hermes turns -> records -> JSONL.
 
-Pure functions for the conversion (see the record spec in the README), plus the writer and reader of the
-output file. The writer appends whole lines only, flushed and synced, so a crash loses at most the tasks in
-flight; the reader tolerates the torn last line such a crash can leave. Imports nothing of ours.
+Pure functions for the conversion (see the record spec in the README), plus the output file's whole life
+(:class:`OutputFile`: lock, resume, writer, resume index, compaction, --overwrite's commit). The writer appends
+whole lines only, flushed and synced, so a crash loses at most the tasks in flight; the reader tolerates the torn
+last line such a crash can leave. Imports nothing of ours: the runner hands the output file plain values.
 """
 
 from __future__ import annotations
