@@ -400,15 +400,19 @@ def sandbox_environ(env_vars: tuple[str, ...]) -> dict[str, str]:
     return environ
 
 
+TASK_VARIABLE = "MSR_TASK"
+"""Carries the task's own token (``Environment._task_token``) in the environment of everything its commands start,
+inherited through setsid, nohup and double forks, which a process group misses: how a backend without a better
+handle (Modal, the ssh remote) finds what the agent left running, through /proc/<pid>/environ."""
+
+
 # The wrapper every backend runs: a fresh bash that starts in the task's cwd, runs the command through eval
 # (so the command text is data, never spliced into a script), and on exit reports its $PWD on the original
 # stdout, so the next command can start where this one ended. $1 = marker, $2 = cwd, $3 = command.
 _WRAPPER_SCRIPT = (
-    'export MSR_TASK="$4"; '
+    f'export {TASK_VARIABLE}="$4"; '
     'exec 9>&1; trap \'printf "\\n%s%s\\n" "$1" "$PWD" >&9 2>/dev/null\' EXIT; cd -- "$2" || exit 1; eval "$3"'
 )
-"""MSR_TASK: the task's own token in the environment of everything its commands start, which is how a backend
-without a better handle (Modal) finds what the agent left running (see Environment.end_processes)."""
 
 
 def new_cwd_marker() -> str:
@@ -420,18 +424,20 @@ def wrapped_argv(command: str, cwd: str, marker: str, task_token: str = "") -> l
     return ["bash", "-c", _WRAPPER_SCRIPT, "bash", marker, cwd, command, task_token]
 
 
-_END_TASK_PROCESSES_SCRIPT = r"""
+_END_TASK_PROCESSES_SCRIPT = rf"""
 for round in $(seq 500); do
   found=0
   for entry in /proc/[0-9]*; do
-    if grep -qzx "MSR_TASK=$1" "$entry/environ" 2>/dev/null; then kill -9 "${entry#/proc/}" 2>/dev/null; found=1; fi
+    if grep -qzx "{TASK_VARIABLE}=$1" "$entry/environ" 2>/dev/null; then
+      kill -9 "${{entry#/proc/}}" 2>/dev/null; found=1
+    fi
   done
   [ "$found" = 0 ] && exit 0
   sleep 0.01
 done
 exit 1
 """
-"""Kills, until none is left, every process whose environment carries the task's MSR_TASK token. It runs without
+"""Kills, until none is left, every process whose environment carries the task's token (TASK_VARIABLE). It runs without
 the token itself (env -u), so it never matches itself."""
 
 
@@ -559,9 +565,10 @@ class Environment:
         verifier runs in the task's own sandbox, so nothing of the agent (a loop rewriting the tests) runs beside it.
         Raises EnvError when it cannot be done, since the verifier's result could then not be trusted.
 
-        This default finds them by the MSR_TASK token in their environment: a process that dropped it (env -i)
-        escapes, which is why a backend with a better handle (a supervisor, a container) overrides it."""
-        script = f"exec env -u MSR_TASK bash -c {shlex.quote(_END_TASK_PROCESSES_SCRIPT)} bash {self._task_token}"
+        This default finds them by the task's token (TASK_VARIABLE) in their environment: a process that dropped it
+        (env -i) escapes, which is why a backend with a better handle (a supervisor, a container) overrides it."""
+        reaper = shlex.quote(_END_TASK_PROCESSES_SCRIPT)
+        script = f"exec env -u {TASK_VARIABLE} bash -c {reaper} bash {self._task_token}"
         result = await self.execute(script, 60)
         if result.exit_code != 0:
             raise EnvError(f"could not end the task's processes in its {self.name} sandbox: {result.output[-300:]}")
@@ -2747,15 +2754,11 @@ SSH_WATCHDOG_MARGIN = 5.0
 SSH_RECONNECT_BACKOFF = (0.5, 8.0)
 """First and longest pause between reconnection attempts (doubling), all within --startup_timeout."""
 
-# Marks every process a task starts on the remote (inherited through setsid, nohup and double forks, which a
-# process group misses): the task's end kills them all, found through /proc/<pid>/environ (Linux, GNU grep).
-SSH_TASK_VARIABLE = "MSR_SSH_TASK"
-
 
 def _remote_reap(token: str) -> str:
     """Shell that SIGKILLs every process of the remote user carrying the task's token, again until none is left."""
     return (
-        f"for _ in 1 2 3 4 5 6 7 8 9 10; do p=$(grep -lzx {SSH_TASK_VARIABLE}={token} /proc/[0-9]*/environ "
+        f"for _ in 1 2 3 4 5 6 7 8 9 10; do p=$(grep -lzx {TASK_VARIABLE}={token} /proc/[0-9]*/environ "
         '2>/dev/null | cut -d/ -f3); [ -z "$p" ] && break; kill -KILL $p 2>/dev/null; sleep 0.05; done'
     )
 
@@ -3060,7 +3063,7 @@ class _ChannelOutput:
 class SSHEnvironment(Environment):
     """Commands run on a remote machine over the run's one ssh connection, in a fresh remote temporary directory
     per task (removed at close) unless a cwd is given. A timeout kills the command's process group remotely; close
-    kills every group the task's commands made and every process carrying the task's token (SSH_TASK_VARIABLE).
+    kills every group the task's commands made and every process carrying the task's token (TASK_VARIABLE).
     A dropped connection is re-established; the command it cut short gets an error result and the task goes on if
     its remote directory survived. A runner that dies leaves the remote watchdog to clean up."""
 
@@ -3075,11 +3078,12 @@ class SSHEnvironment(Environment):
         self._shared: _SharedConnection | None = None
         self._connection = None
         self._groups: list[int] = []
-        self._token = secrets.token_hex(8)
         # SHLVL=1: bash sources ~/.bashrc even non-interactively when it thinks sshd started it (SSH_CLIENT set,
         # shell level < 2); the login shell already paid that once, and the wrapper's bash must not pay it again
         # (measured: a pyenv-loading .bashrc doubled the round trip, 0.48 s against 0.24 s).
-        variables = {**sandbox_environ(settings.env_vars), "SHLVL": "1", SSH_TASK_VARIABLE: self._token}
+        # The task's token (TASK_VARIABLE) is not among them: the wrapper exports it to the command's processes
+        # only, so the reaper (end_processes, _remote_reap) never matches the remote chain that runs it.
+        variables = {**sandbox_environ(settings.env_vars), "SHLVL": "1"}
         self._env_prefix = ["env", *(f"{k}={v}" for k, v in variables.items())]
 
     async def _start(self) -> None:
@@ -3093,7 +3097,7 @@ class SSHEnvironment(Environment):
             self.base = self.requested_cwd
         else:
             # Named by the task's random token, not mktemp's: made again after a dropped connection, it is the same.
-            name = f'"${{TMPDIR:-/tmp}}/mini-swe-task-{self._token}"'
+            name = f'"${{TMPDIR:-/tmp}}/mini-swe-task-{self._task_token}"'
             ours = '{ [ -d "$d" ] && [ ! -L "$d" ] && [ -O "$d" ]; }'
             made = await self._control(f'd={name}; {{ mkdir -m 700 -- "$d" 2>/dev/null || {ours}; }} && echo "$d"')
             path = (made.stdout or "").strip()
@@ -3101,7 +3105,7 @@ class SSHEnvironment(Environment):
                 await self._close()
                 raise EnvError(f"could not make a temporary directory on {self.settings.ssh_host}: {made.stderr!r}")
             self.base = self._temp_dir = path
-        self._shared.register(self._token, self._temp_dir)
+        self._shared.register(self._task_token, self._temp_dir)
         self.cwd = self.base
 
     async def _live_connection(self):
@@ -3223,7 +3227,7 @@ class SSHEnvironment(Environment):
         """Kill the task's process groups and every process carrying its token, remove its temporary directory."""
         kill = "kill -KILL " + " ".join(f"-{g}" for g in groups) + " 2>/dev/null; " if groups else ""
         remove = f"; rm -rf -- {shlex.quote(temp_dir)}" if temp_dir else ""
-        return kill + _remote_reap(self._token) + remove
+        return kill + _remote_reap(self._task_token) + remove
 
     async def _close(self) -> None:
         if self._shared is None or self._connection is None:
@@ -3238,7 +3242,7 @@ class SSHEnvironment(Environment):
             self._temp_dir = None
             shared, self._shared, self._connection = self._shared, None, None
             if cleaned:  # else the watchdog keeps it, and cleans up when the connection ends
-                shared.unregister(self._token)
+                shared.unregister(self._task_token)
             shared.release()
 
     def abandon(self) -> None:
