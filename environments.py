@@ -624,6 +624,8 @@ class Environment:
 # one fd (SCM_RIGHTS), the write end of the command's output pipe; {"kill": id} kills a command's processes.
 # Supervisor -> runner: "R" once (ready), then 12 bytes per command when its bash ends: id, exit code (as
 # os.waitstatus_to_exitcode gives it) and an errno (not 0: bash could not be started).
+# Kept as a string because it is shipped as text (to the zygote, into bwrap); tests/test_embedded_code.py compiles it
+# and runs ruff on it, like every Python source kept in a string here.
 SUPERVISOR_SCRIPT = r"""
 import array, ctypes, json, os, select, signal, socket, struct, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -873,7 +875,7 @@ def handle(owned_dir):
         with open("/proc/%d/task/%d/children" % (me, me), "rb") as f:
             left = f.read().split()  # orphans are re-parented to us: no child, no descendant
         if left:  # walking /proc costs about 1 ms per 70 processes on the machine
-            kill_until_gone(lambda table: subtrees(table, [me]))
+            kill_until_gone(lambda table, me=me: subtrees(table, [me]))
         if owned_dir:  # the task's temporary directory (the runner removes it too, unless it died)
             import shutil  # imported by the zygote already (about 4 ms of CPU per task otherwise)
             shutil.rmtree(owned_dir, ignore_errors=True)
@@ -883,10 +885,10 @@ def handle(owned_dir):
         spawn(request["run"], request["argv"], request["cwd"], fds[0])
     elif "kill" in request:
         command_id = request["kill"]
-        kill_until_gone(lambda table: command_processes(table, command_id))
+        kill_until_gone(lambda table, command_id=command_id: command_processes(table, command_id))
     elif "kill_all" in request:  # before a verifier: nothing the task's commands started may still run
         me = os.getpid()
-        kill_until_gone(lambda table: subtrees(table, [me]))
+        kill_until_gone(lambda table, me=me: subtrees(table, [me]))
     return True
 
 task_fd, owned_dir = int(sys.argv[1]), sys.argv[2]
@@ -914,6 +916,7 @@ _NO_ANSWER = (None, None)
 # How the zygote and a bwrap supervisor start: a short `-c` stub that reads the real source from stdin (a pipe the
 # runner writes and closes), so `ps` shows a name and not kilobytes of source. The first argument is that name;
 # the stub drops "-c" from sys.argv, so the source sees [name, args...]. stdin becomes /dev/null again after.
+# (Linted, like the scripts, by tests/test_embedded_code.py.)
 CODE_FROM_STDIN = (
     "import os,sys;s=sys.stdin.buffer.read();os.dup2(os.open(os.devnull,os.O_RDONLY),0);"
     "del sys.argv[0];exec(compile(s,sys.argv[0],'exec'))"
@@ -938,7 +941,8 @@ ZYGOTE_SCRIPT = r"""
 # subreaper: when a supervisor dies before its time (a command may kill its parent), what the supervisor ran is
 # re-parented here, and killed. It ends when the runner's end of the control socket closes (the runner ended or
 # died); its idle supervisors then see their links close, and exit.
-import array, ctypes, json, os, select, shutil, signal, socket, struct, sys, time  # the supervisor's, done once
+# The supervisor's imports too, done once here instead of in every supervisor (shutil is only the supervisor's).
+import array, ctypes, json, os, select, shutil, signal, socket, struct, sys, time  # noqa: F401
 code = compile(SUPERVISOR_SOURCE, "<supervisor>", "exec")
 control = socket.socket(fileno=int(sys.argv[1]))
 ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
@@ -1056,6 +1060,9 @@ while True:
             else:
                 drop_link(fd)
 """
+ZYGOTE_SOURCE = f"SUPERVISOR_SOURCE = {SUPERVISOR_SCRIPT!r}\n{ZYGOTE_SCRIPT}"
+"""What the zygote runs: its script with the supervisor's source ahead of it (tests/test_embedded_code.py lints
+this text, the one shipped)."""
 
 
 class _Zygote:
@@ -1067,7 +1074,7 @@ class _Zygote:
         try:
             self.process = _start_from_stdin(
                 [sys.executable, "-I", "-S", "-c", CODE_FROM_STDIN, "mini-swe-runner-zygote", str(theirs.fileno())],
-                f"SUPERVISOR_SOURCE = {SUPERVISOR_SCRIPT!r}\n{ZYGOTE_SCRIPT}",
+                ZYGOTE_SOURCE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 cwd="/",

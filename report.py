@@ -815,6 +815,9 @@ def stats_command(argv: list[str]) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 # The page: markup skeleton, style and script. Record text only ever enters the DOM through text nodes.
 # ---------------------------------------------------------------------------------------------------------------
+# Strings, so the report stays one file written by one module (the package ships modules, no data files); linted by
+# tests/test_report.py's "page's own code" section: balanced markup, script parsed and run in Chromium without a
+# console message, every style rule kept.
 
 PAGE_BODY = """<link rel="icon" href="data:,">
 <header><h1>mini-swe-runner report</h1><span id="files"></span><span id="status">Loading…</span></header>

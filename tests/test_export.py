@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FINAL, ROOT, make_config, read_jsonl, run_cli, run_prompts, start_cli, wait_for
+from conftest import FINAL, ROOT, RUNNER, make_config, read_jsonl, run_cli, run_prompts, start_cli, wait_for
 from model_server import ScriptedModelServer, assistant_turns, http_error, reply, tool_call
 
 import trajectory
@@ -330,7 +330,6 @@ def test_the_readme_loading_example_runs(tmp_path, monkeypatch):
         record["metadata"]["timestamp"] = "2026-11-24T19:16:59+00:00"  # what pyarrow's JSON reader would parse
     _write(tmp_path / "trajectories.jsonl", records)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(ROOT))
     namespace: dict = {}
     exec(compile(example.replace("good.push_to_hub", "good.to_json"), "README", "exec"), namespace)
     assert namespace["good"].num_rows == 1
@@ -339,15 +338,15 @@ def test_the_readme_loading_example_runs(tmp_path, monkeypatch):
 
 def test_a_datasets_without_json_is_one_line_naming_the_upgrade():
     code = "import datasets; del datasets.Json; import trajectory; trajectory.export_features('openai')"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-P", "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert "pip install -U datasets" in result.stderr.splitlines()[-1]
     code = "import datasets; del datasets.Json; import trajectory; trajectory.export_features('openai', 'string')"
-    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True).returncode == 0
+    assert subprocess.run([sys.executable, "-P", "-c", code], cwd=ROOT, capture_output=True).returncode == 0
 
 
 def test_missing_datasets_is_one_line_naming_the_extra(tmp_path):
     code = "import sys; sys.modules['datasets'] = None; import trajectory; trajectory.record_features()"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-P", "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert "pip install 'mini-swe-runner[datasets]'" in result.stderr.splitlines()[-1]
 
 
@@ -880,7 +879,7 @@ def test_a_failed_export_leaves_no_partial_file(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
 
     result = subprocess.run(
-        [sys.executable, str(ROOT / "mini_swe_runner.py"), "export", str(source), "--output_file", str(out)],
+        [*RUNNER, "export", str(source), "--output_file", str(out)],
         capture_output=True,
         text=True,
         preexec_fn=limit,
