@@ -379,6 +379,55 @@ def test_flag_key_never_reaches_logs_or_records_even_from_the_model(tmp_path):
     assert "My key is [REDACTED]" in output and "model: My key is [REDACTED]" in result.stderr
 
 
+@pytest.mark.parametrize("command", ["", "cleanup", "view", "stats", "export"])
+def test_every_command_prints_its_help_and_refuses_a_bad_flag_in_one_line(tmp_path, command):
+    """One way in for every command: --help and -h print that command's help and do nothing else (cleanup --help
+    used to clean); an unknown flag is one line and exit 2. Docker is pointed nowhere, so a cleanup that ran would
+    say so on stderr and exit 1, and touch no engine."""
+    words = [command] if command else []
+    prog = " ".join(["mini-swe-runner", *words])
+    environ = clean_environ(DOCKER_HOST="unix:///nonexistent/docker.sock")
+    for ask in ("--help", "-h"):
+        result = run_cli([*words, ask], cwd=tmp_path, env=environ)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        assert f"\nusage: {prog}" in result.stdout
+    result = run_cli([*words, "--no_such_flag", "1"], cwd=tmp_path, env=environ)
+    one_line_error(result, 2, "unknown flag --no_such_flag", f"see {prog} --help")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_switch_beside_record_files_takes_no_file_as_its_value(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    result = run_cli(["stats", "--json", str(empty)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["records"] == 0
+
+
+def test_each_backend_flag_is_declared_once_and_reaches_the_cli_help_and_settings():
+    """A backend's Flag is the one place a flag is written down: main's signature (what fire reads), --help, the
+    EnvSettings field and its default all come from it; a second declaration of one flag is refused."""
+    import dataclasses
+
+    import environments
+
+    parameters = inspect.signature(mini_swe_runner.main).parameters
+    text = mini_swe_runner.help_text()
+    defaults = environments.EnvSettings()
+    assert len(environments.ENV_FLAGS) >= 19
+    for name, flag in environments.ENV_FLAGS.items():
+        assert parameters[name].default is None and parameters[name].kind is parameters[name].POSITIONAL_OR_KEYWORD
+        assert f"  --{name}" in text and environments.flag_help(flag) in text, name
+        assert getattr(defaults, flag.setting) == flag.default, name
+
+    class Again(environments.Environment):
+        name = "again"
+        flags = (dataclasses.replace(environments.CWD),)
+
+    with pytest.raises(TypeError, match="declares --cwd again"):
+        environments._every_flag({**environments.BACKENDS, "again": Again})
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Flag values refused in one line before any work
 # ---------------------------------------------------------------------------------------------------------------

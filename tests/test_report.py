@@ -268,7 +268,7 @@ def test_view_takes_text_flags_exactly_as_typed(run_files, tmp_path):
         (["stats", "missing.jsonl"], "cannot read missing.jsonl"),
         (["view", "."], ". is a directory"),
         (["view", "IN", "--colour"], "unknown flag --colour"),
-        (["stats", "IN", "--json=yes"], "unknown flag --json"),
+        (["stats", "IN", "--json=maybe"], "--json takes true or false"),
         (["view", "IN", "--output_file"], "--output_file needs a value"),
         (["view", "IN", "--output_file="], "--output_file needs a value"),
         (["view", "IN", "--output_file", "IN"], "is one of the record files: it would be lost"),
