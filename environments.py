@@ -400,15 +400,19 @@ def sandbox_environ(env_vars: tuple[str, ...]) -> dict[str, str]:
     return environ
 
 
+TASK_VARIABLE = "MSR_TASK"
+"""Carries the task's own token (``Environment._task_token``) in the environment of everything its commands start,
+inherited through setsid, nohup and double forks, which a process group misses: how a backend without a better
+handle (Modal, the ssh remote) finds what the agent left running, through /proc/<pid>/environ."""
+
+
 # The wrapper every backend runs: a fresh bash that starts in the task's cwd, runs the command through eval
 # (so the command text is data, never spliced into a script), and on exit reports its $PWD on the original
 # stdout, so the next command can start where this one ended. $1 = marker, $2 = cwd, $3 = command.
 _WRAPPER_SCRIPT = (
-    'export MSR_TASK="$4"; '
+    f'export {TASK_VARIABLE}="$4"; '
     'exec 9>&1; trap \'printf "\\n%s%s\\n" "$1" "$PWD" >&9 2>/dev/null\' EXIT; cd -- "$2" || exit 1; eval "$3"'
 )
-"""MSR_TASK: the task's own token in the environment of everything its commands start, which is how a backend
-without a better handle (Modal) finds what the agent left running (see Environment.end_processes)."""
 
 
 def new_cwd_marker() -> str:
@@ -420,18 +424,20 @@ def wrapped_argv(command: str, cwd: str, marker: str, task_token: str = "") -> l
     return ["bash", "-c", _WRAPPER_SCRIPT, "bash", marker, cwd, command, task_token]
 
 
-_END_TASK_PROCESSES_SCRIPT = r"""
+_END_TASK_PROCESSES_SCRIPT = rf"""
 for round in $(seq 500); do
   found=0
   for entry in /proc/[0-9]*; do
-    if grep -qzx "MSR_TASK=$1" "$entry/environ" 2>/dev/null; then kill -9 "${entry#/proc/}" 2>/dev/null; found=1; fi
+    if grep -qzx "{TASK_VARIABLE}=$1" "$entry/environ" 2>/dev/null; then
+      kill -9 "${{entry#/proc/}}" 2>/dev/null; found=1
+    fi
   done
   [ "$found" = 0 ] && exit 0
   sleep 0.01
 done
 exit 1
 """
-"""Kills, until none is left, every process whose environment carries the task's MSR_TASK token. It runs without
+"""Kills, until none is left, every process whose environment carries the task's token (TASK_VARIABLE). It runs without
 the token itself (env -u), so it never matches itself."""
 
 
@@ -559,9 +565,10 @@ class Environment:
         verifier runs in the task's own sandbox, so nothing of the agent (a loop rewriting the tests) runs beside it.
         Raises EnvError when it cannot be done, since the verifier's result could then not be trusted.
 
-        This default finds them by the MSR_TASK token in their environment: a process that dropped it (env -i)
-        escapes, which is why a backend with a better handle (a supervisor, a container) overrides it."""
-        script = f"exec env -u MSR_TASK bash -c {shlex.quote(_END_TASK_PROCESSES_SCRIPT)} bash {self._task_token}"
+        This default finds them by the task's token (TASK_VARIABLE) in their environment: a process that dropped it
+        (env -i) escapes, which is why a backend with a better handle (a supervisor, a container) overrides it."""
+        reaper = shlex.quote(_END_TASK_PROCESSES_SCRIPT)
+        script = f"exec env -u {TASK_VARIABLE} bash -c {reaper} bash {self._task_token}"
         result = await self.execute(script, 60)
         if result.exit_code != 0:
             raise EnvError(f"could not end the task's processes in its {self.name} sandbox: {result.output[-300:]}")
@@ -609,7 +616,9 @@ class Environment:
 # ignores TERM/INT/HUP/QUIT (a command's `kill $PPID`); a command that kills it otherwise (`kill -KILL $PPID`)
 # gets an error result, the runner starts a new supervisor for the next command, and the zygote (a subreaper too)
 # kills what the dead one left. When the runner's end of the socket closes - close(), abandon(), or the runner
-# dying however it dies - the supervisor kills every descendant and exits.
+# dying however it dies - the supervisor kills every descendant, removes the task's directory and closes its end,
+# which is how close() knows the task is clean. Then a bwrap supervisor exits; one the zygote forked tells the zygote
+# it is idle and serves the next task the zygote hands it (it exits when the zygote ends).
 #
 # Protocol, runner -> supervisor: frames of a 4-byte length + JSON. {"run": id, "argv": [...], "cwd": dir} carries
 # one fd (SCM_RIGHTS), the write end of the command's output pipe; {"kill": id} kills a command's processes.
@@ -666,19 +675,18 @@ for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
 SPAWN_DEFAULT_SIGNALS = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
 TICKS = os.sysconf("SC_CLK_TCK")
 MARK = b"MSR_COMMAND_ID="
-sock = socket.socket(fileno=int(sys.argv[1]))
-sock.set_inheritable(False)
+# Forked by the zygote, a supervisor has a link to it (argv[4]) and serves one task after another: when a task ends
+# and everything it started is killed, it tells the zygote it is idle and waits there for the next task's socket. A
+# fork per task cost the zygote and the supervisor about 2 ms of CPU (copy-on-write faults of two Pythons).
+link = socket.socket(fileno=int(sys.argv[4])) if sys.argv[4:5] not in ([], [""]) else None
 # SIGCHLD wakes the poll below through this pipe (the handler itself does nothing: reaping happens in the loop).
 wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
 signal.signal(signal.SIGCHLD, lambda signum, frame: None)
 poller = select.poll()
-poller.register(sock, select.POLLIN)
 poller.register(wake_read, select.POLLIN)
-base_environ = dict(os.environb)
 running = {}  # bash pid -> command id
 started = {}  # command id -> clock tick (as in /proc/<pid>/stat) just before its bash was spawned
-sock.sendall(b"R")  # ready: the runner waits for this byte (or for the sandbox's error on stderr)
 
 def processes():
     # pid -> (parent pid, start tick) of every live process in sight
@@ -793,7 +801,52 @@ def read_exact(size):
         data += chunk
     return data
 
-while True:
+def next_task():
+    # The zygote's next request for this idle supervisor: a 4-byte length + JSON (cwd, environ, owned_dir) and the
+    # task's socket. None when the zygote is gone (the runner ended): nothing is left to serve.
+    try:
+        link.sendall(b"I")
+        fds = array.array("i")
+        header, ancillary, _, _ = link.recvmsg(4, socket.CMSG_SPACE(fds.itemsize), socket.MSG_CMSG_CLOEXEC)
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+        body = b""
+        size = struct.unpack("!I", header)[0] if len(header) == 4 else 0
+        while len(body) < size:
+            chunk = link.recv(size - len(body))
+            if not chunk:
+                break
+            body += chunk
+    except OSError:
+        return None
+    if len(header) < 4 or len(body) < size or not fds:  # short frames never happen on a socketpair this small
+        return None
+    return json.loads(body), fds[0]
+
+def serve(task_fd, owned_dir):
+    # One task, from its ready byte to the end of its socket; returns once nothing it started is left.
+    global sock, base_environ
+    base_environ = dict(os.environb)  # the task's variables (set by the zygote, or after next_task), read once
+    sock = socket.socket(fileno=task_fd)
+    sock.set_inheritable(False)
+    poller.register(sock, select.POLLIN)
+    # ready: the runner waits for this byte (or for the sandbox's error on stderr); after the pid when forked
+    try:
+        sock.sendall((struct.pack("!i", os.getpid()) if link is not None else b"") + b"R")
+    except OSError:
+        pass  # the runner gave up on the task already: the loop sees its end of the socket closed
+    try:
+        while handle(owned_dir):
+            pass
+    finally:
+        poller.unregister(sock)
+        sock.close()
+        running.clear()
+        started.clear()
+
+def handle(owned_dir):
+    # One wake-up of the task's loop; False once the runner's end of the socket closed and the task is cleaned up.
     ready = [fd for fd, _ in poller.poll()]
     if wake_read in ready:
         try:
@@ -803,7 +856,7 @@ while True:
             pass
         reap()
     if sock.fileno() not in ready:
-        continue
+        return True
     fds = array.array("i")
     # MSG_CMSG_CLOEXEC: bash gets the output pipe on 1 and 2 only (a stray copy would keep the pipe open, and the
     # runner waiting for its end, as long as anything the command left in the background runs)
@@ -821,10 +874,10 @@ while True:
             left = f.read().split()  # orphans are re-parented to us: no child, no descendant
         if left:  # walking /proc costs about 1 ms per 70 processes on the machine
             kill_until_gone(lambda table: subtrees(table, [me]))
-        if sys.argv[2]:  # the task's temporary directory (the runner removes it too, unless it died)
+        if owned_dir:  # the task's temporary directory (the runner removes it too, unless it died)
             import shutil  # imported by the zygote already (about 4 ms of CPU per task otherwise)
-            shutil.rmtree(sys.argv[2], ignore_errors=True)
-        os._exit(0)
+            shutil.rmtree(owned_dir, ignore_errors=True)
+        return False  # closing the socket tells the runner the task is clean (it waits for that end of file)
     request = json.loads(body)
     if "run" in request:
         spawn(request["run"], request["argv"], request["cwd"], fds[0])
@@ -834,6 +887,19 @@ while True:
     elif "kill_all" in request:  # before a verifier: nothing the task's commands started may still run
         me = os.getpid()
         kill_until_gone(lambda table: subtrees(table, [me]))
+    return True
+
+task_fd, owned_dir = int(sys.argv[1]), sys.argv[2]
+while True:
+    serve(task_fd, owned_dir)
+    task = next_task() if link is not None else None
+    if task is None:
+        os._exit(0)
+    request, task_fd = task
+    os.environ.clear()  # posix_spawnp looks bash up on this process's PATH: the task's
+    os.environ.update(request["environ"])
+    os.chdir(request["cwd"])
+    owned_dir = request["owned_dir"]
 """
 
 SUPERVISOR_START_WAIT = 30.0
@@ -866,11 +932,12 @@ def _start_from_stdin(argv: list[str], source: str, **popen) -> subprocess.Popen
 
 
 ZYGOTE_SCRIPT = r"""
-# Forks a task's supervisor on request, so that a task costs one fork of this small process (about 1 ms)
-# instead of a Python start-up (about 25 ms of CPU). Its first argument is its control socket; the runner puts the
-# supervisor's source in SUPERVISOR_SOURCE ahead of this script. It is a child subreaper: when a supervisor dies
-# before its time (a command may kill its parent), what the supervisor ran is re-parented here, and killed. It ends
-# when the runner's end of the control socket closes (the runner ended or died).
+# Gives each task a supervisor on request: an idle one (done with an earlier task) when there is one, else a fork of
+# this small process (about 1 ms) instead of a Python start-up (about 25 ms of CPU). Its first argument is its
+# control socket; the runner puts the supervisor's source in SUPERVISOR_SOURCE ahead of this script. It is a child
+# subreaper: when a supervisor dies before its time (a command may kill its parent), what the supervisor ran is
+# re-parented here, and killed. It ends when the runner's end of the control socket closes (the runner ended or
+# died); its idle supervisors then see their links close, and exit.
 import array, ctypes, json, os, select, shutil, signal, socket, struct, sys, time  # the supervisor's, done once
 code = compile(SUPERVISOR_SOURCE, "<supervisor>", "exec")
 control = socket.socket(fileno=int(sys.argv[1]))
@@ -881,6 +948,9 @@ for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
 poller = select.epoll()
 poller.register(control.fileno(), select.EPOLLIN)
 supervisors = {}  # pidfd -> pid of a live supervisor
+links = {}  # fd of the zygote's end of a supervisor's link -> (that socket, the supervisor's pidfd)
+idle = []  # the links of the supervisors waiting for a task, the last one idle first
+IDLE_LIMIT = 64  # more idle supervisors than this are told to exit (their link closes)
 
 def read_exact(size, fds):
     data = b""
@@ -912,33 +982,57 @@ def kill_orphans():
 
 def fork_supervisor():
     fds = array.array("i")
-    request = json.loads(read_exact(struct.unpack("!I", read_exact(4, fds))[0], fds))
+    size = read_exact(4, fds)
+    body = read_exact(struct.unpack("!I", size)[0], fds)
     task_fd = fds[0]
+    while idle:  # an idle supervisor takes the task: no fork
+        link = idle.pop()
+        try:
+            link.sendmsg([size + body], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", task_fd))])
+        except OSError:  # it died meanwhile: its pidfd says so next
+            continue
+        os.close(task_fd)
+        return
+    request = json.loads(body)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     pid = os.fork()
     if pid == 0:
         control.close()
         poller.close()
+        ours.close()
         for pidfd in supervisors:
             os.close(pidfd)
+        for other, _ in links.values():  # a sibling holding a link would keep it open past the zygote's end
+            other.close()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         try:
             os.setsid()
             os.chdir(request["cwd"])
             os.environ.clear()
             os.environ.update(request["environ"])
-            os.write(task_fd, struct.pack("!i", os.getpid()))  # the runner waits on this pid at close
-            sys.argv = ["supervisor", str(task_fd), request["owned_dir"]]
+            sys.argv = ["supervisor", str(task_fd), request["owned_dir"], "", str(theirs.detach())]
             exec(code, {"__name__": "__main__"})
         finally:
             os._exit(1)
     os.close(task_fd)
+    theirs.close()
     try:
         pidfd = os.pidfd_open(pid)
     except OSError:  # gone already
+        ours.close()
         kill_orphans()
         return
     supervisors[pidfd] = pid
+    links[ours.fileno()] = (ours, pidfd)
     poller.register(pidfd, select.EPOLLIN)
+    poller.register(ours.fileno(), select.EPOLLIN)
+
+def drop_link(fd):
+    link, _ = links.pop(fd)
+    poller.unregister(fd)
+    if link in idle:
+        idle.remove(link)
+    link.close()  # an idle supervisor exits when its link closes
 
 while True:
     for fd, _ in poller.poll():
@@ -948,7 +1042,19 @@ while True:
             poller.unregister(fd)
             os.close(fd)
             del supervisors[fd]
+            for link_fd in [link_fd for link_fd, (_, pidfd) in links.items() if pidfd == fd]:
+                drop_link(link_fd)
             kill_orphans()
+        elif fd in links:  # a supervisor is done with its task (b"I"), or going (end of file)
+            link = links[fd][0]
+            try:
+                said = link.recv(1)
+            except OSError:
+                said = b""
+            if said == b"I" and len(idle) < IDLE_LIMIT:
+                idle.append(link)
+            else:
+                drop_link(fd)
 """
 
 
@@ -1109,6 +1215,8 @@ class Supervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.gone = False
         """The supervisor's end of the socket closed: it died (a command may kill it) or was stopped."""
+        self._released = False
+        """The task let the supervisor go (a zygote's serves the next task then): never signal it after that."""
 
     async def ready(self, timeout: float, what: str) -> None:
         """Wait for the supervisor's first byte (after its pid, when the zygote forked it); EnvError with its
@@ -1219,38 +1327,78 @@ class Supervisor:
             self.send({"kill": command_id})
 
     async def finish(self, wait: float = SUPERVISOR_EXIT_WAIT) -> None:
-        """End of the task, as :meth:`stop` does it, but waiting for the supervisor's exit on its pidfd in the event
-        loop: a thread per task (stop in asyncio.to_thread) cost about 0.3 ms of the runner's CPU per task. Call
-        ``stop_listening`` first."""
+        """End of the task, as :meth:`stop` does it, but waiting in the event loop: a thread per task (stop in
+        asyncio.to_thread) cost about 0.3 ms of the runner's CPU per task. Call ``stop_listening`` first."""
         self.gone = True
         pidfd, self._pidfd = self._pidfd, None
         if pidfd is None:  # it never answered: the blocking path knows every case
             await asyncio.to_thread(self.stop, wait)
             return
-        with contextlib.suppress(OSError):
-            self.sock.close()
         loop = asyncio.get_running_loop()
-        exited = loop.create_future()
-        loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
-        try:
-            await asyncio.wait_for(exited, wait)
-        except TimeoutError:
+        clean = loop.create_future()
+        if self.process is None:  # the zygote's: it closes the task's socket once the task is clean, and lives on
             with contextlib.suppress(OSError):
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                self.sock.shutdown(socket.SHUT_WR)
+
+            def on_readable() -> None:
+                if self._drained() and not clean.done():
+                    clean.set_result(None)
+
+            watched = [self.sock.fileno(), pidfd]  # the socket's end, or the supervisor's (a command killed it)
+        else:  # bwrap's: it exits
+            with contextlib.suppress(OSError):
+                self.sock.close()
+
+            def on_readable() -> None:
+                if not clean.done():
+                    clean.set_result(None)
+
+            watched = [pidfd]
+        for fd in watched:
+            loop.add_reader(fd, on_readable if fd != pidfd else lambda: clean.done() or clean.set_result(None))
+        try:
+            await asyncio.wait_for(clean, wait)
+        except TimeoutError:
+            if not self._drained():
+                self._kill(pidfd)
         finally:
-            loop.remove_reader(pidfd)
+            for fd in watched:
+                loop.remove_reader(fd)
             os.close(pidfd)
+            with contextlib.suppress(OSError):
+                self.sock.close()
         if self.process is not None and self.process.poll() is None:  # our child (bwrap): reap it once it is gone
             await asyncio.to_thread(self.process.wait)
 
-    def stop(self, wait: float = SUPERVISOR_EXIT_WAIT) -> None:
-        """End of the task: the supervisor kills every process the task left, then exits (blocking, bounded).
-        From the event loop, call ``stop_listening`` first (this may run in a thread: the loop's reader goes first)."""
-        self.gone = True
+    def _drained(self) -> bool:
+        """Whether the supervisor's end of the socket is closed: read what is left (exit statuses nobody waits for
+        any more) up to the end of file."""
+        while True:
+            try:
+                chunk = self.sock.recv(READ_CHUNK, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True
+            if not chunk:
+                return True
+
+    def _kill(self, pidfd: int) -> None:
+        # Only while the task holds it: once the supervisor closed the task's socket it may serve another task (a
+        # kill between that close and the check just before this call would need the zygote to hand it a new task
+        # within those microseconds).
         with contextlib.suppress(OSError):
-            self.sock.close()
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+
+    def stop(self, wait: float = SUPERVISOR_EXIT_WAIT) -> None:
+        """End of the task: the supervisor kills every process the task left (blocking, bounded by ``wait``, then it is
+        killed). From the event loop, call ``stop_listening`` first (this may run in a thread: the loop's reader goes
+        first)."""
+        self.gone = True
         pidfd, self._pidfd = self._pidfd, None
         if self.process is not None:
+            with contextlib.suppress(OSError):
+                self.sock.close()
             if pidfd is not None:
                 os.close(pidfd)
             try:
@@ -1259,20 +1407,29 @@ class Supervisor:
                 self.process.kill()
                 self.process.wait()
             return
-        # Not our child (the zygote's): wait on a pidfd for its exit, then kill it if it is still there.
-        if pidfd is None:
-            if self.pid is None:
-                return
-            try:
+        # The zygote's: wait for the end of the task's socket (the task is clean) or of the supervisor, else kill it.
+        if pidfd is None and self.pid is not None and not self._released:  # it did not answer in time
+            with contextlib.suppress(OSError):
                 pidfd = os.pidfd_open(self.pid)
-            except OSError:
-                return  # already gone
+        self._released = True
+        if pidfd is None:  # gone already, or released before: nothing of the task's to wait for
+            with contextlib.suppress(OSError):
+                self.sock.close()
+            return
         try:
-            if not select.select([pidfd], [], [], wait)[0]:
-                with contextlib.suppress(OSError):
-                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + wait
+            while not self._drained():
+                left = deadline - time.monotonic()
+                if left <= 0 or pidfd in select.select([self.sock, pidfd], [], [], left)[0]:
+                    if not self._drained():
+                        self._kill(pidfd)
+                    break
         finally:
             os.close(pidfd)
+            with contextlib.suppress(OSError):
+                self.sock.close()
 
 
 class LocalEnvironment(Environment):
@@ -2747,15 +2904,11 @@ SSH_WATCHDOG_MARGIN = 5.0
 SSH_RECONNECT_BACKOFF = (0.5, 8.0)
 """First and longest pause between reconnection attempts (doubling), all within --startup_timeout."""
 
-# Marks every process a task starts on the remote (inherited through setsid, nohup and double forks, which a
-# process group misses): the task's end kills them all, found through /proc/<pid>/environ (Linux, GNU grep).
-SSH_TASK_VARIABLE = "MSR_SSH_TASK"
-
 
 def _remote_reap(token: str) -> str:
     """Shell that SIGKILLs every process of the remote user carrying the task's token, again until none is left."""
     return (
-        f"for _ in 1 2 3 4 5 6 7 8 9 10; do p=$(grep -lzx {SSH_TASK_VARIABLE}={token} /proc/[0-9]*/environ "
+        f"for _ in 1 2 3 4 5 6 7 8 9 10; do p=$(grep -lzx {TASK_VARIABLE}={token} /proc/[0-9]*/environ "
         '2>/dev/null | cut -d/ -f3); [ -z "$p" ] && break; kill -KILL $p 2>/dev/null; sleep 0.05; done'
     )
 
@@ -3060,7 +3213,7 @@ class _ChannelOutput:
 class SSHEnvironment(Environment):
     """Commands run on a remote machine over the run's one ssh connection, in a fresh remote temporary directory
     per task (removed at close) unless a cwd is given. A timeout kills the command's process group remotely; close
-    kills every group the task's commands made and every process carrying the task's token (SSH_TASK_VARIABLE).
+    kills every group the task's commands made and every process carrying the task's token (TASK_VARIABLE).
     A dropped connection is re-established; the command it cut short gets an error result and the task goes on if
     its remote directory survived. A runner that dies leaves the remote watchdog to clean up."""
 
@@ -3075,11 +3228,12 @@ class SSHEnvironment(Environment):
         self._shared: _SharedConnection | None = None
         self._connection = None
         self._groups: list[int] = []
-        self._token = secrets.token_hex(8)
         # SHLVL=1: bash sources ~/.bashrc even non-interactively when it thinks sshd started it (SSH_CLIENT set,
         # shell level < 2); the login shell already paid that once, and the wrapper's bash must not pay it again
         # (measured: a pyenv-loading .bashrc doubled the round trip, 0.48 s against 0.24 s).
-        variables = {**sandbox_environ(settings.env_vars), "SHLVL": "1", SSH_TASK_VARIABLE: self._token}
+        # The task's token (TASK_VARIABLE) is not among them: the wrapper exports it to the command's processes
+        # only, so the reaper (end_processes, _remote_reap) never matches the remote chain that runs it.
+        variables = {**sandbox_environ(settings.env_vars), "SHLVL": "1"}
         self._env_prefix = ["env", *(f"{k}={v}" for k, v in variables.items())]
 
     async def _start(self) -> None:
@@ -3093,7 +3247,7 @@ class SSHEnvironment(Environment):
             self.base = self.requested_cwd
         else:
             # Named by the task's random token, not mktemp's: made again after a dropped connection, it is the same.
-            name = f'"${{TMPDIR:-/tmp}}/mini-swe-task-{self._token}"'
+            name = f'"${{TMPDIR:-/tmp}}/mini-swe-task-{self._task_token}"'
             ours = '{ [ -d "$d" ] && [ ! -L "$d" ] && [ -O "$d" ]; }'
             made = await self._control(f'd={name}; {{ mkdir -m 700 -- "$d" 2>/dev/null || {ours}; }} && echo "$d"')
             path = (made.stdout or "").strip()
@@ -3101,7 +3255,7 @@ class SSHEnvironment(Environment):
                 await self._close()
                 raise EnvError(f"could not make a temporary directory on {self.settings.ssh_host}: {made.stderr!r}")
             self.base = self._temp_dir = path
-        self._shared.register(self._token, self._temp_dir)
+        self._shared.register(self._task_token, self._temp_dir)
         self.cwd = self.base
 
     async def _live_connection(self):
@@ -3223,7 +3377,7 @@ class SSHEnvironment(Environment):
         """Kill the task's process groups and every process carrying its token, remove its temporary directory."""
         kill = "kill -KILL " + " ".join(f"-{g}" for g in groups) + " 2>/dev/null; " if groups else ""
         remove = f"; rm -rf -- {shlex.quote(temp_dir)}" if temp_dir else ""
-        return kill + _remote_reap(self._token) + remove
+        return kill + _remote_reap(self._task_token) + remove
 
     async def _close(self) -> None:
         if self._shared is None or self._connection is None:
@@ -3238,7 +3392,7 @@ class SSHEnvironment(Environment):
             self._temp_dir = None
             shared, self._shared, self._connection = self._shared, None, None
             if cleaned:  # else the watchdog keeps it, and cleans up when the connection ends
-                shared.unregister(self._token)
+                shared.unregister(self._task_token)
             shared.release()
 
     def abandon(self) -> None:

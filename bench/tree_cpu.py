@@ -49,8 +49,21 @@ class CpuGroup:
                 return int(value) / 1e6
         raise OSError(f"no usage_usec in {self.path / 'cpu.stat'}")
 
+    def sub(self, name: str) -> CpuGroup:
+        """A group inside this one (its CPU counts in this one's too), for a part of the tree: move processes into
+        it with :meth:`adopt`. Removed with this group."""
+        path = self.path / name
+        path.mkdir(exist_ok=True)
+        return CpuGroup(path, self.version)
+
+    def adopt(self, pid: int) -> None:
+        """Move ``pid`` (it alone: what it starts afterwards follows it) into this group."""
+        (self.path / "cgroup.procs").write_text(f"{pid}\n")
+
     def remove(self) -> None:
         """Remove the group once its processes are gone (a straggler still in it is moved to the parent)."""
+        for inner in [path for path in self.path.iterdir() if path.is_dir()]:
+            CpuGroup(inner, self.version).remove()
         parent = self.path.parent / "cgroup.procs"
         for _ in range(50):
             with contextlib.suppress(OSError):
