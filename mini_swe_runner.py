@@ -992,7 +992,7 @@ class PromptFile(Sequence[Prompt]):
         try:
             header = json.loads(line)
             rows, images, occurrence = header.pop("rows"), header.pop("images"), header.pop("occurrence")
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             return False
         if header != self._check_header():
             log.debug("%s was kept for another state of %s: the prompts are checked again", checked, self.path)
