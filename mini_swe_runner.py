@@ -37,7 +37,7 @@ import time
 import typing
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -2646,7 +2646,25 @@ async def baseline_of(prompt: Prompt, ctx: RunContext, image: str | None, comman
     }
 
 
-async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> dict:
+@dataclass
+class Handover:
+    """How a worker's next sample overlaps the end of its previous one (see run_batch's worker): the next sample's
+    first model call goes out while the previous sample's verifier, close and record finish, and its environment
+    starts once the previous one's is gone, so a worker never holds two sandboxes."""
+
+    agent_ended: asyncio.Future
+    """Set once this sample's agent is done (or the task ended before it ran): the worker may take its next."""
+    sandbox_gone: asyncio.Future
+    """Set once every sandbox of this sample is closed."""
+    previous_gone: asyncio.Future | None = None
+    """The worker's previous sample's ``sandbox_gone``: waited for before this sample makes a sandbox."""
+
+    async def sandbox_free(self) -> None:
+        if self.previous_gone is not None:
+            await asyncio.wait((self.previous_gone,))  # a cancelled wait leaves the previous sample's future alone
+
+
+async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0, handover: Handover | None = None) -> dict:
     """Run one sample of a prompt to its end (then its verifier) and return its record. Only FatalRunError escapes
     (and cancellation while the run is not stopping): anything else, a bug of ours included, ends as this task's
     record, never the batch's end."""
@@ -2668,6 +2686,7 @@ async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> di
     baseline = None
     started_wall, started = datetime.now(UTC), time.monotonic()
     env = None
+    starting: asyncio.Future | None = None
     permanent_error = None
     got_image = False
     try:
@@ -2677,14 +2696,21 @@ async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> di
             got_image = True
             started_wall, started = datetime.now(UTC), time.monotonic()
         if verify_command is not None and config.verify_baseline:
+            if handover is not None:
+                await handover.sandbox_free()
             baseline = await baseline_of(prompt, ctx, image, verify_command)
         async with asyncio.timeout(config.task_timeout) as deadline:
             env = environments.create_environment(config.env, image=image, cwd=prompt.cwd, task_id=prompt.task_id)
             ctx.live_environments.add(env)
-            await env.start()
-            start_cwd = getattr(env, "cwd", None)
-            repository = await repository_start(env, start_cwd) if config.collect_patch or fresh else None
-            await _agent_loop(prompt, state, env, ctx, TaskClock(deadline))
+            # The first model call needs only the prompt: the environment starts while it is in flight, so its
+            # start-up hides behind the model's latency instead of adding to it (bench/bench_samples.py).
+            starting = asyncio.ensure_future(
+                _start_environment(env, config.collect_patch or fresh, handover and handover.previous_gone)
+            )
+            await _agent_loop(prompt, state, env, ctx, TaskClock(deadline), starting)
+            start_cwd, repository = await starting
+        if handover is not None:
+            handover.agent_ended.set_result(None)
         # Outside --task_timeout: the verifier has its own bound, and a slow verifier is not a slow agent.
         with ctx.activity.command():
             verification, patch = await _after_agent(
@@ -2716,9 +2742,15 @@ async def run_task(prompt: Prompt, ctx: RunContext, sample_index: int = 0) -> di
         state.exit_reason, state.error = "env_error", _internal_error(prompt, exc)
         verification = None
     finally:
+        if starting is not None:  # a start still going (the model call failed first, a stop) ends before the close
+            await _start_given_up(starting)
         if env is not None:
             await _close_quietly(env, prompt.task_id)
             ctx.live_environments.discard(env)
+        if handover is not None:
+            for moment in (handover.agent_ended, handover.sandbox_gone):
+                if not moment.done():
+                    moment.set_result(None)
         if ctx.images is not None:  # after the sandbox is gone: the image may be removed now
             ctx.images.release(image, used=got_image)
     stop = ctx.early_failures.observe(permanent_error)
@@ -2849,6 +2881,52 @@ def _bare_conversation(prompt: Prompt, ctx: RunContext) -> list[dict]:
         return [{"from": "system", "value": ""}, {"from": "human", "value": prompt.text}]
 
 
+async def _start_environment(
+    env: environments.Environment, want_repository: bool, previous_gone: asyncio.Future | None = None
+) -> tuple[str | None, RepositoryStart | None]:
+    """Start the task's environment (once ``previous_gone``: the worker's previous sandbox is closed) and note where
+    its repository stood: (starting cwd, repository start)."""
+    # One pass of the event loop first: the first model request, made right after this task was created, is sent
+    # before the start's own work (forking, a thread for the engine) competes with it for the CPU.
+    await asyncio.sleep(0)
+    if previous_gone is not None:
+        await asyncio.wait((previous_gone,))  # not cancelled with this start: it is the previous sample's
+    await env.start()
+    start_cwd = getattr(env, "cwd", None)
+    return start_cwd, await repository_start(env, start_cwd) if want_repository else None
+
+
+async def _start_given_up(starting: asyncio.Future) -> None:
+    """Cancel an environment start the task no longer waits for and let it end, so the close that follows finds
+    what the start made (a backend's start is cancel-safe: see Environment.start). Awaited again when cancelled,
+    as _close_quietly is."""
+    starting.cancel()
+    while not starting.done():
+        try:
+            await asyncio.wait((starting,))
+        except asyncio.CancelledError:
+            continue
+    if not starting.cancelled():
+        starting.exception()  # retrieved: the task has ended another way, and its record says how
+
+
+async def _first_answer(call: Awaitable[ModelTurn], starting: asyncio.Future) -> ModelTurn:
+    """The model's answer to a call made while the environment starts. A start that fails first cancels the call
+    (the conversation cannot go on without a sandbox) and its error ends the task."""
+    answer = asyncio.ensure_future(call)
+    try:
+        await asyncio.wait((answer, starting), return_when=asyncio.FIRST_COMPLETED)
+        if not answer.done() and not starting.cancelled() and starting.exception() is not None:
+            starting.result()  # raises the start's error
+        return await answer
+    finally:
+        if not answer.done():
+            answer.cancel()
+            await asyncio.wait((answer,))
+        elif not answer.cancelled():
+            answer.exception()  # retrieved: the start's error is the one the task ends with
+
+
 async def _close_quietly(env: environments.Environment, task_id: str) -> None:
     # Shielded, and awaited again when cancelled: a run stopping (a signal, a fatal error) while a task closes its
     # environment must neither leave the container or sandbox behind nor warn about a close that did happen.
@@ -2866,8 +2944,15 @@ async def _close_quietly(env: environments.Environment, task_id: str) -> None:
 
 
 async def _agent_loop(
-    prompt: Prompt, state: TaskState, env: environments.Environment, ctx: RunContext, clock: TaskClock | None = None
+    prompt: Prompt,
+    state: TaskState,
+    env: environments.Environment,
+    ctx: RunContext,
+    clock: TaskClock | None = None,
+    starting: asyncio.Future | None = None,
 ) -> None:
+    """``starting``: the environment's start, still going while the first calls are made; the first command waits
+    for it, and its failure ends the task (as env_error) with the turns the model gave so far."""
     config = ctx.config
     while True:
         if state.api_calls >= config.max_iterations:
@@ -2880,9 +2965,12 @@ async def _agent_loop(
         if config.return_tokens and state.tokens is None:
             state.tokens = trajectory.TokenLog()
         with ctx.activity.model_call():
-            turn = await ctx.model.complete(
+            request = ctx.model.complete(
                 state.messages, ctx.tools, clock, state.encoded, cost=state.cost, tokens=state.tokens
             )
+            if starting is not None and not starting.done():
+                request = _first_answer(request, starting)
+            turn = await request
         ctx.activity.answered(turn.usage["total_tokens"])
         if ctx.output is not None:
             ctx.output.commit()  # the endpoint works: --overwrite may now replace the old records
@@ -2905,6 +2993,8 @@ async def _agent_loop(
                 return
             state.completed, state.exit_reason = True, "completed"
             return
+        if starting is not None:
+            await starting  # the environment's start (once) and any error of it
         finished = False
         for call in calls:
             with ctx.activity.command():
@@ -3992,55 +4082,89 @@ async def run_batch(
             waiting_turn.discard(me)
         return not (schedule.finished() or ctx.stopping)
 
+    async def record_written(record: dict) -> None:
+        try:
+            await asyncio.to_thread(writer.write, record)
+        except OSError as exc:  # the reader of a pipe went away, the disk is full...
+            where = "stdout" if config.output_file == "-" else config.output_file
+            return fail(f"cannot write to {where} ({exc.strerror or exc}); stopping")
+        tally.add(record)
+        if not trajectory.is_retryable(record):
+            outcomes.rewards[trajectory.record_key(record)] = record["reward"]
+        progress.update(record)
+        if on_record is not None:
+            on_record(record)
+
+    async def sample_end(sample: Sample, task: asyncio.Future) -> None:
+        """Wait for a sample's task to end, book its end in the schedule and write its record."""
+        record = None
+        try:
+            with ctx.activity.task():
+                record = await task
+        except FatalRunError as exc:
+            return fail(str(exc))
+        except asyncio.CancelledError:
+            if ctx.stopping and task.cancelled():
+                return  # stopped before it began: nothing ran, nothing to record (resume runs it)
+            raise
+        finally:
+            running.discard(task)
+            released = schedule.done(sample, record is not None and record["reward"] == 1.0)
+            progress.not_needed(released)
+            if ctx.images is not None:
+                ctx.images.forget(environments.task_image(config.env, sample.prompt.image), released)
+        if stop["fatal"] is not None:
+            return  # tasks cut short by a fatal error are worth nothing: nothing written
+        await record_written(record)
+
     async def worker(turn_taken: bool = False) -> None:
-        while not schedule.finished() and not ctx.stopping:
-            if (gone := budget.gone()) is not None:  # running tasks' calls count: they stop at their next call
-                stop["budget"] = gone
-                schedule.wake()  # a worker waiting for a sample to end must not wait for one that never starts
-                return
-            if not turn_taken and not await take_turn():
-                return
-            turn_taken = False
-            try:
-                sample = schedule.take()
-            except FatalRunError as exc:  # the prompts file changed under the run
-                return fail(str(exc))
-            if sample is None:
-                if schedule.finished():  # what was left belonged to prompts that need no more samples
+        # A worker takes its next sample as soon as its agent is done: the next first model call is in flight while
+        # the previous sample's verifier, close and record (its fsync: records are synced one at a time, ~4 ms each
+        # on the 2-core machine) finish, instead of after them (bench/bench_samples.py's timeline). At most two
+        # samples per worker, only one of them past its agent, and one sandbox (see Handover).
+        ends: list[asyncio.Future] = []
+        """This worker's samples not yet ended (their task, then their record): at most two."""
+        tasks: list[asyncio.Future] = []
+        previous_gone: asyncio.Future | None = None
+        try:
+            while not schedule.finished() and not ctx.stopping:
+                if (gone := budget.gone()) is not None:  # running tasks' calls count: they stop at their next call
+                    stop["budget"] = gone
+                    schedule.wake()  # a worker waiting for a sample to end must not wait for one that never starts
                     return
-                await schedule.wait()  # every startable sample is taken; one that ends may let another start
-                continue
-            task = asyncio.ensure_future(run_task(sample.prompt, ctx, sample.index))
-            running.add(task)
-            record = None
-            try:
-                with ctx.activity.task():
-                    record = await task
-            except FatalRunError as exc:
-                return fail(str(exc))
-            except asyncio.CancelledError:
-                if ctx.stopping and task.cancelled():
-                    return  # stopped before it began: nothing ran, nothing to record (resume runs it)
-                raise
-            finally:
-                running.discard(task)
-                released = schedule.done(sample, record is not None and record["reward"] == 1.0)
-                progress.not_needed(released)
-                if ctx.images is not None:
-                    ctx.images.forget(environments.task_image(config.env, sample.prompt.image), released)
-            if stop["fatal"] is not None:
-                return  # tasks cut short by a fatal error are worth nothing: nothing written
-            try:
-                await asyncio.to_thread(writer.write, record)
-            except OSError as exc:  # the reader of a pipe went away, the disk is full...
-                where = "stdout" if config.output_file == "-" else config.output_file
-                return fail(f"cannot write to {where} ({exc.strerror or exc}); stopping")
-            tally.add(record)
-            if not trajectory.is_retryable(record):
-                outcomes.rewards[trajectory.record_key(record)] = record["reward"]
-            progress.update(record)
-            if on_record is not None:
-                on_record(record)
+                if not turn_taken and not await take_turn():
+                    return
+                turn_taken = False
+                try:
+                    sample = schedule.take()
+                except FatalRunError as exc:  # the prompts file changed under the run
+                    return fail(str(exc))
+                if sample is None:
+                    if schedule.finished():  # what was left belonged to prompts that need no more samples
+                        return
+                    await schedule.wait()  # every startable sample is taken; one that ends may let another start
+                    continue
+                handover = Handover(loop.create_future(), loop.create_future(), previous_gone)
+                task = asyncio.ensure_future(run_task(sample.prompt, ctx, sample.index, handover))
+                running.add(task)
+                end = asyncio.ensure_future(sample_end(sample, task))
+                ends.append(end)
+                tasks.append(task)
+                await asyncio.wait((end, handover.agent_ended), return_when=asyncio.FIRST_COMPLETED)
+                previous_gone = handover.sandbox_gone
+                while len(ends) > 1 or (ends and ends[0].done()):  # the previous sample's end: done by now, mostly
+                    tasks.pop(0)
+                    await ends.pop(0)
+        except asyncio.CancelledError:  # cancelled from outside (Run.aclose): the worker's samples go with it
+            for task in tasks:
+                task.cancel()
+            raise
+        finally:
+            if ends:
+                await asyncio.wait(ends)
+                for end in ends:
+                    if not end.cancelled():
+                        end.result()  # a bug of ours in the bookkeeping surfaces as it did before
 
     try:
         # Workers are started one turn at a time: where the backend paces its starts (Modal), the thousands not yet

@@ -9,6 +9,10 @@ from __future__ import annotations
 import functools
 import os
 import secrets
+import shutil
+import socket
+import tempfile
+import threading
 
 import pytest
 
@@ -194,3 +198,113 @@ def swe_instance_image(name: str, files: dict[str, str], leftovers: dict[str, st
     finally:
         container.remove(force=True)
     return image, base_commit
+
+
+class HeldCreations:
+    """A relay in front of the Docker engine's socket that holds every container creation until :meth:`release`
+    (or ``hold_for`` seconds): a test acts while a task's container is being made. Point DOCKER_HOST at ``url``.
+
+    With ``fail`` a released creation is answered with an HTTP 500 of the relay's own instead of reaching the
+    engine: a start that fails at a moment the test chose. Everything else passes through unchanged (a request
+    that upgrades its connection, as exec does, turns that connection into a plain byte pipe)."""
+
+    def __init__(self, hold_for: float = 20.0, fail: bool = False):
+        self._directory = tempfile.mkdtemp(prefix="msr-relay-")  # short: a socket's path has at most 107 bytes
+        self.path = f"{self._directory}/docker.sock"
+        self.engine_path = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock").removeprefix("unix://")
+        self.hold_for = hold_for
+        self.fail = fail
+        self.holding = threading.Event()
+        """A creation is held right now."""
+        self.held = 0
+        """Creations held so far."""
+        self.let_go = 0
+        """Creations let go so far (passed on to the engine, or refused)."""
+        self._released = threading.Event()
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.path}"
+
+    def release(self) -> None:
+        self._released.set()
+
+    def __enter__(self) -> HeldCreations:
+        self._listener.bind(self.path)
+        self._listener.listen(64)
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+        self._listener.close()
+        shutil.rmtree(self._directory, ignore_errors=True)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            engine_side = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            engine_side.connect(self.engine_path)
+            threading.Thread(target=self._pipe, args=(engine_side, client), daemon=True).start()
+            threading.Thread(target=self._requests, args=(client, engine_side), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while chunk := source.recv(65536):
+                target.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for end in (source, target):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _requests(self, client: socket.socket, engine_side: socket.socket) -> None:
+        """Pass the client's requests on one by one, holding the creations."""
+        buffered = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buffered:
+                    chunk = client.recv(65536)
+                    if not chunk:
+                        return
+                    buffered += chunk
+                head, _, buffered = buffered.partition(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+                if "content-length" not in headers:  # no body, or one we cannot frame (chunked): pipe the rest
+                    engine_side.sendall(head + b"\r\n\r\n" + buffered)
+                    return self._pipe(client, engine_side)
+                length = int(headers["content-length"])
+                while len(buffered) < length:
+                    chunk = client.recv(65536)
+                    if not chunk:
+                        return
+                    buffered += chunk
+                body, buffered = buffered[:length], buffered[length:]
+                if "/containers/create" in lines[0]:
+                    self.held += 1
+                    self.holding.set()
+                    self._released.wait(self.hold_for)
+                    self.holding.clear()
+                    self.let_go += 1
+                    if self.fail:
+                        answer = b'{"message": "the relay refused this creation"}'
+                        client.sendall(
+                            b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: %d\r\n\r\n%s" % (len(answer), answer)
+                        )
+                        continue
+                engine_side.sendall(head + b"\r\n\r\n" + body)
+                if "upgrade" in headers.get("connection", "").lower():  # exec's stream: raw bytes from here on
+                    engine_side.sendall(buffered)
+                    return self._pipe(client, engine_side)
+        except OSError:
+            pass

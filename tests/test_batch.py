@@ -15,8 +15,18 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import clean_environ, make_config, read_jsonl, run_cli, run_prompts, start_cli, wait_for
-from model_server import ScriptedModelServer, http_error, per_conversation, reply, tool_call
+from conftest import (
+    FINAL,
+    clean_environ,
+    make_config,
+    read_jsonl,
+    run_cli,
+    run_prompts,
+    start_cli,
+    tool_results,
+    wait_for,
+)
+from model_server import ScriptedModelServer, Step, delayed, http_error, per_conversation, per_prompt, reply, tool_call
 
 import mini_swe_runner
 import trajectory
@@ -157,6 +167,88 @@ def test_signal_interrupts_cleans_up_and_resume_completes(tmp_path, signum, code
     final = read_jsonl(output)
     check_exactly_once(final, prompts)
     assert all(r["completed"] for r in final)
+
+
+def _processes_in(directory: Path) -> list[int]:
+    """Pids of the processes whose working directory is under ``directory``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/cwd").startswith(str(directory)):
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_stop_while_first_calls_wait_and_environments_start_leaves_nothing(tmp_path):
+    # Each task's environment starts while its first model call is in flight: a stop then cancels both, and
+    # neither a supervisor nor a task's temp dir outlives the run.
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    prompts = write_prompts(tmp_path / "p.jsonl", 4)
+    output = tmp_path / "out.jsonl"
+    with ScriptedModelServer(lambda request: delayed(60, reply("never"))) as server:
+        process = start_cli(
+            ["--prompts_file", str(prompts), "--output_file", str(output), "--model", "m", "--workers", "4",
+             "--base_url", server.base_url],
+            tmp_path,
+            env=clean_environ(TMPDIR=str(temp)),
+        )  # fmt: skip
+        wait_for(lambda: len(server.requests) == 4)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    records = read_jsonl(output)
+    assert [r["exit_reason"] for r in records] == ["interrupted"] * 4
+    assert all(r["api_calls"] == 1 and [t["from"] for t in r["conversations"]] == ["system", "human"] for r in records)
+    wait_for(lambda: not _processes_in(temp), timeout=5)
+    assert list(temp.iterdir()) == []  # each task's temp dir was removed
+
+
+def test_a_workers_next_sample_asks_the_model_while_the_previous_one_verifies(tmp_path):
+    # One worker, two prompts. The first prompt's verifier passes once the model has been asked the second prompt
+    # (and fails after 10 s): the worker takes its next sample as soon as the agent is done, so that model call
+    # overlaps the verifier instead of waiting for it.
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    verifier = (
+        f"[ -e {marks}/ended ] && exit 0; "
+        f"for i in $(seq 200); do [ -e {marks}/go ] && {{ touch {marks}/ended; exit 0; }}; sleep 0.05; done; "
+        f"touch {marks}/ended; exit 1"
+    )
+    asked_before_the_verifier_ended = []
+
+    def second_prompt_asked() -> Step:
+        asked_before_the_verifier_ended.append(not (marks / "ended").exists())
+        (marks / "go").touch()
+        return reply(None, [tool_call("ls -d $TMPDIR/mini-swe-task-* | wc -l")])
+
+    script = per_prompt(
+        {"first": [reply(None, [tool_call(FINAL)])], "second": [second_prompt_asked, reply(None, [tool_call(FINAL)])]},
+        lambda request: reply("unexpected"),
+    )
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "first"}\n{"prompt": "second"}\n')
+    output = tmp_path / "out.jsonl"
+    with ScriptedModelServer(script) as server:
+        result = run_cli(
+            ["--prompts_file", str(prompts), "--output_file", str(output), "--model", "m", "--workers", "1",
+             "--verify", verifier, "--base_url", server.base_url],
+            cwd=tmp_path,
+            env=clean_environ(TMPDIR=str(temp)),
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert asked_before_the_verifier_ended == [True]
+    by_prompt = {r["conversations"][1]["value"]: r for r in read_jsonl(output)}
+    assert by_prompt["first"]["reward"] == 1.0 and by_prompt["second"]["reward"] == 1.0
+    # The second sample's sandbox was made once the first one's was gone: a worker holds one at a time.
+    [listing, _] = tool_results(by_prompt["second"])
+    assert listing["content"]["output"].strip() == "1"
+    assert list(temp.iterdir()) == []
 
 
 def test_second_ctrl_c_exits_at_once_and_still_cleans_up(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import subprocess
@@ -10,8 +11,10 @@ import time
 import tracemalloc
 
 import pytest
+from conftest import FINAL, make_config, run_prompts, tool_results
 from docker_support import (  # noqa: F401
     TEST_IMAGE,
+    HeldCreations,
     docker_engine,
     docker_settings,
     engine,
@@ -20,6 +23,7 @@ from docker_support import (  # noqa: F401
     run_containers,
     variant_image,
 )
+from model_server import ScriptedModelServer, assistant_turns, billed, per_conversation, reply, tool_call
 
 import environments
 from environments import (
@@ -469,4 +473,71 @@ def test_many_tasks_in_parallel():
         return await asyncio.gather(*(one(i) for i in range(6)))
 
     assert asyncio.run(scenario()) == [str(i) for i in range(6)]
+    assert run_containers(settings.run_id) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A task's container is made while its first model call is in flight (the runner's start order)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@needs_engine
+def test_the_first_model_call_is_made_while_the_container_is_created(tmp_path, monkeypatch):
+    containers_made_when_asked = []
+    with HeldCreations(hold_for=5) as relay:
+
+        def script(request: dict):
+            if assistant_turns(request) == 0:
+                containers_made_when_asked.append(relay.let_go)
+                relay.release()
+                return reply(None, [tool_call(FINAL)])
+            return reply("done")
+
+        settings = docker_settings()
+        with ScriptedModelServer(script) as server, monkeypatch.context() as patched:
+            patched.setenv("DOCKER_HOST", relay.url)
+            _, [record] = run_prompts(make_config(server, tmp_path / "out.jsonl", env=settings), ["task"])
+    # The model had the prompt while the engine was still making the container: one start-up less per task.
+    assert containers_made_when_asked == [0] and relay.held == 1
+    assert record["completed"] and record["exit_reason"] == "completed", record["error"]
+    assert run_containers(settings.run_id) == []
+
+
+class _ReleaseOnAnswer(logging.Handler):
+    """Lets the relay's held creation go (and fail) once the runner has logged the model's first answer."""
+
+    def __init__(self, relay: HeldCreations):
+        super().__init__(logging.INFO)
+        self.relay = relay
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "model: " in record.getMessage():
+            self.relay.release()
+
+
+@needs_engine
+def test_a_container_failing_after_the_first_answer_keeps_it_in_the_env_error_record(tmp_path, monkeypatch):
+    script = per_conversation([reply("Looking first.", [tool_call("ls")], usage=billed(0.25)), reply("done")])
+    logger = logging.getLogger("mini_swe_runner")
+    with HeldCreations(hold_for=5, fail=True) as relay:
+        handler = _ReleaseOnAnswer(relay)
+        logger.addHandler(handler)
+        level, logger.level = logger.level, logging.INFO
+        settings = docker_settings()
+        try:
+            with ScriptedModelServer(script) as server, monkeypatch.context() as patched:
+                patched.setenv("DOCKER_HOST", relay.url)
+                _, [record] = run_prompts(make_config(server, tmp_path / "out.jsonl", env=settings), ["task"])
+                assert len(server.requests) == 1  # nothing was asked once the container could not be had
+        finally:
+            logger.removeHandler(handler)
+            logger.level = level
+    assert record["exit_reason"] == "env_error" and "the relay refused this creation" in record["error"]
+    # The answer happened and was paid for: its turn, its tokens and its cost stay in the record.
+    assert record["api_calls"] == 1 and record["cost"] == 0.25
+    assert record["usage"]["prompt_tokens"] == 100 and record["usage"]["completion_tokens"] == 20
+    gpt = [turn["value"] for turn in record["conversations"] if turn["from"] == "gpt"]
+    assert len(gpt) == 1 and "Looking first." in gpt[0] and '"ls"' in gpt[0]
+    [result] = tool_results(record)  # the call the model made is answered, never left dangling
+    assert "not run: the task ended (env_error)" in result["content"]["error"]
     assert run_containers(settings.run_id) == []

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
-from conftest import read_jsonl, run_cli, start_cli, tool_results, wait_for
-from docker_support import TEST_IMAGE, docker_engine, engine, variant_image  # noqa: F401
-from model_server import ScriptedModelServer, per_conversation, reply, tool_call
+from conftest import clean_environ, read_jsonl, run_cli, start_cli, tool_results, wait_for
+from docker_support import TEST_IMAGE, HeldCreations, docker_engine, engine, variant_image  # noqa: F401
+from model_server import ScriptedModelServer, delayed, per_conversation, reply, tool_call
 
 pytestmark = pytest.mark.usefixtures("docker_engine")
 
@@ -60,6 +62,32 @@ def test_signal_mid_task_removes_the_containers(tmp_path, signals, code):
             process.kill()
     assert process.returncode == code, stderr
     assert "Traceback" not in stderr
+    wait_for(lambda: not containers_of(process.pid), timeout=15)
+
+
+def test_a_stop_while_the_first_call_waits_and_the_container_is_made_leaves_nothing(tmp_path):
+    # The task's container is made while its first model call is in flight: a stop then cancels both, and the
+    # container the engine finishes making after the stop is removed before the runner exits.
+    asked = threading.Event()
+
+    def script(request: dict):
+        asked.set()
+        return delayed(60, reply("never"))
+
+    with HeldCreations(hold_for=30) as relay, ScriptedModelServer(script) as server:
+        environ = clean_environ(DOCKER_HOST=relay.url)
+        process = start_cli(["--task", "stopped early", *docker_args(server)], tmp_path, env=environ)
+        try:
+            wait_for(lambda: asked.is_set() and relay.holding.is_set(), timeout=20)
+            process.send_signal(signal.SIGINT)
+            time.sleep(1.0)  # the stop is under way while the engine still holds the creation
+            relay.release()
+            _, stderr = process.communicate(timeout=60)
+        finally:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert relay.held == 1
     wait_for(lambda: not containers_of(process.pid), timeout=15)
 
 
