@@ -11,8 +11,9 @@ run, timed out?, cwd update, :class:`ExecResult`); a backend implements only fou
     await env.close()                           # idempotent; removes everything the task created
     env.abandon()                               # sync best-effort cleanup when the user insists on exiting now
 
-``BACKENDS`` maps each ``--env`` name to its class; the class says whether it uses an image, which flags apply
-to it, and brings its own preflight and leftover cleanup. Heavy SDKs (docker, modal, asyncssh) are imported
+``BACKENDS`` maps each ``--env`` name to its class; the class says whether it uses an image, declares each flag
+it uses once (a Flag: the CLI, --help, the check and the EnvSettings field come from it), and brings its own
+preflight and leftover cleanup. Heavy SDKs (docker, modal, asyncssh) are imported
 lazily so ``--help`` and the local backend stay fast.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -42,7 +44,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 TIMEOUT_EXIT_CODE = 124
 """Exit code reported for a command that hit its timeout (the same as coreutils ``timeout``)."""
@@ -92,6 +94,10 @@ class ExecResult:
 # ---------------------------------------------------------------------------------------------------------------
 # Settings
 # ---------------------------------------------------------------------------------------------------------------
+# A backend declares each of its flags once, as a Flag in its class's ``flags``; a flag several backends share is
+# declared here. Everything else derives from those declarations (see the registry at the end of this module): the
+# EnvSettings field, the check of its value, the command line's --name and its --help line, and the usage error
+# for a flag given with a backend that does not use it.
 
 DEFAULT_IMAGE = "python:3.11-slim"
 """The image docker and modal tasks run in when neither the prompt nor --image names one."""
@@ -99,65 +105,114 @@ DEFAULT_IMAGE = "python:3.11-slim"
 PULL_POLICIES = ("missing", "always", "never")
 
 
+@dataclass(frozen=True)
+class Flag:
+    """One environment flag: the command line's --name, the EnvSettings field it sets, and that field's rule."""
+
+    name: str
+    """--name on the command line; the EnvSettings field is named alike unless ``field`` says otherwise."""
+    type: type
+    """What the flag takes: str, int, float, bool, or tuple (comma-separated names)."""
+    default: object
+    """The EnvSettings field's default; None means not set."""
+    help: str
+    """What --help says of it; the backends it applies to and its default are added there."""
+    check: Callable[[str, Any], Any] | None = None
+    """``check(name, value)`` for every value that is not None: raises SettingsError naming --name, or returns the
+    value to keep (a normalised one: a size in bytes)."""
+    field: str = ""
+    """The EnvSettings field, when it is not named like the flag (--volume sets volumes)."""
+    negated: bool = False
+    """The flag turns its field off (--no_hardening sets hardening=False)."""
+
+    @property
+    def setting(self) -> str:
+        """The EnvSettings field this flag sets."""
+        return self.field or self.name
+
+
+def at_least(minimum: float) -> Callable[[str, Any], Any]:
+    """A Flag check: a finite number of at least ``minimum``."""
+
+    def check(name: str, value: Any) -> Any:
+        _at_least(name, value, minimum)
+        return value
+
+    return check
+
+
+def one_of(choices: tuple[str, ...]) -> Callable[[str, Any], Any]:
+    """A Flag check: one of ``choices``."""
+
+    def check(name: str, value: Any) -> Any:
+        if value not in choices:
+            raise SettingsError(f"--{name} must be {', '.join(choices[:-1])} or {choices[-1]}, not {value!r}")
+        return value
+
+    return check
+
+
+def _size_in_bytes(name: str, value: Any) -> int:
+    size = parse_size(value, f"--{name}") if isinstance(value, str) else value
+    _at_least(name, size, 1)
+    return size
+
+
+def _volumes(name: str, value: tuple[str, ...]) -> tuple[str, ...]:
+    for volume in value:
+        parse_volume(volume)
+    return value
+
+
+def _network(name: str, value: str) -> str:
+    if not value:
+        raise SettingsError(f"--{name} needs a value (bridge or none)")
+    return value
+
+
+def _existing_file(name: str, path: str) -> str:
+    if not os.path.isfile(os.path.expanduser(path)):
+        raise SettingsError(f"--{name} {path}: no such file")
+    return path
+
+
+IMAGE = Flag("image", str, None, 'default image (a prompt\'s "image"/"docker_image" overrides it)')
+CWD = Flag("cwd", str, None, "directory commands start in (local/bwrap/ssh: a fresh temporary directory per task)")
+NETWORK = Flag("network", str, "bridge", "bridge or none; with bwrap, bridge is the host's network", check=_network)
+MEMORY = Flag("memory", str, None, "memory limit, e.g. 4g")
+CPUS = Flag("cpus", float, None, "CPU limit, e.g. 2", check=at_least(0.01))
+VOLUME = Flag(
+    "volume", tuple, (), "comma-separated host:sandbox[:ro] mounts (none by default)", _volumes, field="volumes"
+)
+ENV_VAR = Flag(
+    "env_var", tuple, (), "comma-separated host variables passed to commands (none by default)", field="env_vars"
+)
+STARTUP_TIMEOUT = Flag(
+    "startup_timeout", float, 120.0, "longest wait for a sandbox or connection; past it env_error", at_least(0.1)
+)
+# modal counts the startup from the app lookup on, rate-limit retries included; a task's wait for its turn under
+# MODAL_CREATE_RATE is not counted.
+
+
 @dataclass
-class EnvSettings:
+class CommonSettings:
     """How environments are made for a run; one object shared by every task of the run.
 
-    Built once from the flags; ``__post_init__`` checks every value (the rules live here, beside the fields) and
-    raises :class:`SettingsError` with one line naming the flag.
+    Built once from the flags; ``__post_init__`` checks every value (each backend flag's rule is its Flag's check,
+    a backend's own rules are its ``check_settings``) and raises :class:`SettingsError` with one line naming the flag.
+    EnvSettings is this plus one field per backend flag; it is made at the registry, once every backend is known.
     """
 
     env_type: str = "local"
-    """A name in BACKENDS: local, bwrap, docker, ssh or modal."""
-    image: str | None = None
-    """Default image for docker/modal; a prompt may override it."""
-    cwd: str | None = None
-    """Where commands start. local/bwrap/ssh: None means a fresh temporary directory per task."""
+    """A name in BACKENDS (the registry, at the end of this module)."""
     max_output_chars: int = 50_000
     """Output beyond this keeps its head and tail with a marker saying how much was left out."""
-    pass_env: tuple[str, ...] = ()
-    """Names of variables passed to the agent's commands even though they look secret (local, bwrap)."""
     secret_values: tuple[str, ...] = ()
     """Literal secrets (API keys...) that are replaced by [REDACTED] wherever they would appear in output."""
     run_id: str = field(default_factory=lambda: secrets.token_hex(6))
     """Identifies this run; backends label what they create with it."""
     concurrency: int = 8
     """How many tasks run at once (--workers): sizes shared connection pools."""
-    pull: str = "missing"
-    """docker: missing, always or never."""
-    pull_workers: int = 2
-    """docker: how many images are pulled at once, ahead of the tasks that use them."""
-    max_image_disk: int | None = None
-    """docker: bytes the images this run pulled may hold on disk; beyond it, those no pending task needs go."""
-    network: str = "bridge"
-    """docker network mode; 'none' cuts the network (bwrap: --unshare-net, modal: block_network)."""
-    memory: str | None = None
-    """Memory limit, e.g. '2g' (docker) or MiB (modal)."""
-    cpus: float | None = None
-    """CPU limit."""
-    pids_limit: int | None = 512
-    """Maximum number of processes in a container; None for no limit."""
-    tmp_size: str = "1g"
-    """bwrap: size bound of the sandbox's private /tmp (a tmpfs, in memory), e.g. '512m'; '0' for no bound."""
-    volumes: tuple[str, ...] = ()
-    """docker/bwrap: host:sandbox[:ro] mounts the user asked for; nothing is mounted otherwise."""
-    env_vars: tuple[str, ...] = ()
-    """Host variables passed into the sandbox by name (none by default)."""
-    hardening: bool = True
-    """docker: drop capabilities and forbid privilege escalation."""
-    modal_app: str = "mini-swe-runner"
-    """modal: the app sandboxes are created in (created if missing)."""
-    sandbox_timeout: int = 3600
-    """modal: the longest a sandbox may live, in seconds."""
-    startup_timeout: float = 120.0
-    """Longest wait for a sandbox (or an ssh connection) before the task is recorded as env_error. modal: from the
-    app lookup on, rate-limit retries included; a task's wait for its turn under MODAL_CREATE_RATE is not counted."""
-    ssh_host: str | None = None
-    """ssh: [user@]host[:port] of the machine commands run on."""
-    ssh_key: str | None = None
-    """ssh: private key file; None uses the ssh agent and ~/.ssh/id_* keys."""
-    ssh_known_hosts: str | None = None
-    """ssh: known_hosts file the host key is checked against; None means ~/.ssh/known_hosts."""
 
     def __post_init__(self) -> None:
         backend = BACKENDS.get(self.env_type)
@@ -165,22 +220,10 @@ class EnvSettings:
             raise SettingsError(f"--env must be one of {', '.join(BACKENDS)}, not {self.env_type!r}")
         _at_least("max_output_chars", self.max_output_chars, 100)
         _at_least("workers", self.concurrency, 1)
-        if self.pull not in PULL_POLICIES:
-            raise SettingsError(f"--pull must be missing, always or never, not {self.pull!r}")
-        _at_least("pull_workers", self.pull_workers, 1)
-        if self.max_image_disk is not None:
-            _at_least("max_image_disk", self.max_image_disk, 1)
-        if not self.network:
-            raise SettingsError("--network needs a value (bridge or none)")
-        if self.cpus is not None:
-            _at_least("cpus", self.cpus, 0.01)
-        if self.pids_limit is not None:
-            _at_least("pids_limit", self.pids_limit, 0)
-            self.pids_limit = int(self.pids_limit) or None  # 0 means no limit
-        _at_least("sandbox_timeout", self.sandbox_timeout, 10)
-        _at_least("startup_timeout", self.startup_timeout, 0.1)
-        for volume in self.volumes:
-            parse_volume(volume)
+        for flag in ENV_FLAGS.values():
+            value = getattr(self, flag.setting)
+            if value is not None and flag.check is not None:
+                setattr(self, flag.setting, flag.check(flag.name, value))
         backend.check_settings(self)
 
     @functools.cached_property
@@ -220,13 +263,17 @@ def task_image(settings: EnvSettings, prompt_image: str | None = None) -> str | 
     return prompt_image or settings.image or DEFAULT_IMAGE
 
 
+def flag_users(name: str) -> list[str]:
+    """The backends that use --name, in the registry's order."""
+    return [backend for backend, cls in BACKENDS.items() if any(flag.name == name for flag in cls.flags)]
+
+
 def flags_not_applicable(env_type: str, given_flags: set[str]) -> str | None:
     """One line naming the first flag the chosen backend would ignore, and the backends it applies to."""
-    backend = BACKENDS[env_type]
-    for flag in sorted(given_flags - backend.flags):
-        users = [name for name, cls in BACKENDS.items() if flag in cls.flags]
-        if not users:
-            continue  # not an environment flag at all
+    for flag in sorted(given_flags):
+        users = flag_users(flag)
+        if not users or env_type in users:
+            continue  # not an environment flag at all, or one of this backend's
         names = ", ".join(users[:-1]) + " or " + users[-1] if len(users) > 1 else users[0]
         return f"--{flag} does nothing with --env {env_type}: it applies to --env {names} only"
     return None
@@ -482,8 +529,9 @@ class Environment:
     name: ClassVar[str] = ""
     uses_image: ClassVar[bool] = False
     """Whether tasks run in an image (the record's ``image``, the --image flag, per-prompt images)."""
-    flags: ClassVar[frozenset[str]] = frozenset()
-    """The environment flags (CLI names) this backend uses; any other environment flag given is a usage error."""
+    flags: ClassVar[tuple[Flag, ...]] = ()
+    """The flags this backend uses, each declared once (see Flag); another backend's flag given with it is a usage
+    error."""
     needs_absolute_cwd: ClassVar[bool] = False
 
     def __init__(self, settings: EnvSettings, image: str | None = None, cwd: str | None = None, task_id: str = ""):
@@ -624,6 +672,8 @@ class Environment:
 # one fd (SCM_RIGHTS), the write end of the command's output pipe; {"kill": id} kills a command's processes.
 # Supervisor -> runner: "R" once (ready), then 12 bytes per command when its bash ends: id, exit code (as
 # os.waitstatus_to_exitcode gives it) and an errno (not 0: bash could not be started).
+# Kept as a string because it is shipped as text (to the zygote, into bwrap); tests/test_embedded_code.py compiles it
+# and runs ruff on it, like every Python source kept in a string here.
 SUPERVISOR_SCRIPT = r"""
 import array, ctypes, json, os, select, signal, socket, struct, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -873,7 +923,7 @@ def handle(owned_dir):
         with open("/proc/%d/task/%d/children" % (me, me), "rb") as f:
             left = f.read().split()  # orphans are re-parented to us: no child, no descendant
         if left:  # walking /proc costs about 1 ms per 70 processes on the machine
-            kill_until_gone(lambda table: subtrees(table, [me]))
+            kill_until_gone(lambda table, me=me: subtrees(table, [me]))
         if owned_dir:  # the task's temporary directory (the runner removes it too, unless it died)
             import shutil  # imported by the zygote already (about 4 ms of CPU per task otherwise)
             shutil.rmtree(owned_dir, ignore_errors=True)
@@ -883,10 +933,10 @@ def handle(owned_dir):
         spawn(request["run"], request["argv"], request["cwd"], fds[0])
     elif "kill" in request:
         command_id = request["kill"]
-        kill_until_gone(lambda table: command_processes(table, command_id))
+        kill_until_gone(lambda table, command_id=command_id: command_processes(table, command_id))
     elif "kill_all" in request:  # before a verifier: nothing the task's commands started may still run
         me = os.getpid()
-        kill_until_gone(lambda table: subtrees(table, [me]))
+        kill_until_gone(lambda table, me=me: subtrees(table, [me]))
     return True
 
 task_fd, owned_dir = int(sys.argv[1]), sys.argv[2]
@@ -914,6 +964,7 @@ _NO_ANSWER = (None, None)
 # How the zygote and a bwrap supervisor start: a short `-c` stub that reads the real source from stdin (a pipe the
 # runner writes and closes), so `ps` shows a name and not kilobytes of source. The first argument is that name;
 # the stub drops "-c" from sys.argv, so the source sees [name, args...]. stdin becomes /dev/null again after.
+# (Linted, like the scripts, by tests/test_embedded_code.py.)
 CODE_FROM_STDIN = (
     "import os,sys;s=sys.stdin.buffer.read();os.dup2(os.open(os.devnull,os.O_RDONLY),0);"
     "del sys.argv[0];exec(compile(s,sys.argv[0],'exec'))"
@@ -938,7 +989,8 @@ ZYGOTE_SCRIPT = r"""
 # subreaper: when a supervisor dies before its time (a command may kill its parent), what the supervisor ran is
 # re-parented here, and killed. It ends when the runner's end of the control socket closes (the runner ended or
 # died); its idle supervisors then see their links close, and exit.
-import array, ctypes, json, os, select, shutil, signal, socket, struct, sys, time  # the supervisor's, done once
+# The supervisor's imports too, done once here instead of in every supervisor (shutil is only the supervisor's).
+import array, ctypes, json, os, select, shutil, signal, socket, struct, sys, time  # noqa: F401
 code = compile(SUPERVISOR_SOURCE, "<supervisor>", "exec")
 control = socket.socket(fileno=int(sys.argv[1]))
 ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
@@ -1056,6 +1108,9 @@ while True:
             else:
                 drop_link(fd)
 """
+ZYGOTE_SOURCE = f"SUPERVISOR_SOURCE = {SUPERVISOR_SCRIPT!r}\n{ZYGOTE_SCRIPT}"
+"""What the zygote runs: its script with the supervisor's source ahead of it (tests/test_embedded_code.py lints
+this text, the one shipped)."""
 
 
 class _Zygote:
@@ -1067,7 +1122,7 @@ class _Zygote:
         try:
             self.process = _start_from_stdin(
                 [sys.executable, "-I", "-S", "-c", CODE_FROM_STDIN, "mini-swe-runner-zygote", str(theirs.fileno())],
-                f"SUPERVISOR_SOURCE = {SUPERVISOR_SCRIPT!r}\n{ZYGOTE_SCRIPT}",
+                ZYGOTE_SOURCE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 cwd="/",
@@ -1442,7 +1497,10 @@ class LocalEnvironment(Environment):
     """
 
     name = "local"
-    flags = frozenset({"cwd", "pass_env"})
+    flags = (
+        CWD,
+        Flag("pass_env", tuple, (), "comma-separated variables passed to commands even though they look secret"),
+    )
 
     def __init__(self, settings: EnvSettings, image: str | None = None, cwd: str | None = None, task_id: str = ""):
         super().__init__(settings, image, cwd, task_id)
@@ -1607,6 +1665,12 @@ def _pump_pipe(loop: asyncio.AbstractEventLoop, read_fd: int, collector: OutputC
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _tmp_size(name: str, value: str) -> str:
+    if 0 < parse_size(value, f"--{name}") < 1024**2:
+        raise SettingsError(f"--{name} {value!r} is below 1m (give 0 for no bound)")
+    return value
+
+
 class BwrapEnvironment(LocalEnvironment):
     """The local backend inside bubblewrap: the host's filesystem read-only, the task's directory the only
     writable place (plus a private /tmp), its own PID namespace (when the supervisor goes, everything goes) and,
@@ -1614,14 +1678,17 @@ class BwrapEnvironment(LocalEnvironment):
     """
 
     name = "bwrap"
-    flags = frozenset({"cwd", "pass_env", "network", "volume", "tmp_size"})
+    flags = (
+        *LocalEnvironment.flags,
+        NETWORK,
+        VOLUME,
+        Flag("tmp_size", str, "1g", "size bound of each sandbox's private /tmp, held in memory; 0 for none", _tmp_size),
+    )
 
     @classmethod
     def check_settings(cls, settings: EnvSettings) -> None:
         if settings.network not in ("bridge", "host", "none"):
             raise SettingsError(f"--network {settings.network!r} with --env bwrap: use none (or the default, host's)")
-        if parse_size(settings.tmp_size, "--tmp_size") and parse_size(settings.tmp_size, "--tmp_size") < 1024**2:
-            raise SettingsError(f"--tmp_size {settings.tmp_size!r} is below 1m (give 0 for no bound)")
 
     def _supervisor_prefix(self) -> list[str]:
         argv = bwrap_argv(self.settings, self.base)
@@ -1772,27 +1839,44 @@ def docker_client(concurrency: int = 8):
     return client
 
 
+def _pids_limit(name: str, value: int) -> int | None:
+    _at_least(name, value, 0)
+    return int(value) or None  # 0 means no limit
+
+
 class DockerEnvironment(Environment):
     """Each task gets its own fresh container, removed on close; commands run in it with ``docker exec``."""
 
     name = "docker"
     uses_image = True
     needs_absolute_cwd = True
-    flags = frozenset(
-        {
-            "image",
-            "cwd",
-            "pull",
-            "pull_workers",
+    flags = (
+        IMAGE,
+        CWD,
+        NETWORK,
+        MEMORY,
+        CPUS,
+        VOLUME,
+        ENV_VAR,
+        Flag("pull", str, "missing", "pull images when missing, always or never", one_of(PULL_POLICIES)),
+        Flag("pull_workers", int, 2, "images pulled at once, ahead of the tasks that use them", at_least(1)),
+        Flag(
             "max_image_disk",
-            "network",
-            "memory",
-            "cpus",
-            "pids_limit",
-            "volume",
-            "env_var",
+            str,
+            None,
+            "disk the images this run pulled may hold, e.g. 50g; past it, those no pending task needs are removed, "
+            "oldest use first (images present before the run are never removed)",
+            _size_in_bytes,
+        ),
+        Flag("pids_limit", int, 512, "maximum processes per container; 0 for none", _pids_limit),
+        Flag(
             "no_hardening",
-        }
+            bool,
+            True,
+            "keep default capabilities and allow privilege escalation",
+            field="hardening",
+            negated=True,
+        ),
     )
 
     def __init__(self, settings: EnvSettings, image: str | None = None, cwd: str | None = None, task_id: str = ""):
@@ -2558,8 +2642,16 @@ class ModalEnvironment(Environment):
     name = "modal"
     uses_image = True
     needs_absolute_cwd = True
-    flags = frozenset(
-        {"image", "cwd", "network", "memory", "cpus", "env_var", "modal_app", "sandbox_timeout", "startup_timeout"}
+    flags = (
+        IMAGE,
+        CWD,
+        NETWORK,
+        MEMORY,
+        CPUS,
+        ENV_VAR,
+        STARTUP_TIMEOUT,
+        Flag("modal_app", str, "mini-swe-runner", "app the sandboxes are created in, created if missing"),
+        Flag("sandbox_timeout", int, 3600, "longest sandbox lifetime in seconds", at_least(10)),
     )
 
     def __init__(
@@ -3218,7 +3310,20 @@ class SSHEnvironment(Environment):
     its remote directory survived. A runner that dies leaves the remote watchdog to clean up."""
 
     name = "ssh"
-    flags = frozenset({"cwd", "env_var", "ssh_host", "ssh_key", "ssh_known_hosts", "startup_timeout"})
+    flags = (
+        CWD,
+        ENV_VAR,
+        STARTUP_TIMEOUT,
+        Flag("ssh_host", str, None, "[user@]host[:port] commands run on (one connection per run)"),
+        Flag("ssh_key", str, None, "private key file (default: the ssh agent and ~/.ssh/id_*)", _existing_file),
+        Flag(
+            "ssh_known_hosts",
+            str,
+            None,
+            "known_hosts file the host key is checked against (default ~/.ssh/known_hosts)",
+            _existing_file,
+        ),
+    )
     needs_absolute_cwd = True
 
     def __init__(self, settings: EnvSettings, image: str | None = None, cwd: str | None = None, task_id: str = ""):
@@ -3424,9 +3529,6 @@ class SSHEnvironment(Environment):
         if not settings.ssh_host:
             raise SettingsError("--env ssh needs --ssh_host [user@]host[:port]")
         parse_ssh_host(settings.ssh_host)
-        for flag, path in (("ssh_key", settings.ssh_key), ("ssh_known_hosts", settings.ssh_known_hosts)):
-            if path is not None and not os.path.isfile(os.path.expanduser(path)):
-                raise SettingsError(f"--{flag} {path}: no such file")
 
     @classmethod
     async def preflight(cls, settings: EnvSettings, images: set[str]) -> None:
@@ -3466,8 +3568,46 @@ BACKENDS: dict[str, type[Environment]] = {
 
 ENV_TYPES = tuple(BACKENDS)
 
-ENV_FLAGS = frozenset().union(*(cls.flags for cls in BACKENDS.values()))
-"""Every flag some backend uses: given with a backend that does not use it, it is a usage error."""
+
+def _every_flag(backends: dict[str, type[Environment]]) -> dict[str, Flag]:
+    flags: dict[str, Flag] = {}
+    for name, cls in backends.items():
+        for flag in cls.flags:
+            if flags.setdefault(flag.name, flag) is not flag:  # two rules for one flag: which would the CLI follow?
+                raise TypeError(f"{name} declares --{flag.name} again: share the one Flag another backend declares")
+    return flags
+
+
+ENV_FLAGS: dict[str, Flag] = _every_flag(BACKENDS)
+"""Every backend flag by name, in the order the registry first meets it: given with a backend that does not use it,
+it is a usage error."""
+
+
+def flag_help(flag: Flag) -> str:
+    """What --help says of a backend flag: the backends it applies to (unless all), its text, and its default."""
+    users = flag_users(flag.name)
+    text = flag.help[0].upper() + flag.help[1:] if len(users) == len(BACKENDS) else f"{'/'.join(users)}: {flag.help}"
+    if flag.default is not None and flag.type is not bool and flag.default != ():
+        text += f" (default {flag.default:g})" if isinstance(flag.default, float) else f" (default {flag.default})"
+    return text + "."
+
+
+EnvSettings = dataclasses.make_dataclass(
+    "EnvSettings",
+    [
+        (flag.setting, flag.type if flag.default is not None else flag.type | None, field(default=flag.default))
+        for flag in ENV_FLAGS.values()
+    ],
+    bases=(CommonSettings,),
+)
+EnvSettings.__module__ = __name__
+EnvSettings.__doc__ = (
+    f"{CommonSettings.__doc__}\n    Its fields beyond CommonSettings', one per backend flag:\n\n"
+    + "\n".join(
+        f"    {flag.setting}: {'False with ' if flag.negated else ''}--{flag.name}: {flag_help(flag)}"
+        for flag in ENV_FLAGS.values()
+    )
+)
 
 
 def create_environment(

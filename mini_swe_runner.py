@@ -34,6 +34,7 @@ import string
 import sys
 import threading
 import time
+import types
 import typing
 from array import array
 from collections import Counter
@@ -4524,6 +4525,44 @@ def _exit_codes(name: str, value: object) -> tuple[int, ...]:
     return tuple(codes)
 
 
+def _backend_flag_value(flag: environments.Flag, value: object) -> object:
+    """A backend flag's value as given -> its EnvSettings field's (the field's range and rules are its Flag's check)."""
+    if flag.type is bool:
+        return _bool(flag.name, value) != flag.negated
+    if flag.type is tuple:
+        return _names(flag.name, value)
+    if flag.type in (int, float):
+        return flag.type(_number(flag.name, value, flag.type, float("-inf")))
+    return _text(flag.name, value, allow_none=False)
+
+
+def with_backend_flags(run: Callable[..., int]) -> Callable[..., int]:
+    """``run`` as the command line sees it: its own flags, and after --env every backend's (environments.ENV_FLAGS),
+    in the signature fire and _flag_kinds read and in the docstring's Args that --help reads. A backend's flag is
+    declared once, by the backend; ``run`` takes them as ``**backend_flags``, None for each one not given."""
+    own = [p for p in inspect.signature(run).parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD]
+    after_env = [p.name for p in own].index("env") + 1
+    flags = environments.ENV_FLAGS.values()
+    backend = [
+        # A list flag is one comma-separated text on the command line.
+        inspect.Parameter(flag.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=kind | None)
+        for flag in flags
+        for kind in [str if flag.type is tuple else flag.type]
+    ]
+    signature = inspect.Signature([*own[:after_env], *backend, *own[after_env:]], return_annotation=int)
+
+    @functools.wraps(run)
+    def command(*args: object, **kwargs: object) -> int:
+        return run(**signature.bind(*args, **kwargs).arguments)  # fire passes every flag by position
+
+    command.__signature__ = signature
+    described = "".join(f"\n        {flag.name}: {environments.flag_help(flag)}" for flag in flags)
+    command.__doc__ = run.__doc__.replace("{backends}", ", ".join(environments.BACKENDS)).replace(
+        "\n        {backend_flags}", described
+    )
+    return command
+
+
 def _shard(value: object) -> tuple[int, int] | None:
     if value is None:
         return None
@@ -4537,6 +4576,7 @@ def _shard(value: object) -> tuple[int, int] | None:
     return number, count
 
 
+@with_backend_flags
 def main(
     task: str | None = None,
     prompts_file: str | None = None,
@@ -4558,8 +4598,6 @@ def main(
     base_url: str | None = None,
     api_key: str | None = None,
     env: str = "local",
-    image: str | None = None,
-    cwd: str | None = None,
     max_iterations: int = 15,
     timeout: float = 60,
     max_timeout: float = 600,
@@ -4590,33 +4628,13 @@ def main(
     max_tokens_total: int | None = None,
     system_prompt: str | None = None,
     system_prompt_file: str | None = None,
-    pass_env: str | None = None,
-    pull: str | None = None,
-    pull_workers: int | None = None,
-    max_image_disk: str | None = None,
-    network: str | None = None,
-    memory: str | None = None,
-    cpus: float | None = None,
-    pids_limit: int | None = None,
-    tmp_size: str | None = None,
-    volume: str | None = None,
-    env_var: str | None = None,
-    no_hardening: bool | None = None,
-    modal_app: str | None = None,
-    sandbox_timeout: int | None = None,
-    startup_timeout: float | None = None,
-    ssh_host: str | None = None,
-    ssh_key: str | None = None,
-    ssh_known_hosts: str | None = None,
     verbose: bool = False,
     quiet: bool = False,
     progress_interval: float = 10,
     stall_warning: float = 60,
-    **unknown,
-) -> None:
+    **backend_flags: object,
+) -> int:
     """Run a tool-using model on prompts inside sandboxes and write Hermes trajectories as JSONL.
-
-    Subcommand: `mini-swe-runner cleanup` removes what runs that died left behind (Docker containers, Modal sandboxes).
 
     Args:
         task: One prompt to run (instead of --prompts_file).
@@ -4641,8 +4659,7 @@ def main(
         base_url: OpenAI-compatible endpoint (default $OPENAI_BASE_URL, else OpenRouter), e.g. http://localhost:8000/v1.
         api_key: API key; default from MINI_SWE_RUNNER_API_KEY or the provider's variable (OPENROUTER_API_KEY...).
         env: Where commands run: {backends} (default local; see the README on isolation).
-        image: docker/modal: default image (a prompt's "image"/"docker_image" overrides it).
-        cwd: Directory commands start in (local/bwrap/ssh default: a fresh temporary directory per task).
+        {backend_flags}
         max_iterations: Model calls per task before it stops (default 15).
         timeout: Default per-command timeout in seconds (default 60).
         max_timeout: Cap on the per-command timeout the model may request (default 600).
@@ -4677,32 +4694,11 @@ def main(
         system_prompt: Replace the built-in system prompt the model sees (never saved in trajectories); {env_type}
             and {marker} are filled in, any other text is sent as written.
         system_prompt_file: Read the system prompt from this UTF-8 file (same placeholders as --system_prompt).
-        pass_env: local/bwrap: comma-separated variables passed to commands even though they look secret.
-        pull: docker: pull images when missing, always or never (default missing).
-        pull_workers: docker: images pulled at once, ahead of the tasks that use them (default 2).
-        max_image_disk: docker: disk the images this run pulled may hold, e.g. 50g; past it, those no pending
-            task needs are removed, oldest use first (images present before the run are never removed).
-        network: docker/modal/bwrap network: bridge (default; bwrap: the host's) or none.
-        memory: docker/modal memory limit, e.g. 4g.
-        cpus: docker/modal CPU limit, e.g. 2.
-        pids_limit: docker: maximum processes per container (default 512; 0 for none).
-        tmp_size: bwrap: size bound of each sandbox's private /tmp, held in memory (default 1g; 0 for none).
-        volume: docker/bwrap: comma-separated host:sandbox[:ro] mounts (none by default).
-        env_var: docker/modal/ssh: comma-separated host variables passed to commands (none by default).
-        no_hardening: docker: keep default capabilities and allow privilege escalation.
-        modal_app: modal: app name for the sandboxes (created if missing).
-        sandbox_timeout: modal: longest sandbox lifetime in seconds (default 3600).
-        startup_timeout: modal/ssh: longest wait for a sandbox or connection; past it env_error (default 120).
-        ssh_host: ssh: [user@]host[:port] commands run on (one connection per run).
-        ssh_key: ssh: private key file (default: the ssh agent and ~/.ssh/id_*).
-        ssh_known_hosts: ssh: known_hosts file the host key is checked against (default ~/.ssh/known_hosts).
         verbose: Log every model turn and command to stderr.
         quiet: No progress output.
         progress_interval: Seconds between progress lines when stderr is not a terminal (default 10).
         stall_warning: Warn once when the model has answered nothing for this many seconds (default 60; 0: never).
     """
-    if unknown:
-        raise UsageError(_unknown_flags_message(list(unknown)))
     verbose, quiet = _bool("verbose", verbose), _bool("quiet", quiet)
     model = _text("model", model)
     if model is not None and not model.strip():
@@ -4711,51 +4707,21 @@ def main(
         raise UsageError('give exactly one of --task "...", --prompts_file FILE or --dataset NAME')
     if split is not None and dataset is None:
         raise UsageError("--split goes with --dataset")
-    # The environment flags default to None so that we know which ones the user gave: a flag the chosen backend
-    # ignores is a usage error. EnvSettings applies the defaults and checks the values (its rules, beside its fields).
+    # The backend flags default to None so that we know which ones the user gave: a flag the chosen backend
+    # ignores is a usage error. EnvSettings applies the defaults and checks the values (each flag's rule is its Flag's).
     env = _text("env", env)
-    no_limit = float("-inf")  # the ranges are EnvSettings' to check
-    env_flags = {
-        "image": ("image", lambda v: _text("image", v)),
-        "cwd": ("cwd", lambda v: _text("cwd", v)),
-        "pass_env": ("pass_env", lambda v: _names("pass_env", v)),
-        "pull": ("pull", lambda v: _text("pull", v)),
-        "pull_workers": ("pull_workers", lambda v: int(_number("pull_workers", v, int, no_limit))),
-        "max_image_disk": ("max_image_disk", lambda v: environments.parse_size(str(v), "--max_image_disk")),
-        "network": ("network", lambda v: _text("network", v)),
-        "memory": ("memory", lambda v: _text("memory", v)),
-        "cpus": ("cpus", lambda v: _number("cpus", v, float, no_limit)),
-        "pids_limit": ("pids_limit", lambda v: int(_number("pids_limit", v, int, no_limit))),
-        "tmp_size": ("tmp_size", lambda v: _text("tmp_size", v, allow_none=False)),
-        "volume": ("volumes", lambda v: _names("volume", v)),
-        "env_var": ("env_vars", lambda v: _names("env_var", v)),
-        "no_hardening": ("hardening", lambda v: not _bool("no_hardening", v)),
-        "modal_app": ("modal_app", lambda v: _text("modal_app", v, allow_none=False)),
-        "sandbox_timeout": ("sandbox_timeout", lambda v: int(_number("sandbox_timeout", v, int, no_limit))),
-        "startup_timeout": ("startup_timeout", lambda v: float(_number("startup_timeout", v, float, no_limit))),
-        "ssh_host": ("ssh_host", lambda v: _text("ssh_host", v)),
-        "ssh_key": ("ssh_key", lambda v: _text("ssh_key", v)),
-        "ssh_known_hosts": ("ssh_known_hosts", lambda v: _text("ssh_known_hosts", v)),
-    }
-    given = {
-        "image": image, "cwd": cwd, "pass_env": pass_env, "pull": pull, "pull_workers": pull_workers,
-        "max_image_disk": max_image_disk, "network": network, "memory": memory,
-        "cpus": cpus, "pids_limit": pids_limit, "volume": volume, "env_var": env_var, "no_hardening": no_hardening,
-        "modal_app": modal_app, "sandbox_timeout": sandbox_timeout, "startup_timeout": startup_timeout,
-        "ssh_host": ssh_host, "ssh_key": ssh_key, "ssh_known_hosts": ssh_known_hosts,
-        "tmp_size": tmp_size,
-    }  # fmt: skip
-    given = {flag: value for flag, value in given.items() if value is not None}
+    given = {name: value for name, value in backend_flags.items() if value is not None}
     if env not in environments.BACKENDS:
         raise UsageError(f"--env must be one of {', '.join(environments.BACKENDS)}, not {env!r}")
     if problem := environments.flags_not_applicable(env, set(given)):
         raise UsageError(problem)
+    flags = environments.ENV_FLAGS
     try:  # every value checked before anything else happens (the secrets are added once the key is known)
         env_settings = EnvSettings(
             env_type=env,
-            max_output_chars=int(_number("max_output_chars", max_output_chars, int, no_limit)),
+            max_output_chars=int(_number("max_output_chars", max_output_chars, int, float("-inf"))),
             concurrency=int(_number("workers", workers, int, 1)),
-            **{env_flags[flag][0]: env_flags[flag][1](value) for flag, value in given.items()},
+            **{flags[name].setting: _backend_flag_value(flags[name], value) for name, value in given.items()},
         )
     except environments.SettingsError as exc:
         raise UsageError(str(exc)) from None
@@ -4831,8 +4797,7 @@ def main(
     if outcome.message:
         message = trajectory.terminal_safe(redact(outcome.message, env_settings.secret_values))
         print(f"mini-swe-runner: {message}", file=sys.stderr)
-    if outcome.exit_code != EXIT_OK:
-        raise SystemExit(outcome.exit_code)
+    return outcome.exit_code
 
 
 def _cost_settings(
@@ -4851,17 +4816,6 @@ def _cost_settings(
         setattr(config, name, None if number is None else Decimal(repr(number)))
     tokens = _number("max_tokens_total", tokens, int, 1, allow_none=True)
     config.max_tokens_total = None if tokens is None else int(tokens)
-
-
-def _unknown_flags_message(names: list[str]) -> str:
-    """The message for flags main() does not take, with the closest real flag of each when one is close:
-    "unknown flag --prompt_file (did you mean --prompts_file?)"."""
-    known = list(_flag_kinds())
-    described = []
-    for name in names:
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
-        described.append(f"--{name}" + (f" (did you mean --{close[0]}?)" if close else ""))
-    return f"unknown flag {', '.join(described)}; see --help"
 
 
 def load_run_prompts(config: RunConfig, task: object, prompts_file: object) -> Sequence[Prompt]:
@@ -4905,10 +4859,6 @@ def check_verifiers(prompts: Sequence[Prompt], config: RunConfig) -> None:
         raise UsageError(f"{flag} runs a verifier: give one (--verify, --verify_template or a verify field)")
 
 
-# --help lists the backends the registry has: there is one list of them.
-main.__doc__ = main.__doc__.replace("{backends}", ", ".join(environments.BACKENDS))
-
-
 class _RedactingFilter(logging.Filter):
     def __init__(self, secret_values: tuple[str, ...]):
         super().__init__()
@@ -4930,8 +4880,15 @@ def _setup_logging(verbose: bool, quiet: bool, secret_values: tuple[str, ...]) -
     log.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The other commands: cleanup, view and stats (the report), export (records to the formats trainers read)
+# ---------------------------------------------------------------------------------------------------------------
+# Each is a function like main: its flags are its parameters, its docstring's Args are its --help, a usage error is
+# a UsageError, and it returns the exit code. Record files are positional arguments (FILE...).
+
+
 def cleanup() -> int:
-    """`mini-swe-runner cleanup`: remove what runs that died left in every backend that can leave something."""
+    """Remove what runs that died left behind (Docker containers, Modal sandboxes)."""
     done, failed = environments.cleanup_leftovers()
     for line in done:
         print(line, file=sys.stderr)
@@ -4940,92 +4897,171 @@ def cleanup() -> int:
     return EXIT_FATAL if failed else EXIT_OK
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Subcommand: export records to the formats trainers read
-# ---------------------------------------------------------------------------------------------------------------
+def view(*files: str, output_file: str = "report.html") -> int:
+    """Write one self-contained HTML report of record files.
+
+    Shards and resumed runs: the last record of each task and sample wins. Open it in any browser; it needs no
+    network and no server.
+
+    Args:
+        files: Record files (JSONL).
+        output_file: Where the report goes (default report.html).
+    """
+    files = _record_files("view", files)
+    output_file = _text("output_file", output_file, allow_none=False)
+    if not output_file:
+        raise UsageError("--output_file needs a value")
+    if os.path.isdir(output_file):
+        raise UsageError(f"--output_file {output_file} is a directory")
+    for path in files:
+        if os.path.exists(output_file) and os.path.samefile(path, output_file):
+            raise UsageError(f"--output_file {output_file} is one of the record files: it would be lost")
+    try:
+        result = report.write_report(files, output_file)  # interrupted: its temporary files are gone already
+    except OSError as exc:
+        action = "read" if exc.filename in files else "write"
+        print(f"mini-swe-runner: cannot {action} {exc.filename or 'the report'}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FATAL
+    _warn_malformed(result.malformed_lines)
+    if not result.records:
+        print("mini-swe-runner: warning: no records found; the report is empty", file=sys.stderr)
+    print(
+        f"wrote {output_file}: {result.records:,} records, {result.output_bytes / 1e6:.1f} MB "
+        f"({result.output_bytes / max(result.input_bytes, 1):.0%} of the input); open it in a browser",
+        file=sys.stderr,
+    )
+    return EXIT_OK
 
 
-def _export_parser():
-    import argparse  # here, like the subcommand's other imports: a run never needs them
+def stats(*files: str, json: bool = False) -> int:
+    """Print the summary of record files as a table.
 
-    class ExportArgumentParser(argparse.ArgumentParser):
-        def error(self, message: str):  # argparse would print its usage block first: one line is enough
-            raise UsageError(f"export: {message} (see mini-swe-runner export --help)")
+    The same summary `view` shows and a run's --stats_file holds.
 
-    parser = ExportArgumentParser(
-        prog="mini-swe-runner export",
-        allow_abbrev=False,
-        description=(
-            "Stream record files into one training file, keeping the last record of each (task_id, sample_index)."
-        ),
-    )
-    parser.add_argument("inputs", nargs="+", metavar="IN", help="record files, globs or directories of *.jsonl")
-    parser.add_argument("--output_file", "--output-file", required=True, metavar="OUT", help="the file to write")
-    parser.add_argument("--format", default="hermes", choices=trajectory.EXPORT_FORMATS, help="default: hermes")
-    parser.add_argument("--only", choices=("completed", "passed"), help="keep completed tasks, or verified ones")
-    parser.add_argument(
-        "--exit_reason",
-        "--exit-reason",
-        action="append",
-        default=[],
-        metavar="R[,R...]",
-        help="keep records with these endings (repeatable, or comma-separated)",
-    )
-    parser.add_argument("--min_reward", "--min-reward", metavar="X", help="keep records with reward >= X")
-    parser.add_argument("--max_turns", "--max-turns", metavar="N", help="keep records with at most N model turns")
-    parser.add_argument(
-        "--empty_think", "--empty-think", action="store_true", help="empty think block on turns without reasoning"
-    )
-    parser.add_argument(
-        "--drop_final_echo",
-        "--drop-final-echo",
-        action="store_true",
-        help="end on the model turn that sent the completion command",
-    )
-    parser.add_argument(
-        "--pick",
-        choices=trajectory.SWEBENCH_PICKS,
-        default="passed",
-        help="swebench: the sample exported per instance: the first that passed, else the first (passed, default), "
-        "or the first (first)",
-    )
-    parser.add_argument(
-        "--model_name",
-        "--model-name",
-        metavar="NAME",
-        help="swebench: model_name_or_path (default: the records' model)",
-    )
-    parser.add_argument(
-        "--arguments",
-        default="object",
-        choices=trajectory.ARGUMENT_FORMS,
-        help="openai: tool-call arguments as objects (what chat templates read; default) or as JSON text",
-    )
-    parser.add_argument(
-        "--drop_invalid_arguments",
-        "--drop-invalid-arguments",
-        action="store_true",
-        help="leave out records with a tool call whose arguments are not a JSON object",
-    )
-    return parser
+    Args:
+        files: Record files (JSONL).
+        json: Print the summary as JSON instead.
+    """
+    files, as_json = _record_files("stats", files), _bool("json", json)
+    try:
+        summary = report.summarize(files, command_line(sys.argv[1:], ()))
+    except OSError as exc:
+        raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    _warn_malformed(summary["malformed_lines"])
+    # Record fields (models, images, exit reasons) reach the terminal with their control characters escaped.
+    print(report.summary_json(summary) if as_json else trajectory.terminal_safe(report.summary_table(summary)))
+    return EXIT_OK
 
 
-def _export_bool_values(argv: list[str]) -> list[str]:
-    """``--empty_think=false`` means false, as ``--verbose=false`` does for a run; argparse alone would reject it."""
-    switches = ("--empty_think", "--empty-think", "--drop_final_echo", "--drop-final-echo")
-    switches += ("--drop_invalid_arguments", "--drop-invalid-arguments")
-    result = []
-    for arg in argv:
-        name, equals, value = arg.partition("=")
-        if equals and name in switches:
-            if _bool(name.lstrip("-"), value):
-                result.append(name)
-        else:
-            result.append(arg)
-    return result
+def _record_files(command: str, files: tuple[str, ...]) -> list[str]:
+    """view's and stats' record files, each checked readable before any is read."""
+    if not files:
+        raise UsageError(f"give at least one record file: mini-swe-runner {command} FILE...")
+    for path in files:
+        if path == "-":
+            raise UsageError(f"{command} reads record files, not stdin: give a file path")
+        if os.path.isdir(path):
+            raise UsageError(f"{path} is a directory, not a record file")
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    return list(files)
 
 
-def export_inputs(patterns: list[str]) -> list[str]:
+def _warn_malformed(count: int) -> None:
+    if count:
+        print(f"mini-swe-runner: warning: skipped {count:,} malformed line(s) (not a JSON record)", file=sys.stderr)
+
+
+def export(
+    *files: str,
+    output_file: str,
+    format: str = "hermes",
+    only: str | None = None,
+    exit_reason: tuple[str, ...] = (),
+    min_reward: float | None = None,
+    max_turns: int | None = None,
+    empty_think: bool = False,
+    drop_final_echo: bool = False,
+    pick: str = "passed",
+    model_name: str | None = None,
+    arguments: str = "object",
+    drop_invalid_arguments: bool = False,
+) -> int:
+    """Stream record files into one training file (hermes, openai, sharegpt, tokens, steps) or SWE-bench predictions.
+
+    The last record of each (task_id, sample_index) is the one exported.
+
+    Args:
+        files: Record files, globs or directories of *.jsonl.
+        output_file: The file to write.
+        format: {formats} (default hermes).
+        only: Keep completed tasks (completed), or verified ones (passed).
+        exit_reason: Keep records with these endings (comma-separated).
+        min_reward: Keep records with a reward of at least this.
+        max_turns: Keep records with at most this many model turns.
+        empty_think: Write an empty think block on turns without reasoning (hermes, sharegpt).
+        drop_final_echo: End on the model turn that sent the completion command.
+        pick: swebench: the sample exported per instance: the first that passed, else the first (passed, default),
+            or the first (first).
+        model_name: swebench: model_name_or_path (default: the records' model).
+        arguments: openai: tool-call arguments as objects (object, what chat templates read; default) or as JSON
+            text (string).
+        drop_invalid_arguments: Leave out records with a tool call whose arguments are not a JSON object.
+    """
+    try:
+        if not files:
+            raise UsageError("give at least one record file: mini-swe-runner export FILE... --output_file TEXT")
+        inputs = export_inputs(files)
+        output = _text("output_file", output_file, allow_none=False)
+        if os.path.realpath(output) in {os.path.realpath(path) for path in inputs}:
+            raise UsageError(f"--output_file {output} is one of the inputs; write to a new file")
+        if os.path.isdir(output) or not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+            raise UsageError(f"--output_file {output} is a directory or its directory does not exist")
+        given_reasons = [_text("exit_reason", value, allow_none=False) for value in exit_reason]
+        reasons = tuple(reason.strip() for value in given_reasons for reason in value.split(",") if reason.strip())
+        try:
+            options = trajectory.ExportOptions(
+                format=_text("format", format),
+                only=_text("only", only),
+                exit_reasons=reasons,
+                min_reward=_number("min_reward", min_reward, float, -math.inf, allow_none=True),
+                max_turns=_number("max_turns", max_turns, int, 0, allow_none=True),
+                empty_think=_bool("empty_think", empty_think),
+                drop_final_echo=_bool("drop_final_echo", drop_final_echo),
+                final_output_marker=FINAL_OUTPUT_MARKER,
+                pick=_text("pick", pick),
+                model_name=_text("model_name", model_name),
+                arguments=_text("arguments", arguments),
+                drop_invalid_arguments=_bool("drop_invalid_arguments", drop_invalid_arguments),
+            )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if options.format == "swebench" and not output.endswith((".json", ".jsonl")):
+            raise UsageError(f"the SWE-bench harness reads only .json or .jsonl predictions, not {output}")
+    except UsageError as exc:
+        raise UsageError(f"export: {exc}") from None
+    try:
+        result = trajectory.export(inputs, output, options)
+    except OSError as exc:
+        print(f"mini-swe-runner: export failed, {output} not written: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    except KeyboardInterrupt:
+        print(f"mini-swe-runner: export interrupted, {output} not written", file=sys.stderr)
+        return EXIT_SIGNAL[signal.SIGINT]
+    print(export_summary(result, output, options), file=sys.stderr)
+    if result.written == 0 and (result.read or result.bad_lines):  # an empty training file is never a success
+        print(f"mini-swe-runner: export wrote nothing of a non-empty input to {output}", file=sys.stderr)
+        return EXIT_FATAL
+    return EXIT_OK
+
+
+export.__doc__ = export.__doc__.replace("{formats}", ", ".join(trajectory.EXPORT_FORMATS))
+
+
+def export_inputs(patterns: Iterable[str]) -> list[str]:
     """Record files named by paths, globs or directories (their *.jsonl), each once, in the order given."""
     import glob
 
@@ -5049,56 +5085,6 @@ def export_inputs(patterns: list[str]) -> list[str]:
                 seen.add(os.path.realpath(path))
                 paths.append(path)
     return paths
-
-
-def export_command(argv: list[str]) -> int:
-    """`mini-swe-runner export IN... --output_file OUT`: record files -> one hermes/openai/sharegpt file."""
-    try:
-        args = _export_parser().parse_args(_export_bool_values(argv))
-        inputs = export_inputs(args.inputs)
-        output = args.output_file
-        if os.path.realpath(output) in {os.path.realpath(path) for path in inputs}:
-            raise UsageError(f"export: --output_file {output} is one of the inputs; write to a new file")
-        if os.path.isdir(output) or not os.path.isdir(os.path.dirname(os.path.abspath(output))):
-            raise UsageError(f"export: --output_file {output} is a directory or its directory does not exist")
-        reasons = tuple(r.strip() for value in args.exit_reason for r in value.split(",") if r.strip())
-        min_reward = None if args.min_reward is None else _number("min_reward", args.min_reward, float, -float("inf"))
-        max_turns = None if args.max_turns is None else _number("max_turns", args.max_turns, int, 0)
-        try:
-            options = trajectory.ExportOptions(
-                format=args.format,
-                only=args.only,
-                exit_reasons=reasons,
-                min_reward=min_reward,
-                max_turns=max_turns,
-                empty_think=args.empty_think,
-                drop_final_echo=args.drop_final_echo,
-                final_output_marker=FINAL_OUTPUT_MARKER,
-                pick=args.pick,
-                model_name=args.model_name,
-                arguments=args.arguments,
-                drop_invalid_arguments=args.drop_invalid_arguments,
-            )
-        except ValueError as exc:
-            raise UsageError(f"export: {exc}") from None
-        if options.format == "swebench" and not output.endswith((".json", ".jsonl")):
-            raise UsageError(f"export: the SWE-bench harness reads only .json or .jsonl predictions, not {output}")
-    except UsageError as exc:
-        print(f"mini-swe-runner: {trajectory.terminal_safe(str(exc))}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        result = trajectory.export(inputs, output, options)
-    except OSError as exc:
-        print(f"mini-swe-runner: export failed, {output} not written: {exc}", file=sys.stderr)
-        return EXIT_FATAL
-    except KeyboardInterrupt:
-        print(f"mini-swe-runner: export interrupted, {output} not written", file=sys.stderr)
-        return EXIT_SIGNAL[signal.SIGINT]
-    print(export_summary(result, output, options), file=sys.stderr)
-    if result.written == 0 and (result.read or result.bad_lines):  # an empty training file is never a success
-        print(f"mini-swe-runner: export wrote nothing of a non-empty input to {output}", file=sys.stderr)
-        return EXIT_FATAL
-    return EXIT_OK
 
 
 def export_summary(result: trajectory.ExportResult, output: str, options: trajectory.ExportOptions) -> str:
@@ -5140,76 +5126,130 @@ def export_summary(result: trajectory.ExportResult, output: str, options: trajec
     return "\n".join(lines)
 
 
-SUBCOMMANDS = {
-    "cleanup": "remove what runs that died left behind (Docker containers, Modal sandboxes)",
-    "view": "write one self-contained HTML report of record files (view --help)",
-    "stats": "print the summary of record files as a table (stats --help)",
-    "export": "stream record files into one training file (hermes, openai, sharegpt, tokens, steps) or SWE-bench "
-    "predictions (export --help)",
-}
+COMMANDS: dict[str, Callable[..., int]] = {"cleanup": cleanup, "view": view, "stats": stats, "export": export}
 """First words that are commands, not prompts; anything else that is not a flag is refused."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The command line's way in, one for every command: argv -> fire, --help, exit codes, secrets out of sight
+# ---------------------------------------------------------------------------------------------------------------
+# A command is a function (main, or one of COMMANDS). Its signature says what its flags take and its docstring's
+# Args what they mean: protect_argv reads the one to hand fire every value exactly as typed, help_text both to
+# write --help, and cli maps what the command raises to one line and an exit code.
 
 _SECRETS_FD_VARIABLE = "_MINI_SWE_RUNNER_SECRETS_FD"
 
 
-def _flag_kinds() -> dict[str, str]:
-    """main()'s flags by kind: 'text' (str), 'bool', or 'value' (numbers): how their values are read."""
+def _flag_kinds(command: Callable[..., int] | None = None) -> dict[str, str]:
+    """A command's flags (main's by default) by kind, how their values are read: 'text' (str: exactly as typed),
+    'bool' (a switch), 'list' (a tuple: texts, the flag repeatable), or 'value' (numbers: fire reads them, the
+    command checks them)."""
     kinds = {}
-    for name, parameter in inspect.signature(main).parameters.items():
-        if parameter.kind is not parameter.POSITIONAL_OR_KEYWORD:
+    for name, parameter in inspect.signature(command or main).parameters.items():
+        if parameter.kind not in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
             continue
-        types = set(typing.get_args(parameter.annotation)) or {parameter.annotation}
-        types.discard(type(None))
-        kinds[name] = "text" if types == {str} else "bool" if types == {bool} else "value"
+        annotation = parameter.annotation
+        union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        taken = set(typing.get_args(annotation)) - {type(None)} if union else {annotation}
+        if typing.get_origin(annotation) is tuple:
+            kinds[name] = "list"
+        else:
+            kinds[name] = "text" if taken == {str} else "bool" if taken == {bool} else "value"
     return kinds
 
 
-def protect_argv(argv: list[str]) -> list[str]:
+def _takes_files(command: Callable[..., int]) -> bool:
+    return any(p.kind is p.VAR_POSITIONAL for p in inspect.signature(command).parameters.values())
+
+
+def _prog(command: Callable[..., int]) -> str:
+    name = next((name for name, function in COMMANDS.items() if function is command), None)
+    return f"mini-swe-runner {name}" if name else "mini-swe-runner"
+
+
+def protect_argv(argv: list[str], command: Callable[..., int] | None = None) -> list[str]:
     """argv for fire with every text value made a Python string literal of itself, so that fire (which
     literal-evals every value) hands it over byte for byte: `--task '{"k": 1}'`, `--task 1e3`, `--task None`,
-    `--task '"quoted"'` and `--task -x` all arrive as typed. Every flag leaves as one `--name=value` word.
+    `--task '"quoted"'` and `--task -x` all arrive as typed. Every flag leaves as one `--name=value` word, a
+    repeated list flag as one list; a file (for a command that takes files) as one string literal.
 
-    Raises UsageError for a word that is neither a flag nor a flag's value (a prompt must be given with --task).
+    Raises UsageError for flags the command does not take, for a required flag not given, and for a word that is
+    neither a flag nor a flag's value (nor a file): a prompt must be given with --task.
     """
-    kinds = _flag_kinds()
+    command = command or main
+    kinds, takes_files, prog = _flag_kinds(command), _takes_files(command), _prog(command)
 
     def is_flag(word: str) -> bool:
         return word.startswith("--") and word[2:].partition("=")[0].replace("-", "_") in kinds
 
     protected: list[str] = []
+    lists: dict[str, list[str]] = {}
+    unknown: list[str] = []
     index = 0
     while index < len(argv):
         word = argv[index]
         index += 1
+        if takes_files and word == "--":  # what follows is files, whatever they look like
+            protected += [repr(path) for path in argv[index:]]
+            break
         if not word.startswith("--") or word == "--":
-            hint = f" (a command is one of: {', '.join(sorted(SUBCOMMANDS))})" if index == 1 else ""
-            raise UsageError(
-                f'unexpected argument {_short(word, 60)!r}: give the prompt with --task "..." or flags only{hint}'
-            )
+            if takes_files:
+                protected.append(repr(word))
+                continue
+            hint = f" (a command is one of: {', '.join(sorted(COMMANDS))})" if command is main and index == 1 else ""
+            what = 'give the prompt with --task "..." or flags only' if command is main else f"see {prog} --help"
+            raise UsageError(f"unexpected argument {_short(word, 60)!r}: {what}{hint}")
         name, has_value, value = word[2:].partition("=")
         name = name.replace("-", "_")
-        kind = kinds.get(name, "unknown")
+        kind = kinds.get(name)
+        if kind is None:
+            unknown.append(name)
         if not has_value:
             following = argv[index] if index < len(argv) else None
-            takes_next = following is not None and (
-                (kind == "text" and not is_flag(following)) or (kind != "text" and not following.startswith("--"))
-            )
-            if not takes_next:
-                protected.append(f"--{name}")  # a bare flag: True for fire (a text flag then "needs a value")
+            if following is None:
+                takes_next = False
+            elif kind in ("text", "list"):
+                takes_next = not is_flag(following)
+            else:  # beside files, a switch takes a value only with "=": `stats --json run.jsonl`
+                takes_next = not following.startswith("--") and not (kind == "bool" and takes_files)
+            if not takes_next and kind == "list":
+                raise UsageError(f"--{name} needs a value")
+            if not takes_next:  # a bare flag is True (a text flag then "needs a value"); with "=", so that fire
+                protected.append(f"--{name}=True")  # never takes a file that follows for its value
                 continue
             value = following
             index += 1
-        protected.append(f"--{name}={value!r}" if kind == "text" else f"--{name}={value}")
-    return protected
+        if kind == "list":
+            lists.setdefault(name, []).append(value)
+        else:
+            protected.append(f"--{name}={value!r}" if kind == "text" else f"--{name}={value}")
+    if unknown:
+        raise UsageError(_unknown_flags_message(unknown, list(kinds), prog))
+    given = {word[2:].partition("=")[0] for word in protected if word.startswith("--")} | set(lists)
+    for name, parameter in inspect.signature(command).parameters.items():
+        if parameter.kind is parameter.KEYWORD_ONLY and parameter.default is parameter.empty and name not in given:
+            raise UsageError(f"{prog.partition(' ')[2] or prog}: give --{name} (see {prog} --help)")
+    return protected + [f"--{name}={values!r}" for name, values in lists.items()]
 
 
-def help_text() -> str:
-    """--help: every flag with a readable type and its description, from main()'s signature and docstring."""
-    doc = inspect.getdoc(main) or ""
-    summary, _, rest = doc.partition("\n\n")
+def _unknown_flags_message(names: list[str], known: list[str], prog: str) -> str:
+    """The message for flags a command does not take, with the closest real flag of each when one is close:
+    "unknown flag --prompt_file (did you mean --prompts_file?)"."""
+    described = []
+    for name in names:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        described.append(f"--{name}" + (f" (did you mean --{close[0]}?)" if close else ""))
+    return f"unknown flag {', '.join(described)}; see {prog} --help"
+
+
+def help_text(command: Callable[..., int] | None = None) -> str:
+    """--help of a command (main's by default): its flags with a readable type and their descriptions, from its
+    signature and its docstring's Args."""
+    command = command or main
+    about, _, rest = (inspect.getdoc(command) or "").partition("\nArgs:")
     described: dict[str, str] = {}
     current = None
-    args = [line for line in rest.split("Args:", 1)[-1].splitlines() if line.strip()]
+    args = [line for line in rest.splitlines() if line.strip()]
     entry_indent = min((len(line) - len(line.lstrip()) for line in args), default=0)
     for line in args:
         stripped = line.strip()
@@ -5218,23 +5258,36 @@ def help_text() -> str:
             described[current] = text.strip()
         elif current:
             described[current] += " " + stripped
-    kinds = _flag_kinds()
-    metavar = {"text": "TEXT", "bool": "", "value": "N"}
-    lines = [
-        summary,
-        "",
-        "usage: mini-swe-runner --task TEXT | --prompts_file FILE [flags]",
-        *(f"       mini-swe-runner {name}    ({what})" for name, what in SUBCOMMANDS.items()),
-        "       mini-swe-runner --version",
-        "",
-        "Every flag also takes --name=value. Text values are used exactly as typed.",
-        "",
-        "flags:",
-    ]
+    kinds, prog = _flag_kinds(command), _prog(command)
+    metavar = {"text": "TEXT", "list": "TEXT", "bool": "", "value": "N"}
+    parameters = inspect.signature(command).parameters.values()
+    files = next((p.name for p in parameters if p.kind is p.VAR_POSITIONAL), None)
+    required = [p.name for p in parameters if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    words = [f"{files.upper().removesuffix('S')}..."] if files else []
+    words += [f"--{name} {metavar[kinds[name]]}".rstrip() for name in required]
+    usage = [f"usage: {prog} {' '.join(words)}{' [flags]' if kinds else ''}".rstrip()]
+    if command is main:
+        usage = [
+            "usage: mini-swe-runner --task TEXT | --prompts_file FILE | --dataset NAME [flags]",
+            *(f"       mini-swe-runner {name:<8} {_first_sentence(function)}" for name, function in COMMANDS.items()),
+            "       mini-swe-runner --version",
+        ]
+    lines = [about.strip(), "", *usage]
+    if files:
+        lines += ["", f"  {words[0]}", f"      {described.get(files, '')}"]
+    if kinds:
+        lines += ["", "Every flag also takes --name=value. Text values are used exactly as typed.", "", "flags:"]
     for name, kind in kinds.items():
-        lines.append(f"  --{name} {metavar[kind]}".rstrip())
-        lines.append(f"      {described.get(name, '')}")
+        repeatable = " (repeatable)" if kind == "list" else ""
+        lines += [f"  --{name} {metavar[kind]}".rstrip() + repeatable, f"      {described.get(name, '')}"]
+    if command is main:
+        lines += ["", "Every command has its --help: mini-swe-runner view --help"]
     return "\n".join(lines)
+
+
+def _first_sentence(command: Callable[..., int]) -> str:
+    first = " ".join((inspect.getdoc(command) or "").partition("\n\n")[0].split()).rstrip(".")
+    return first[:1].lower() + first[1:]
 
 
 def _scrub_secrets_from_process() -> dict[str, str]:
@@ -5293,15 +5346,6 @@ def _without_api_key(argv: list[str]) -> tuple[list[str], str | None]:
     return kept, key
 
 
-def run_subcommand(name: str, argv: list[str]) -> int:
-    """A first word that names a command: each parses its own flags and returns its exit code."""
-    if name == "cleanup":
-        return cleanup()
-    if name == "export":
-        return export_command(argv)
-    return report.view_command(argv) if name == "view" else report.stats_command(argv)
-
-
 def _reader_gone() -> int:
     """stdout's reader went away (`stats --json | head`): end quietly, as a program killed by SIGPIPE does, with no
     traceback and no second error when Python flushes stdout at exit."""
@@ -5311,7 +5355,7 @@ def _reader_gone() -> int:
 
 
 def cli() -> None:
-    """Console entry point: loads ./.env only, checks argv, runs fire, maps errors to exit codes."""
+    """Console entry point of every command: loads ./.env only, checks argv, runs fire, maps errors to exit codes."""
     handed = _scrub_secrets_from_process()
     environments.hide_process_memory()  # the keys are in this process's memory from here on
     from dotenv import load_dotenv
@@ -5319,34 +5363,37 @@ def cli() -> None:
     # Only the current directory's .env: find_dotenv would also walk up into every parent directory.
     load_dotenv(os.path.join(os.getcwd(), ".env"))
     argv = sys.argv[1:]
-    if argv[:1] and argv[0] in SUBCOMMANDS:
-        try:
-            code = run_subcommand(argv[0], argv[1:])
-        except BrokenPipeError:
-            raise SystemExit(_reader_gone()) from None
-        raise SystemExit(code)
-    if handed.get("api_key") is not None:
-        argv = [*argv, f"--api_key={handed['api_key']}"]
+    command = main
+    if argv[:1] and argv[0] in COMMANDS:
+        command, argv = COMMANDS[argv[0]], argv[1:]
+    if handed.get("api_key") is not None:  # before a "--": a command that takes files reads what follows as files
+        cut = argv.index("--") if "--" in argv else len(argv)
+        argv = [*argv[:cut], f"--api_key={handed['api_key']}", *argv[cut:]]
     try:
-        if any(arg in ("--help", "-h") for arg in argv):
-            print(help_text())
-            return
-        if argv[:1] == ["--version"]:
+        flags = argv[: argv.index("--")] if "--" in argv else argv
+        if any(word in ("--help", "-h") for word in flags):
+            print(help_text(command))
+            raise SystemExit(EXIT_OK)
+        if command is main and argv[:1] == ["--version"]:
             print(f"mini-swe-runner {__version__}")
-            return
+            raise SystemExit(EXIT_OK)
         import fire
 
-        # Every word fire sees is a --name=value pair made by protect_argv (fire's own flags, --help, --trace,
-        # --interactive, would only be read after a "--" separator, which protect_argv refuses).
-        fire.Fire(main, command=protect_argv(argv), name="mini-swe-runner")
+        # Every word fire sees is a --name=value pair or a string literal made by protect_argv (fire's own flags,
+        # --help, --trace, --interactive, would only be read after a "--" separator, which protect_argv never
+        # leaves). A command's return value is its exit code, not output: fire prints nothing of it.
+        code = fire.Fire(command, command=protect_argv(argv, command), name=_prog(command), serialize=lambda _: None)
     except UsageError as exc:  # may quote an input line or an endpoint's answer: controls escaped
         print(f"mini-swe-runner: {trajectory.terminal_safe(str(exc))}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
     except FatalRunError as exc:
         print(f"mini-swe-runner: {trajectory.terminal_safe(str(exc))}", file=sys.stderr)
         raise SystemExit(EXIT_FATAL) from None
+    except BrokenPipeError:
+        raise SystemExit(_reader_gone()) from None
     except KeyboardInterrupt:
-        raise SystemExit(130) from None
+        raise SystemExit(EXIT_SIGNAL[signal.SIGINT]) from None
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import math
 import os
 import re
 import shutil
-import sys
 import tempfile
 import zlib
 from array import array
@@ -32,7 +31,6 @@ from decimal import Decimal
 
 import trajectory
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 TRUNCATION_MARKER = re.compile(r"\[\.\.\. (\d+) characters omitted \.\.\.\]")
 """What environments.truncate_text puts where it cut a long output."""
 VERIFICATION_STATES = ("passed", "failed", "error", "none")
@@ -44,10 +42,6 @@ DISTRIBUTIONS = (
     ("output_chars", "output (chars)"),
 )
 GZIP_LEVEL = 5  # on the bench records: level 6 took 1.5x the time for 0.7% smaller output, level 9 3.6x for 1.4%
-
-
-class ReportUsageError(Exception):
-    """Bad flags or unreadable input: one line, exit code 2."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -423,6 +417,16 @@ def _counts(counter: dict) -> str:
     return ", ".join(f"{name} {count:,}" for name, count in counter.items()) or "none"
 
 
+_JSON_C1 = {code: f"\\u{code:04x}" for code in range(0x7F, 0xA0)}
+
+
+def summary_json(summary: dict) -> str:
+    """The summary as `stats --json` prints it. Record fields (models, images, exit reasons) reach the terminal with
+    their control characters escaped: json escapes C0 itself; DEL and C1 (U+009B is CSI) become \\u escapes, the
+    same JSON."""
+    return json.dumps(summary, indent=2, ensure_ascii=False).translate(_JSON_C1)
+
+
 def summary_table(summary: dict) -> str:
     """The summary as the plain-text table `stats` prints."""
     records = summary["records"]
@@ -675,146 +679,11 @@ def _page_head(index_b64: bytes) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The command line: `mini-swe-runner view` and `mini-swe-runner stats`
-# ---------------------------------------------------------------------------------------------------------------
-
-VIEW_HELP = """usage: mini-swe-runner view FILE... [--output_file report.html]
-
-Write one self-contained HTML report of the record files (shards and resumed runs: the last record of each
-task and sample wins). Open it in any browser; it needs no network and no server.
-
-  --output_file PATH   where the report goes (default report.html)"""
-
-STATS_HELP = """usage: mini-swe-runner stats FILE... [--json]
-
-Print the summary of the record files as a table (the same summary `view` shows).
-
-  --json   print the summary as JSON instead"""
-
-
-@dataclass
-class _Arguments:
-    files: list[str]
-    options: dict[str, str | bool]
-
-
-def _parse_arguments(argv: list[str], command: str, valued: set[str], switches: set[str]) -> _Arguments | None:
-    """FILE... plus ``--name value`` / ``--name=value`` / ``--name`` flags, every value kept exactly as typed.
-    None means help was asked for."""
-    files: list[str] = []
-    options: dict[str, str | bool] = {}
-    position = 0
-    while position < len(argv):
-        arg = argv[position]
-        position += 1
-        if arg == "--":
-            files += argv[position:]
-            break
-        if arg in ("-h", "--help"):
-            return None
-        if not arg.startswith("--") or arg == "-":
-            if arg == "-":
-                raise ReportUsageError(f"{command} reads record files, not stdin: give a file path")
-            files.append(arg)
-            continue
-        name, has_value, value = arg[2:].partition("=")
-        name = name.replace("-", "_")
-        if name in switches and not has_value:
-            options[name] = True
-        elif name in valued:
-            if not has_value:
-                if position >= len(argv):
-                    raise ReportUsageError(f"--{name} needs a value")
-                value = argv[position]
-                position += 1
-            if not value:
-                raise ReportUsageError(f"--{name} needs a value")
-            options[name] = value
-        else:
-            raise ReportUsageError(f"unknown flag {arg.split('=', 1)[0]} (see mini-swe-runner {command} --help)")
-    if not files:
-        raise ReportUsageError(f"give at least one record file: mini-swe-runner {command} FILE...")
-    for path in files:
-        if os.path.isdir(path):
-            raise ReportUsageError(f"{path} is a directory, not a record file")
-        try:
-            with open(path, "rb"):
-                pass
-        except OSError as exc:
-            raise ReportUsageError(f"cannot read {path}: {exc.strerror}") from None
-    return _Arguments(files, options)
-
-
-def _warn_malformed(count: int) -> None:
-    if count:
-        print(f"mini-swe-runner: warning: skipped {count:,} malformed line(s) (not a JSON record)", file=sys.stderr)
-
-
-def view_command(argv: list[str]) -> int:
-    """`mini-swe-runner view FILE... [--output_file report.html]`."""
-    try:
-        arguments = _parse_arguments(argv, "view", valued={"output_file"}, switches=set())
-        if arguments is None:
-            print(VIEW_HELP)
-            return EXIT_OK
-        output_file = str(arguments.options.get("output_file", "report.html"))
-        if os.path.isdir(output_file):
-            raise ReportUsageError(f"--output_file {output_file} is a directory")
-        for path in arguments.files:
-            if os.path.exists(output_file) and os.path.samefile(path, output_file):
-                raise ReportUsageError(f"--output_file {output_file} is one of the record files: it would be lost")
-        result = write_report(arguments.files, output_file)
-    except ReportUsageError as exc:
-        print(f"mini-swe-runner: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as exc:
-        action = "read" if exc.filename in arguments.files else "write"
-        print(f"mini-swe-runner: cannot {action} {exc.filename or 'the report'}: {exc.strerror}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:  # the temporary files are gone already; a half report is never left behind
-        return 130
-    _warn_malformed(result.malformed_lines)
-    if not result.records:
-        print("mini-swe-runner: warning: no records found; the report is empty", file=sys.stderr)
-    print(
-        f"wrote {output_file}: {result.records:,} records, {result.output_bytes / 1e6:.1f} MB "
-        f"({result.output_bytes / max(result.input_bytes, 1):.0%} of the input); open it in a browser",
-        file=sys.stderr,
-    )
-    return EXIT_OK
-
-
-_JSON_C1 = {code: f"\\u{code:04x}" for code in range(0x7F, 0xA0)}
-
-
-def stats_command(argv: list[str]) -> int:
-    """`mini-swe-runner stats FILE... [--json]`."""
-    try:
-        arguments = _parse_arguments(argv, "stats", valued=set(), switches={"json"})
-        if arguments is None:
-            print(STATS_HELP)
-            return EXIT_OK
-        summary = summarize(arguments.files, ["mini-swe-runner", "stats", *argv])
-    except ReportUsageError as exc:
-        print(f"mini-swe-runner: {trajectory.terminal_safe(str(exc))}", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as exc:
-        print(f"mini-swe-runner: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return 130
-    _warn_malformed(summary["malformed_lines"])
-    as_json = arguments.options.get("json")
-    # Record fields (models, images, exit reasons) reach the terminal with their control characters escaped: json
-    # escapes C0 itself; DEL and C1 (U+009B is CSI) become \u escapes, the same JSON.
-    text = json.dumps(summary, indent=2, ensure_ascii=False).translate(_JSON_C1) if as_json else summary_table(summary)
-    print(text if as_json else trajectory.terminal_safe(text))
-    return EXIT_OK
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The page: markup skeleton, style and script. Record text only ever enters the DOM through text nodes.
 # ---------------------------------------------------------------------------------------------------------------
+# Strings, so the report stays one file written by one module (the package ships modules, no data files); linted by
+# tests/test_report.py's "page's own code" section: balanced markup, script parsed and run in Chromium without a
+# console message, every style rule kept.
 
 PAGE_BODY = """<link rel="icon" href="data:,">
 <header><h1>mini-swe-runner report</h1><span id="files"></span><span id="status">Loading…</span></header>

@@ -2415,15 +2415,9 @@ def export(paths: list[str], output_file: str, options: ExportOptions) -> Export
     if options.format == "swebench":
         return export_swebench(paths, output_file, options)
     result = ExportResult()
-    bad_lines, read = [0], [0]
 
     def rows() -> Iterator[bytes]:
-        unique = 0
-        for record in last_records(paths, bad_lines, read):
-            unique += 1
-            if not options.keeps(record):
-                result.filtered += 1
-                continue
+        for record in kept_records(paths, options, result):
             if options.format == "tokens" and isinstance(record.get("tokens"), dict):
                 if not record["tokens"].get("consistent"):
                     result.token_breaks += 1
@@ -2450,11 +2444,22 @@ def export(paths: list[str], output_file: str, options: ExportOptions) -> Export
             for line in row if isinstance(row, list) else (record_line(row),):
                 result.written += 1
                 yield line
-        result.superseded = read[0] - unique
 
     _atomic_write_new(output_file, rows())
-    result.read, result.bad_lines = read[0], bad_lines[0]
     return result
+
+
+def kept_records(paths: list[str], options: ExportOptions, result: ExportResult) -> Iterator[dict]:
+    """The last record of each (task_id, sample_index) of ``paths`` that the filters keep, streamed; once the stream
+    ends, ``result`` holds what was read, superseded, filtered out and not a record at all."""
+    bad_lines, read, unique = [0], [0], 0
+    for record in last_records(paths, bad_lines, read):
+        unique += 1
+        if options.keeps(record):
+            yield record
+        else:
+            result.filtered += 1
+    result.read, result.bad_lines, result.superseded = read[0], bad_lines[0], read[0] - unique
 
 
 # SWE-bench predictions: what the official harness reads (swebench/harness/utils.py get_predictions_from_file and
@@ -2512,21 +2517,14 @@ def export_swebench(paths: list[str], output_file: str, options: ExportOptions) 
         raise ValueError(f"the SWE-bench harness reads predictions from a .json or .jsonl file, not {output_file}")
     as_list = output_file.endswith(".json")
     result = ExportResult()
-    bad_lines, read = [0], [0]
     chosen: dict[str, tuple[tuple[int, int], tuple[str, int]]] = {}
-    unique = 0
-    for record in last_records(paths, bad_lines, read):
-        unique += 1
-        if not options.keeps(record):
-            result.filtered += 1
-            continue
+    for record in kept_records(paths, options, result):
         instance, rank = swebench_instance_id(record), _swebench_rank(record, options.pick)
         if instance in chosen:
             result.not_chosen += 1
             if rank >= chosen[instance][0]:
                 continue
         chosen[instance] = (rank, record_key(record))
-    result.read, result.bad_lines, result.superseded = read[0], bad_lines[0], read[0] - unique
 
     def predictions() -> Iterator[bytes]:
         yield b"[" if as_list else b""

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -14,14 +15,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+"""The checkout: its README and scripts are read, its modules not imported: scripts/test runs `python -P -m pytest`
+against the installed package (tests/test_packaging.py checks). The benchmarks, which import this module too, put
+the checkout on sys.path themselves to measure it."""
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from model_server import per_conversation, reply, tool_call  # noqa: E402
 
 import mini_swe_runner  # noqa: E402
 import trajectory  # noqa: E402
 from environments import EnvSettings  # noqa: E402
 
 KEY_VARIABLES = {"MINI_SWE_RUNNER_API_KEY", *mini_swe_runner.PROVIDER_KEY_VARIABLES.values()}
+RUNNER = [sys.executable, "-P", "-m", "mini_swe_runner"]
+"""The installed CLI in a subprocess: -P keeps the working directory (a checkout, say) off its sys.path."""
 FINAL = "echo MINI_SWE_AGENT_FINAL_OUTPUT"
 """The command a scripted model calls to end its task: its output's first line is the final-output marker."""
 
@@ -43,7 +50,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess:
     """The real CLI as a user runs it, in a subprocess."""
     return subprocess.run(
-        [sys.executable, str(ROOT / "mini_swe_runner.py"), *args],
+        [*RUNNER, *args],
         cwd=cwd,
         env=env if env is not None else clean_environ(),
         capture_output=True,
@@ -57,7 +64,7 @@ def run_cli(
 def start_cli(args: list[str], cwd: str | Path, env: dict | None = None) -> subprocess.Popen:
     """The real CLI in the background, for tests that signal or kill it."""
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "mini_swe_runner.py"), *args],
+        [*RUNNER, *args],
         cwd=cwd,
         env=env if env is not None else clean_environ(),
         stdin=subprocess.DEVNULL,
@@ -90,6 +97,13 @@ def require_bwrap() -> None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("CI=true but bwrap is missing (scripts/test installs bubblewrap)", pytrace=False)
         pytest.skip("bwrap is not installed (apt-get install bubblewrap)")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on (at the moment of asking)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def wait_for(condition, timeout: float = 30.0, interval: float = 0.05) -> None:
@@ -147,12 +161,17 @@ def out(tmp_path: Path) -> Path:
 
 __all__ = [
     "ROOT",
+    "RUNNER",
+    "check_exactly_once",
     "clean_environ",
+    "free_port",
     "run_cli",
     "start_cli",
     "wait_for",
+    "write_prompts",
     "read_jsonl",
     "make_config",
+    "quick_script",
     "run_prompts",
     "tool_results",
     "trajectory",
@@ -169,7 +188,8 @@ UNPRIVILEGED_ID = 64_999
 
 class RunnerUser:
     """Who the CLI runs as in a test: ``name`` is "root" or "unprivileged"; ``home`` a fresh directory it owns
-    (its cwd and output), ``python`` the interpreter it runs on, ``run`` the real CLI as that user."""
+    (its cwd and output), ``python`` the interpreter it runs on, ``path`` its PYTHONPATH (where it finds the runner
+    and its packages, when not in that interpreter's own site-packages), ``run`` the real CLI as that user."""
 
     def __init__(self, name: str, home: Path, prefix: list[str], python: str = sys.executable, path: str = ""):
         self.name, self.home, self.prefix, self.python, self.path = name, home, prefix, python, path
@@ -179,7 +199,7 @@ class RunnerUser:
         if self.path:
             environ["PYTHONPATH"] = self.path
         return subprocess.run(
-            [*self.prefix, self.python, str(ROOT / "mini_swe_runner.py"), *args],
+            [*self.prefix, self.python, "-m", "mini_swe_runner", *args],
             cwd=self.home,
             env=environ,
             capture_output=True,
@@ -189,12 +209,74 @@ class RunnerUser:
         )
 
 
+def _runtime_distributions() -> list:
+    """The installed distributions the runner needs at run time: mini-swe-runner's requirements, with the extras they
+    ask for, and theirs in turn (its own extras, the test tools among them, left out)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found: dict[str, tuple] = {}
+    pending = [("mini-swe-runner", frozenset())]
+    while pending:
+        name, extras = pending.pop()
+        key = canonicalize_name(name)
+        if key in found and extras <= found[key][1]:
+            continue
+        try:
+            dist = distribution(name)
+        except PackageNotFoundError:  # only needed on another platform or Python (its marker said so)
+            continue
+        extras |= found[key][1] if key in found else frozenset()
+        found[key] = (dist, extras)
+        for text in dist.requires or []:
+            requirement = Requirement(text)
+            wanted = not requirement.marker or any(requirement.marker.evaluate({"extra": e}) for e in {"", *extras})
+            if wanted:
+                pending.append((requirement.name, frozenset(requirement.extras)))
+    return [dist for key, (dist, _) in found.items() if key != "mini-swe-runner"]
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)  # same file system: no copy at all
+    except OSError:
+        shutil.copy2(source, target)
+
+
+@pytest.fixture(scope="session")
+def readable_runner(tmp_path_factory) -> Path:
+    """A directory anyone can read holding the runner's modules (those this test process imported) and the packages
+    they need: an unprivileged user may not reach the checkout or its venv (a checkout under `mktemp -d`, mode 0700),
+    and needs neither with this on its PYTHONPATH."""
+    import tempfile
+
+    import environments
+    import report
+
+    where = Path(tempfile.mkdtemp(prefix="msr-readable-runner-", dir="/var/tmp"))
+    try:
+        for module in (mini_swe_runner, environments, trajectory, report):
+            _link_or_copy(Path(module.__file__), where / Path(module.__file__).name)
+        for dist in _runtime_distributions():
+            for file in dist.files or []:
+                source = Path(dist.locate_file(file))
+                if not file.parts or file.parts[0] == ".." or not source.is_file():  # console scripts, outside
+                    continue
+                _link_or_copy(source, where / file)
+        for directory, _, _ in os.walk(where):  # mkdtemp's 0700 and the umask's choice: made readable
+            os.chmod(directory, 0o755)
+        yield where
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
 @pytest.fixture(params=["root", "unprivileged"])
 def runner_user(request, tmp_path: Path):
     """The CLI run by root, then by an unprivileged user (setpriv to UNPRIVILEGED_ID); a variant this machine
     cannot give (not root: no other user to become; root: nothing to drop to without setpriv) skips with why."""
-    import shutil
-    import sysconfig
     import tempfile
 
     root = os.geteuid() == 0
@@ -213,28 +295,52 @@ def runner_user(request, tmp_path: Path):
         return
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is missing: cannot run the runner as an unprivileged user")
+    # The runner and its packages from a directory the user can read, whatever the mode of the checkout's parents.
+    path = str(request.getfixturevalue("readable_runner"))
     # Not under tmp_path: its parents are root's, mode 0700.
     home = Path(tempfile.mkdtemp(prefix="msr-unprivileged-", dir="/var/tmp"))
     os.chown(home, UNPRIVILEGED_ID, UNPRIVILEGED_ID)
     prefix = ["setpriv", f"--reuid={UNPRIVILEGED_ID}", f"--regid={UNPRIVILEGED_ID}", "--clear-groups"]
-    # This interpreter may live where the user cannot go (pyenv under /root, mode 0700): then the system's one of
-    # the same version, with this venv's packages on its path.
+    # An interpreter of this version the user can run: this one, the one its venv was made from, or the system's
+    # (this one may live where the user cannot go: pyenv under /root, mode 0700; a venv under the checkout).
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    path = sysconfig.get_paths()["purelib"]
-    for python, python_path in (
-        (sys.executable, ""),
-        (f"/usr/bin/{version}", path),
-        (f"/usr/local/bin/{version}", path),
-    ):
-        readme = str(ROOT / "README.md")
-        check = f"import sys; sys.path[:0] = {python_path!r}.split(':'); import openai, fire; open({readme!r})"
-        probe = subprocess.run([*prefix, "/bin/sh", "-c", 'exec "$0" -c "$1"', python, check], capture_output=True)
+    candidates = [sys.executable, os.path.realpath(sys.executable), f"/usr/bin/{version}", f"/usr/local/bin/{version}"]
+    for python in dict.fromkeys(candidates):
+        check = f"import sys; sys.path[:0] = [{path!r}]; import mini_swe_runner, openai, fire"
+        probe = subprocess.run([*prefix, "/bin/sh", "-c", 'exec "$0" -I -c "$1"', python, check], capture_output=True)
         if probe.returncode == 0:
             break
     else:
         shutil.rmtree(home, ignore_errors=True)
-        pytest.skip(f"uid {UNPRIVILEGED_ID} can run no Python {version} with this venv's packages here")
+        pytest.skip(f"uid {UNPRIVILEGED_ID} can run no Python {version} here ({', '.join(candidates)})")
     try:
-        yield RunnerUser("unprivileged", home, prefix, python, python_path)
+        yield RunnerUser("unprivileged", home, prefix, python, path)
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batches of prompts (shared by the batch and resume tests)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def quick_script() -> object:
+    return per_conversation([reply(None, [tool_call("echo step")]), reply("done")])
+
+
+def write_prompts(path: Path, count: int, duplicate_every: int = 0) -> Path:
+    lines = []
+    for i in range(count):
+        text = "duplicate prompt" if duplicate_every and i % duplicate_every == 0 else f"prompt number {i}"
+        lines.append(json.dumps({"prompt": text}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def check_exactly_once(records: list[dict], prompts_file: Path) -> None:
+    expected = {p.task_id for p in mini_swe_runner.load_prompts(str(prompts_file))}
+    ids = [r["task_id"] for r in records]
+    assert len(ids) == len(set(ids)), "a task was recorded twice"
+    assert set(ids) == expected
+    for record in records:
+        assert tuple(record) == trajectory.RECORD_KEYS

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 from docker_support import TEST_IMAGE, engine
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
@@ -22,12 +23,6 @@ SEEDED = 12
 """Images in the seeded registry: msr/img0 ... msr/img11, tag v1, each with a layer of its own."""
 LAYER_BYTES = 1_500_000
 """Random (incompressible) bytes in each image's own layer: what a pull of it downloads."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Registry:

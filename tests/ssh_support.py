@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from environments import EnvSettings
 
@@ -47,12 +48,6 @@ class SSHServer:
         return EnvSettings(**values)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _problem() -> str | None:
     if not os.path.exists(SSHD) or shutil.which("ssh-keygen") is None:
         return "no sshd/ssh-keygen here (apt-get install openssh-server); scripts/test installs it"
@@ -74,7 +69,7 @@ def sshd_fixture():
     for name in ("host_key", "user_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], check=True)
     (root / "authorized_keys").write_text((root / "user_key.pub").read_text())
-    port = _free_port()
+    port = free_port()
     config = root / "sshd_config"
     config.write_text(
         "\n".join(

@@ -17,41 +17,22 @@ from pathlib import Path
 import pytest
 from conftest import (
     FINAL,
+    check_exactly_once,
     clean_environ,
     make_config,
+    quick_script,
     read_jsonl,
     run_cli,
     run_prompts,
     start_cli,
     tool_results,
     wait_for,
+    write_prompts,
 )
 from model_server import ScriptedModelServer, Step, delayed, http_error, per_conversation, per_prompt, reply, tool_call
 
 import mini_swe_runner
 import trajectory
-
-
-def quick_script() -> object:
-    return per_conversation([reply(None, [tool_call("echo step")]), reply("done")])
-
-
-def write_prompts(path: Path, count: int, duplicate_every: int = 0) -> Path:
-    lines = []
-    for i in range(count):
-        text = "duplicate prompt" if duplicate_every and i % duplicate_every == 0 else f"prompt number {i}"
-        lines.append(json.dumps({"prompt": text}))
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def check_exactly_once(records: list[dict], prompts_file: Path) -> None:
-    expected = {p.task_id for p in mini_swe_runner.load_prompts(str(prompts_file))}
-    ids = [r["task_id"] for r in records]
-    assert len(ids) == len(set(ids)), "a task was recorded twice"
-    assert set(ids) == expected
-    for record in records:
-        assert tuple(record) == trajectory.RECORD_KEYS
 
 
 def test_many_workers_write_whole_valid_lines(out, tmp_path):
@@ -75,31 +56,6 @@ def test_workers_really_run_concurrently(out):
         outcome, records = run_prompts(make_config(server, out, workers=12), [f"t{i}" for i in range(12)])
         elapsed = time.monotonic() - started
     assert len(records) == 12 and elapsed < 4.5
-
-
-def test_resume_skips_done_tasks_and_retries_failed_ones(out, tmp_path):
-    prompts = write_prompts(tmp_path / "p.jsonl", 6, duplicate_every=3)  # prompts 0 and 3 are duplicates
-
-    def first_pass(request):
-        text = request["messages"][1]["content"]
-        return http_error(500, "down") if text.endswith(("1", "4")) else reply("ok")
-
-    loaded = mini_swe_runner.load_prompts(str(prompts))
-    with ScriptedModelServer(first_pass) as server:
-        asyncio.run(mini_swe_runner.run_batch(make_config(server, out, max_retries=0), loaded))
-    first = read_jsonl(out)
-    assert sorted(r["exit_reason"] for r in first) == ["api_error"] * 2 + ["completed"] * 4
-    with out.open("ab") as handle:  # a crash left a torn line behind
-        handle.write(b'{"prompt_index": 9, "task_id": "torn", "conv')
-    with ScriptedModelServer(lambda request: reply("second pass")) as server:
-        outcome = asyncio.run(mini_swe_runner.run_batch(make_config(server, out), loaded))
-        assert len(server.requests) == 2  # only the two failed tasks ran again
-    records = read_jsonl(out)
-    check_exactly_once(records, prompts)
-    assert all(r["completed"] for r in records)
-    assert outcome.summary["run"]["skipped_already_done"] == 4
-    duplicates = [r for r in records if r["conversations"][1]["value"] == "duplicate prompt"]
-    assert len(duplicates) == 2
 
 
 def test_overwrite_starts_afresh(out):
@@ -500,19 +456,6 @@ def test_a_prompts_file_changed_during_a_run_stops_it_with_one_line(tmp_path):
         assert not server.requests  # no prompt that was not checked reached the model
     assert outcome.exit_code == 1 and "changed during the run" in outcome.message
     assert not (tmp_path / "out.jsonl").exists() or not read_jsonl(tmp_path / "out.jsonl")
-
-
-def test_resume_over_a_prompt_file_skips_the_finished_samples(tmp_path):
-    path = write_prompts(tmp_path / "p.jsonl", 6, duplicate_every=3)
-    out = tmp_path / "out.jsonl"
-    with ScriptedModelServer(quick_script()) as server:
-        prompts = mini_swe_runner.load_prompts(str(path))
-        first = asyncio.run(mini_swe_runner.run_batch(make_config(server, out), prompts[:4]))
-        again = asyncio.run(mini_swe_runner.run_batch(make_config(server, out), prompts))
-    assert first.summary["tasks"] == 4 and again.summary["tasks"] == 2
-    assert again.summary["run"]["skipped_already_done"] == 4
-    expected = {p.task_id for p in mini_swe_runner.parse_prompt_lines(path.read_text().splitlines(), "p")}
-    assert {r["task_id"] for r in read_jsonl(out)} == expected and len(read_jsonl(out)) == 6
 
 
 def test_argument_errors_answer_without_importing_the_http_stack(tmp_path):

@@ -174,7 +174,7 @@ def test_the_cli_runs_a_task_in_bwrap(tmp_path):
 
 def test_sys_executable_runs_inside(tmp_path):
     # The supervisor is this Python, seen through the read-only bind of /: the venv must be visible in the sandbox.
-    check = subprocess.run([sys.executable, "-c", "print(1)"], cwd=ROOT, capture_output=True, text=True)
+    check = subprocess.run([sys.executable, "-P", "-c", "print(1)"], cwd=ROOT, capture_output=True, text=True)
     assert check.returncode == 0
     _, results = run_commands([f"{sys.executable} -I -S -c 'print(40 + 2)'"])
     assert results[0].output == "42\n"
@@ -290,7 +290,6 @@ def test_the_private_tmp_is_bounded_by_tmp_size():
 
 RUNNER_DIES = """
 import asyncio, os, signal, sys
-sys.path.insert(0, {root!r})
 from environments import BwrapEnvironment, EnvSettings
 
 async def main():
@@ -307,7 +306,7 @@ asyncio.run(main())
 def test_a_runner_killed_with_sigkill_leaves_no_task_directory_and_no_process():
     sleep = f"sleep 6{os.getpid() % 100000:05d}"
     child = subprocess.run(
-        [sys.executable, "-c", RUNNER_DIES.format(root=str(ROOT), sleep=sleep)], capture_output=True, text=True
+        [sys.executable, "-P", "-c", RUNNER_DIES.format(sleep=sleep)], capture_output=True, text=True
     )
     base = child.stdout.strip()
     assert child.returncode == -9 and "mini-swe-task-" in base, child.stderr

@@ -5,12 +5,13 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 
 import pytest
-from conftest import FINAL, ROOT, clean_environ, one_line_error, read_jsonl, run_cli
+from conftest import FINAL, ROOT, RUNNER, clean_environ, one_line_error, read_jsonl, run_cli
 from model_server import ScriptedModelServer, http_error, per_conversation, reply, tool_call
 
 import mini_swe_runner
@@ -74,7 +75,7 @@ def test_output_to_stdout_pipes_into_another_program(server, tmp_path):
         "import sys, json; rows = [json.loads(line) for line in sys.stdin]; print(len(rows), rows[0]['exit_reason'])"
     )
     command = (
-        f"{sys.executable} {ROOT / 'mini_swe_runner.py'} --prompts_file {prompts} --output_file - "
+        f"{shlex.join(RUNNER)} --prompts_file {prompts} --output_file - "
         f'--base_url {server.base_url} --model m --workers 3 | {sys.executable} -c "{consumer}"'
     )
     result = subprocess.run(command, shell=True, capture_output=True, text=True, env=clean_environ(), timeout=120)
@@ -328,8 +329,7 @@ def test_reader_closing_the_pipe_is_a_one_line_error(server, tmp_path):
     prompts.write_text("".join(f"prompt {i}\n" for i in range(40)))
     process = subprocess.Popen(
         [
-            sys.executable,
-            str(ROOT / "mini_swe_runner.py"),
+            *RUNNER,
             "--prompts_file",
             str(prompts),
             "--output_file",
@@ -377,3 +377,186 @@ def test_flag_key_never_reaches_logs_or_records_even_from_the_model(tmp_path):
     output = (tmp_path / "trajectories.jsonl").read_text()
     assert key not in output and key not in result.stderr
     assert "My key is [REDACTED]" in output and "model: My key is [REDACTED]" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["", "cleanup", "view", "stats", "export"])
+def test_every_command_prints_its_help_and_refuses_a_bad_flag_in_one_line(tmp_path, command):
+    """One way in for every command: --help and -h print that command's help and do nothing else (cleanup --help
+    used to clean); an unknown flag is one line and exit 2. Docker is pointed nowhere, so a cleanup that ran would
+    say so on stderr and exit 1, and touch no engine."""
+    words = [command] if command else []
+    prog = " ".join(["mini-swe-runner", *words])
+    environ = clean_environ(DOCKER_HOST="unix:///nonexistent/docker.sock")
+    for ask in ("--help", "-h"):
+        result = run_cli([*words, ask], cwd=tmp_path, env=environ)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        assert f"\nusage: {prog}" in result.stdout
+    result = run_cli([*words, "--no_such_flag", "1"], cwd=tmp_path, env=environ)
+    one_line_error(result, 2, "unknown flag --no_such_flag", f"see {prog} --help")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_switch_beside_record_files_takes_no_file_as_its_value(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    result = run_cli(["stats", "--json", str(empty)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["records"] == 0
+
+
+def test_each_backend_flag_is_declared_once_and_reaches_the_cli_help_and_settings():
+    """A backend's Flag is the one place a flag is written down: main's signature (what fire reads), --help, the
+    EnvSettings field and its default all come from it; a second declaration of one flag is refused."""
+    import dataclasses
+
+    import environments
+
+    parameters = inspect.signature(mini_swe_runner.main).parameters
+    text = mini_swe_runner.help_text()
+    defaults = environments.EnvSettings()
+    assert len(environments.ENV_FLAGS) >= 19
+    for name, flag in environments.ENV_FLAGS.items():
+        assert parameters[name].default is None and parameters[name].kind is parameters[name].POSITIONAL_OR_KEYWORD
+        assert f"  --{name}" in text and environments.flag_help(flag) in text, name
+        assert getattr(defaults, flag.setting) == flag.default, name
+
+    class Again(environments.Environment):
+        name = "again"
+        flags = (dataclasses.replace(environments.CWD),)
+
+    with pytest.raises(TypeError, match="declares --cwd again"):
+        environments._every_flag({**environments.BACKENDS, "again": Again})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Flag values refused in one line before any work
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_command_line_shape(tmp_path):
+    one_line_error(run_cli(["clean"], cwd=tmp_path), 2, "unexpected argument 'clean'", "cleanup")
+    one_line_error(run_cli(["help"], cwd=tmp_path), 2, "unexpected argument 'help'")
+    one_line_error(run_cli(["--task", "x", "--shard", "1/2"], cwd=tmp_path), 2, "--shard")
+    one_line_error(run_cli(["--task", "x", "-w", "4"], cwd=tmp_path), 2)
+    version = run_cli(["--version"], cwd=tmp_path)
+    assert version.returncode == 0 and version.stdout.startswith("mini-swe-runner ")
+    helped = run_cli(["--help"], cwd=tmp_path)
+    assert helped.returncode == 0 and helped.stderr == ""
+    assert "--task TEXT" in helped.stdout and "Optional[" not in helped.stdout
+    lines = helped.stdout.splitlines()
+    for index, line in enumerate(lines):  # every flag has its description under it
+        if line.startswith("  --"):
+            assert lines[index + 1].strip(), line
+    assert not any(
+        line.lstrip().startswith("-") and not line.lstrip().startswith("--") for line in helped.stdout.splitlines()
+    )  # no short flags shown: none work
+
+
+NUMERIC_FLAGS = [
+    "pull_workers",
+    "request_timeout",
+    "task_timeout",
+    "timeout",
+    "max_timeout",
+    "max_iterations",
+    "workers",
+    "max_retries",
+    "max_rate_limit_wait",
+    "max_retry_after",
+    "max_rpm",
+    "temperature",
+    "max_tokens",
+    "max_output_chars",
+    "startup_timeout",
+    "sandbox_timeout",
+    "cpus",
+    "pids_limit",
+    "samples",
+    "verify_timeout",
+    "until_passed",
+    "top_p",
+    "limit",
+    "max_task_cost",
+    "max_cost",
+    "max_tokens_total",
+    "progress_interval",
+    "stall_warning",
+]
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf", "1e999"])
+def test_non_finite_numbers_are_usage_errors(tmp_path, value):
+    for flag in NUMERIC_FLAGS:
+        result = run_cli(["--task", "x", f"--{flag}={value}", "--base_url", "http://127.0.0.1:9/v1"], cwd=tmp_path)
+        assert result.returncode == 2, (flag, result.stderr)
+        assert f"--{flag}" in result.stderr and "Traceback" not in result.stderr
+        assert result.stderr.strip().count("\n") == 0, result.stderr
+
+
+def test_every_numeric_flag_is_checked_here():
+    numeric = {name for name, kind in mini_swe_runner._flag_kinds().items() if kind == "value"}
+    assert numeric <= set(NUMERIC_FLAGS), numeric - set(NUMERIC_FLAGS)
+
+
+def test_progress_flags_are_checked(tmp_path):
+    for flag, value, message in (
+        ("--progress_interval", "0", "--progress_interval must be at least 0.1"),
+        ("--stall_warning", "-1", "--stall_warning must be at least 0"),
+        ("--stall_warning", "soon", "--stall_warning takes a number"),
+    ):
+        result = run_cli(
+            ["--task", "x", "--base_url", "http://127.0.0.1:9/v1", "--api_key", "k", flag, value], cwd=tmp_path
+        )
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_misspelt_flag_gets_a_suggestion(tmp_path):
+    result = run_cli(["--prompt_file", "p.jsonl"], cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "unknown flag --prompt_file (did you mean --prompts_file?)" in result.stderr
+    result = run_cli(["--task", "x", "--frobnicate", "1"], cwd=tmp_path)
+    assert "unknown flag --frobnicate; see --help" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--price", "input=0.15"], "no output price"),
+        (["--price", "input=0.15,output=x"], "output takes a price"),
+        (["--price", "inputs=1,output=1"], "--price takes input=USD"),
+        (["--price", "input=1,output=1", "--prices", "p.json"], "not both"),
+        (["--prices", "missing.json"], "does not exist"),
+        (["--prices", "p.json", "--model", "other/model"], "has no price for model 'other/model'"),
+        (["--max_cost", "0"], "--max_cost must be more than 0"),
+        (["--max_task_cost", "abc"], "--max_task_cost takes a number"),
+        (["--max_tokens_total", "1.5"], "--max_tokens_total takes a whole number"),
+    ],
+)
+def test_usage_errors_are_one_line_before_any_task(tmp_path, flags, message):
+    (tmp_path / "p.json").write_text(json.dumps({"scripted-model": {"input": 1, "output": 1}}))
+    result = run_cli(
+        ["--task", "x", "--base_url", "http://127.0.0.1:9/v1", "--model", "scripted-model", *flags], cwd=tmp_path
+    )
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "trajectories.jsonl").exists()
+
+
+def test_token_api_flag_is_checked(tmp_path):
+    for args, message in (
+        (["--token_api", "tgi", "--return_tokens"], "--token_api must be one of vllm, sglang"),
+        (["--token_api", "vllm"], "--token_api goes with --return_tokens"),
+    ):
+        result = run_cli(["--task", "a", "--base_url", "http://127.0.0.1:9/v1", *args])
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_image_flags_are_checked_before_anything_runs(tmp_path):
+    for args, fragment in (
+        (["--pull_workers", "0"], "--pull_workers"),
+        (["--max_image_disk", "lots"], "--max_image_disk"),
+    ):
+        result = run_cli(["--task", "x", "--env", "docker", "--model", "m", *args], cwd=tmp_path)
+        assert result.returncode == 2 and fragment in result.stderr and "Traceback" not in result.stderr
+    result = run_cli(["--task", "x", "--model", "m", "--max_image_disk", "1g"], cwd=tmp_path)
+    assert result.returncode == 2 and "--max_image_disk does nothing with --env local" in result.stderr

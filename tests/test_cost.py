@@ -238,30 +238,6 @@ def test_a_budget_stops_the_run_at_the_first_response_without_a_cost(out):
     assert "came without a cost" in outcome.message and "--price" in outcome.message
 
 
-@pytest.mark.parametrize(
-    ("flags", "message"),
-    [
-        (["--price", "input=0.15"], "no output price"),
-        (["--price", "input=0.15,output=x"], "output takes a price"),
-        (["--price", "inputs=1,output=1"], "--price takes input=USD"),
-        (["--price", "input=1,output=1", "--prices", "p.json"], "not both"),
-        (["--prices", "missing.json"], "does not exist"),
-        (["--prices", "p.json", "--model", "other/model"], "has no price for model 'other/model'"),
-        (["--max_cost", "0"], "--max_cost must be more than 0"),
-        (["--max_task_cost", "abc"], "--max_task_cost takes a number"),
-        (["--max_tokens_total", "1.5"], "--max_tokens_total takes a whole number"),
-    ],
-)
-def test_usage_errors_are_one_line_before_any_task(tmp_path, flags, message):
-    (tmp_path / "p.json").write_text(json.dumps({"scripted-model": {"input": 1, "output": 1}}))
-    result = run_cli(
-        ["--task", "x", "--base_url", "http://127.0.0.1:9/v1", "--model", "scripted-model", *flags], cwd=tmp_path
-    )
-    assert result.returncode == 2, result.stderr
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "trajectories.jsonl").exists()
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The summary, the progress line, and old records
 # ---------------------------------------------------------------------------------------------------------------

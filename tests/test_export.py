@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FINAL, ROOT, make_config, read_jsonl, run_cli, run_prompts, start_cli, wait_for
+from conftest import FINAL, ROOT, RUNNER, make_config, read_jsonl, run_cli, run_prompts, start_cli, wait_for
 from model_server import ScriptedModelServer, assistant_turns, http_error, reply, tool_call
 
 import trajectory
@@ -330,7 +330,6 @@ def test_the_readme_loading_example_runs(tmp_path, monkeypatch):
         record["metadata"]["timestamp"] = "2026-11-24T19:16:59+00:00"  # what pyarrow's JSON reader would parse
     _write(tmp_path / "trajectories.jsonl", records)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(ROOT))
     namespace: dict = {}
     exec(compile(example.replace("good.push_to_hub", "good.to_json"), "README", "exec"), namespace)
     assert namespace["good"].num_rows == 1
@@ -339,15 +338,15 @@ def test_the_readme_loading_example_runs(tmp_path, monkeypatch):
 
 def test_a_datasets_without_json_is_one_line_naming_the_upgrade():
     code = "import datasets; del datasets.Json; import trajectory; trajectory.export_features('openai')"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-P", "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert "pip install -U datasets" in result.stderr.splitlines()[-1]
     code = "import datasets; del datasets.Json; import trajectory; trajectory.export_features('openai', 'string')"
-    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True).returncode == 0
+    assert subprocess.run([sys.executable, "-P", "-c", code], cwd=ROOT, capture_output=True).returncode == 0
 
 
 def test_missing_datasets_is_one_line_naming_the_extra(tmp_path):
     code = "import sys; sys.modules['datasets'] = None; import trajectory; trajectory.record_features()"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-P", "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert "pip install 'mini-swe-runner[datasets]'" in result.stderr.splitlines()[-1]
 
 
@@ -820,19 +819,19 @@ def test_text_flags_reach_the_program_unchanged(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--output_file", "o.jsonl"], "the following arguments are required: IN"),
+        (["--output_file", "o.jsonl"], "give at least one record file"),
         (["in.jsonl"], "--output_file"),
-        (["in.jsonl", "--output_file", "o.jsonl", "--format", "xml"], "invalid choice: 'xml'"),
-        (["in.jsonl", "--output_file", "o.jsonl", "--only", "good"], "invalid choice: 'good'"),
+        (["in.jsonl", "--output_file", "o.jsonl", "--format", "xml"], "--format must be one of hermes, openai"),
+        (["in.jsonl", "--output_file", "o.jsonl", "--only", "good"], "--only must be completed or passed, not 'good'"),
         (["in.jsonl", "--output_file", "o.jsonl", "--exit_reason", "completed,bogus"], "unknown --exit_reason 'bogus'"),
         (["in.jsonl", "--output_file", "o.jsonl", "--min_reward", "abc"], "--min_reward takes a number"),
         (["in.jsonl", "--output_file", "o.jsonl", "--min_reward", "nan"], "--min_reward"),
         (["in.jsonl", "--output_file", "o.jsonl", "--max_turns", "-1"], "--max_turns must be at least 0"),
         (["in.jsonl", "--output_file", "o.jsonl", "--max_turns", "2.5"], "--max_turns takes a whole number"),
-        (["in.jsonl", "--output_file", "o.jsonl", "--workers", "3"], "unrecognized arguments: --workers"),
+        (["in.jsonl", "--output_file", "o.jsonl", "--workers", "3"], "unknown flag --workers"),
         (["in.jsonl", "--output_file", "o.jsonl", "--empty_think=maybe"], "--empty_think takes true or false"),
         (["in.jsonl", "--output_file", "o.jsonl", "--format", "openai", "--empty_think"], "--empty_think applies"),
-        (["in.jsonl", "--output_file", "o.jsonl", "--arguments", "dict"], "invalid choice: 'dict'"),
+        (["in.jsonl", "--output_file", "o.jsonl", "--arguments", "dict"], "--arguments must be one of object, string"),
         (["in.jsonl", "--output_file", "o.jsonl", "--arguments", "string"], "--arguments applies to openai"),
         (["in.jsonl", "--output_file", "o.jsonl", "--drop_invalid_arguments=perhaps"], "takes true or false"),
         (["in.jsonl", "--output_file", "in.jsonl"], "is one of the inputs"),
@@ -880,7 +879,7 @@ def test_a_failed_export_leaves_no_partial_file(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
 
     result = subprocess.run(
-        [sys.executable, str(ROOT / "mini_swe_runner.py"), "export", str(source), "--output_file", str(out)],
+        [*RUNNER, "export", str(source), "--output_file", str(out)],
         capture_output=True,
         text=True,
         preexec_fn=limit,

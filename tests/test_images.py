@@ -242,17 +242,6 @@ def test_kill_9_mid_pull_then_resume_gives_every_record_once(fresh, tmp_path):
     assert all(r["exit_reason"] == "completed" for r in records)
 
 
-def test_image_flags_are_checked_before_anything_runs(tmp_path):
-    for args, fragment in (
-        (["--pull_workers", "0"], "--pull_workers"),
-        (["--max_image_disk", "lots"], "--max_image_disk"),
-    ):
-        result = run_cli(["--task", "x", "--env", "docker", "--model", "m", *args], cwd=tmp_path)
-        assert result.returncode == 2 and fragment in result.stderr and "Traceback" not in result.stderr
-    result = run_cli(["--task", "x", "--model", "m", "--max_image_disk", "1g"], cwd=tmp_path)
-    assert result.returncode == 2 and "--max_image_disk does nothing with --env local" in result.stderr
-
-
 def test_samples_that_until_passed_makes_unneeded_give_their_image_back(fresh, tmp_path):
     """Two prompts x 3 samples with --until_passed 1: the first sample of each passes, the other two never start,
     so each image is free once that sample ended and the budget removes it; without that bookkeeping both would be

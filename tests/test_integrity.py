@@ -11,7 +11,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FINAL, ROOT, clean_environ, one_line_error, read_jsonl, run_cli, start_cli, tool_results, wait_for
+from conftest import (
+    FINAL,
+    RUNNER,
+    clean_environ,
+    one_line_error,
+    read_jsonl,
+    run_cli,
+    start_cli,
+    tool_results,
+    wait_for,
+)
 from model_server import ScriptedModelServer, http_error, per_conversation, reply, tool_call
 
 
@@ -237,28 +247,6 @@ def test_overwrite_keeps_the_old_file_until_the_run_works(tmp_path):
     assert [r["conversations"][-1]["value"] for r in records] == ["second", "second"]
 
 
-def test_resume_refuses_records_of_other_settings(tmp_path):
-    out = tmp_path / "out.jsonl"
-    prompts = tmp_path / "p.jsonl"
-    prompts.write_text("a\nb\n")
-    with ScriptedModelServer(lambda request: reply("ok")) as server:
-        base = ["--prompts_file", str(prompts), "--base_url", server.base_url, "--output_file", str(out), "--quiet"]
-        assert run_cli([*base, "--model", "model-a", "--limit", "1"], cwd=tmp_path).returncode == 0
-        line = one_line_error(run_cli([*base, "--model", "model-b"], cwd=tmp_path), 2, "'model-a'", "--overwrite")
-        assert "--resume_any" in line
-        one_line_error(run_cli([*base, "--model", "model-a", "--temperature", "0.7"], cwd=tmp_path), 2, "sampling")
-        one_line_error(
-            run_cli([*base, "--model", "model-a", "--system_prompt", "Be brief."], cwd=tmp_path), 2, "system prompt"
-        )
-        assert len(read_jsonl(out)) == 1
-        assert run_cli([*base, "--model", "model-a"], cwd=tmp_path).returncode == 0  # same settings: resumes
-        assert len(read_jsonl(out)) == 2
-        assert run_cli([*base, "--model", "model-b", "--resume_any", "--overwrite"], cwd=tmp_path).returncode == 0
-    records = read_jsonl(out)
-    assert {r["metadata"]["model"] for r in records} == {"model-b"}
-    assert len({r["metadata"]["config_hash"] for r in records}) == 1
-
-
 def test_a_second_runner_on_the_same_output_is_refused_and_nothing_is_lost(tmp_path):
     out = tmp_path / "out.jsonl"
     prompts = tmp_path / "p.jsonl"
@@ -367,25 +355,6 @@ def test_sampling_options_pass_through_and_are_recorded(tmp_path):
         )
 
 
-def test_command_line_shape(tmp_path):
-    one_line_error(run_cli(["clean"], cwd=tmp_path), 2, "unexpected argument 'clean'", "cleanup")
-    one_line_error(run_cli(["help"], cwd=tmp_path), 2, "unexpected argument 'help'")
-    one_line_error(run_cli(["--task", "x", "--shard", "1/2"], cwd=tmp_path), 2, "--shard")
-    one_line_error(run_cli(["--task", "x", "-w", "4"], cwd=tmp_path), 2)
-    version = run_cli(["--version"], cwd=tmp_path)
-    assert version.returncode == 0 and version.stdout.startswith("mini-swe-runner ")
-    helped = run_cli(["--help"], cwd=tmp_path)
-    assert helped.returncode == 0 and helped.stderr == ""
-    assert "--task TEXT" in helped.stdout and "Optional[" not in helped.stdout
-    lines = helped.stdout.splitlines()
-    for index, line in enumerate(lines):  # every flag has its description under it
-        if line.startswith("  --"):
-            assert lines[index + 1].strip(), line
-    assert not any(
-        line.lstrip().startswith("-") and not line.lstrip().startswith("--") for line in helped.stdout.splitlines()
-    )  # no short flags shown: none work
-
-
 def test_a_401_across_many_workers_is_exactly_one_line(tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(f"p{i}\n" for i in range(8)))
@@ -399,7 +368,7 @@ def test_a_401_across_many_workers_is_exactly_one_line(tmp_path):
 def test_help_and_version_work_without_importing_anything_heavy(tmp_path):
     for flag in ("--version", "--help"):
         result = subprocess.run(
-            [sys.executable, "-X", "importtime", str(ROOT / "mini_swe_runner.py"), flag],
+            [sys.executable, "-X", "importtime", *RUNNER[1:], flag],
             capture_output=True,
             text=True,
             env=clean_environ(),
@@ -411,149 +380,6 @@ def test_help_and_version_work_without_importing_anything_heavy(tmp_path):
 
 
 # -- issue 20: a record is reused only for the prompt and verifier it was made for ----------------------------------
-
-
-def _rows(*rows: dict) -> str:
-    return "".join(json.dumps(row) + "\n" for row in rows)
-
-
-def _model_requests(server: ScriptedModelServer) -> int:
-    return len(server.requests)
-
-
-def test_resume_reuses_a_record_only_for_the_same_prompt_and_verifier(tmp_path):
-    prompts = tmp_path / "p.jsonl"
-    rows = [{"id": f"t{n}", "prompt": f"say {n}"} for n in range(3)]
-    prompts.write_text(_rows(*rows))
-    out = tmp_path / "out.jsonl"
-    with ScriptedModelServer(lambda request: reply("ok")) as server:
-        base = ["--prompts_file", str(prompts), "--base_url", server.base_url, "--output_file", str(out), "--quiet"]
-        assert run_cli([*base, "--verify", "true"], cwd=tmp_path).returncode == 0
-        first = read_jsonl(out)
-        hashes = {r["task_id"]: r["metadata"]["prompt_hash"] for r in first}
-        assert len(set(hashes.values())) == 3 and all(len(h.split("-")) == 4 for h in hashes.values())
-        assert run_cli([*base, "--verify", "true"], cwd=tmp_path).returncode == 0  # the same: all skipped
-        assert _model_requests(server) == 3
-        before = out.read_bytes()
-
-        line = one_line_error(run_cli([*base, "--verify", "false"], cwd=tmp_path), 2, "verifier", "--overwrite")
-        assert "--resume_any" in line
-        template = ["--verify", "true", "--prompt_template", "Please {prompt}"]
-        one_line_error(run_cli([*base, *template], cwd=tmp_path), 2, "prompt text")
-        prompts.write_text(_rows(rows[0], {"id": "t1", "prompt": "say 1, louder"}, rows[2]))
-        one_line_error(run_cli([*base, "--verify", "true"], cwd=tmp_path), 2, "'t1'", "prompt text")
-        prompts.write_text(_rows(rows[0], {**rows[1], "cwd": str(tmp_path)}, rows[2]))
-        one_line_error(run_cli([*base, "--verify", "true"], cwd=tmp_path), 2, "'t1'", "cwd")
-        assert out.read_bytes() == before and _model_requests(server) == 3
-
-        # --resume_any: the records of changed prompts are dropped and their tasks run again; the others are kept.
-        prompts.write_text(_rows(rows[0], {"id": "t1", "prompt": "say 1, louder"}, rows[2]))
-        resumed = run_cli([*base[:-1], "--verify", "true", "--resume_any"], cwd=tmp_path)  # without --quiet
-        assert resumed.returncode == 0, resumed.stderr
-        assert "1 record(s) made for another prompt" in resumed.stderr
-        assert _model_requests(server) == 4 and server.requests[-1]["messages"][1]["content"] == "say 1, louder"
-    records = {r["task_id"]: r for r in read_jsonl(out)}
-    assert len(read_jsonl(out)) == 3
-    assert records["t1"]["conversations"][1]["value"] == "say 1, louder"
-    assert records["t1"]["metadata"]["prompt_hash"] != hashes["t1"]
-    assert records["t0"]["metadata"]["prompt_hash"] == hashes["t0"]
-
-
-def test_a_single_task_is_not_resumed_for_another_verifier(tmp_path):
-    out = tmp_path / "out.jsonl"
-    with ScriptedModelServer(lambda request: reply("ok")) as server:
-        base = ["--task", "say hi", "--base_url", server.base_url, "--output_file", str(out), "--quiet"]
-        assert run_cli([*base, "--verify", "true"], cwd=tmp_path).returncode == 0
-        one_line_error(run_cli([*base, "--verify", "exit 1"], cwd=tmp_path), 2, "verifier")
-        assert run_cli([*base, "--verify", "true"], cwd=tmp_path).returncode == 0
-        assert _model_requests(server) == 1
-
-
-def test_records_of_an_older_version_resume_and_are_compared_on_what_they_hold(tmp_path):
-    """Records without prompt_hash: their prompt text (the human turn), image and whether they were verified are
-    compared; the same prompt resumes, another is refused."""
-    prompts = tmp_path / "p.jsonl"
-    rows = [{"id": f"t{n}", "prompt": f"say {n}"} for n in range(2)]
-    prompts.write_text(_rows(*rows))
-    out = tmp_path / "out.jsonl"
-    with ScriptedModelServer(lambda request: reply("ok")) as server:
-        base = ["--prompts_file", str(prompts), "--base_url", server.base_url, "--output_file", str(out), "--quiet"]
-        assert run_cli(base, cwd=tmp_path).returncode == 0
-        old = []
-        for one in read_jsonl(out):
-            del one["metadata"]["prompt_hash"]
-            old.append(json.dumps(one) + "\n")
-        out.write_text("".join(old))
-        assert run_cli(base, cwd=tmp_path).returncode == 0 and _model_requests(server) == 2  # resumed
-        assert out.read_text() == "".join(old)  # kept as they were
-        one_line_error(run_cli([*base, "--verify", "true"], cwd=tmp_path), 2, "verifier")
-        prompts.write_text(_rows(rows[0], {"id": "t1", "prompt": "say 1, louder"}))
-        one_line_error(run_cli(base, cwd=tmp_path), 2, "'t1'", "prompt text")
-        assert _model_requests(server) == 2
-
-
-def test_the_settings_hash_covers_templates_and_the_verifier(tmp_path):
-    """Records whose prompts cannot be compared (an older version) are still refused for other templates: the
-    settings hash covers them, and is unchanged for a run that uses none."""
-    prompts = tmp_path / "p.jsonl"
-    prompts.write_text(_rows({"id": "t0", "prompt": "say 0", "verify": "true"}))
-    out = tmp_path / "out.jsonl"
-    with ScriptedModelServer(lambda request: reply("ok")) as server:
-        base = ["--prompts_file", str(prompts), "--base_url", server.base_url, "--output_file", str(out), "--quiet"]
-        assert run_cli(base, cwd=tmp_path).returncode == 0
-        plain_hash = read_jsonl(out)[0]["metadata"]["config_hash"]
-        assert run_cli([*base, "--overwrite", "--verify_timeout", "30"], cwd=tmp_path).returncode == 0
-        assert read_jsonl(out)[0]["metadata"]["config_hash"] != plain_hash
-        line = one_line_error(run_cli(base, cwd=tmp_path), 2, "settings hash", "--verify_timeout")
-        assert "--prompt_template" in line
-        assert run_cli([*base, "--overwrite", "--prompt_template", "{prompt}"], cwd=tmp_path).returncode == 0
-        assert read_jsonl(out)[0]["metadata"]["config_hash"] != plain_hash
-        assert run_cli([*base, "--overwrite"], cwd=tmp_path).returncode == 0
-        assert read_jsonl(out)[0]["metadata"]["config_hash"] == plain_hash
-
-
-@pytest.mark.parametrize(
-    "flags",
-    [["--verify_in", "fresh"], ["--verify_failure_codes", "4"], ["--verify_baseline"], ["--collect_patch"]],
-    ids=["verify_in", "failure_codes", "baseline", "collect_patch"],
-)
-def test_how_rewards_are_judged_is_part_of_the_settings_hash(tmp_path, flags):
-    """A reward judged in a fresh sandbox is not one judged in the agent's (the attacks), and a record without its
-    patch is not one with it: an output made one way is not resumed the other way, and a run without these flags
-    keeps its hash."""
-    prompts = tmp_path / "p.jsonl"
-    prompts.write_text(_rows({"id": "t0", "prompt": "say 0", "verify": "true"}))
-    out = tmp_path / "out.jsonl"
-    with ScriptedModelServer(lambda request: reply("ok")) as server:
-        base = ["--prompts_file", str(prompts), "--base_url", server.base_url, "--output_file", str(out), "--quiet"]
-        assert run_cli(base, cwd=tmp_path).returncode == 0
-        plain_hash = read_jsonl(out)[0]["metadata"]["config_hash"]
-        one_line_error(run_cli([*base, *flags], cwd=tmp_path), 2, "settings hash", flags[0])
-        assert run_cli([*base, *flags, "--overwrite"], cwd=tmp_path).returncode == 0
-        assert read_jsonl(out)[0]["metadata"]["config_hash"] != plain_hash
-
-
-def test_a_refused_run_changes_nothing_in_the_output(tmp_path):
-    """An env_error record would be dropped by compaction: a run refused for its settings, or because its endpoint
-    cannot be reached, leaves the output and its index byte for byte as they were."""
-    prompts = tmp_path / "p.jsonl"
-    prompts.write_text(_rows({"id": "ok", "prompt": "a"}, {"id": "bad", "prompt": "b", "cwd": str(tmp_path / "no")}))
-    out = tmp_path / "out.jsonl"
-    index = tmp_path / ".out.jsonl.index"
-    with ScriptedModelServer(lambda request: reply("ok")) as server:
-        base = ["--prompts_file", str(prompts), "--output_file", str(out), "--quiet"]
-        assert run_cli([*base, "--base_url", server.base_url], cwd=tmp_path).returncode == 0
-        assert sorted(r["exit_reason"] for r in read_jsonl(out)) == ["completed", "env_error"]
-        before = (out.read_bytes(), index.read_bytes(), out.stat().st_ino)
-        one_line_error(run_cli([*base, "--base_url", server.base_url, "--model", "other"], cwd=tmp_path), 2, "model")
-        assert (out.read_bytes(), index.read_bytes(), out.stat().st_ino) == before
-    unreachable = run_cli([*base, "--base_url", "http://127.0.0.1:9/v1"], cwd=tmp_path)
-    assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr
-    assert (out.read_bytes(), index.read_bytes(), out.stat().st_ino) == before
-    with ScriptedModelServer(lambda request: reply("ok")) as server:
-        resumed = run_cli([*base[:-1], "--base_url", server.base_url], cwd=tmp_path)  # without --quiet
-        assert "dropped 1 retryable" in resumed.stderr, resumed.stderr  # told once done (its task fails again)
-    assert sorted(r["exit_reason"] for r in read_jsonl(out)) == ["completed", "env_error"]  # "bad" ran again
 
 
 def test_a_hard_link_to_the_output_cannot_be_written_by_a_second_runner(tmp_path):

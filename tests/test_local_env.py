@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import processes_running
+from conftest import ROOT, processes_running
 
 from environments import (
     EnvError,
@@ -26,7 +26,6 @@ from environments import (
     truncate_text,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 OMITTED = re.compile(r"(\d+) characters omitted")
 
 
@@ -161,7 +160,7 @@ def test_stdin_is_closed():
     # The runner's own stdin is an open pipe with data waiting: a command must neither read it nor wait on it.
     # (Under pytest fd 0 is /dev/null, so the check needs a child process with a real stdin.)
     child = subprocess.Popen(
-        [sys.executable, "-c", STDIN_CHILD], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        [sys.executable, "-P", "-c", STDIN_CHILD], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     try:
         child.stdin.write(b"RUNNER-STDIN-DATA\n")
@@ -235,7 +234,7 @@ asyncio.run(main())
 
 def test_100_mb_of_output_is_truncated_in_bounded_memory():
     completed = subprocess.run(
-        [sys.executable, "-c", BIG_OUTPUT_CHILD], cwd=ROOT, capture_output=True, text=True, timeout=180
+        [sys.executable, "-P", "-c", BIG_OUTPUT_CHILD], cwd=ROOT, capture_output=True, text=True, timeout=180
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     report = json.loads(completed.stdout)
@@ -499,7 +498,7 @@ asyncio.run(main())
 def test_nothing_outlives_a_runner_killed_with_sigkill():
     sleep = f"sleep 8{os.getpid() % 100000:05d}"
     child = subprocess.run(
-        [sys.executable, "-c", RUNNER_DIES_CHILD.replace("{sleep}", sleep)],
+        [sys.executable, "-P", "-c", RUNNER_DIES_CHILD.replace("{sleep}", sleep)],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -267,7 +268,7 @@ def test_view_takes_text_flags_exactly_as_typed(run_files, tmp_path):
         (["stats", "missing.jsonl"], "cannot read missing.jsonl"),
         (["view", "."], ". is a directory"),
         (["view", "IN", "--colour"], "unknown flag --colour"),
-        (["stats", "IN", "--json=yes"], "unknown flag --json"),
+        (["stats", "IN", "--json=maybe"], "--json takes true or false"),
         (["view", "IN", "--output_file"], "--output_file needs a value"),
         (["view", "IN", "--output_file="], "--output_file needs a value"),
         (["view", "IN", "--output_file", "IN"], "is one of the record files: it would be lost"),
@@ -563,6 +564,95 @@ def test_previous_and_next_walk_the_filtered_list(page):
     page.find_element("id", "t-back").click()
     wait_for(lambda: page.find_element("id", "tasks").is_displayed(), timeout=10)
     assert shown(page) == 5  # the filter survived the visit
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The page's own code, linted: its markup, style and script are strings in report.py, out of the linter's sight
+# ---------------------------------------------------------------------------------------------------------------
+
+VOID_ELEMENTS = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+class TagBalance(HTMLParser):
+    """Every element closed, in order (script and style bodies are raw text to html.parser, as to a browser)."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.open: list[tuple[str, int]] = []
+        self.problems: list[str] = []
+        self.ids: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.ids += [value for name, value in attrs if name == "id"]
+        if tag not in VOID_ELEMENTS:
+            self.open.append((tag, self.getpos()[0]))
+
+    def handle_startendtag(self, tag, attrs):
+        self.ids += [value for name, value in attrs if name == "id"]
+
+    def handle_endtag(self, tag):
+        line = self.getpos()[0]
+        if self.open and self.open[-1][0] == tag:
+            self.open.pop()
+        else:
+            inner = f"<{self.open[-1][0]}> of line {self.open[-1][1]}" if self.open else "nothing"
+            self.problems.append(f"line {line}: </{tag}> closes {inner}")
+
+
+def markup_problems(html: str) -> list[str]:
+    """What keeps ``html`` from being well-formed: stray or crossed end tags, unclosed elements, repeated ids."""
+    checker = TagBalance()
+    checker.feed(html)
+    checker.close()
+    problems = checker.problems + [f"line {line}: <{tag}> is never closed" for tag, line in checker.open]
+    repeated = sorted({name for name in checker.ids if checker.ids.count(name) > 1})
+    return problems + [f'id "{name}" is used twice' for name in repeated]
+
+
+def test_the_page_markup_is_well_formed(report_file):
+    assert markup_problems(report.PAGE_BODY) == []
+    page = report_file.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>\n") and markup_problems(page) == []
+    assert markup_problems(report.PAGE_BODY.replace("</div>", "", 1))  # the check can fail
+
+
+def script_problem(driver, source: str) -> str:
+    """The SyntaxError Chromium finds in ``source`` ('' when none): parsed, not run, on a blank page (the report's
+    own policy forbids compiling code at run time)."""
+    driver.get("about:blank")
+    check = "try { new Function(arguments[0]); return '' } catch (error) { return error.name + ': ' + error.message }"
+    return js(driver, check, source)
+
+
+def test_the_page_script_parses(browser):
+    assert report.PAGE_SCRIPT.lstrip().startswith('"use strict";')  # assignments to undeclared names throw
+    assert script_problem(browser, report.PAGE_SCRIPT) == ""
+    assert script_problem(browser, report.PAGE_SCRIPT.replace(")", "", 1)).startswith("SyntaxError")
+
+
+def top_level_rules(css: str) -> int:
+    """How many rules a style sheet holds at its top level (a media query is one), counted from its braces."""
+    depth = rules = 0
+    for char in re.sub(r"/\*.*?\*/", "", css, flags=re.S):
+        if char == "{":
+            rules += depth == 0
+            depth += 1
+        elif char == "}":
+            depth -= 1
+    assert depth == 0, "unbalanced braces in the style sheet"
+    return rules
+
+
+def test_the_page_runs_without_a_console_message_and_keeps_every_style_rule(browser, report_file):
+    browser.get(report_file.as_uri())
+    wait_for(lambda: js(browser, "return document.body.dataset.ready") == "1", timeout=20)
+    assert js(browser, "return document.getElementById('status').textContent") == ""
+    # Not only errors: a warning (a deprecated call, a policy report) is a defect of the page too.
+    messages = [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")]
+    assert messages == []
+    # A rule Chromium could not parse is dropped without a word: count what it kept.
+    kept = js(browser, "return document.styleSheets[0].cssRules.length")
+    assert kept == top_level_rules(report.PAGE_STYLE)
 
 
 # ---------------------------------------------------------------------------------------------------------------

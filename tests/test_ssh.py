@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from conftest import ROOT, clean_environ, make_config, read_jsonl, run_cli, run_prompts, tool_results
+from conftest import clean_environ, make_config, read_jsonl, run_cli, run_prompts, tool_results
 from model_server import ScriptedModelServer, per_conversation, reply, tool_call
 from ssh_support import accepted_connections, drop_connections, sshd_fixture  # noqa: F401
 
@@ -167,7 +167,7 @@ def test_without_asyncssh_the_cli_names_the_extra(sshd, tmp_path):
         result = subprocess.run(
             [sys.executable, "-c", code, *args],
             cwd=tmp_path,
-            env=clean_environ(PYTHONPATH=str(ROOT)),
+            env=clean_environ(),
             capture_output=True,
             text=True,
             timeout=60,
@@ -205,7 +205,6 @@ def test_nothing_a_task_starts_on_the_remote_outlives_it(sshd):
 
 RUNNER_DIES = """
 import asyncio, os, signal, sys
-sys.path.insert(0, {root!r})
 from environments import EnvSettings, SSHEnvironment
 
 async def main():
@@ -225,7 +224,7 @@ def test_a_runner_killed_with_sigkill_leaves_nothing_on_the_remote(sshd):
     settings = dict(env_type="ssh", ssh_host=sshd.host, ssh_key=sshd.key, ssh_known_hosts=sshd.known_hosts)
     settings["startup_timeout"] = 1.0  # the watchdog waits 1 + 5 s for a reconnection before it cleans up
     child = subprocess.run(
-        [sys.executable, "-c", RUNNER_DIES.format(root=str(ROOT), settings=settings, sleep=sleep)],
+        [sys.executable, "-P", "-c", RUNNER_DIES.format(settings=settings, sleep=sleep)],
         capture_output=True,
         text=True,
         timeout=60,

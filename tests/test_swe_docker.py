@@ -10,12 +10,13 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, clean_environ, make_config, read_jsonl
+from conftest import ROOT, RUNNER, clean_environ, make_config, read_jsonl
 from docker_support import docker_engine, docker_settings, swe_instance_image  # noqa: F401
 from model_server import ScriptedModelServer, assistant_turns, per_conversation, reply, tool_call
 
@@ -162,7 +163,7 @@ def test_the_readme_worked_example_on_a_miniature_swe_bench(tmp_path, mini_swe_b
     subprocess.run([sys.executable, "-c", python], cwd=tmp_path, check=True)
     shim = tmp_path / "bin"
     shim.mkdir()
-    (shim / "mini-swe-runner").write_text(f'#!/bin/sh\nexec "{sys.executable}" "{ROOT / "mini_swe_runner.py"}" "$@"\n')
+    (shim / "mini-swe-runner").write_text(f'#!/bin/sh\nexec {shlex.join(RUNNER)} "$@"\n')
     (shim / "mini-swe-runner").chmod(0o755)
     with ScriptedModelServer(swe_model(mini_swe_bench)) as server:
         environ = clean_environ(

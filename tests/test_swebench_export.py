@@ -214,7 +214,7 @@ def test_the_exported_patch_applies_as_the_harness_applies_it(tmp_path):
     [
         (["--format", "swebench", "--output_file", "preds.txt"], "reads only .json or .jsonl predictions"),
         (["--format", "swebench", "--output_file", "p.json", "--empty_think"], "swebench writes patches"),
-        (["--format", "swebench", "--output_file", "p.json", "--pick", "best"], "argument --pick: invalid choice"),
+        (["--format", "swebench", "--output_file", "p.json", "--pick", "best"], "--pick must be one of passed, first"),
         (["--format", "swebench", "--output_file", "p.json", "--model_name", " "], "--model_name must not be empty"),
         (["--output_file", "p.jsonl", "--pick", "first"], "apply to --format swebench"),
     ],

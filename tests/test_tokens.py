@@ -241,15 +241,6 @@ def test_an_endpoint_without_ids_is_a_one_line_error(tmp_path, model):
     assert "Traceback" not in result.stderr
 
 
-def test_token_api_flag_is_checked(tmp_path):
-    for args, message in (
-        (["--token_api", "tgi", "--return_tokens"], "--token_api must be one of vllm, sglang"),
-        (["--token_api", "vllm"], "--token_api goes with --return_tokens"),
-    ):
-        result = run_cli(["--task", "a", "--base_url", "http://127.0.0.1:9/v1", *args])
-        assert result.returncode == 2 and message in result.stderr, result.stderr
-
-
 def test_records_with_and_without_tokens_load_in_one_schema(tmp_path):
     datasets = pytest.importorskip("datasets")
     model = TokenModel({"a": THREE_TURNS})

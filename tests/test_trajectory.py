@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from trajectory import (
     RECORD_KEYS,
@@ -25,7 +26,6 @@ from trajectory import (
     to_hermes,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 RECORD_USAGE_KEYS = (
     "prompt_tokens",
     "completion_tokens",
@@ -505,7 +505,9 @@ def test_dash_writes_to_stdout_and_leaves_stdout_open():
         "writer.close()\n"
         "sys.stdout.write('still open\\n')\n"
     )
-    completed = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, timeout=30, check=True)
+    completed = subprocess.run(
+        [sys.executable, "-P", "-c", script], cwd=ROOT, capture_output=True, timeout=30, check=True
+    )
     lines = completed.stdout.decode("utf-8").split("\n")
     assert [json.loads(line)["task_id"] for line in lines[:2]] == ["stdout-task", "ünïcode"]
     assert lines[2:] == ["still open", ""]

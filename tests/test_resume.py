@@ -1,13 +1,16 @@
-"""The resume index (.NAME.index beside an output): written by the writer, trusted by resume only while it provably
-describes the file, and never a way to lose a record or to let a damaged line pass as one.
+"""Resume: a rerun over an existing output skips what is done, runs again what failed, refuses records made with
+other settings, prompts or verifiers, and survives damaged lines.
 
-Each case compares what resume found with what a full parse of the file says (read_records), and checks through
+First the resume index (.NAME.index beside an output): written by the writer, trusted by resume only while it
+provably describes the file, and never a way to lose a record or to let a damaged line pass as one. Each case
+compares what resume found with what a full parse of the file says (read_records), and checks through
 CompactResult's counters which way the file was read: ``indexed_lines`` (placed from the index, not parsed) and
 ``parsed_lines``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -19,13 +22,22 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import one_line_error, read_jsonl, run_cli
-from model_server import ScriptedModelServer, reply
+from conftest import (
+    ROOT,
+    check_exactly_once,
+    make_config,
+    one_line_error,
+    quick_script,
+    read_jsonl,
+    run_cli,
+    write_prompts,
+)
+from model_server import ScriptedModelServer, http_error, reply
 
+import mini_swe_runner
 import trajectory
 from trajectory import JsonlWriter, PromptsSource, build_record, compact_for_resume, index_path, read_records
 
-ROOT = Path(__file__).resolve().parent.parent
 TAG = 0x5EED_0F_1D
 ROWS = 50
 
@@ -254,8 +266,8 @@ def test_kill_9_while_writing_never_loses_or_invents_a_record(tmp_path):
     out = tmp_path / "out.jsonl"
     script = (
         "import sys, itertools\n"
-        f"sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
-        "from test_resume_index import record, TAG, ROWS\n"
+        f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+        "from test_resume import record, TAG, ROWS\n"
         "from trajectory import JsonlWriter\n"
         f"writer = JsonlWriter({str(out)!r}, sync=False, index_source=TAG)\n"
         "print('ready', flush=True)\n"
@@ -263,7 +275,7 @@ def test_kill_9_while_writing_never_loses_or_invents_a_record(tmp_path):
         "    writer.write(record(n % ROWS, sample=n // ROWS % 3))\n"
     )
     for delay in (0.05, 0.11, 0.23):
-        child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+        child = subprocess.Popen([sys.executable, "-P", "-c", script], stdout=subprocess.PIPE)
         assert child.stdout.readline() == b"ready\n"
         time.sleep(delay)
         child.send_signal(signal.SIGKILL)
@@ -634,3 +646,246 @@ def test_records_the_index_does_not_place_are_matched_by_task_id_with_a_kept_che
         assert "taken as checked by an earlier run" in resumed.stderr and "resume: 0 line(s)" in resumed.stderr
         assert len(server.requests) == 5  # the 3 done were found by their task_ids and skipped
     assert sorted(r["prompt_index"] for r in read_records(str(out)).records) == [0, 1, 2, 3, 4]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resume through the batch driver: what is done is skipped, what failed runs again
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_resume_skips_done_tasks_and_retries_failed_ones(out, tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl", 6, duplicate_every=3)  # prompts 0 and 3 are duplicates
+
+    def first_pass(request):
+        text = request["messages"][1]["content"]
+        return http_error(500, "down") if text.endswith(("1", "4")) else reply("ok")
+
+    loaded = mini_swe_runner.load_prompts(str(prompts))
+    with ScriptedModelServer(first_pass) as server:
+        asyncio.run(mini_swe_runner.run_batch(make_config(server, out, max_retries=0), loaded))
+    first = read_jsonl(out)
+    assert sorted(r["exit_reason"] for r in first) == ["api_error"] * 2 + ["completed"] * 4
+    with out.open("ab") as handle:  # a crash left a torn line behind
+        handle.write(b'{"prompt_index": 9, "task_id": "torn", "conv')
+    with ScriptedModelServer(lambda request: reply("second pass")) as server:
+        outcome = asyncio.run(mini_swe_runner.run_batch(make_config(server, out), loaded))
+        assert len(server.requests) == 2  # only the two failed tasks ran again
+    records = read_jsonl(out)
+    check_exactly_once(records, prompts)
+    assert all(r["completed"] for r in records)
+    assert outcome.summary["run"]["skipped_already_done"] == 4
+    duplicates = [r for r in records if r["conversations"][1]["value"] == "duplicate prompt"]
+    assert len(duplicates) == 2
+
+
+def test_resume_over_a_prompt_file_skips_the_finished_samples(tmp_path):
+    path = write_prompts(tmp_path / "p.jsonl", 6, duplicate_every=3)
+    out = tmp_path / "out.jsonl"
+    with ScriptedModelServer(quick_script()) as server:
+        prompts = mini_swe_runner.load_prompts(str(path))
+        first = asyncio.run(mini_swe_runner.run_batch(make_config(server, out), prompts[:4]))
+        again = asyncio.run(mini_swe_runner.run_batch(make_config(server, out), prompts))
+    assert first.summary["tasks"] == 4 and again.summary["tasks"] == 2
+    assert again.summary["run"]["skipped_already_done"] == 4
+    expected = {p.task_id for p in mini_swe_runner.parse_prompt_lines(path.read_text().splitlines(), "p")}
+    assert {r["task_id"] for r in read_jsonl(out)} == expected and len(read_jsonl(out)) == 6
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resume through the CLI: a record is reused only for the settings, prompt and verifier it was made for
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_resume_refuses_records_of_other_settings(tmp_path):
+    out = tmp_path / "out.jsonl"
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("a\nb\n")
+    with ScriptedModelServer(lambda request: reply("ok")) as server:
+        base = ["--prompts_file", str(prompts), "--base_url", server.base_url, "--output_file", str(out), "--quiet"]
+        assert run_cli([*base, "--model", "model-a", "--limit", "1"], cwd=tmp_path).returncode == 0
+        line = one_line_error(run_cli([*base, "--model", "model-b"], cwd=tmp_path), 2, "'model-a'", "--overwrite")
+        assert "--resume_any" in line
+        one_line_error(run_cli([*base, "--model", "model-a", "--temperature", "0.7"], cwd=tmp_path), 2, "sampling")
+        one_line_error(
+            run_cli([*base, "--model", "model-a", "--system_prompt", "Be brief."], cwd=tmp_path), 2, "system prompt"
+        )
+        assert len(read_jsonl(out)) == 1
+        assert run_cli([*base, "--model", "model-a"], cwd=tmp_path).returncode == 0  # same settings: resumes
+        assert len(read_jsonl(out)) == 2
+        assert run_cli([*base, "--model", "model-b", "--resume_any", "--overwrite"], cwd=tmp_path).returncode == 0
+    records = read_jsonl(out)
+    assert {r["metadata"]["model"] for r in records} == {"model-b"}
+    assert len({r["metadata"]["config_hash"] for r in records}) == 1
+
+
+def _rows(*rows: dict) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def _model_requests(server: ScriptedModelServer) -> int:
+    return len(server.requests)
+
+
+def test_resume_reuses_a_record_only_for_the_same_prompt_and_verifier(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    rows = [{"id": f"t{n}", "prompt": f"say {n}"} for n in range(3)]
+    prompts.write_text(_rows(*rows))
+    out = tmp_path / "out.jsonl"
+    with ScriptedModelServer(lambda request: reply("ok")) as server:
+        base = ["--prompts_file", str(prompts), "--base_url", server.base_url, "--output_file", str(out), "--quiet"]
+        assert run_cli([*base, "--verify", "true"], cwd=tmp_path).returncode == 0
+        first = read_jsonl(out)
+        hashes = {r["task_id"]: r["metadata"]["prompt_hash"] for r in first}
+        assert len(set(hashes.values())) == 3 and all(len(h.split("-")) == 4 for h in hashes.values())
+        assert run_cli([*base, "--verify", "true"], cwd=tmp_path).returncode == 0  # the same: all skipped
+        assert _model_requests(server) == 3
+        before = out.read_bytes()
+
+        line = one_line_error(run_cli([*base, "--verify", "false"], cwd=tmp_path), 2, "verifier", "--overwrite")
+        assert "--resume_any" in line
+        template = ["--verify", "true", "--prompt_template", "Please {prompt}"]
+        one_line_error(run_cli([*base, *template], cwd=tmp_path), 2, "prompt text")
+        prompts.write_text(_rows(rows[0], {"id": "t1", "prompt": "say 1, louder"}, rows[2]))
+        one_line_error(run_cli([*base, "--verify", "true"], cwd=tmp_path), 2, "'t1'", "prompt text")
+        prompts.write_text(_rows(rows[0], {**rows[1], "cwd": str(tmp_path)}, rows[2]))
+        one_line_error(run_cli([*base, "--verify", "true"], cwd=tmp_path), 2, "'t1'", "cwd")
+        assert out.read_bytes() == before and _model_requests(server) == 3
+
+        # --resume_any: the records of changed prompts are dropped and their tasks run again; the others are kept.
+        prompts.write_text(_rows(rows[0], {"id": "t1", "prompt": "say 1, louder"}, rows[2]))
+        resumed = run_cli([*base[:-1], "--verify", "true", "--resume_any"], cwd=tmp_path)  # without --quiet
+        assert resumed.returncode == 0, resumed.stderr
+        assert "1 record(s) made for another prompt" in resumed.stderr
+        assert _model_requests(server) == 4 and server.requests[-1]["messages"][1]["content"] == "say 1, louder"
+    records = {r["task_id"]: r for r in read_jsonl(out)}
+    assert len(read_jsonl(out)) == 3
+    assert records["t1"]["conversations"][1]["value"] == "say 1, louder"
+    assert records["t1"]["metadata"]["prompt_hash"] != hashes["t1"]
+    assert records["t0"]["metadata"]["prompt_hash"] == hashes["t0"]
+
+
+def test_a_single_task_is_not_resumed_for_another_verifier(tmp_path):
+    out = tmp_path / "out.jsonl"
+    with ScriptedModelServer(lambda request: reply("ok")) as server:
+        base = ["--task", "say hi", "--base_url", server.base_url, "--output_file", str(out), "--quiet"]
+        assert run_cli([*base, "--verify", "true"], cwd=tmp_path).returncode == 0
+        one_line_error(run_cli([*base, "--verify", "exit 1"], cwd=tmp_path), 2, "verifier")
+        assert run_cli([*base, "--verify", "true"], cwd=tmp_path).returncode == 0
+        assert _model_requests(server) == 1
+
+
+def test_records_of_an_older_version_resume_and_are_compared_on_what_they_hold(tmp_path):
+    """Records without prompt_hash: their prompt text (the human turn), image and whether they were verified are
+    compared; the same prompt resumes, another is refused."""
+    prompts = tmp_path / "p.jsonl"
+    rows = [{"id": f"t{n}", "prompt": f"say {n}"} for n in range(2)]
+    prompts.write_text(_rows(*rows))
+    out = tmp_path / "out.jsonl"
+    with ScriptedModelServer(lambda request: reply("ok")) as server:
+        base = ["--prompts_file", str(prompts), "--base_url", server.base_url, "--output_file", str(out), "--quiet"]
+        assert run_cli(base, cwd=tmp_path).returncode == 0
+        old = []
+        for one in read_jsonl(out):
+            del one["metadata"]["prompt_hash"]
+            old.append(json.dumps(one) + "\n")
+        out.write_text("".join(old))
+        assert run_cli(base, cwd=tmp_path).returncode == 0 and _model_requests(server) == 2  # resumed
+        assert out.read_text() == "".join(old)  # kept as they were
+        one_line_error(run_cli([*base, "--verify", "true"], cwd=tmp_path), 2, "verifier")
+        prompts.write_text(_rows(rows[0], {"id": "t1", "prompt": "say 1, louder"}))
+        one_line_error(run_cli(base, cwd=tmp_path), 2, "'t1'", "prompt text")
+        assert _model_requests(server) == 2
+
+
+def test_the_settings_hash_covers_templates_and_the_verifier(tmp_path):
+    """Records whose prompts cannot be compared (an older version) are still refused for other templates: the
+    settings hash covers them, and is unchanged for a run that uses none."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(_rows({"id": "t0", "prompt": "say 0", "verify": "true"}))
+    out = tmp_path / "out.jsonl"
+    with ScriptedModelServer(lambda request: reply("ok")) as server:
+        base = ["--prompts_file", str(prompts), "--base_url", server.base_url, "--output_file", str(out), "--quiet"]
+        assert run_cli(base, cwd=tmp_path).returncode == 0
+        plain_hash = read_jsonl(out)[0]["metadata"]["config_hash"]
+        assert run_cli([*base, "--overwrite", "--verify_timeout", "30"], cwd=tmp_path).returncode == 0
+        assert read_jsonl(out)[0]["metadata"]["config_hash"] != plain_hash
+        line = one_line_error(run_cli(base, cwd=tmp_path), 2, "settings hash", "--verify_timeout")
+        assert "--prompt_template" in line
+        assert run_cli([*base, "--overwrite", "--prompt_template", "{prompt}"], cwd=tmp_path).returncode == 0
+        assert read_jsonl(out)[0]["metadata"]["config_hash"] != plain_hash
+        assert run_cli([*base, "--overwrite"], cwd=tmp_path).returncode == 0
+        assert read_jsonl(out)[0]["metadata"]["config_hash"] == plain_hash
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--verify_in", "fresh"], ["--verify_failure_codes", "4"], ["--verify_baseline"], ["--collect_patch"]],
+    ids=["verify_in", "failure_codes", "baseline", "collect_patch"],
+)
+def test_how_rewards_are_judged_is_part_of_the_settings_hash(tmp_path, flags):
+    """A reward judged in a fresh sandbox is not one judged in the agent's (the attacks), and a record without its
+    patch is not one with it: an output made one way is not resumed the other way, and a run without these flags
+    keeps its hash."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(_rows({"id": "t0", "prompt": "say 0", "verify": "true"}))
+    out = tmp_path / "out.jsonl"
+    with ScriptedModelServer(lambda request: reply("ok")) as server:
+        base = ["--prompts_file", str(prompts), "--base_url", server.base_url, "--output_file", str(out), "--quiet"]
+        assert run_cli(base, cwd=tmp_path).returncode == 0
+        plain_hash = read_jsonl(out)[0]["metadata"]["config_hash"]
+        one_line_error(run_cli([*base, *flags], cwd=tmp_path), 2, "settings hash", flags[0])
+        assert run_cli([*base, *flags, "--overwrite"], cwd=tmp_path).returncode == 0
+        assert read_jsonl(out)[0]["metadata"]["config_hash"] != plain_hash
+
+
+def test_a_refused_run_changes_nothing_in_the_output(tmp_path):
+    """An env_error record would be dropped by compaction: a run refused for its settings, or because its endpoint
+    cannot be reached, leaves the output and its index byte for byte as they were."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(_rows({"id": "ok", "prompt": "a"}, {"id": "bad", "prompt": "b", "cwd": str(tmp_path / "no")}))
+    out = tmp_path / "out.jsonl"
+    index = tmp_path / ".out.jsonl.index"
+    with ScriptedModelServer(lambda request: reply("ok")) as server:
+        base = ["--prompts_file", str(prompts), "--output_file", str(out), "--quiet"]
+        assert run_cli([*base, "--base_url", server.base_url], cwd=tmp_path).returncode == 0
+        assert sorted(r["exit_reason"] for r in read_jsonl(out)) == ["completed", "env_error"]
+        before = (out.read_bytes(), index.read_bytes(), out.stat().st_ino)
+        one_line_error(run_cli([*base, "--base_url", server.base_url, "--model", "other"], cwd=tmp_path), 2, "model")
+        assert (out.read_bytes(), index.read_bytes(), out.stat().st_ino) == before
+    unreachable = run_cli([*base, "--base_url", "http://127.0.0.1:9/v1"], cwd=tmp_path)
+    assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr
+    assert (out.read_bytes(), index.read_bytes(), out.stat().st_ino) == before
+    with ScriptedModelServer(lambda request: reply("ok")) as server:
+        resumed = run_cli([*base[:-1], "--base_url", server.base_url], cwd=tmp_path)  # without --quiet
+        assert "dropped 1 retryable" in resumed.stderr, resumed.stderr  # told once done (its task fails again)
+    assert sorted(r["exit_reason"] for r in read_jsonl(out)) == ["completed", "env_error"]  # "bad" ran again
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resume over damaged lines
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_resume_skips_damaged_lines_with_one_warning(tmp_path):
+    output = tmp_path / "o.jsonl"
+    with ScriptedModelServer(lambda request: reply("ok")) as server:
+        args = ["--task", "kept", "--output_file", str(output), "--base_url", server.base_url, "--model", "m"]
+        assert run_cli(args, cwd=tmp_path).returncode == 0
+        [good] = read_jsonl(output)
+        damaged = [
+            {**good, "task_id": ["a", "list"]},
+            {**good, "task_id": "other", "exit_reason": ["api_error"]},
+            {**good, "task_id": "again", "exit_reason": {"x": 1}},
+        ]
+        with output.open("a", encoding="utf-8") as handle:
+            for record in damaged:
+                handle.write(json.dumps(record) + "\n")
+            handle.write("[" * 100_000 + "]" * 100_000 + "\n")
+            handle.write('{"task_id": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+        result = run_cli(args, cwd=tmp_path)
+        assert server.requests[1:] == []  # the good record was kept: nothing ran again
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "torn or invalid" in line]
+    assert len(warnings) == 1 and "5 torn or invalid line(s)" in warnings[0]
+    assert read_jsonl(output) == [good]
