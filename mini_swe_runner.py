@@ -22,14 +22,12 @@ import json
 import json.scanner
 import logging
 import math
-import operator
 import os
 import random
 import re
 import shlex
 import signal
 import socket
-import stat
 import string
 import sys
 import threading
@@ -1177,7 +1175,7 @@ class PromptFile(Sequence[Prompt]):
     def __getitem__(self, position):
         if isinstance(position, slice):
             return self.view(self._rows[position])
-        return self._prompt(self._rows[position])
+        return self.prompt_of_row(self._rows[position])
 
     def view(self, rows: range) -> "PromptFile":
         """The same file's prompts at ``rows`` (file rows, not positions in this view)."""
@@ -1187,6 +1185,11 @@ class PromptFile(Sequence[Prompt]):
 
     def row_of(self, position: int) -> int:
         return self._rows[position]
+
+    @property
+    def rows(self) -> range:
+        """The file rows of this view's prompts, in order: position -> row."""
+        return self._rows
 
     def image_of(self, position: int) -> str | None:
         """The prompt's own image, without reading it back."""
@@ -1242,7 +1245,8 @@ class PromptFile(Sequence[Prompt]):
             self._rows_by_id_hash = dict(zip(self._id_hash_by_row, range(len(self._id_hash_by_row)), strict=True))
         return self._rows_by_id_hash.get(key)
 
-    def _prompt(self, row: int) -> Prompt:
+    def prompt_of_row(self, row: int) -> Prompt:
+        """The prompt on ``row`` of the file (not a position in this view), read back from the file."""
         start = self._offsets[row]
         self._handle.seek(start)
         stripped = self._handle.readline().strip(ASCII_SPACE_BYTES)
@@ -2329,8 +2333,8 @@ class RunContext:
     stopping: bool = False
     config_hash: str = ""
     """Of the settings that shape the data (see data_settings); the same on every record of the run."""
-    output: "OutputFile | None" = None
-    """Told when the first model answer shows the run works (--overwrite replaces the old file then)."""
+    on_model_answer: Callable[[], None] | None = None
+    """Called when a model answers (the run works); what that means is the batch's to decide."""
 
     early_failures: EarlyFailureWatch = field(default_factory=EarlyFailureWatch)
     """Stops the run when its first tasks all end in the same permanent API error."""
@@ -2973,8 +2977,8 @@ async def _agent_loop(
                 request = _first_answer(request, starting)
             turn = await request
         ctx.activity.answered(turn.usage["total_tokens"])
-        if ctx.output is not None:
-            ctx.output.commit()  # the endpoint works: --overwrite may now replace the old records
+        if ctx.on_model_answer is not None:
+            ctx.on_model_answer()
         for key, value in turn.usage.items():
             state.usage[key] += value
         if turn.tokens is not None and state.tokens is not None:
@@ -3406,376 +3410,6 @@ class RunOutcome:
     """The records written, in order: filled by :func:`run_sync` only (``run`` yields them instead)."""
 
 
-class OutputFile:
-    """The run's output file: one runner at a time, resumed only by the same settings, replaced by --overwrite
-    only once the run is known to work, written through a symlink to its target.
-
-    ``open()`` returns the task_ids already finished (resume); ``writer`` appends records; ``commit()`` marks
-    the run as started (its first model answer); ``close(keep)`` releases everything.
-    """
-
-    def __init__(self, config: RunConfig, config_hash: str):
-        self.config = config
-        self.config_hash = config_hash
-        self.shown = "stdout" if config.output_file == "-" else config.output_file
-        self.target = config.output_file
-        self.writer: trajectory.JsonlWriter | None = None
-        self._prompts: PromptFile | None = None
-        self._prompt_list: PromptList | None = None
-        self._index_source = 0
-        self._lock_fd: int | None = None
-        self._file_lock_fds: list[int] = []
-        """Locks on the output itself (see _lock_file), one per inode it had during the run."""
-        self._pending_replacement: str | None = None  # --overwrite: the new file, renamed over target at commit
-        self.spent: tuple[Decimal, int] | None = None
-        """What the records already in the file cost (USD, tokens), read for a budget only (see open)."""
-        self._created = False  # this run created the file: removed at close if it is still empty
-        self._pending_compaction: Callable[[], None] | None = None  # resume: written by start(), once all checks passed
-        self._dropped: list[str] = []  # what the compaction drops, told once it is done
-
-    def open(self, prompts: Sequence[Prompt] = ()) -> "dict[tuple[str, int], float | None] | DoneSamples":
-        """Lock and check the file, and plan its compaction (:meth:`start` writes it: a run refused before that
-        changed nothing); returns the samples already finished in it: (task_id, sample_index) -> reward, or for a
-        prompts file, :class:`DoneSamples` (by row: the records the index places on their row are not parsed)."""
-        path = self.config.output_file
-        self._prompts = prompts if isinstance(prompts, PromptFile) else None
-        self._all_prompts = prompts
-        self._prompt_list = prompts if isinstance(prompts, PromptList) and prompts.source_tag is not None else None
-        named = self._prompts if self._prompts is not None else self._prompt_list
-        self._index_source = index_source_tag(named, self.config) if named is not None else 0
-        if path == "-":
-            self.writer = trajectory.JsonlWriter("-")
-            return {}
-        try:
-            return self._open_file(path)
-        except PermissionError:
-            self.close(keep=False)
-            raise UsageError(f"--output_file {path} is not writable") from None
-        except OSError as exc:
-            self.close(keep=False)
-            raise UsageError(f"--output_file {path}: {exc.strerror or exc}") from None
-        except BaseException:
-            self.close(keep=False)
-            raise
-
-    def _open_file(self, path: str) -> "dict[tuple[str, int], float | None] | DoneSamples":
-        if os.path.isdir(path):
-            raise UsageError(f"--output_file {path} is a directory")
-        if os.path.exists(path) and not os.path.isfile(path):  # a pipe or a device: appended to as it is
-            self.writer = trajectory.JsonlWriter(path)
-            return {}
-        self.target = os.path.realpath(path)  # a symlink is written through to its target, never replaced
-        directory = os.path.dirname(self.target)
-        if not os.path.isdir(directory):
-            raise UsageError(f"--output_file {path}: directory {directory} does not exist")
-        self._lock(directory)
-        if os.path.exists(self.target):
-            self._lock_file(self.target)
-        self._remove_leftovers(directory)
-        if self.config.overwrite and os.path.exists(self.target):
-            if not os.access(self.target, os.W_OK):
-                raise PermissionError(path)
-            # The old records stay where they are until the run is known to work (commit).
-            self._pending_replacement = self._sibling("new")
-            self.writer = trajectory.JsonlWriter(
-                self._pending_replacement, index_source=self._index_source, index_file=self._pending_index()
-            )
-            self._lock_file(self._pending_replacement)  # the output's inode once committed
-            return {}
-        if not os.path.exists(self.target):
-            self.writer = trajectory.JsonlWriter(self.target, index_source=self._index_source)
-            self._created = True
-            self._lock_file(self.target)
-            return {}
-        if not os.access(self.target, os.W_OK):
-            raise PermissionError(path)
-        if self.config.max_cost is not None or self.config.max_tokens_total is not None:
-            # Before compaction drops retryable records: they were billed too.
-            self.spent = trajectory.output_spend(self.target)
-        prompts = self._prompts
-        source = None
-        if (named := prompts if prompts is not None else self._prompt_list) is not None:
-            source = trajectory.PromptsSource(self._index_source, named.file_rows, named.locate)
-        compacted = trajectory.compact_for_resume(
-            self.target,
-            compaction_path=self._sibling("compact"),
-            source=source,
-            index=True,
-            prompt_hash_of=self._prompt_hash_of(),
-            write=False,
-        )
-        log.debug(
-            "resume: %d line(s) of %s taken from its index, %d parsed",
-            compacted.indexed_lines,
-            path,
-            compacted.parsed_lines,
-        )
-        self._check_prompts(compacted.prompt_changed)
-        self._check_settings(compacted.settings)
-        dropped = []
-        if compacted.prompt_changed:
-            dropped.append(f"{len(compacted.prompt_changed)} record(s) made for another prompt (--resume_any)")
-        if compacted.dropped_retryable:
-            dropped.append(
-                f"{compacted.dropped_retryable} retryable record(s) (api_error/env_error/interrupted/verifier error)"
-            )
-        if compacted.dropped_bad_lines:
-            dropped.append(f"{compacted.dropped_bad_lines} torn or invalid line(s)")
-        if compacted.dropped_duplicates:
-            dropped.append(f"{compacted.dropped_duplicates} duplicate record(s)")
-        self._pending_compaction = compacted.write
-        self._dropped = dropped
-        if prompts is not None:  # records of tasks that are not among the prompts are kept, but not the run's
-            return DoneSamples(prompts, compacted.by_row)
-        if self._prompt_list is not None:  # placed by row without parsing: keyed again by the row's task_id
-            task_id_of_row = self._prompt_list.task_id_of_row
-            for sample, samples in compacted.by_row.items():
-                for row, entry in enumerate(samples.entries):
-                    if entry >= 0:
-                        compacted.done[(task_id_of_row(row), sample)] = samples.reward(row)
-        return compacted.done
-
-    def start(self) -> None:
-        """Every check passed (settings, prompts, backend, endpoint): write the compaction :meth:`open` planned and
-        open the writer. Until then the output and its index are as the run found them."""
-        write, self._pending_compaction = self._pending_compaction, None
-        if write is None:
-            return
-        try:
-            write()
-            self.writer = trajectory.JsonlWriter(self.target, index_source=self._index_source)
-            self._lock_file(self.target)  # a compaction made a new file: lock it too
-        except OSError as exc:
-            self.close(keep=False)
-            raise UsageError(f"--output_file {self.shown}: {exc.strerror or exc}") from None
-        if self._dropped:
-            log.warning("resume: dropped %s from %s; those tasks run again", " and ".join(self._dropped), self.shown)
-
-    def _prompt_hash_of(self) -> Callable[[str], str | None]:
-        """task_id -> the prompt_hash its records must carry to be resumed (None: not among the run's prompts)."""
-        config, prompts = self.config, self._prompts
-        if prompts is not None:
-
-            def from_file(task_id: str) -> str | None:
-                row = prompts.locate(task_id)
-                if row is None:
-                    return None
-                prompt = prompts._prompt(row)
-                return prompt_hash_for(prompt, config) if prompt.task_id == task_id else None
-
-            return from_file
-        by_id: dict[str, Prompt] | None = None
-
-        def from_list(task_id: str) -> str | None:
-            nonlocal by_id
-            if by_id is None:
-                by_id = {prompt.task_id: prompt for prompt in self._all_prompts}
-            prompt = by_id.get(task_id)
-            return None if prompt is None else prompt_hash_for(prompt, config)
-
-        return from_list
-
-    def _check_prompts(self, changed: list[tuple[tuple[str, int], str]]) -> None:
-        """Refuse to reuse records made for another prompt (text, image, cwd or verifier) than their task's now."""
-        if not changed or self.config.resume_any:
-            return
-        (task_id, sample), difference = changed[0]
-        others = f" and {len(changed) - 1} other record(s)" if len(changed) > 1 else ""
-        raise UsageError(
-            f"--output_file {self.shown} holds records made for other prompts: task {task_id!r} (sample {sample}) "
-            f"has another {difference} now{others}; use --overwrite to replace them, another --output_file, or "
-            "--resume_any to drop those records and run their tasks again"
-        )
-
-    def _pending_index(self) -> str:
-        """--overwrite's new file's index (removed with it as a leftover; renamed with it at commit)."""
-        return self._sibling("new") + ".index"
-
-    def _sibling(self, kind: str) -> str:
-        directory, name = os.path.split(self.target)
-        return os.path.join(directory, f".{name}.{kind}-{os.getpid()}")
-
-    def _lock(self, directory: str) -> None:
-        """One runner per output file: a second one is refused at once (the lock dies with its process)."""
-        import fcntl
-
-        lock_path = os.path.join(directory, f".{os.path.basename(self.target)}.lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise UsageError(
-                f"--output_file {self.shown} is in use by another mini-swe-runner (pid {holder}): "
-                "wait for it to finish, or write to another --output_file"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self._lock_fd = fd
-
-    def _lock_file(self, path: str) -> None:
-        """The output itself, by its inode: a runner writing the same file under another name (a hard link) is
-        refused too. The name's lock (see _lock) covers an output not created yet, or replaced since."""
-        import fcntl
-
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        status = os.fstat(fd)
-        held = {(held.st_dev, held.st_ino) for held in map(os.fstat, self._file_lock_fds)}
-        if not stat.S_ISREG(status.st_mode) or (status.st_dev, status.st_ino) in held:
-            os.close(fd)  # a device is shared as it is; an inode locked already is ours (a second flock would fail)
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise UsageError(
-                f"--output_file {self.shown} is in use by another mini-swe-runner writing it under another name "
-                "(a hard link to the same file): wait for it to finish, or write to another --output_file"
-            ) from None
-        self._file_lock_fds.append(fd)
-
-    def _remove_leftovers(self, directory: str) -> None:
-        """Files a killed run left beside the output (an unfinished compaction or --overwrite): with the lock
-        held, nothing else can be writing them."""
-        prefix = f".{os.path.basename(self.target)}."
-        for name in os.listdir(directory):
-            if name.startswith(prefix) and name[len(prefix) :].startswith(("compact-", "new-")):
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(directory, name))
-
-    def _check_settings(self, seen: dict[str, dict]) -> None:
-        """Refuse to add this run's records to a file written with other data-shaping settings."""
-        other = next((meta for value, meta in seen.items() if value != self.config_hash), None)
-        if other is None or self.config.resume_any:
-            return
-        config = self.config
-        if other.get("model") != config.model:
-            difference = f"model {other.get('model')!r} there, {config.model!r} now"
-        elif other.get("sampling") != sampling_settings(config):
-            difference = f"sampling {other.get('sampling')} there, {sampling_settings(config)} now"
-        elif not other.get("config_hash"):
-            difference = "its records carry no settings hash (written by an older version)"
-        else:
-            difference = (
-                f"settings hash {other.get('config_hash')} there, {self.config_hash} now: the endpoint host, system "
-                "prompt, tool description, --extra_body, --return_tokens, limits (--max_iterations, --timeout, "
-                "--max_timeout, --max_output_chars, --max_task_cost) or how prompts are built and verified "
-                "(--prompt_template, --image_template, --verify_template, --verify, --verify_timeout, --verify_in, "
-                "--verify_failure_codes, --verify_baseline, --collect_patch) differ"
-            )
-        raise UsageError(
-            f"--output_file {self.shown} holds records of a run with other settings ({difference}); "
-            "use --overwrite to replace them, another --output_file, or --resume_any to mix them anyway"
-        )
-
-    def _remove_if_empty(self) -> None:
-        """A run that created the output and wrote nothing (it failed before its first record) leaves no empty file
-        behind. Only while the lock is held, and only a file of 0 bytes: a file that holds a record is never removed."""
-        with contextlib.suppress(OSError):
-            if os.stat(self.target).st_size == 0:
-                os.unlink(self.target)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(trajectory.index_path(self.target))
-
-    def commit(self) -> None:
-        """The run works (a model answered): --overwrite's new file replaces the old one, atomically."""
-        pending, self._pending_replacement = self._pending_replacement, None
-        if pending is None:
-            return
-        os.replace(pending, self.target)  # the writer's descriptor follows the file: appends continue in it
-        # Then its index (the writer's descriptor follows it too). A crash between the two leaves the old index
-        # beside the new file: it names the old file (st_ino), so resume parses every line instead of trusting it.
-        index = self._pending_index()
-        if os.path.exists(index):
-            os.replace(index, trajectory.index_path(self.target))
-            # The rename set the file's ctime; the index still describes it (its content did not change).
-            with contextlib.suppress(OSError):
-                os.utime(trajectory.index_path(self.target))
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(trajectory.index_path(self.target))
-        trajectory.sync_directory(os.path.dirname(self.target))
-
-    def close(self, keep: bool) -> None:
-        """``keep``: the run got far enough that what it wrote replaces the old file (--overwrite)."""
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-        if self._pending_replacement is not None:
-            if keep:
-                self.commit()
-            else:
-                for leftover in (self._pending_replacement, self._pending_index()):
-                    with contextlib.suppress(OSError):
-                        os.unlink(leftover)
-                self._pending_replacement = None
-        self._pending_compaction = None
-        if self._created:  # while the locks are held: no other runner can have started writing to it
-            self._created = False
-            self._remove_if_empty()
-        while self._file_lock_fds:
-            os.close(self._file_lock_fds.pop())
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # the lock file stays: removing it would race with a runner opening it
-            self._lock_fd = None
-
-
-class DoneSamples:
-    """The samples of a prompts file's prompts already finished in the output, by row, as resume found them (see
-    trajectory.compact_for_resume), plus those this run finishes: what the schedule skips and the summary counts.
-
-    Read like the mapping (task_id, sample_index) -> reward it stands for, without holding one: an output of
-    1,000,000 records took 354 MB as a dict of tuples (bench/bench_input.py), here 4 bytes a row for each sample
-    and 8 a record (its reward).
-    Iterating it reads the prompts' ids back from the file (the summary's pass figures and --until_passed only)."""
-
-    def __init__(self, prompts: PromptFile, by_row: dict[int, trajectory.RowSamples]):
-        self.prompts = prompts
-        rows = prompts._rows
-        self._by_position = {
-            sample: (samples.entries[rows.start : rows.stop : rows.step], samples) for sample, samples in by_row.items()
-        }
-        """sample_index -> (the record of each position of the run's prompts: -1 none, its place in the rewards)."""
-        self.added: dict[tuple[str, int], float | None] = {}
-        """This run's final samples."""
-
-    def pending_positions(self, sample_index: int) -> array:
-        """Positions of the run's prompts with no final record of ``sample_index``, last first."""
-        last = len(self.prompts) - 1
-        if sample_index not in self._by_position:
-            return array("q", range(last, -1, -1))
-        entries = self._by_position[sample_index][0]
-        missing = map(operator.lt, reversed(entries), itertools.repeat(0))
-        return array("q", itertools.compress(range(last, -1, -1), missing))
-
-    def count_below(self, samples: int) -> int:
-        """The samples found at resume with a sample_index below ``samples``."""
-        return sum(
-            len(entries) - entries.count(-1) for sample, (entries, _) in self._by_position.items() if sample < samples
-        )
-
-    def __len__(self) -> int:
-        return self.count_below(1 << 62) + len(self.added)
-
-    def __bool__(self) -> bool:
-        return len(self) > 0
-
-    def __setitem__(self, key: tuple[str, int], reward: float | None) -> None:
-        self.added[key] = reward
-
-    def items(self) -> Iterator[tuple[tuple[str, int], float | None]]:
-        if self._by_position:
-            for position, task_id in enumerate(self.prompts.task_ids()):
-                for sample, (entries, samples) in self._by_position.items():
-                    if entries[position] >= 0:
-                        yield (task_id, sample), samples.reward(self.prompts._rows[position])
-        yield from self.added.items()
-
-    def __iter__(self) -> Iterator[tuple[str, int]]:
-        return (key for key, _ in self.items())
-
-
 @dataclass(frozen=True)
 class Sample:
     """One run of one prompt: the unit of work."""
@@ -3802,13 +3436,13 @@ class SampleSchedule:
         prompts: Sequence[Prompt],
         samples: int,
         until_passed: int | None,
-        done: "dict[tuple[str, int], float | None] | DoneSamples",
+        done: "dict[tuple[str, int], float | None] | trajectory.DoneSamples",
         prompt_ids: Sequence[str] | None = None,
     ):
         """``prompt_ids``: the prompts' task_ids when the caller has read them already (one pass over a file less)."""
         self.prompts = prompts
         self.until_passed = until_passed
-        if isinstance(done, DoneSamples) and until_passed is not None:  # counts per prompt: the ids are read anyway
+        if isinstance(done, trajectory.DoneSamples) and until_passed is not None:  # counts per prompt: ids read anyway
             done = dict(done.items())
         self.passed: Counter[str] = Counter()
         if until_passed is not None:
@@ -3823,7 +3457,7 @@ class SampleSchedule:
         if not done and until_passed is None:  # a fresh run: every sample of every prompt, nothing to read
             for round_ in self.rounds:
                 round_.extend(range(len(prompts) - 1, -1, -1))
-        elif isinstance(done, DoneSamples):  # by row: nothing is read, no Python code runs per prompt
+        elif isinstance(done, trajectory.DoneSamples):  # by row: nothing is read, no Python code runs per prompt
             self.rounds = [done.pending_positions(sample_index) for sample_index in range(samples)]
         else:
             for position, task_id in enumerate(task_ids(prompts) if prompt_ids is None else prompt_ids):
@@ -3918,6 +3552,82 @@ def image_uses(config: RunConfig, prompts: Sequence[Prompt], schedule: "SampleSc
     return uses
 
 
+def output_file(config: RunConfig, data_hash: str) -> trajectory.OutputFile:
+    """The run's output file, given what it needs of the settings as plain values: the metadata its records carry
+    that resume compares, and the flags."""
+    return trajectory.OutputFile(
+        config.output_file,
+        {"model": config.model, "sampling": sampling_settings(config), "config_hash": data_hash},
+        overwrite=config.overwrite,
+        resume_any=config.resume_any,
+        read_spend=config.max_cost is not None or config.max_tokens_total is not None,
+    )
+
+
+def resume_source(prompts: Sequence[Prompt], config: RunConfig) -> trajectory.PromptsSource | None:
+    """The run's prompts as the output's resume index names them (see :func:`index_source_tag`): a prompts file, read
+    back by row, or prompts loaded whole from an input that can be named; None for others (resume parses)."""
+    if isinstance(prompts, PromptFile):
+        tag = index_source_tag(prompts, config)
+        return trajectory.PromptsSource(
+            tag, prompts.file_rows, prompts.locate, run_rows=prompts.rows, task_ids=prompts.task_ids
+        )
+    if isinstance(prompts, PromptList) and prompts.source_tag is not None:
+        tag = index_source_tag(prompts, config)
+        return trajectory.PromptsSource(tag, prompts.file_rows, prompts.locate, task_id_of_row=prompts.task_id_of_row)
+    return None
+
+
+def prompt_hashes(prompts: Sequence[Prompt], config: RunConfig) -> Callable[[str], str | None]:
+    """task_id -> the prompt_hash its records must carry to be resumed (None: not among the run's prompts)."""
+    if isinstance(prompts, PromptFile):
+
+        def from_file(task_id: str) -> str | None:
+            row = prompts.locate(task_id)
+            if row is None:
+                return None
+            prompt = prompts.prompt_of_row(row)
+            return prompt_hash_for(prompt, config) if prompt.task_id == task_id else None
+
+        return from_file
+    by_id: dict[str, Prompt] | None = None
+
+    def from_list(task_id: str) -> str | None:
+        nonlocal by_id
+        if by_id is None:
+            by_id = {prompt.task_id: prompt for prompt in prompts}
+        prompt = by_id.get(task_id)
+        return None if prompt is None else prompt_hash_for(prompt, config)
+
+    return from_list
+
+
+def open_output(
+    output: trajectory.OutputFile, prompts: Sequence[Prompt], config: RunConfig
+) -> "dict[tuple[str, int], float | None] | trajectory.DoneSamples":
+    """Lock and check the output for these prompts: the samples already done in it (see OutputFile.open). Its
+    refusals are usage errors."""
+    try:
+        return output.open(resume_source(prompts, config), prompt_hashes(prompts, config))
+    except trajectory.OutputFileError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        if output.lines_read is not None:
+            indexed, parsed = output.lines_read
+            log.debug("resume: %d line(s) of %s taken from its index, %d parsed", indexed, config.output_file, parsed)
+
+
+def start_output(output: trajectory.OutputFile) -> None:
+    """Every check of the run passed: the output's compaction is written (see OutputFile.start), and what it dropped
+    told."""
+    try:
+        dropped = output.start()
+    except trajectory.OutputFileError as exc:
+        raise UsageError(str(exc)) from None
+    if dropped:
+        log.warning("resume: dropped %s from %s; those tasks run again", " and ".join(dropped), output.shown)
+
+
 async def run_batch(
     config: RunConfig,
     prompts: Sequence[Prompt],
@@ -3932,10 +3642,11 @@ async def run_batch(
     started = time.monotonic()
     tools = [terminal_tool(config)]
     system_prompt = render_system_prompt(config.system_prompt or DEFAULT_SYSTEM_PROMPT, config.env.env_type)
-    output = OutputFile(config, config_hash(data_settings(config, system_prompt, tools)))
-    done = output.open(prompts)
+    data_hash = config_hash(data_settings(config, system_prompt, tools))
+    output = output_file(config, data_hash)
+    done = open_output(output, prompts, config)
     ids: list[str] | None = None
-    if done and not isinstance(done, DoneSamples):  # read once, for the filter here and the schedule's rounds
+    if done and not isinstance(done, trajectory.DoneSamples):  # read once: this filter and the schedule's rounds
         ids = list(task_ids(prompts))
         known = set(ids)
         if any(task_id not in known for task_id, _ in done):
@@ -3943,7 +3654,7 @@ async def run_batch(
         del known
     schedule = SampleSchedule(prompts, config.samples, config.until_passed, done, ids)
     del ids
-    if isinstance(done, DoneSamples):
+    if isinstance(done, trajectory.DoneSamples):
         skipped = done.count_below(config.samples)
     else:
         skipped = sum(1 for _, sample_index in done if sample_index < config.samples)
@@ -3963,7 +3674,7 @@ async def run_batch(
             config.output_file,
         )
     if schedule.finished():
-        output.start()
+        start_output(output)
         output.close(keep=True)
         summary = summarize(
             RunTally(), time.monotonic() - started, skipped, outcomes, schedule.not_needed, None, config
@@ -3994,13 +3705,18 @@ async def run_batch(
         summary = summarize(RunTally(), time.monotonic() - started, skipped, outcomes, config=config)
         return RunOutcome(EXIT_FATAL, summary, str(exc))
 
+    def model_answered() -> None:
+        """The run works: --overwrite's new file replaces the old records now (once: the hook goes with it)."""
+        ctx.on_model_answer = None
+        output.commit()
+
     ctx = RunContext(
         config=config,
         model=ModelClient(config),
         tools=tools,
         system_prompt=system_prompt,
-        config_hash=output.config_hash,
-        output=output,
+        config_hash=data_hash,
+        on_model_answer=model_answered,
         images=environments.image_supply(config.env, image_counts),
         budget=budget,
     )
@@ -4012,7 +3728,7 @@ async def run_batch(
         summary = summarize(RunTally(), time.monotonic() - started, skipped, outcomes, config=config)
         return RunOutcome(EXIT_FATAL, summary, str(exc))
     try:
-        output.start()  # every check passed: only now is the output compacted
+        start_output(output)  # every check passed: only now is the output compacted
     except UsageError:
         await ctx.model.close()
         raise

@@ -1,8 +1,9 @@
 """Messages -> Hermes turns -> records -> JSONL.
 
-Pure functions for the conversion (see the record spec in the README), plus the writer and reader of the
-output file. The writer appends whole lines only, flushed and synced, so a crash loses at most the tasks in
-flight; the reader tolerates the torn last line such a crash can leave. Imports nothing of ours.
+Pure functions for the conversion (see the record spec in the README), plus the output file's whole life
+(:class:`OutputFile`: lock, resume, writer, resume index, compaction, --overwrite's commit). The writer appends
+whole lines only, flushed and synced, so a crash loses at most the tasks in flight; the reader tolerates the torn
+last line such a crash can leave. Imports nothing of ours: the runner hands the output file plain values.
 """
 
 from __future__ import annotations
@@ -441,6 +442,413 @@ def record_line(record: dict) -> bytes:
         return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace").encode("utf-8")
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The output file, its whole life: lock, resume, writer, resume index, compaction, --overwrite's commit
+# ---------------------------------------------------------------------------------------------------------------
+# The runner sees :class:`OutputFile` only: ``open`` (lock, leftovers, settings and prompt checks, the samples already
+# done), ``start`` (the compaction, once every check of the run passed), ``writer``, ``commit`` and ``close``. It gives
+# plain values (the path, the flags, the metadata its records carry, its prompts as a :class:`PromptsSource`), never
+# its configuration. Beside an output NAME, hidden, live: ``.NAME.lock`` (one runner at a time) and ``.NAME.index``
+# (the resume index); while a run writes them: ``.NAME.new-PID`` (--overwrite's new file) and ``.NAME.compact-PID``
+# (a compaction), each with its ``.index``. A killed run's new- and compact- files are removed by the next run.
+
+_LOCK = "lock"
+_INDEX = "index"
+_NEW = "new"
+_COMPACT = "compact"
+_TEMPORARY_KINDS = (_NEW, _COMPACT)
+"""Files a run writes beside the output and renames over it (or its index) when whole: leftovers once it died."""
+
+
+def _beside(path: str, kind: str) -> str:
+    """The hidden file ``.NAME.kind`` beside the output ``path``."""
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f".{name}.{kind}")
+
+
+def _temporary(path: str, kind: str) -> str:
+    """This process's ``.NAME.kind-PID`` beside ``path``: no other run writes it (see _remove_leftovers)."""
+    return _beside(path, f"{kind}-{os.getpid()}")
+
+
+def _index_of_temporary(temp: str) -> str:
+    """The index written with a temporary file, renamed with it."""
+    return f"{temp}.{_INDEX}"
+
+
+class OutputFileError(Exception):
+    """An output file this run cannot use as it is, told in one line that names the fix (a usage error)."""
+
+
+class OutputFile:
+    """The run's output file: one runner at a time, resumed only by the same settings and prompts, replaced by
+    --overwrite only once the run is known to work, written through a symlink to its target.
+
+    ``open()`` locks and checks it and returns the samples already finished (resume); ``start()`` writes the
+    compaction it planned; ``writer`` appends records; ``commit()`` marks the run as working (--overwrite's new file
+    replaces the old one); ``close(keep)`` releases everything. Errors a user can fix raise :class:`OutputFileError`.
+    """
+
+    def __init__(
+        self, path: str, settings: dict, overwrite: bool = False, resume_any: bool = False, read_spend: bool = False
+    ):
+        """``settings``: what the run's records carry in their metadata that resume compares: ``model``,
+        ``sampling`` and ``config_hash`` (of every setting that shapes the data). ``overwrite``, ``resume_any``: the
+        flags. ``read_spend``: read what the records already in the file cost (a budget is set): see ``spent``."""
+        self.path = path
+        self.settings = settings
+        self.overwrite = overwrite
+        self.resume_any = resume_any
+        self.read_spend = read_spend
+        self.shown = "stdout" if path == "-" else path
+        self.target = path
+        self.writer: JsonlWriter | None = None
+        self._source: PromptsSource | None = None
+        self._prompt_hash_of: Callable[[str], str | None] | None = None
+        self._index_source = 0
+        self._lock_fd: int | None = None
+        self._file_lock_fds: list[int] = []
+        """Locks on the output itself (see _lock_file), one per inode it had during the run."""
+        self._pending_replacement: str | None = None  # --overwrite: the new file, renamed over target at commit
+        self.spent: tuple[Decimal, int] | None = None
+        """What the records already in the file cost (USD, tokens), read with ``read_spend`` only (see open)."""
+        self.lines_read: tuple[int, int] | None = None
+        """Resume: (lines taken from the index, lines parsed), once the file was read."""
+        self._created = False  # this run created the file: removed at close if it is still empty
+        self._pending_compaction: Callable[[], None] | None = None  # resume: written by start(), once all checks passed
+        self._dropped: list[str] = []  # what the compaction drops, told once it is done
+
+    def open(
+        self, source: PromptsSource | None = None, prompt_hash_of: Callable[[str], str | None] | None = None
+    ) -> dict[tuple[str, int], float | None] | DoneSamples:
+        """Lock and check the file, and plan its compaction (:meth:`start` writes it: a run refused before that
+        changed nothing); returns the samples already finished in it: (task_id, sample_index) -> reward, or with a
+        ``source`` that has ``run_rows``, :class:`DoneSamples` (by row: the records the index places on their row are
+        not parsed).
+
+        ``source``: the run's prompts, when they can be named (the records written now are indexed under its tag).
+        ``prompt_hash_of``: a task_id -> the prompt_hash its records must carry (see :func:`compact_for_resume`)."""
+        path = self.path
+        self._source = source
+        self._prompt_hash_of = prompt_hash_of
+        self._index_source = source.tag if source is not None else 0
+        if path == "-":
+            self.writer = JsonlWriter("-")
+            return {}
+        try:
+            return self._open_file(path)
+        except PermissionError:
+            self.close(keep=False)
+            raise OutputFileError(f"--output_file {path} is not writable") from None
+        except OSError as exc:
+            self.close(keep=False)
+            raise OutputFileError(f"--output_file {path}: {exc.strerror or exc}") from None
+        except BaseException:
+            self.close(keep=False)
+            raise
+
+    def _open_file(self, path: str) -> dict[tuple[str, int], float | None] | DoneSamples:
+        if os.path.isdir(path):
+            raise OutputFileError(f"--output_file {path} is a directory")
+        if os.path.exists(path) and not os.path.isfile(path):  # a pipe or a device: appended to as it is
+            self.writer = JsonlWriter(path)
+            return {}
+        self.target = os.path.realpath(path)  # a symlink is written through to its target, never replaced
+        directory = os.path.dirname(self.target)
+        if not os.path.isdir(directory):
+            raise OutputFileError(f"--output_file {path}: directory {directory} does not exist")
+        self._lock()
+        if os.path.exists(self.target):
+            self._lock_file(self.target)
+        self._remove_leftovers(directory)
+        if self.overwrite and os.path.exists(self.target):
+            if not os.access(self.target, os.W_OK):
+                raise PermissionError(path)
+            # The old records stay where they are until the run is known to work (commit).
+            self._pending_replacement = _temporary(self.target, _NEW)
+            self.writer = JsonlWriter(
+                self._pending_replacement,
+                index_source=self._index_source,
+                index_file=_index_of_temporary(self._pending_replacement),
+            )
+            self._lock_file(self._pending_replacement)  # the output's inode once committed
+            return {}
+        if not os.path.exists(self.target):
+            self.writer = JsonlWriter(self.target, index_source=self._index_source)
+            self._created = True
+            self._lock_file(self.target)
+            return {}
+        if not os.access(self.target, os.W_OK):
+            raise PermissionError(path)
+        if self.read_spend:  # before compaction drops retryable records: they were billed too
+            self.spent = output_spend(self.target)
+        source = self._source
+        compacted = compact_for_resume(
+            self.target,
+            compaction_path=_temporary(self.target, _COMPACT),
+            source=source,
+            index=True,
+            prompt_hash_of=self._prompt_hash_of,
+            write=False,
+        )
+        self.lines_read = (compacted.indexed_lines, compacted.parsed_lines)
+        self._check_prompts(compacted.prompt_changed)
+        self._check_settings(compacted.settings)
+        dropped = []
+        if compacted.prompt_changed:
+            dropped.append(f"{len(compacted.prompt_changed)} record(s) made for another prompt (--resume_any)")
+        if compacted.dropped_retryable:
+            dropped.append(
+                f"{compacted.dropped_retryable} retryable record(s) (api_error/env_error/interrupted/verifier error)"
+            )
+        if compacted.dropped_bad_lines:
+            dropped.append(f"{compacted.dropped_bad_lines} torn or invalid line(s)")
+        if compacted.dropped_duplicates:
+            dropped.append(f"{compacted.dropped_duplicates} duplicate record(s)")
+        self._pending_compaction = compacted.write
+        self._dropped = dropped
+        if source is not None and source.run_rows is not None:
+            return DoneSamples(source, compacted.by_row)  # records of tasks not among the prompts: kept, not the run's
+        if source is not None and source.task_id_of_row is not None:  # placed by row without parsing: keyed again
+            task_id_of_row = source.task_id_of_row
+            for sample, samples in compacted.by_row.items():
+                for row, entry in enumerate(samples.entries):
+                    if entry >= 0:
+                        compacted.done[(task_id_of_row(row), sample)] = samples.reward(row)
+        return compacted.done
+
+    def start(self) -> list[str]:
+        """Every check passed (settings, prompts, backend, endpoint): write the compaction :meth:`open` planned and
+        open the writer. Until then the output and its index are as the run found them. Returns what the compaction
+        dropped, for the run to tell (those samples run again)."""
+        write, self._pending_compaction = self._pending_compaction, None
+        if write is None:
+            return []
+        try:
+            write()
+            self.writer = JsonlWriter(self.target, index_source=self._index_source)
+            self._lock_file(self.target)  # a compaction made a new file: lock it too
+        except OSError as exc:
+            self.close(keep=False)
+            raise OutputFileError(f"--output_file {self.shown}: {exc.strerror or exc}") from None
+        return self._dropped
+
+    def _check_prompts(self, changed: list[tuple[tuple[str, int], str]]) -> None:
+        """Refuse to reuse records made for another prompt (text, image, cwd or verifier) than their task's now."""
+        if not changed or self.resume_any:
+            return
+        (task_id, sample), difference = changed[0]
+        others = f" and {len(changed) - 1} other record(s)" if len(changed) > 1 else ""
+        raise OutputFileError(
+            f"--output_file {self.shown} holds records made for other prompts: task {task_id!r} (sample {sample}) "
+            f"has another {difference} now{others}; use --overwrite to replace them, another --output_file, or "
+            "--resume_any to drop those records and run their tasks again"
+        )
+
+    def _lock(self) -> None:
+        """One runner per output file: a second one is refused at once (the lock dies with its process)."""
+        import fcntl
+
+        fd = os.open(_beside(self.target, _LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise OutputFileError(
+                f"--output_file {self.shown} is in use by another mini-swe-runner (pid {holder}): "
+                "wait for it to finish, or write to another --output_file"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def _lock_file(self, path: str) -> None:
+        """The output itself, by its inode: a runner writing the same file under another name (a hard link) is
+        refused too. The name's lock (see _lock) covers an output not created yet, or replaced since."""
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        status = os.fstat(fd)
+        held = {(held.st_dev, held.st_ino) for held in map(os.fstat, self._file_lock_fds)}
+        if not stat.S_ISREG(status.st_mode) or (status.st_dev, status.st_ino) in held:
+            os.close(fd)  # a device is shared as it is; an inode locked already is ours (a second flock would fail)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputFileError(
+                f"--output_file {self.shown} is in use by another mini-swe-runner writing it under another name "
+                "(a hard link to the same file): wait for it to finish, or write to another --output_file"
+            ) from None
+        self._file_lock_fds.append(fd)
+
+    def _remove_leftovers(self, directory: str) -> None:
+        """Files a killed run left beside the output (an unfinished compaction or --overwrite): with the lock
+        held, nothing else can be writing them."""
+        prefix = f".{os.path.basename(self.target)}."
+        kinds = tuple(f"{kind}-" for kind in _TEMPORARY_KINDS)
+        for name in os.listdir(directory):
+            if name.startswith(prefix) and name[len(prefix) :].startswith(kinds):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(directory, name))
+
+    def _check_settings(self, seen: dict[str, dict]) -> None:
+        """Refuse to add this run's records to a file written with other data-shaping settings."""
+        ours = self.settings
+        other = next((meta for value, meta in seen.items() if value != ours["config_hash"]), None)
+        if other is None or self.resume_any:
+            return
+        if other.get("model") != ours["model"]:
+            difference = f"model {other.get('model')!r} there, {ours['model']!r} now"
+        elif other.get("sampling") != ours["sampling"]:
+            difference = f"sampling {other.get('sampling')} there, {ours['sampling']} now"
+        elif not other.get("config_hash"):
+            difference = "its records carry no settings hash (written by an older version)"
+        else:
+            difference = (
+                f"settings hash {other.get('config_hash')} there, {ours['config_hash']} now: the endpoint host, system "
+                "prompt, tool description, --extra_body, --return_tokens, limits (--max_iterations, --timeout, "
+                "--max_timeout, --max_output_chars, --max_task_cost) or how prompts are built and verified "
+                "(--prompt_template, --image_template, --verify_template, --verify, --verify_timeout, --verify_in, "
+                "--verify_failure_codes, --verify_baseline, --collect_patch) differ"
+            )
+        raise OutputFileError(
+            f"--output_file {self.shown} holds records of a run with other settings ({difference}); "
+            "use --overwrite to replace them, another --output_file, or --resume_any to mix them anyway"
+        )
+
+    def _remove_if_empty(self) -> None:
+        """A run that created the output and wrote nothing (it failed before its first record) leaves no empty file
+        behind. Only while the lock is held, and only a file of 0 bytes: a file that holds a record is never removed."""
+        with contextlib.suppress(OSError):
+            if os.stat(self.target).st_size == 0:
+                os.unlink(self.target)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(index_path(self.target))
+
+    def commit(self) -> None:
+        """The run works (a model answered): --overwrite's new file replaces the old one, atomically."""
+        pending, self._pending_replacement = self._pending_replacement, None
+        if pending is None:
+            return
+        os.replace(pending, self.target)  # the writer's descriptor follows the file: appends continue in it
+        # Then its index (the writer's descriptor follows it too). A crash between the two leaves the old index
+        # beside the new file: it names the old file (st_ino), so resume parses every line instead of trusting it.
+        index = _index_of_temporary(pending)
+        if os.path.exists(index):
+            os.replace(index, index_path(self.target))
+            # The rename set the file's ctime; the index still describes it (its content did not change).
+            with contextlib.suppress(OSError):
+                os.utime(index_path(self.target))
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(index_path(self.target))
+        sync_directory(os.path.dirname(self.target))
+
+    def close(self, keep: bool) -> None:
+        """``keep``: the run got far enough that what it wrote replaces the old file (--overwrite)."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if self._pending_replacement is not None:
+            if keep:
+                self.commit()
+            else:
+                for leftover in (self._pending_replacement, _index_of_temporary(self._pending_replacement)):
+                    with contextlib.suppress(OSError):
+                        os.unlink(leftover)
+                self._pending_replacement = None
+        self._pending_compaction = None
+        if self._created:  # while the locks are held: no other runner can have started writing to it
+            self._created = False
+            self._remove_if_empty()
+        while self._file_lock_fds:
+            os.close(self._file_lock_fds.pop())
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # the lock file stays: removing it would race with a runner opening it
+            self._lock_fd = None
+
+
+@dataclass
+class PromptsSource:
+    """The prompts a resumed run matches the output's records against (the runner's prompts)."""
+
+    tag: int
+    """What the writer named them by in the index (``index_source``): its entries with this tag were written
+    against these very prompts, so their ``row`` is their task's row here."""
+    rows: int
+    locate: Callable[[str], int | None]
+    """The row of a task_id among the prompts, or None: for the records the index does not place."""
+    run_rows: range | None = None
+    """The rows of the run's own prompts (all, a shard or a --limit of them) when the runner reads its prompts back
+    by row (a prompts file): resume then answers with :class:`DoneSamples`, no record keyed by its task_id."""
+    task_ids: Callable[[], Iterable[str]] | None = None
+    """With ``run_rows``: the task_ids of the run's prompts, in order (read only when DoneSamples is iterated)."""
+    task_id_of_row: Callable[[int], str] | None = None
+    """Without ``run_rows``: the task_id of a row, to key the records placed by row."""
+
+
+class DoneSamples:
+    """The samples of a prompts file's prompts already finished in the output, by row, as resume found them (see
+    compact_for_resume), plus those this run finishes: what the schedule skips and the summary counts.
+
+    Read like the mapping (task_id, sample_index) -> reward it stands for, without holding one: an output of
+    1,000,000 records took 354 MB as a dict of tuples (bench/bench_input.py), here 4 bytes a row for each sample
+    and 8 a record (its reward).
+    Iterating it reads the prompts' ids back from the file (the summary's pass figures and --until_passed only)."""
+
+    def __init__(self, source: PromptsSource, by_row: dict[int, RowSamples]):
+        self.rows = rows = source.run_rows
+        """Position among the run's prompts -> row among the source's."""
+        self._task_ids = source.task_ids
+        self._by_position = {
+            sample: (samples.entries[rows.start : rows.stop : rows.step], samples) for sample, samples in by_row.items()
+        }
+        """sample_index -> (the record of each position of the run's prompts: -1 none, its place in the rewards)."""
+        self.added: dict[tuple[str, int], float | None] = {}
+        """This run's final samples."""
+
+    def pending_positions(self, sample_index: int) -> array:
+        """Positions of the run's prompts with no final record of ``sample_index``, last first."""
+        last = len(self.rows) - 1
+        if sample_index not in self._by_position:
+            return array("q", range(last, -1, -1))
+        entries = self._by_position[sample_index][0]
+        missing = map(operator.lt, reversed(entries), itertools.repeat(0))
+        return array("q", itertools.compress(range(last, -1, -1), missing))
+
+    def count_below(self, samples: int) -> int:
+        """The samples found at resume with a sample_index below ``samples``."""
+        return sum(
+            len(entries) - entries.count(-1) for sample, (entries, _) in self._by_position.items() if sample < samples
+        )
+
+    def __len__(self) -> int:
+        return self.count_below(1 << 62) + len(self.added)
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def __setitem__(self, key: tuple[str, int], reward: float | None) -> None:
+        self.added[key] = reward
+
+    def items(self) -> Iterator[tuple[tuple[str, int], float | None]]:
+        if self._by_position:
+            for position, task_id in enumerate(self._task_ids()):
+                for sample, (entries, samples) in self._by_position.items():
+                    if entries[position] >= 0:
+                        yield (task_id, sample), samples.reward(self.rows[position])
+        yield from self.added.items()
+
+    def __iter__(self) -> Iterator[tuple[str, int]]:
+        return (key for key, _ in self.items())
+
+
+# -- the writer: whole lines, each with its entry in the resume index -------------------------------------------
+
+
 class JsonlWriter:
     """Appends whole records, one ``write`` per line, flushed and synced, safe to share between threads.
 
@@ -510,9 +918,7 @@ class JsonlWriter:
         self.close()
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The resume index: what resume needs of each record, so a resumed run need not parse 1,000,000 lines
-# ---------------------------------------------------------------------------------------------------------------
+# -- the resume index: what resume needs of each record, so a resumed run need not parse 1,000,000 lines --------
 # Parsing a 677-byte record takes 5.6 us with json's scanner, and an output of 1,000,000 records took 16 s and 351 MB
 # to resume (bench/bench_input.py). The writer appends one fixed-size entry per line to ``.NAME.index`` beside the
 # output; resume trusts it only when it provably describes the file as it is (see _trusted_index), and parses every
@@ -539,8 +945,7 @@ _NEWLINE_WINDOW = 16 << 20
 
 def index_path(path: str) -> str:
     """The resume index beside an output (hidden, like the output's ``.NAME.lock``)."""
-    directory, name = os.path.split(path)
-    return os.path.join(directory, f".{name}.index")
+    return _beside(path, _INDEX)
 
 
 def stable_tag(text: str) -> int:
@@ -792,18 +1197,6 @@ def read_records(path: str) -> ReadResult:
     bad = [0]
     records = [record for _, _, record in _valid_lines(path, bad)]
     return ReadResult(records, bad[0])
-
-
-@dataclass
-class PromptsSource:
-    """The prompts a resumed run matches the output's records against (the runner's prompts file)."""
-
-    tag: int
-    """What the writer named them by in the index (``index_source``): its entries with this tag were written
-    against these very prompts, so their ``row`` is their task's row here."""
-    rows: int
-    locate: Callable[[str], int | None]
-    """The row of a task_id among the prompts, or None: for the records the index does not place."""
 
 
 @dataclass
@@ -1172,8 +1565,8 @@ def _write_index(
 ) -> None:
     """A new index for ``path`` whose lines are the ``kept`` entries' lines, in order (after a rewrite, or for a file
     that was read without one), replacing the old one atomically."""
-    directory, name = os.path.split(os.path.abspath(path))
-    temp = (temp or os.path.join(directory, f".{name}.compact-{os.getpid()}")) + ".index"
+    directory = os.path.dirname(os.path.abspath(path))
+    temp = _index_of_temporary(temp or _temporary(os.path.abspath(path), _COMPACT))
     try:
         _write_index_file(path, columns, kept, newline_added, source_tag, temp)
     except BaseException:  # a full disk: no half-written index is left beside the output
@@ -1354,7 +1747,7 @@ def _ends_with_newline(path: str) -> bool:
 
 def _atomic_write(path: str, lines: Iterable[bytes], temp: str | None = None) -> None:
     directory = os.path.dirname(os.path.abspath(path))
-    temp = temp or os.path.join(directory, f".{os.path.basename(path)}.compact-{os.getpid()}")
+    temp = temp or _temporary(os.path.abspath(path), _COMPACT)
     with open(temp, "wb") as handle:
         for line in lines:
             handle.write(line)

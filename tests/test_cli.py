@@ -515,7 +515,7 @@ def test_a_misspelt_flag_gets_a_suggestion(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "unknown flag --prompt_file (did you mean --prompts_file?)" in result.stderr
     result = run_cli(["--task", "x", "--frobnicate", "1"], cwd=tmp_path)
-    assert "unknown flag --frobnicate; see --help" in result.stderr
+    assert "unknown flag --frobnicate; see mini-swe-runner --help" in result.stderr
 
 
 @pytest.mark.parametrize(

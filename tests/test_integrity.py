@@ -22,7 +22,7 @@ from conftest import (
     tool_results,
     wait_for,
 )
-from model_server import ScriptedModelServer, http_error, per_conversation, reply, tool_call
+from model_server import ScriptedModelServer, delayed, http_error, per_conversation, reply, tool_call
 
 
 def answer_script(*commands: str):
@@ -245,6 +245,27 @@ def test_overwrite_keeps_the_old_file_until_the_run_works(tmp_path):
         assert result.returncode == 0, result.stderr
     records = read_jsonl(out)
     assert [r["conversations"][-1]["value"] for r in records] == ["second", "second"]
+
+
+def test_overwrite_replaces_the_old_file_as_soon_as_a_model_answers(tmp_path):
+    # The agent loop only says "a model answered"; the batch makes that the commit. A run killed after the first answer
+    # (nothing written yet, no cleanup) has replaced the old records already, and leaves no new- file behind.
+    out = tmp_path / "out.jsonl"
+    out.write_text(json.dumps({"task_id": "old"}) + "\n")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("a\n")
+    script = per_conversation([reply(None, [tool_call("echo hi")]), delayed(120, reply("late"))])
+    with ScriptedModelServer(script) as server:
+        args = ["--prompts_file", str(prompts), "--base_url", server.base_url, "--output_file", str(out), "--overwrite"]
+        process = start_cli([*args, "--quiet"], cwd=tmp_path)
+        try:
+            wait_for(lambda: len(server.requests) >= 2)  # the second call follows the first answer's command
+            assert out.read_bytes() == b""
+            assert [p.name for p in tmp_path.iterdir() if ".new-" in p.name] == []
+        finally:
+            process.kill()
+            process.communicate()
+    assert out.read_bytes() == b""
 
 
 def test_a_second_runner_on_the_same_output_is_refused_and_nothing_is_lost(tmp_path):
