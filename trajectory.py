@@ -30,6 +30,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
+# ---------------------------------------------------------------------------------------------------------------
+# The record's vocabulary: its keys, exit reasons, and text safe to show on a terminal
+# ---------------------------------------------------------------------------------------------------------------
+
 EXIT_REASONS = (
     "completed",
     "max_iterations",
@@ -92,6 +96,11 @@ ADDED_KEYS = {"patch": None, "cost": None, "cost_source": None, "tokens": None}
 """Keys records gained after the first release, with the value an older record has for them (see current_record)."""
 SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "reasoning_effort")
 """The sampling settings every record's ``metadata.sampling`` carries (null where the provider default was used)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Messages -> Hermes turns: the conversation in the from/value trajectory format
+# ---------------------------------------------------------------------------------------------------------------
 
 HERMES_SYSTEM_TEMPLATE = (
     "You are a function calling AI model. You are provided with function signatures within <tools> </tools> XML "
@@ -223,6 +232,11 @@ def _text_content(content: str | list | None) -> str:
     if isinstance(content, list):  # multi-part content: keep the text parts
         return "".join(part.get("text", "") for part in content if isinstance(part, dict))
     return content or ""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building a record: counters, prompt hashes, verification, and the record's one JSON line
+# ---------------------------------------------------------------------------------------------------------------
 
 
 def empty_usage() -> dict:

@@ -14,6 +14,12 @@ argument error (neither imports the HTTP stack; tests/test_batch.py checks that)
     python bench/bench_input.py                  # N = 1,000,000
     python bench/bench_input.py --lines 200000
     python bench/bench_input.py --json_resume ../main   # a .json prompts file's resume, beside another checkout
+    python bench/bench_input.py --resume_targets ../main --repeat 3   # issue 25 target 4, before and after
+
+``--resume_targets``: the resumes of issue 25's target 4, this checkout and another (before a change) interleaved,
+best of ``--repeat``. The CLI starts as an installed one does (its entry point, bytecode compiled ahead), and once
+as ``python mini_swe_runner.py`` from the checkout (the script compiled on every start). The child is killed at the
+first request (SIGKILL: nothing is written), so the same output serves every run.
 """
 
 from __future__ import annotations
@@ -145,6 +151,107 @@ def first_task(server, prompts: Path | None, output: Path, resume: bool, index: 
     return {"seconds": elapsed, "peak_rss_mb": peak_kb / 1024}
 
 
+def resume_to_first_request(
+    server, root: Path, source: list[str], output: Path, kept: Path | None = None, script: bool = False
+) -> dict:
+    """Time and peak RSS to the first request of a resume over ``output`` (moved in with its index, and the prompts'
+    kept check ``kept`` when given, then moved back as they were)."""
+    from conftest import clean_environ
+
+    work = Path(tempfile.mkdtemp(dir=output.parent))
+    out = work / "out.jsonl"
+    moves = [(output, out), (output.parent / f".{output.name}.index", work / ".out.jsonl.index")]
+    if kept is not None:
+        moves.append((kept, work / ".out.jsonl.prompts"))
+    for there, here in moves:
+        there.rename(here)
+    os.utime(work / ".out.jsonl.index")  # the rename set the output's ctime: as the runner's last entry would be
+    if script:
+        start = [sys.executable, str(root / "mini_swe_runner.py")]
+    else:  # what the installed entry point (mini-swe-runner = mini_swe_runner:cli) runs
+        start = [
+            sys.executable,
+            "-c",
+            f"import sys; sys.path.insert(0, {str(root)!r}); import mini_swe_runner as m; m.cli()",
+        ]
+    command = [*start, *source, "--base_url", server.base_url, "--output_file", str(out), "--quiet", "--resume_any"]
+    seen = len(server.requests)
+    started = time.perf_counter()
+    child = subprocess.Popen(
+        [*command, "--workers", "4"], env=clean_environ(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    while len(server.requests) == seen and child.poll() is None:
+        time.sleep(0.002)
+    elapsed = time.perf_counter() - started
+    peak_kb = peak_rss_kb(child.pid)
+    child.kill()
+    child.wait()
+    for there, here in moves:
+        here.rename(there)
+    shutil.rmtree(work)
+    if len(server.requests) == seen or peak_kb is None:
+        raise SystemExit(f"the CLI ended before any request: {child.stderr.read().decode()[-500:]}")
+    return {"seconds": elapsed, "peak_rss_mb": peak_kb / 1024}
+
+
+def resume_targets(before_root: Path, lines: int, repeat: int) -> None:
+    """Issue 25 target 4: resume over ``lines`` records, first request in < 2 s, before and after side by side."""
+    import compileall
+
+    from model_server import ScriptedModelServer, reply
+
+    import mini_swe_runner
+
+    for root in (ROOT, before_root):  # as pip installs them: each module's bytecode written once
+        for module in ("mini_swe_runner", "environments", "trajectory", "report"):
+            compileall.compile_file(str(root / f"{module}.py"), quiet=1)
+    with tempfile.TemporaryDirectory() as tmp, ScriptedModelServer(lambda r: reply("ok"), latency=5) as server:
+        directory = Path(tmp)
+        prompts, output = write_inputs(directory, lines)
+        json_prompts, json_output = write_json_inputs(directory, lines)
+        # The check the run that wrote the output kept (its prompts file was written 2 s before that run started).
+        time.sleep(max(0.0, (prompts.stat().st_ctime_ns + 2_100_000_000 - time.time_ns()) / 1e9))
+        kept = directory / "kept.prompts"
+        mini_swe_runner.PromptFile(str(prompts), mini_swe_runner.RowFormat(), str(kept))
+        if not kept.exists():
+            raise SystemExit("this checkout kept no check of the prompts file")
+        jsonl, json_source = ["--prompts_file", str(prompts)], ["--prompts_file", str(json_prompts)]
+        variants = {
+            ".jsonl, the check kept by the run: before": lambda: resume_to_first_request(
+                server, before_root, jsonl, output
+            ),
+            ".jsonl, the check kept by the run: after": lambda: resume_to_first_request(
+                server, ROOT, jsonl, output, kept
+            ),
+            ".jsonl, no check kept (a run of an older version): after": lambda: resume_to_first_request(
+                server, ROOT, jsonl, output
+            ),
+            ".jsonl, kept check, as `python mini_swe_runner.py`: before": lambda: resume_to_first_request(
+                server, before_root, jsonl, output, script=True
+            ),
+            ".jsonl, kept check, as `python mini_swe_runner.py`: after": lambda: resume_to_first_request(
+                server, ROOT, jsonl, output, kept, script=True
+            ),
+            ".json: before": lambda: resume_to_first_request(server, before_root, json_source, json_output),
+            ".json: after": lambda: resume_to_first_request(server, ROOT, json_source, json_output),
+        }
+        results: dict[str, list[dict]] = {name: [] for name in variants}
+        for run in range(repeat):
+            for name, measure in variants.items():  # interleaved: each round runs every variant once
+                results[name].append(measure())
+                print(f"  round {run + 1}: {name}: {results[name][-1]['seconds']:.2f} s", file=sys.stderr)
+        load = os.getloadavg()
+    print(f"resume over {lines - 1:,} of {lines:,} records to its first request, best of {repeat} (all runs listed)")
+    print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (2 cores)")
+    for name, runs in results.items():
+        best = min(runs, key=lambda r: r["seconds"])
+        every = ", ".join(f"{r['seconds']:.2f}" for r in runs)
+        met = "met" if best["seconds"] < 2 else "MISSED"
+        print(
+            f"  {name:<60} {best['seconds']:6.2f} s ({every}); RSS {best['peak_rss_mb']:4.0f} MB  target < 2 s: {met}"
+        )
+
+
 def peak_rss_kb(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as status:
@@ -170,8 +277,18 @@ def main() -> None:
         help="only: resume over N records of a .json prompts file, this checkout (index, and without) beside the "
         "runner of BEFORE_ROOT (another checkout: the figures before a change)",
     )
+    parser.add_argument(
+        "--resume_targets",
+        metavar="BEFORE_ROOT",
+        help="only: issue 25 target 4's resumes, this checkout and BEFORE_ROOT's interleaved (see above)",
+    )
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     from model_server import ScriptedModelServer, reply
+
+    if args.resume_targets:
+        resume_targets(Path(args.resume_targets).resolve(), args.lines, args.repeat)
+        return
 
     if args.json_resume:
         with tempfile.TemporaryDirectory() as tmp, ScriptedModelServer(lambda r: reply("ok"), latency=5) as server:

@@ -318,7 +318,7 @@ def test_the_cli_resumes_from_its_index_and_overwrite_replaces_it_with_the_file(
 
         overwritten = run_cli([*base, "--overwrite", "--limit", "2"], cwd=tmp_path)
         assert overwritten.returncode == 0, overwritten.stderr
-        assert sorted(p.name for p in tmp_path.iterdir()) == [
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".out.jsonl.prompts") == [
             ".out.jsonl.index",
             ".out.jsonl.lock",
             "out.jsonl",
@@ -478,6 +478,174 @@ def test_a_shard_of_a_json_file_is_resumed_by_its_rows_in_the_whole_file(tmp_pat
         assert len(server.requests) == 4  # then t5 and t7 only
     assert sorted(r["task_id"] for r in read_jsonl(out)) == ["t1", "t3", "t5", "t7"]
     assert sorted(r["prompt_index"] for r in read_jsonl(out)) == [1, 3, 5, 7]
+
+
+# -- the prompts' check kept beside the output (.NAME.prompts) -------------------------------------------------------
+
+
+def _settled(*paths: Path) -> None:
+    """Wait until each file last changed long enough ago for its check to be kept (mini_swe_runner.SETTLED_NS):
+    no tool can set a file's ctime back, so the test waits it out."""
+    newest = max(path.stat().st_ctime_ns for path in paths)
+    time.sleep(max(0.0, (newest + 2_100_000_000 - time.time_ns()) / 1e9))
+
+
+PROMPT_ROWS = [
+    json.dumps({"prompt": "say 0", "id": "t0"}),
+    "plain text, «non-ASCII» and a tab\there",
+    '{"prompt": "say \u2028 2 \\ud83d\\ude00", "id": "t2"}',  # U+2028 as it is, an emoji as JSON escapes
+    json.dumps({"prompt": "say 3", "id": "t3", "repo": "r"}),
+    json.dumps({"task": "  say 4  "}),
+]
+
+
+def _texts(server: ScriptedModelServer) -> list[str]:
+    """The prompt each request carried, as the model got it (its first user message)."""
+    return [next(m["content"] for m in r["messages"] if m["role"] == "user") for r in server.requests]
+
+
+def test_a_resume_takes_the_kept_check_and_reads_only_the_rows_it_runs(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(row + "\n" for row in PROMPT_ROWS), encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    kept = tmp_path / ".out.jsonl.prompts"
+    with ScriptedModelServer(lambda request: reply("ok")) as server:
+        base = ["--prompts_file", str(prompts), "--base_url", server.base_url, "--output_file", str(out), "--quiet"]
+        base += ["--workers", "1"]  # the prompts in order
+        assert run_cli([*base, "--limit", "1"], cwd=tmp_path).returncode == 0
+        assert not kept.exists()  # the file had just been written: its times do not prove its content yet
+        _settled(prompts)
+        assert run_cli([*base, "--limit", "2", "--verbose"], cwd=tmp_path).returncode == 0
+        assert kept.exists() and b"say" not in kept.read_bytes()  # offsets and flags, never a prompt's text
+        resumed = run_cli([*base, "--verbose"], cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
+        assert "taken as checked by an earlier run" in resumed.stderr
+        # each prompt once, byte for byte, in order
+        assert _texts(server) == ["say 0", PROMPT_ROWS[1], "say \u2028 2 \U0001f600", "say 3", "  say 4  "]
+    records = read_records(str(out)).records
+    assert sorted(r["prompt_index"] for r in records) == [0, 1, 2, 3, 4]
+    assert json.loads(records[3]["metadata"]["prompt_fields"]) == {"repo": "r"}
+
+
+def _edited_in_place(prompts: Path) -> None:
+    """Row 2 broken, the file's size and mtime as they were (only its ctime tells)."""
+    status = prompts.stat()
+    with prompts.open("r+b") as handle:
+        handle.seek(len(PROMPT_ROWS[0].encode()) + 1)
+        handle.write(b"{")
+    os.utime(prompts, ns=(status.st_atime_ns, status.st_mtime_ns))
+
+
+def _edited_and_touched(prompts: Path) -> None:
+    _edited_in_place(prompts)
+    os.utime(prompts)
+
+
+def _replaced(prompts: Path) -> None:
+    """Another file of the same size and mtime renamed over it (another inode)."""
+    status = prompts.stat()
+    other = prompts.with_name("other.jsonl")
+    other.write_bytes(prompts.read_bytes())
+    _edited_in_place(other)
+    os.utime(other, ns=(status.st_atime_ns, status.st_mtime_ns))
+    os.replace(other, prompts)
+
+
+@pytest.mark.parametrize("change", [_edited_in_place, _edited_and_touched, _replaced])
+def test_a_kept_check_is_not_taken_for_a_changed_prompts_file(tmp_path, change):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(row + "\n" for row in PROMPT_ROWS), encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    _settled(prompts)
+    with ScriptedModelServer(lambda request: reply("ok")) as server:
+        base = ["--prompts_file", str(prompts), "--base_url", server.base_url, "--output_file", str(out), "--quiet"]
+        base += ["--workers", "1"]  # the prompts in order
+        assert run_cli([*base, "--limit", "1"], cwd=tmp_path).returncode == 0
+        assert (tmp_path / ".out.jsonl.prompts").exists()
+        change(prompts)
+        # --overwrite: no record of the output is matched to a row (which would read every row again)
+        again = run_cli([*base, "--overwrite"], cwd=tmp_path)
+        one_line_error(again, 2, "p.jsonl:2: not valid JSON")
+        assert len(server.requests) == 1  # nothing was sent after the first run
+
+
+def _offsets_start(data: bytes) -> int:
+    """Where the kept offsets start: after the magic line, the digest line and the header line."""
+    return data.index(b"\n", data.index(b"\n", len(b"mini-swe-runner checked prompts\n")) + 1) + 1
+
+
+def _flipped(kept: Path) -> None:
+    """Row 3's offset one byte off, the rest as it was: only the digest tells."""
+    data = bytearray(kept.read_bytes())
+    data[_offsets_start(data) + 8 * 3] ^= 0x01
+    kept.write_bytes(bytes(data))
+
+
+def _swapped_offsets(kept: Path) -> None:
+    """Rows 2 and 3 exchanged in the kept offsets, the rest as it was: only the digest tells."""
+    data = bytearray(kept.read_bytes())
+    second, third = _offsets_start(data) + 8 * 2, _offsets_start(data) + 8 * 3
+    data[second : second + 8], data[third : third + 8] = data[third : third + 8], data[second : second + 8]
+    kept.write_bytes(bytes(data))
+
+
+def _truncated(kept: Path) -> None:
+    kept.write_bytes(kept.read_bytes()[:-7])
+
+
+def _garbage(kept: Path) -> None:
+    kept.write_bytes(b"\x00" * 100)
+
+
+@pytest.mark.parametrize("damage", [_flipped, _swapped_offsets, _truncated, _garbage])
+def test_a_damaged_kept_check_is_not_taken(tmp_path, damage):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(row + "\n" for row in PROMPT_ROWS), encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    _settled(prompts)
+    with ScriptedModelServer(lambda request: reply("ok")) as server:
+        base = ["--prompts_file", str(prompts), "--base_url", server.base_url, "--output_file", str(out), "--quiet"]
+        base += ["--workers", "1"]  # the prompts in order
+        assert run_cli([*base, "--limit", "2"], cwd=tmp_path).returncode == 0
+        damage(tmp_path / ".out.jsonl.prompts")
+        resumed = run_cli([*base, "--verbose"], cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
+        assert "taken as checked" not in resumed.stderr
+        assert _texts(server)[2:] == ["say \u2028 2 \U0001f600", "say 3", "  say 4  "]
+    assert sorted(r["prompt_index"] for r in read_records(str(out)).records) == [0, 1, 2, 3, 4]
+    again = run_cli([*base, "--verbose"], cwd=tmp_path)  # checked again, and kept whole again
+    assert again.returncode == 0 and "taken as checked by an earlier run" in again.stderr
+
+
+def test_a_bad_prompts_file_keeps_no_check(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a", "id": "x"}\n{"prompt": "b", "id": "x"}\n')
+    _settled(prompts)
+    result = run_cli(
+        ["--prompts_file", str(prompts), "--base_url", "http://127.0.0.1:9/v1", "--output_file", str(tmp_path / "o")],
+        cwd=tmp_path,
+    )
+    one_line_error(result, 2, "p.jsonl:2: id 'x' already used on line 1")
+    assert not (tmp_path / ".o.prompts").exists()
+
+
+def test_records_the_index_does_not_place_are_matched_by_task_id_with_a_kept_check(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(row + "\n" for row in PROMPT_ROWS), encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    _settled(prompts)
+    with ScriptedModelServer(lambda request: reply("ok")) as server:
+        base = ["--prompts_file", str(prompts), "--base_url", server.base_url, "--output_file", str(out), "--quiet"]
+        base += ["--workers", "1"]  # the prompts in order
+        assert run_cli([*base, "--limit", "3"], cwd=tmp_path).returncode == 0
+        copy = tmp_path / "copy.jsonl"
+        shutil.copyfile(out, copy)
+        os.replace(copy, out)  # another inode: its index does not describe it, every record is parsed and located
+        resumed = run_cli([*base, "--verbose"], cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
+        assert "taken as checked by an earlier run" in resumed.stderr and "resume: 0 line(s)" in resumed.stderr
+        assert len(server.requests) == 5  # the 3 done were found by their task_ids and skipped
+    assert sorted(r["prompt_index"] for r in read_records(str(out)).records) == [0, 1, 2, 3, 4]
 
 
 # ---------------------------------------------------------------------------------------------------------------
