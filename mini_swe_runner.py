@@ -762,25 +762,23 @@ MISSING_DATASETS_EXTRA = "pip install 'mini-swe-runner[datasets]'"
 
 
 def load_prompts(path: str, row_format: RowFormat | None = None, checked: str | None = None) -> Sequence[Prompt]:
-    """Prompts from a file, by suffix: ``.json`` (a list of objects), ``.parquet``, else JSONL or plain text (a
-    :class:`PromptFile`, read back one prompt at a time; ``checked``: where its check is kept for the next run, see
-    :func:`checked_prompts_path`)."""
+    """Prompts from a file, by suffix: one of WHOLE_FILE_FORMATS (read whole, a :class:`PromptList`), else JSONL or
+    plain text (a :class:`PromptFile`, read back one prompt at a time; ``checked``: where its check is kept for the
+    next run, see :func:`checked_prompts_path`)."""
     if os.path.isdir(path):
-        raise UsageError(f"--prompts_file {path} is a directory, not a JSONL, JSON or parquet file")
+        raise UsageError(f"--prompts_file {path} is a directory, not a {PROMPT_FILE_KINDS} file")
     suffix = os.path.splitext(path)[1].lower()
+    reader = WHOLE_FILE_FORMATS.get(suffix)
+    regular = os.path.isfile(path)
     try:
-        if suffix == ".parquet":
-            tag = _file_tag(path, row_format)  # before the read: a change after it changes the tag
-            prompts: Sequence[Prompt] = prompts_from_rows(_list_rows(_parquet_rows(path), path), row_format)
-            prompts = PromptList(prompts, tag)
-        elif suffix == ".json" or not os.path.isfile(path):  # a pipe (<(...), /dev/stdin) is read once, whole
-            tag = _file_tag(path, row_format) if suffix == ".json" and os.path.isfile(path) else None
+        if reader is not None:
+            tag = _file_tag(path, row_format) if regular else None  # before the read: a later change changes it
+            prompts: Sequence[Prompt] = PromptList(prompts_from_rows(_list_rows(reader(path), path), row_format), tag)
+        elif not regular:  # a pipe (<(...), /dev/stdin) is read once, whole
             with open(path, encoding="utf-8-sig", errors="strict") as handle:  # -sig: a BOM is not a prompt
                 text = handle.read()
-            if suffix == ".json":
-                prompts = PromptList(prompts_from_rows(_list_rows(_json_list(text, path), path), row_format), tag)
-            else:  # "\n" only: str.splitlines() would also split at U+2028, U+0085... inside JSON strings and text
-                prompts = prompts_from_rows(_line_rows(text.split("\n"), path), row_format)
+            # "\n" only: str.splitlines() would also split at U+2028, U+0085... inside JSON strings and text
+            prompts = prompts_from_rows(_line_rows(text.split("\n"), path), row_format)
         else:
             prompts = PromptFile(path, row_format or RowFormat(), checked)
     except FileNotFoundError:
@@ -838,7 +836,7 @@ def _file_tag(path: str, row_format: RowFormat | None) -> int:
 
 
 class PromptList(list):
-    """Prompts loaded whole (a .json or .parquet file, --dataset), named like a :class:`PromptFile` for the output's
+    """Prompts loaded whole (a file of WHOLE_FILE_FORMATS, --dataset), named like a :class:`PromptFile` for the output's
     resume index: records written against the same input are placed on their rows without parsing their lines
     (1,000,000 records: parsing them all took 15.9 s, bench/bench_input.py). ``source_tag`` None: the input cannot
     be named (a pipe, a dataset without a fingerprint), and resume parses the records as before.
@@ -1278,7 +1276,9 @@ def _repeated(buckets: list[array]) -> set[int]:
     return repeated
 
 
-def _json_list(text: str, path: str) -> list:
+def _json_rows(path: str) -> list:
+    with open(path, encoding="utf-8-sig", errors="strict") as handle:  # -sig: a BOM is not a prompt
+        text = handle.read()
     try:
         rows = json.loads(text)
     except ValueError as exc:
@@ -1300,6 +1300,12 @@ def _parquet_rows(path: str) -> list[dict]:
         return pyarrow.parquet.read_table(path).to_pylist()
     except pyarrow.ArrowException as exc:
         raise UsageError(f"--prompts_file {path} is not a readable parquet file ({_short(exc, 200)})") from None
+
+
+WHOLE_FILE_FORMATS: dict[str, Callable[[str], list]] = {".json": _json_rows, ".parquet": _parquet_rows}
+"""Prompts files read whole, by suffix -> the reader of their rows. A format is one row here; any other suffix is
+JSONL or plain text, read back a prompt at a time (PromptFile)."""
+PROMPT_FILE_KINDS = ", ".join(["JSONL", "plain text", *WHOLE_FILE_FORMATS][:-1]) + f" or {[*WHOLE_FILE_FORMATS][-1]}"
 
 
 def load_dataset_prompts(name: str, split: str | None, row_format: RowFormat | None = None) -> list[Prompt]:
@@ -4076,7 +4082,8 @@ def write_stats(path: str, summary: dict) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 PromptsInput = str | os.PathLike | Sequence[str | Prompt]
-"""A prompts file's path (JSONL, plain text, .json or .parquet), or a list of prompt texts and/or Prompt objects."""
+"""A prompts file's path (JSONL, plain text, or one of WHOLE_FILE_FORMATS), or a list of prompt texts and/or Prompt
+objects."""
 
 
 def run(prompts: PromptsInput, settings: RunConfig) -> "Run":
