@@ -3840,7 +3840,8 @@ async def checked_context(plan: BatchPlan, prompts: Sequence[Prompt]) -> RunCont
 class WorkerPool:
     """The run's workers, ``config.workers`` of them, each taking samples from the schedule until it is finished or
     the run stops (a signal, a fatal error, the budget), and what they share: the records' writer and tally, the
-    progress display, the signal handlers. Its ``run`` leaves nothing behind, however it ends."""
+    progress display, the signal handlers. Its ``run`` leaves nothing behind, however it ends: it must follow the
+    constructor with no await between them, so that a cancellation cannot come before its try/finally."""
 
     def __init__(
         self, plan: BatchPlan, ctx: RunContext, on_record: Callable[[dict], None] | None, own_process: bool
@@ -3912,6 +3913,8 @@ class WorkerPool:
             await self.close()
 
     async def close(self) -> None:
+        """Undo what __init__ set up, in this order: the loop's timers and handlers and the collector's thresholds
+        first (nothing awaits before them), then the display, the writer, the output, the model and the images."""
         ctx = self.ctx
         self.watcher.cancel()
         if self.collector is not None:
