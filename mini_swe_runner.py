@@ -2659,7 +2659,7 @@ async def baseline_of(prompt: Prompt, ctx: RunContext, image: str | None, comman
 
 @dataclass
 class Handover:
-    """How a worker's next sample overlaps the end of its previous one (see run_batch's worker): the next sample's
+    """How a worker's next sample overlaps the end of its previous one (see WorkerPool.worker): the next sample's
     first model call goes out while the previous sample's verifier, close and record finish, and its environment
     starts once the previous one's is gone, so a worker never holds two sandboxes."""
 
@@ -3710,6 +3710,59 @@ async def run_batch(
     command line), so it may change what the whole process shares: SIGINT/SIGTERM handlers on the loop (removed at
     the end), a frozen garbage collector whose full collections wait for memory to grow (FullCollections; its
     thresholds come back at the end), the loop's default thread pool. The Python API runs with it False."""
+    plan = plan_batch(config, prompts)
+    if (ended := plan.ended_before_start()) is not None:
+        return ended
+    if own_process:  # blocking SDK calls (docker) go to threads: enough of them for every worker at once
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=config.workers + 8, thread_name_prefix="msr")
+        )
+    ctx = await checked_context(plan, prompts)
+    if isinstance(ctx, RunOutcome):  # a check failed: nothing started
+        return ctx
+    pool = WorkerPool(plan, ctx, on_record, own_process)
+    await pool.run()
+    return pool.outcome()
+
+
+@dataclass
+class BatchPlan:
+    """What a run decided before anything starts: its system prompt and tools, its output (locked and checked, not
+    yet compacted), which samples are still to run and what the done ones scored."""
+
+    config: RunConfig
+    started: float
+    """time.monotonic() when the run began: its wall time counts from here."""
+    tools: list[dict]
+    system_prompt: str
+    data_hash: str
+    output: trajectory.OutputFile
+    schedule: SampleSchedule
+    outcomes: SampleOutcomes
+    skipped: int
+    """Samples already in the output, so not run again."""
+    budget: RunBudget
+
+    def summary(self, tally: RunTally, not_needed: int = 0, images: "environments.ImageSupply | None" = None) -> dict:
+        return summarize(
+            tally, time.monotonic() - self.started, self.skipped, self.outcomes, not_needed, images, self.config
+        )
+
+    def ended_before_start(self) -> RunOutcome | None:
+        """The run's outcome when it has nothing to start (every sample done, or the budget spent), else None."""
+        if self.schedule.finished():
+            start_output(self.output)
+            self.output.close(keep=True)
+            return RunOutcome(EXIT_OK, self.summary(RunTally(), self.schedule.not_needed, None))
+        if (gone := self.budget.gone()) is not None:  # resumed into an output that has spent it all: nothing starts
+            self.output.close(keep=False)
+            summary = self.summary(RunTally(spent_before=self.output.spent), self.schedule.not_needed)
+            return RunOutcome(EXIT_OK, summary, f"{gone}: no sample started; raise the budget to run the rest")
+        return None
+
+
+def plan_batch(config: RunConfig, prompts: Sequence[Prompt]) -> BatchPlan:
+    """The run's plan: the output opened for these prompts, and the samples it already holds left out."""
     started = time.monotonic()
     tools = [terminal_tool(config)]
     system_prompt = render_system_prompt(config.system_prompt or DEFAULT_SYSTEM_PROMPT, config.env.env_type)
@@ -3744,37 +3797,22 @@ async def run_batch(
             len(prompts) * config.samples,
             config.output_file,
         )
-    if schedule.finished():
-        start_output(output)
-        output.close(keep=True)
-        summary = summarize(
-            RunTally(), time.monotonic() - started, skipped, outcomes, schedule.not_needed, None, config
-        )
-        return RunOutcome(EXIT_OK, summary)
     budget = RunBudget(config, output.spent or (Decimal(0), 0))
-    if (gone := budget.gone()) is not None:  # resumed into an output that has spent it all: nothing starts
-        output.close(keep=False)
-        summary = summarize(
-            RunTally(spent_before=output.spent),
-            time.monotonic() - started,
-            skipped,
-            outcomes,
-            schedule.not_needed,
-            config=config,
-        )
-        return RunOutcome(EXIT_OK, summary, f"{gone}: no sample started; raise the budget to run the rest")
-    loop = asyncio.get_running_loop()
-    if own_process:  # blocking SDK calls (docker) go to threads: enough of them for every worker at once
-        loop.set_default_executor(ThreadPoolExecutor(max_workers=config.workers + 8, thread_name_prefix="msr"))
+    return BatchPlan(config, started, tools, system_prompt, data_hash, output, schedule, outcomes, skipped, budget)
+
+
+async def checked_context(plan: BatchPlan, prompts: Sequence[Prompt]) -> RunContext | RunOutcome:
+    """What the run's tasks share, once the backend (preflight) and the model's endpoint have passed their checks
+    and the output is compacted; or the run's outcome when a check failed (the output closed, the old kept)."""
+    config, output = plan.config, plan.output
     # One pass over the pending samples gives both what preflight checks and what the image supply pulls (none,
     # and no pass at all, for backends without images).
-    image_counts = image_uses(config, prompts, schedule)
+    image_counts = image_uses(config, prompts, plan.schedule)
     try:
         await environments.preflight(config.env, set(image_counts))
     except EnvError as exc:
         output.close(keep=False)
-        summary = summarize(RunTally(), time.monotonic() - started, skipped, outcomes, config=config)
-        return RunOutcome(EXIT_FATAL, summary, str(exc))
+        return RunOutcome(EXIT_FATAL, plan.summary(RunTally()), str(exc))
 
     def model_answered() -> None:
         """The run works: --overwrite's new file replaces the old records now (once: the hook goes with it)."""
@@ -3784,63 +3822,155 @@ async def run_batch(
     ctx = RunContext(
         config=config,
         model=ModelClient(config),
-        tools=tools,
-        system_prompt=system_prompt,
-        config_hash=data_hash,
+        tools=plan.tools,
+        system_prompt=plan.system_prompt,
+        config_hash=plan.data_hash,
         on_model_answer=model_answered,
         images=environments.image_supply(config.env, image_counts),
-        budget=budget,
+        budget=plan.budget,
     )
     try:
         await ctx.model.check_endpoint()
     except FatalRunError as exc:
         await ctx.model.close()
         output.close(keep=False)
-        summary = summarize(RunTally(), time.monotonic() - started, skipped, outcomes, config=config)
-        return RunOutcome(EXIT_FATAL, summary, str(exc))
+        return RunOutcome(EXIT_FATAL, plan.summary(RunTally()), str(exc))
     try:
         start_output(output)  # every check passed: only now is the output compacted
     except UsageError:
         await ctx.model.close()
         raise
-    # What exists now (the SDKs, imported lazily up to the first request) lives as long as the run: out of the
-    # collector's sight, a full collection walks only the tasks' objects. Every full collection stalls the event
-    # loop; over the SDKs' ~150,000 objects alone it took ~100 ms on the 2-core machine (bench/bench_modal_scale.py).
-    # Past that, full collections wait for memory to say they are due (FullCollections).
-    full_collections = None
-    if own_process:  # the collector is the process's: a run sharing it with others leaves it alone
-        gc.freeze()
-        full_collections = FullCollections()
-    if ctx.images is not None:
-        ctx.images.start()
-    writer = output.writer
-    # Records are written from one thread of their own: the writer takes its lock for each line anyway, and a pool
-    # that grows a thread whenever none is idle blocks the loop in Thread.start() until the new thread runs, up to
-    # tens of ms on a loaded machine (bench/bench_modal_scale.py caught the loop there at 1,000 tasks).
-    write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="msr-write")
-    progress = Progress(
-        schedule.total,
-        config.quiet,
-        interval=config.progress_interval,
-        verifying=bool(outcomes.verified_ids),
-        started=started,
-        activity=ctx.activity,
-        images=ctx.images,
-    )
-    progress.not_needed(schedule.not_needed)
-    watcher = asyncio.ensure_future(_watch_activity(progress, ctx))
-    collector = None if full_collections is None else asyncio.ensure_future(_collect_when_grown(full_collections))
-    running: set[asyncio.Task] = set()
-    waiting_turn: set[asyncio.Task] = set()
-    """Workers waiting for the backend's turn (see environments.start_turn): a stop cancels their wait too."""
-    tally = RunTally(spent_before=output.spent)
-    stop: dict = {"signal": None, "fatal": None, "budget": None}
+    return ctx
 
-    def request_stop(signum: int) -> None:
-        if stop["signal"] is not None or ctx.stopping:  # second signal: clean up synchronously and leave now
+
+class WorkerPool:
+    """The run's workers, ``config.workers`` of them, each taking samples from the schedule until it is finished or
+    the run stops (a signal, a fatal error, the budget), and what they share: the records' writer and tally, the
+    progress display, the signal handlers. Its ``run`` leaves nothing behind, however it ends: it must follow the
+    constructor with no await between them, so that a cancellation cannot come before its try/finally."""
+
+    def __init__(
+        self, plan: BatchPlan, ctx: RunContext, on_record: Callable[[dict], None] | None, own_process: bool
+    ) -> None:
+        self.plan, self.ctx, self.on_record = plan, ctx, on_record
+        self.config, self.schedule, self.output = plan.config, plan.schedule, plan.output
+        self.loop = asyncio.get_running_loop()
+        # What exists now (the SDKs, imported lazily up to the first request) lives as long as the run: out of the
+        # collector's sight, a full collection walks only the tasks' objects. Every full collection stalls the event
+        # loop; over the SDKs' ~150,000 objects alone it took ~100 ms on the 2-core machine
+        # (bench/bench_modal_scale.py). Past that, full collections wait for memory to say they are due
+        # (FullCollections).
+        self.full_collections = None
+        if own_process:  # the collector is the process's: a run sharing it with others leaves it alone
+            gc.freeze()
+            self.full_collections = FullCollections()
+        if ctx.images is not None:
+            ctx.images.start()
+        self.writer = self.output.writer
+        # Records are written from one thread of their own: the writer takes its lock for each line anyway, and a pool
+        # that grows a thread whenever none is idle blocks the loop in Thread.start() until the new thread runs, up to
+        # tens of ms on a loaded machine (bench/bench_modal_scale.py caught the loop there at 1,000 tasks).
+        self.write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="msr-write")
+        self.progress = Progress(
+            self.schedule.total,
+            self.config.quiet,
+            interval=self.config.progress_interval,
+            verifying=bool(plan.outcomes.verified_ids),
+            started=plan.started,
+            activity=ctx.activity,
+            images=ctx.images,
+        )
+        self.progress.not_needed(self.schedule.not_needed)
+        self.watcher = asyncio.ensure_future(_watch_activity(self.progress, ctx))
+        self.collector = (
+            None if self.full_collections is None else asyncio.ensure_future(_collect_when_grown(self.full_collections))
+        )
+        self.running: set[asyncio.Task] = set()
+        self.waiting_turn: set[asyncio.Task] = set()
+        """Workers waiting for the backend's turn (see environments.start_turn): a stop cancels their wait too."""
+        self.tally = RunTally(spent_before=self.output.spent)
+        self.stop_signal: int | None = None
+        self.fatal: str | None = None
+        self.budget_gone: str | None = None
+        self.handled = [
+            s
+            for s in (signal.SIGINT, signal.SIGTERM)
+            if own_process and _install_handler(self.loop, s, self.request_stop)
+        ]
+
+    async def run(self) -> None:
+        """Start the workers and wait for them all; then close what the run opened, whatever ended it."""
+        try:
+            # Workers are started one turn at a time: where the backend paces its starts (Modal), the thousands not
+            # yet started are a count here, not coroutines each kept alive for every garbage collection to walk
+            # (bench/bench_modal_scale.py); elsewhere every turn comes at once and all start together, as before.
+            workers: list[asyncio.Future] = []
+            try:
+                for _ in range(min(self.config.workers, self.schedule.total)):
+                    if not await self.take_turn():
+                        break
+                    workers.append(asyncio.ensure_future(self.worker(turn_taken=True)))
+            except BaseException:  # cancelled from outside: the started workers go with it, as they would in a gather
+                for started_worker in workers:
+                    started_worker.cancel()
+                raise
+            await asyncio.gather(*workers)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Undo what __init__ set up, in this order: the loop's timers and handlers and the collector's thresholds
+        first (nothing awaits before them), then the display, the writer, the output, the model and the images."""
+        ctx = self.ctx
+        self.watcher.cancel()
+        if self.collector is not None:
+            self.collector.cancel()
+            self.full_collections.close()
+        for s in self.handled:
+            self.loop.remove_signal_handler(s)
+        self.progress.close()
+        self.write_thread.shutdown()  # every write was awaited: nothing left in it
+        # --overwrite replaces the old file only if this run got somewhere: a model answered, or records were
+        # written without a fatal error (a 401 or an unusable backend keeps the old records).
+        self.output.close(keep=bool(self.tally.tasks) and self.fatal is None)
+        await ctx.model.close()
+        if ctx.images is not None:
+            await ctx.images.close()
+
+    def outcome(self) -> RunOutcome:
+        """How the run ended, once its workers are done and everything is closed."""
+        tally, schedule = self.tally, self.schedule
+        summary = self.plan.summary(tally, schedule.not_needed, self.ctx.images)
+        if self.fatal is not None:
+            return RunOutcome(EXIT_FATAL, summary, self.fatal)
+        if self.stop_signal is not None:
+            return RunOutcome(EXIT_SIGNAL[self.stop_signal], summary, "interrupted; rerun the same command to resume")
+        if self.budget_gone is not None:
+            left = sum(len(round_) for round_ in schedule.rounds)
+            return RunOutcome(
+                EXIT_OK,
+                summary,
+                f"{self.budget_gone}: {_plural(left, 'sample')} not started; raise the budget to run them",
+            )
+        failed = tally.all_failed()
+        if failed is not None:
+            # Nothing usable came out: a run that only failed must not look like a finished one to a script.
+            error, count = failed
+            return RunOutcome(
+                EXIT_FATAL,
+                summary,
+                f"every task failed ({tally.tasks} api_error/env_error; {count} with: {error}); "
+                "rerun the same command to retry them once the cause is fixed",
+            )
+        return RunOutcome(EXIT_OK, summary)
+
+    def request_stop(self, signum: int) -> None:
+        """SIGINT/SIGTERM: the run stops as a fatal error would stop it; a second one leaves at once."""
+        ctx = self.ctx
+        if self.stop_signal is not None or ctx.stopping:  # second signal: clean up synchronously and leave now
             _abandon_all(ctx.live_environments)
             os._exit(EXIT_SIGNAL.get(signum, EXIT_FATAL))
-        stop["signal"] = signum
+        self.stop_signal = signum
         ctx.stopping = True
         print(
             f"\n{signal.Signals(signum).name}: stopping; running tasks are interrupted and cleaned up "
@@ -3848,102 +3978,102 @@ async def run_batch(
             file=sys.stderr,
             flush=True,
         )
-        for task in (*running, *waiting_turn):
+        for task in (*self.running, *self.waiting_turn):
             task.cancel()
-        schedule.wake()
+        self.schedule.wake()
 
-    handled = [s for s in (signal.SIGINT, signal.SIGTERM) if own_process and _install_handler(loop, s, request_stop)]
-
-    def fail(message: str) -> None:
+    def fail(self, message: str) -> None:
         """Stop the whole run: no new task starts, running ones are cancelled and cleaned up."""
-        if stop["fatal"] is None:
-            stop["fatal"] = message
-        ctx.stopping = True
-        for other in (*running, *waiting_turn):
+        if self.fatal is None:
+            self.fatal = message
+        self.ctx.stopping = True
+        for other in (*self.running, *self.waiting_turn):
             other.cancel()
-        schedule.wake()
+        self.schedule.wake()
 
-    async def take_turn() -> bool:
+    async def take_turn(self) -> bool:
         """Wait for the backend's turn to start a task (see environments.start_turn); False once the run is over or
         stopping. A signal or a fatal error cancels the wait with the run's other waits."""
-        waiting_turn.add(me := asyncio.current_task())
+        self.waiting_turn.add(me := asyncio.current_task())
         try:
-            await environments.start_turn(config.env)
+            await environments.start_turn(self.config.env)
         except asyncio.CancelledError:
-            if ctx.stopping:
+            if self.ctx.stopping:
                 me.uncancel()  # the stop's cancel ends here: a timeout later in this task must still be one
                 return False
             raise
         finally:
-            waiting_turn.discard(me)
-        return not (schedule.finished() or ctx.stopping)
+            self.waiting_turn.discard(me)
+        return not (self.schedule.finished() or self.ctx.stopping)
 
-    async def record_written(record: dict) -> None:
+    async def record_written(self, record: dict) -> None:
         try:
-            await loop.run_in_executor(write_thread, writer.write, record)
+            await self.loop.run_in_executor(self.write_thread, self.writer.write, record)
         except OSError as exc:  # the reader of a pipe went away, the disk is full...
-            where = "stdout" if config.output_file == "-" else config.output_file
-            return fail(f"cannot write to {where} ({exc.strerror or exc}); stopping")
-        tally.add(record)
+            where = "stdout" if self.config.output_file == "-" else self.config.output_file
+            return self.fail(f"cannot write to {where} ({exc.strerror or exc}); stopping")
+        self.tally.add(record)
         if not trajectory.is_retryable(record):
-            outcomes.rewards[trajectory.record_key(record)] = record["reward"]
-        progress.update(record)
-        if on_record is not None:
-            on_record(record)
+            self.plan.outcomes.rewards[trajectory.record_key(record)] = record["reward"]
+        self.progress.update(record)
+        if self.on_record is not None:
+            self.on_record(record)
 
-    async def sample_end(sample: Sample, task: asyncio.Future) -> None:
+    async def sample_end(self, sample: Sample, task: asyncio.Future) -> None:
         """Wait for a sample's task to end, book its end in the schedule and write its record."""
+        ctx = self.ctx
         record = None
         try:
             with ctx.activity.task():
                 record = await task
         except FatalRunError as exc:
-            return fail(str(exc))
+            return self.fail(str(exc))
         except asyncio.CancelledError:
             if ctx.stopping and task.cancelled():
                 return  # stopped before it began: nothing ran, nothing to record (resume runs it)
             raise
         finally:
-            running.discard(task)
-            released = schedule.done(sample, record is not None and record["reward"] == 1.0)
-            progress.not_needed(released)
+            self.running.discard(task)
+            released = self.schedule.done(sample, record is not None and record["reward"] == 1.0)
+            self.progress.not_needed(released)
             if ctx.images is not None:
-                ctx.images.forget(environments.task_image(config.env, sample.prompt.image), released)
-        if stop["fatal"] is not None:
+                ctx.images.forget(environments.task_image(self.config.env, sample.prompt.image), released)
+        if self.fatal is not None:
             return  # tasks cut short by a fatal error are worth nothing: nothing written
-        await record_written(record)
+        await self.record_written(record)
 
-    async def worker(turn_taken: bool = False) -> None:
+    async def worker(self, turn_taken: bool = False) -> None:
         # A worker takes its next sample as soon as its agent is done: the next first model call is in flight while
         # the previous sample's verifier, close and record (its fsync: records are synced one at a time, ~4 ms each
         # on the 2-core machine) finish, instead of after them (bench/bench_samples.py's timeline). At most two
         # samples per worker, only one of them past its agent, and one sandbox (see Handover).
+        ctx, schedule = self.ctx, self.schedule
         ends: list[asyncio.Future] = []
         """This worker's samples not yet ended (their task, then their record): at most two."""
         tasks: list[asyncio.Future] = []
         previous_gone: asyncio.Future | None = None
         try:
             while not schedule.finished() and not ctx.stopping:
-                if (gone := budget.gone()) is not None:  # running tasks' calls count: they stop at their next call
-                    stop["budget"] = gone
+                if (gone := ctx.budget.gone()) is not None:  # running tasks' calls count: they stop at their next call
+                    self.budget_gone = gone
                     schedule.wake()  # a worker waiting for a sample to end must not wait for one that never starts
                     return
-                if not turn_taken and not await take_turn():
+                if not turn_taken and not await self.take_turn():
                     return
                 turn_taken = False
                 try:
                     sample = schedule.take()
                 except FatalRunError as exc:  # the prompts file changed under the run
-                    return fail(str(exc))
+                    return self.fail(str(exc))
                 if sample is None:
                     if schedule.finished():  # what was left belonged to prompts that need no more samples
                         return
                     await schedule.wait()  # every startable sample is taken; one that ends may let another start
                     continue
-                handover = Handover(loop.create_future(), loop.create_future(), previous_gone)
+                handover = Handover(self.loop.create_future(), self.loop.create_future(), previous_gone)
                 task = asyncio.ensure_future(run_task(sample.prompt, ctx, sample.index, handover))
-                running.add(task)
-                end = asyncio.ensure_future(sample_end(sample, task))
+                self.running.add(task)
+                end = asyncio.ensure_future(self.sample_end(sample, task))
                 ends.append(end)
                 tasks.append(task)
                 await asyncio.wait((end, handover.agent_ended), return_when=asyncio.FIRST_COMPLETED)
@@ -3961,58 +4091,6 @@ async def run_batch(
                 for end in ends:
                     if not end.cancelled():
                         end.result()  # a bug of ours in the bookkeeping surfaces as it did before
-
-    try:
-        # Workers are started one turn at a time: where the backend paces its starts (Modal), the thousands not yet
-        # started are a count here, not coroutines each kept alive for every garbage collection to walk
-        # (bench/bench_modal_scale.py); elsewhere every turn comes at once and all start together, as before.
-        workers: list[asyncio.Future] = []
-        try:
-            for _ in range(min(config.workers, schedule.total)):
-                if not await take_turn():
-                    break
-                workers.append(asyncio.ensure_future(worker(turn_taken=True)))
-        except BaseException:  # cancelled from outside: the started workers go with it, as they would in a gather
-            for started_worker in workers:
-                started_worker.cancel()
-            raise
-        await asyncio.gather(*workers)
-    finally:
-        watcher.cancel()
-        if collector is not None:
-            collector.cancel()
-            full_collections.close()
-        for s in handled:
-            loop.remove_signal_handler(s)
-        progress.close()
-        write_thread.shutdown()  # every write was awaited: nothing left in it
-        # --overwrite replaces the old file only if this run got somewhere: a model answered, or records were
-        # written without a fatal error (a 401 or an unusable backend keeps the old records).
-        output.close(keep=bool(tally.tasks) and stop["fatal"] is None)
-        await ctx.model.close()
-        if ctx.images is not None:
-            await ctx.images.close()
-    summary = summarize(tally, time.monotonic() - started, skipped, outcomes, schedule.not_needed, ctx.images, config)
-    if stop["fatal"] is not None:
-        return RunOutcome(EXIT_FATAL, summary, stop["fatal"])
-    if stop["signal"] is not None:
-        return RunOutcome(EXIT_SIGNAL[stop["signal"]], summary, "interrupted; rerun the same command to resume")
-    if stop["budget"] is not None:
-        left = sum(len(round_) for round_ in schedule.rounds)
-        return RunOutcome(
-            EXIT_OK, summary, f"{stop['budget']}: {_plural(left, 'sample')} not started; raise the budget to run them"
-        )
-    failed = tally.all_failed()
-    if failed is not None:
-        # Nothing usable came out: a run that only failed must not look like a finished one to a script.
-        error, count = failed
-        return RunOutcome(
-            EXIT_FATAL,
-            summary,
-            f"every task failed ({tally.tasks} api_error/env_error; {count} with: {error}); "
-            "rerun the same command to retry them once the cause is fixed",
-        )
-    return RunOutcome(EXIT_OK, summary)
 
 
 async def _watch_activity(progress: Progress, ctx: RunContext) -> None:
