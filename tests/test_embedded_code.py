@@ -1,4 +1,4 @@
-"""Python kept in strings is linted like the modules around it.
+"""Code kept in strings is linted like the modules around it: Python by ruff, shell by its shell's parser.
 
 The local backend ships its supervisor and zygote as source text (into the zygote, into a bwrap sandbox), so they
 are strings in environments.py, out of sight of the linter that checks the modules. Here each is compiled by this
@@ -65,3 +65,33 @@ def test_the_lint_finds_a_defect():
     broken = environments.SUPERVISOR_SCRIPT.replace("kill_until_gone(lambda", "kill_until_gonne(lambda", 1)
     assert broken != environments.SUPERVISOR_SCRIPT
     assert "F821" in lint("supervisor", broken)
+
+
+# Shell kept in strings: each with the shell that runs it. `-n` parses without running; a parse error is what a
+# quoting slip in one of these strings becomes, and it would only show when that path runs (a timeout, a lost ssh
+# connection).
+EMBEDDED_SHELL = {
+    "wrapper": ("bash", environments._WRAPPER_SCRIPT),  # every command of every backend
+    "end-task-processes": ("bash", environments._END_TASK_PROCESSES_SCRIPT),  # before a verifier (Modal, ssh)
+    "bwrap-owner": ("sh", environments._BWRAP_OWNER_SCRIPT),  # bwrap's argv runs it under sh
+    "ssh-watchdog": ("bash", environments._SSH_WATCHDOG_SCRIPT),  # the remote watchdog
+    "ssh-reap": ("sh", environments._remote_reap("0" * 24)),  # the remote task's end, in the user's login shell
+}
+
+
+def shell_parse_errors(shell: str, text: str) -> str:
+    result = subprocess.run([shell, "-n", "-c", text], capture_output=True, text=True, timeout=30)
+    return "" if result.returncode == 0 and not result.stderr else f"{result.returncode}: {result.stderr.strip()}"
+
+
+@pytest.mark.parametrize("name", sorted(EMBEDDED_SHELL))
+def test_embedded_shell_parses(name):
+    shell, text = EMBEDDED_SHELL[name]
+    assert shell_parse_errors(shell, text) == ""
+
+
+def test_the_shell_parse_check_finds_a_defect():
+    # A quoting slip of the kind a Python string invites: the watchdog with one closing quote dropped.
+    broken = environments._SSH_WATCHDOG_SCRIPT.replace('"$mark.$$"', '"$mark.$$', 1)
+    assert broken != environments._SSH_WATCHDOG_SCRIPT
+    assert shell_parse_errors("bash", broken) != ""
