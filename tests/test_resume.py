@@ -499,19 +499,29 @@ PROMPT_ROWS = [
 ]
 
 
+def _rows_file(tmp_path: Path) -> tuple[Path, Path]:
+    """PROMPT_ROWS as a prompts file, and the output path the kept-check tests run into."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(row + "\n" for row in PROMPT_ROWS), encoding="utf-8")
+    return prompts, tmp_path / "out.jsonl"
+
+
+def _in_order(prompts: Path, out: Path, server: ScriptedModelServer) -> list[str]:
+    """The CLI arguments of a quiet run of ``prompts`` into ``out``, one worker: the prompts in order."""
+    return ["--prompts_file", str(prompts), "--base_url", server.base_url, "--output_file", str(out), "--quiet",
+            "--workers", "1"]  # fmt: skip
+
+
 def _texts(server: ScriptedModelServer) -> list[str]:
     """The prompt each request carried, as the model got it (its first user message)."""
     return [next(m["content"] for m in r["messages"] if m["role"] == "user") for r in server.requests]
 
 
 def test_a_resume_takes_the_kept_check_and_reads_only_the_rows_it_runs(tmp_path):
-    prompts = tmp_path / "p.jsonl"
-    prompts.write_text("".join(row + "\n" for row in PROMPT_ROWS), encoding="utf-8")
-    out = tmp_path / "out.jsonl"
+    prompts, out = _rows_file(tmp_path)
     kept = tmp_path / ".out.jsonl.prompts"
     with ScriptedModelServer(lambda request: reply("ok")) as server:
-        base = ["--prompts_file", str(prompts), "--base_url", server.base_url, "--output_file", str(out), "--quiet"]
-        base += ["--workers", "1"]  # the prompts in order
+        base = _in_order(prompts, out, server)
         assert run_cli([*base, "--limit", "1"], cwd=tmp_path).returncode == 0
         assert not kept.exists()  # the file had just been written: its times do not prove its content yet
         _settled(prompts)
@@ -553,13 +563,10 @@ def _replaced(prompts: Path) -> None:
 
 @pytest.mark.parametrize("change", [_edited_in_place, _edited_and_touched, _replaced])
 def test_a_kept_check_is_not_taken_for_a_changed_prompts_file(tmp_path, change):
-    prompts = tmp_path / "p.jsonl"
-    prompts.write_text("".join(row + "\n" for row in PROMPT_ROWS), encoding="utf-8")
-    out = tmp_path / "out.jsonl"
+    prompts, out = _rows_file(tmp_path)
     _settled(prompts)
     with ScriptedModelServer(lambda request: reply("ok")) as server:
-        base = ["--prompts_file", str(prompts), "--base_url", server.base_url, "--output_file", str(out), "--quiet"]
-        base += ["--workers", "1"]  # the prompts in order
+        base = _in_order(prompts, out, server)
         assert run_cli([*base, "--limit", "1"], cwd=tmp_path).returncode == 0
         assert (tmp_path / ".out.jsonl.prompts").exists()
         change(prompts)
@@ -599,13 +606,10 @@ def _garbage(kept: Path) -> None:
 
 @pytest.mark.parametrize("damage", [_flipped, _swapped_offsets, _truncated, _garbage])
 def test_a_damaged_kept_check_is_not_taken(tmp_path, damage):
-    prompts = tmp_path / "p.jsonl"
-    prompts.write_text("".join(row + "\n" for row in PROMPT_ROWS), encoding="utf-8")
-    out = tmp_path / "out.jsonl"
+    prompts, out = _rows_file(tmp_path)
     _settled(prompts)
     with ScriptedModelServer(lambda request: reply("ok")) as server:
-        base = ["--prompts_file", str(prompts), "--base_url", server.base_url, "--output_file", str(out), "--quiet"]
-        base += ["--workers", "1"]  # the prompts in order
+        base = _in_order(prompts, out, server)
         assert run_cli([*base, "--limit", "2"], cwd=tmp_path).returncode == 0
         damage(tmp_path / ".out.jsonl.prompts")
         resumed = run_cli([*base, "--verbose"], cwd=tmp_path)
@@ -630,13 +634,10 @@ def test_a_bad_prompts_file_keeps_no_check(tmp_path):
 
 
 def test_records_the_index_does_not_place_are_matched_by_task_id_with_a_kept_check(tmp_path):
-    prompts = tmp_path / "p.jsonl"
-    prompts.write_text("".join(row + "\n" for row in PROMPT_ROWS), encoding="utf-8")
-    out = tmp_path / "out.jsonl"
+    prompts, out = _rows_file(tmp_path)
     _settled(prompts)
     with ScriptedModelServer(lambda request: reply("ok")) as server:
-        base = ["--prompts_file", str(prompts), "--base_url", server.base_url, "--output_file", str(out), "--quiet"]
-        base += ["--workers", "1"]  # the prompts in order
+        base = _in_order(prompts, out, server)
         assert run_cli([*base, "--limit", "3"], cwd=tmp_path).returncode == 0
         copy = tmp_path / "copy.jsonl"
         shutil.copyfile(out, copy)
