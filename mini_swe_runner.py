@@ -764,7 +764,7 @@ MISSING_DATASETS_EXTRA = "pip install 'mini-swe-runner[datasets]'"
 def load_prompts(path: str, row_format: RowFormat | None = None, checked: str | None = None) -> Sequence[Prompt]:
     """Prompts from a file, by suffix: one of WHOLE_FILE_FORMATS (read whole, a :class:`PromptList`), else JSONL or
     plain text (a :class:`PromptFile`, read back one prompt at a time; ``checked``: where its check is kept for the
-    next run, see :func:`checked_prompts_path`)."""
+    next run, see :func:`trajectory.prompts_check_path`)."""
     if os.path.isdir(path):
         raise UsageError(f"--prompts_file {path} is a directory, not a {PROMPT_FILE_KINDS} file")
     suffix = os.path.splitext(path)[1].lower()
@@ -815,15 +815,6 @@ def _identity(status: os.stat_result) -> tuple[int, int, int, int, int]:
     """A file as it is: a write changes its mtime and ctime (ctime, which no tool sets back), a replacement its
     inode."""
     return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
-
-
-def checked_prompts_path(output_file: str) -> str | None:
-    """Where a run keeps the check of its prompts file for the next run on the same output (hidden beside it, like
-    the output's ``.NAME.index``); None for stdout or a missing directory."""
-    if output_file == "-":
-        return None
-    directory, name = os.path.split(os.path.realpath(output_file))
-    return os.path.join(directory, f".{name}.prompts") if os.path.isdir(directory) else None
 
 
 def _file_tag(path: str, row_format: RowFormat | None) -> int:
@@ -4274,7 +4265,7 @@ def api_prompts(prompts: PromptsInput, settings: RunConfig) -> Sequence[Prompt]:
     prompts file's lines would get), every one checked before any task runs."""
     row_format = RowFormat.from_config(settings)
     if isinstance(prompts, (str, os.PathLike)):
-        loaded = load_prompts(os.fspath(prompts), row_format, checked_prompts_path(settings.output_file))
+        loaded = load_prompts(os.fspath(prompts), row_format, trajectory.prompts_check_path(settings.output_file))
     elif isinstance(prompts, PromptFile | PromptList):
         loaded = prompts
     else:
@@ -4707,7 +4698,7 @@ def load_run_prompts(config: RunConfig, task: object, prompts_file: object) -> S
         prompts = prompts_from_rows([InputRow("--task", "--task", text)], row_format)
     elif prompts_file is not None:
         path = _text("prompts_file", prompts_file, allow_none=False)
-        prompts = load_prompts(path, row_format, checked_prompts_path(config.output_file))
+        prompts = load_prompts(path, row_format, trajectory.prompts_check_path(config.output_file))
     else:
         prompts = load_dataset_prompts(config.dataset, config.split, row_format)
     check_verifiers(prompts, config)

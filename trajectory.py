@@ -470,6 +470,7 @@ _LOCK = "lock"
 _INDEX = "index"
 _NEW = "new"
 _COMPACT = "compact"
+_PROMPTS = "prompts"
 _TEMPORARY_KINDS = (_NEW, _COMPACT)
 """Files a run writes beside the output and renames over it (or its index) when whole: leftovers once it died."""
 
@@ -960,6 +961,15 @@ _NEWLINE_WINDOW = 16 << 20
 def index_path(path: str) -> str:
     """The resume index beside an output (hidden, like the output's ``.NAME.lock``)."""
     return _beside(path, _INDEX)
+
+
+def prompts_check_path(output_file: str) -> str | None:
+    """Where a run keeps the check of its prompts file for the next run on the same output (hidden beside it, like
+    its index; see mini_swe_runner.PromptFile._keep_check); None for stdout or a missing directory."""
+    if output_file == "-":
+        return None
+    path = os.path.realpath(output_file)
+    return _beside(path, _PROMPTS) if os.path.isdir(os.path.dirname(path)) else None
 
 
 def stable_tag(text: str) -> int:
