@@ -109,13 +109,21 @@ def child(args: argparse.Namespace) -> None:
     # (since start, wall, CPU, objects freed) of the full ones once the tasks run
     gc_during_run: list[tuple[float, float, float, int]] = []
     young_longest = [0.0]  # CPU of the longest young (generation 0 or 1) collection once the tasks run
+    # (CPU ms, generation, objects in the generations it walks, objects freed) of young ones over 10 ms
+    young_long: list[tuple[float, int, int, int]] = []
+    young_size = [0]
 
     def gc_timer(phase: str, info: dict) -> None:
         if phase == "start":
+            if running[0] and info["generation"] < 2:  # how many objects it walks: the counts of its generations
+                young_size[0] = sum(len(gc.get_objects(g)) for g in range(info["generation"] + 1))
             gc_started[:] = time.perf_counter(), time.thread_time()
         elif info["generation"] < 2:
             if running[0]:
-                young_longest[0] = max(young_longest[0], time.thread_time() - gc_started[1])
+                cpu = time.thread_time() - gc_started[1]
+                young_longest[0] = max(young_longest[0], cpu)
+                if cpu > 0.010:
+                    young_long.append((round(cpu * 1000, 1), info["generation"], young_size[0], info["collected"]))
         else:
             wall, cpu = time.perf_counter() - gc_started[0], time.thread_time() - gc_started[1]
             gc_pauses.append((wall, cpu))
@@ -151,10 +159,11 @@ def child(args: argparse.Namespace) -> None:
         nonlocal live_peak
         beats = 0
         while not stop.is_set():
-            before, cpu_before = time.monotonic(), time.thread_time()
+            before, cpu_before, process_before = time.monotonic(), time.thread_time(), time.process_time()
             await asyncio.sleep(HEARTBEAT)
             last_beat[0] = time.monotonic()
             late, cpu = last_beat[0] - before - HEARTBEAT, time.thread_time() - cpu_before
+            process_cpu = time.process_time() - process_before
             if not running[0] and not ended[0]:
                 running[0] = gc.get_freeze_count() > 0
             if not running[0]:
@@ -163,7 +172,7 @@ def child(args: argparse.Namespace) -> None:
                 continue
             lateness.append(late)
             if late > 0.05:  # with the loop thread's own CPU time in it: low means the machine, not us, held it
-                stalls.append((before - started, late, cpu))
+                stalls.append((before - started, late, cpu, process_cpu - cpu))
             beats += 1
             if args.profile and beats == 4000:
                 objs = gc.get_objects()
@@ -252,13 +261,19 @@ def child(args: argparse.Namespace) -> None:
                 "stall_max_ms": max(lateness) * 1000,
                 "stall_p99_ms": percentile(lateness, 0.99) * 1000,
                 "beats": len(lateness),
-                "late_over_100ms": sum(1 for _, late, _ in stalls if late > 0.1),
-                "busy_over_100ms": sum(1 for _, _, cpu in stalls if cpu > 0.1),
+                "late_over_100ms": sum(1 for _, late, _, _ in stalls if late > 0.1),
+                "busy_over_100ms": sum(1 for _, _, cpu, _ in stalls if cpu > 0.1),
                 "startup_stall_ms": [round(startup_stall[0] * 1000, 1), round(startup_stall[1] * 1000, 1)],
                 "stalls_over_50ms": [
-                    (round(at, 2), round(late * 1000, 1), round(cpu * 1000, 1))
-                    for at, late, cpu in sorted(stalls, key=lambda stall: -stall[2])[:12]
+                    (round(at, 2), round(late * 1000, 1), round(cpu * 1000, 1), round(others * 1000, 1))
+                    for at, late, cpu, others in sorted(stalls, key=lambda stall: -stall[2])[:12]
                 ],
+                "latest_beats": [
+                    (round(at, 2), round(late * 1000, 1), round(cpu * 1000, 1), round(others * 1000, 1))
+                    for at, late, cpu, others in sorted(stalls, key=lambda stall: -stall[1])[:8]
+                ],
+                "young_long": sorted(young_long, reverse=True)[:10],
+                "young_over_10ms": len(young_long),
                 "gc2_max_ms": max((wall for wall, _ in gc_pauses), default=0.0) * 1000,
                 "gc2_max_cpu_ms": max((cpu for _, cpu in gc_pauses), default=0.0) * 1000,
                 "gc2_count": len(gc_pauses),
@@ -280,7 +295,7 @@ def child(args: argparse.Namespace) -> None:
                 ][:20],
                 "loop_cpu_s": time.thread_time(),
                 "load_average": os.getloadavg()[0],
-                "busy_max_ms": max((cpu for _, _, cpu in stalls), default=0.0) * 1000,
+                "busy_max_ms": max((cpu for _, _, cpu, _ in stalls), default=0.0) * 1000,
                 "peak_rss_mb": peak_rss_mb,
                 "bash_peak_rss_mb": children,
                 "gc_collections": [s["collections"] for s in gc.get_stats()],
@@ -359,8 +374,8 @@ def report(args: argparse.Namespace, tasks: int, m: dict) -> None:
     if m["stalls_over_50ms"]:
         print(
             f"  beats over 100 ms late: {m['late_over_100ms']}, with over 100 ms of loop CPU: {m['busy_over_100ms']}; "
-            f"those later than 50 ms with the most loop CPU (s since start, ms late, ms of loop CPU): "
-            f"{m['stalls_over_50ms']}"
+            f"those later than 50 ms with the most loop CPU (s since start, ms late, ms of loop CPU, ms of the "
+            f"process's other threads' CPU): {m['stalls_over_50ms']}; the latest: {m['latest_beats']}"
         )
     if m["env_error_sample"]:
         print(f"  e.g. {m['env_error_sample']}")
@@ -381,7 +396,11 @@ def report(args: argparse.Namespace, tasks: int, m: dict) -> None:
         f"  full collections once the tasks run (after the start-up freeze): {m['gc2_run_count']}, "
         f"(s since start, ms wall, ms CPU, objects freed): {m['gc2_run']}"
     )
-    print(f"  longest young collection (generation 0 or 1) once the tasks run: {m['young_max_cpu_ms']:.1f} ms CPU")
+    print(
+        f"  longest young collection (generation 0 or 1) once the tasks run: {m['young_max_cpu_ms']:.1f} ms CPU; "
+        f"{m['young_over_10ms']} over 10 ms (ms CPU, generation, objects in the generations it walks, objects "
+        f"freed): {m['young_long']}"
+    )
     print(
         f"longest single callback of the loop once the tasks run: {m['callback_max_cpu_ms']:.1f} ms CPU "
         f"(target <= 100; over 100 ms: {m['callbacks_over_100ms']}, over 50 ms: {m['callbacks_over_50ms']}); "

@@ -24,6 +24,7 @@ variant is made from those times (an answer leaves its request's time plus LATEN
                                  (the i-th to end against the (i+W)-th to start): the verifier, the close, the
                                  record, the schedule and the next sample's start
     run start -> first request   the first sample's start
+    last answer -> run's end     the last sample's verifier, close and record, and the run's own close
 
     python bench/bench_samples.py                            # 64 prompts x 4 samples at 0.25 s, 32 workers
     python bench/bench_samples.py --before /tmp/main-copy    # the figures of another checkout, interleaved
@@ -121,7 +122,7 @@ class RequestLog:
 
 
 def timeline(
-    requests: list[tuple[float, int, int]], started: float, latency: float, workers: int
+    requests: list[tuple[float, int, int]], started: float, ended: float, latency: float, workers: int
 ) -> dict[str, list[float]]:
     """The gaps named in the module's docstring, in seconds, from one run's requests."""
     by_prompt: dict[int, list[tuple[float, int]]] = {}
@@ -141,6 +142,7 @@ def timeline(
     ends.sort()
     gaps["sample's end -> next sample"] = [start - end for start, end in zip(starts[workers:], ends, strict=False)]
     gaps["run start -> first request"] = [starts[0] - started]
+    gaps["last answer -> run's end"] = [ended - ends[-1]]
     return gaps
 
 
@@ -214,7 +216,7 @@ def main() -> None:
                     cpus.setdefault((name, mode), []).append((cpu, server_cpu))
                     assert result["records"] == needed[mode], f"{name} {mode}: {result['records']} samples ran"
                     walls.setdefault((name, mode), []).append(result["wall"])
-                    requests.append(("started", result["started"]))
+                    requests.append(("started", result["started"], result["started"] + result["wall"]))
                     print(
                         f"  run {attempt + 1}: {name:>6} {mode:>12}  wall {result['wall']:.2f} s  "
                         f"efficiency {ideal[mode] / result['wall']:.3f}  pass@1 {result['pass_at_1']:.3f}  "
@@ -239,9 +241,9 @@ def main() -> None:
     for name, _ in variants:
         gaps: dict[str, list[float]] = {}
         for requests in log.runs[f"{name} until_passed"]:
-            (_, started), *_ = [entry for entry in requests if entry[0] == "started"]
+            (_, started, ended), *_ = [entry for entry in requests if entry[0] == "started"]
             seen = [entry for entry in requests if entry[0] != "started"]
-            for key, values in timeline(seen, started, args.latency, args.workers).items():
+            for key, values in timeline(seen, started, ended, args.latency, args.workers).items():
                 gaps.setdefault(key, []).extend(values)
         for key, values in gaps.items():
             values.sort()
