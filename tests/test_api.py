@@ -93,7 +93,7 @@ def test_two_runs_share_one_event_loop_and_leave_no_process_state(tmp_path):
     # The collector is the caller's: nothing frozen by these runs. A freeze would move every tracked object (tens of
     # thousands) into the permanent generation; the count may only fall, when an object an earlier test froze is freed.
     assert gc.get_freeze_count() <= frozen_before
-    assert gc.get_threshold() == thresholds  # nor its full collections put off (FullCollections is the CLI's)
+    assert gc.get_threshold() == thresholds  # nor its full collections put off (CollectorSchedule is the CLI's)
     assert not [t.name for t in threading.enumerate() if t.name.startswith("msr")]  # no thread pool of ours left
 
 

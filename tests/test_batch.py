@@ -499,7 +499,7 @@ def test_full_collections_wait_for_memory_and_still_free_cyclic_garbage(tmp_path
     import weakref
 
     thresholds = gc.get_threshold()
-    collections = mini_swe_runner.FullCollections()
+    collections = mini_swe_runner.CollectorSchedule()
     try:
         grow = max(collections.GROWTH_FLOOR, collections.baseline * collections.GROWTH) + 48 * 2**20
         garbage = [Cycle(b"\x01" * 2**20) for _ in range(int(grow // 2**20))]
@@ -513,7 +513,7 @@ def test_full_collections_wait_for_memory_and_still_free_cyclic_garbage(tmp_path
         assert collections.due()
 
         async def until_freed() -> None:
-            collector = asyncio.ensure_future(mini_swe_runner._collect_when_grown(collections))
+            collector = asyncio.ensure_future(mini_swe_runner._collect_on_schedule(collections))
             try:
                 await wait_for_async(lambda: probe() is None, 10)
             finally:
@@ -527,6 +527,45 @@ def test_full_collections_wait_for_memory_and_still_free_cyclic_garbage(tmp_path
     with ScriptedModelServer(quick_script()) as server:  # a run (the command line's path) gives them back too
         outcome, records = run_prompts(make_config(server, tmp_path / "out.jsonl"), ["one", "two"])
     assert outcome.exit_code == 0 and len(records) == 2 and gc.get_threshold() == thresholds
+
+
+def test_young_collections_run_on_a_clock_when_births_and_deaths_balance():
+    """CPython starts a young collection when allocations less deallocations pass its threshold; in a steady run the
+    older objects that die cancel the new ones born, and the young generation grows without a collection until one
+    walks tens of thousands of objects with the event loop stopped. A command-line run collects the young
+    generations on a clock, so they hold what one tick allocated."""
+    import gc
+
+    schedule = mini_swe_runner.CollectorSchedule()
+    try:
+        old = [[] for _ in range(210_000)]  # enough to die for both halves
+        gc.collect(1)
+        gc.collect(1)  # in the oldest generation, as the objects of model calls that ran for seconds are
+        kept: list = []
+        young_sizes: list[int] = []
+
+        async def churn(with_schedule: bool) -> None:
+            collector = asyncio.ensure_future(mini_swe_runner._collect_on_schedule(schedule)) if with_schedule else None
+            try:
+                for _ in range(50):  # every 10 ms 2,000 born, each as one of the old dies: the count stays put
+                    for _ in range(2_000):
+                        kept.append([])
+                        old.pop()
+                    young_sizes.append(len(gc.get_objects(0)) + len(gc.get_objects(1)))
+                    await asyncio.sleep(0.01)
+            finally:
+                if collector is not None:
+                    collector.cancel()
+
+        asyncio.run(churn(with_schedule=False))
+        unscheduled = max(young_sizes)
+        gc.collect(1)
+        young_sizes.clear()
+        asyncio.run(churn(with_schedule=True))
+        assert unscheduled >= 90_000, unscheduled
+        assert max(young_sizes) <= 40_000, young_sizes  # one tick (0.1 s) is ~20,000 births; slack for a slow loop
+    finally:
+        schedule.close()
 
 
 async def wait_for_async(condition, seconds: float) -> None:
