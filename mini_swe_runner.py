@@ -762,16 +762,19 @@ MISSING_DATASETS_EXTRA = "pip install 'mini-swe-runner[datasets]'"
 
 
 def load_prompts(path: str, row_format: RowFormat | None = None, checked: str | None = None) -> Sequence[Prompt]:
-    """Prompts from a file, by suffix: one of WHOLE_FILE_FORMATS (read whole, a :class:`PromptList`), else JSONL or
-    plain text (a :class:`PromptFile`, read back one prompt at a time; ``checked``: where its check is kept for the
-    next run, see :func:`trajectory.prompts_check_path`)."""
+    """Prompts from a file, by suffix: a .json file (a :class:`PromptArray`), one of WHOLE_FILE_FORMATS (read whole,
+    a :class:`PromptList`), else JSONL or plain text (a :class:`PromptFile`). A PromptFile or PromptArray is read back
+    one prompt at a time; ``checked``: where its check is kept for the next run, see
+    :func:`trajectory.prompts_check_path`."""
     if os.path.isdir(path):
         raise UsageError(f"--prompts_file {path} is a directory, not a {PROMPT_FILE_KINDS} file")
     suffix = os.path.splitext(path)[1].lower()
     reader = WHOLE_FILE_FORMATS.get(suffix)
     regular = os.path.isfile(path)
     try:
-        if reader is not None:
+        if suffix == ".json" and regular:
+            prompts = PromptArray(path, row_format or RowFormat(), checked)
+        elif reader is not None:
             tag = _file_tag(path, row_format) if regular else None  # before the read: a later change changes it
             prompts: Sequence[Prompt] = PromptList(prompts_from_rows(_list_rows(reader(path), path), row_format), tag)
         elif not regular:  # a pipe (<(...), /dev/stdin) is read once, whole
@@ -924,14 +927,21 @@ class PromptFile(Sequence[Prompt]):
 
     # -- the check kept for the next run --------------------------------------------------------------------
 
+    _KEPT_ARRAYS = ("_offsets", "_image_and_verify")
+    """The per-row arrays a kept check holds, in this order (the first is the rows' offsets)."""
+    KIND = "lines"
+    """How the file's rows are found, in a kept check: a check kept for one kind is never taken for another."""
+
     def _check_header(self) -> dict:
-        """What a kept check must match: this file as it is, these row settings, this version's checks."""
+        """What a kept check must match: this file as it is, read as this kind, these row settings, this version's
+        checks."""
         return {
             "version": CHECKED_PROMPTS_VERSION,
             "tag_version": PROMPTS_TAG_VERSION,
+            "kind": self.KIND,
             "identity": list(self._identity),
             "row_format": repr(self.row_format),
-            "layout": [sys.byteorder, self._offsets.itemsize, self._image_and_verify.itemsize],
+            "layout": [sys.byteorder, *(getattr(self, name).itemsize for name in self._KEPT_ARRAYS)],
         }
 
     def _keep_check(self, checked: str, status: os.stat_result) -> None:
@@ -947,9 +957,10 @@ class PromptFile(Sequence[Prompt]):
         header["rows"] = len(self._offsets)
         header["images"] = self._images
         header["occurrence"] = sorted(self._occurrence.items())
-        body = json.dumps(header).encode() + b"\n" + self._offsets.tobytes() + self._image_and_verify.tobytes()
+        arrays = b"".join(getattr(self, name).tobytes() for name in self._KEPT_ARRAYS)
+        body = json.dumps(header).encode() + b"\n" + arrays
         digest = hashlib.blake2b(body, digest_size=16).hexdigest().encode()
-        temp = f"{checked}.new-{os.getpid()}"
+        temp = trajectory.prompts_check_temporary(checked)  # a leftover of a killed run: the next run removes it
         try:
             with open(temp, "wb") as handle:
                 handle.write(CHECKED_PROMPTS_MAGIC + digest + b"\n" + body)
@@ -985,18 +996,28 @@ class PromptFile(Sequence[Prompt]):
         if header != self._check_header():
             log.debug("%s was kept for another state of %s: the prompts are checked again", checked, self.path)
             return False
-        offsets, image_and_verify = array("q"), array("I")
-        split = rows * offsets.itemsize
-        if not rows or len(arrays) != split + rows * image_and_verify.itemsize:
+        kept_arrays = [array(getattr(self, name).typecode) for name in self._KEPT_ARRAYS]
+        if not rows or len(arrays) != rows * sum(kept.itemsize for kept in kept_arrays):
             return False
-        offsets.frombytes(arrays[:split])
-        image_and_verify.frombytes(arrays[split:])
+        at = 0
+        for kept_array in kept_arrays:
+            kept_array.frombytes(arrays[at : at + rows * kept_array.itemsize])
+            at += rows * kept_array.itemsize
+        offsets, image_and_verify = kept_arrays[0], kept_arrays[-1]
         if offsets[-1] >= self._identity[2] or max(image_and_verify) >> 1 >= len(images):
             return False
-        self._offsets, self._image_and_verify, self._images = offsets, image_and_verify, images
+        if not self._spans_fit(kept_arrays):
+            return False
+        for name, kept_array in zip(self._KEPT_ARRAYS, kept_arrays, strict=True):
+            setattr(self, name, kept_array)
+        self._images = images
         self._occurrence = {row: count for row, count in occurrence}
         self._from_kept_check = True
         log.debug("prompts: %s taken as checked by an earlier run (%s): rows are read as they run", self.path, checked)
+        return True
+
+    def _spans_fit(self, kept_arrays: list[array]) -> bool:
+        """Whether the kept arrays place every row inside the file (a line starts before its end: checked above)."""
         return True
 
     def _unchanged(self, row: int, stripped: bytes) -> bool:
@@ -1006,6 +1027,14 @@ class PromptFile(Sequence[Prompt]):
         return row < len(self._line_hashes) and hash(stripped) == self._line_hashes[row]
 
     # -- the checks, before any task runs --------------------------------------------------------------------
+
+    def _where(self, number: int) -> str:
+        """How an error names the row ``number`` of :meth:`_lines` (here a line number)."""
+        return f"{self.path}:{number}"
+
+    def _place(self, number: int) -> str:
+        """How a later duplicate id names the row ``number`` of :meth:`_lines`."""
+        return f"line {number}"
 
     def _lines(self) -> Iterator[tuple[int, int, bytes, object]]:
         """(byte offset, line number, line without its ASCII spaces, its value) of every non-empty line.
@@ -1077,9 +1106,9 @@ class PromptFile(Sequence[Prompt]):
                 and not text.isspace()
             ):
                 if not task_id.isascii():
-                    _checked_id(task_id, f"{self.path}:{number}")
+                    _checked_id(task_id, self._where(number))
                 if b"\\u" in stripped:  # only a JSON escape can make a lone surrogate
-                    _checked_text(text, "the prompt", f"{self.path}:{number}")
+                    _checked_text(text, "the prompt", self._where(number))
                 info, quick = 0, True
             elif (
                 plain
@@ -1089,13 +1118,13 @@ class PromptFile(Sequence[Prompt]):
                 and not text.isspace()
             ):  # a plain-text line, or {"prompt": "..."}: the id derives from the text
                 if b"\\u" in stripped:
-                    _checked_text(text, "the prompt", f"{self.path}:{number}")
+                    _checked_text(text, "the prompt", self._where(number))
                 task_id, info, derived = derived_task_id(text, 0), 0, True
                 key = hash(text)
                 text_hashes[key % ID_BUCKETS].append(key)
             else:
-                where = f"{self.path}:{number}"
-                prompt, explicit_id = _row_prompt(InputRow(where, f"line {number}", value), self.row_format)
+                where = self._where(number)
+                prompt, explicit_id = _row_prompt(InputRow(where, self._place(number), value), self.row_format)
                 text = prompt.text
                 derived = derived or explicit_id is None
                 task_id = _checked_id(explicit_id if explicit_id is not None else derived_task_id(text, 0), where)
@@ -1125,7 +1154,7 @@ class PromptFile(Sequence[Prompt]):
         """Every row again, as a prompt with its final id (a second pass: only when hashes repeat)."""
         texts: Counter[str] = Counter()
         for row, (_, number, _, value) in enumerate(self._lines()):
-            input_row = InputRow(f"{self.path}:{number}", f"line {number}", value)
+            input_row = InputRow(self._where(number), self._place(number), value)
             prompt, explicit_id = _row_prompt(input_row, self.row_format)
             if hash(prompt.text) in self._derived_repeats:  # counted exactly: equal hashes need not be equal texts
                 if explicit_id is None and texts[prompt.text]:
@@ -1236,17 +1265,20 @@ class PromptFile(Sequence[Prompt]):
 
     def prompt_of_row(self, row: int) -> Prompt:
         """The prompt on ``row`` of the file (not a position in this view), read back from the file."""
+        where, value = self._read_back(row)
+        prompt, explicit_id = _row_prompt(InputRow(where, where, value), self.row_format)
+        prompt.index = row
+        prompt.task_id = self._task_id(row, prompt.text, explicit_id)
+        return prompt
+
+    def _read_back(self, row: int) -> tuple[str, object]:
+        """How an error names row ``row``, and its value read back from the file (refused if it changed)."""
         start = self._offsets[row]
         self._handle.seek(start)
         stripped = self._handle.readline().strip(ASCII_SPACE_BYTES)
         if not self._unchanged(row, stripped):
             raise self._changed(row)
-        where = f"{self.path} row {row + 1}"
-        value = self._row_value(start, row + 1, stripped)
-        prompt, explicit_id = _row_prompt(InputRow(where, where, value), self.row_format)
-        prompt.index = row
-        prompt.task_id = self._task_id(row, prompt.text, explicit_id)
-        return prompt
+        return f"{self.path} row {row + 1}", self._row_value(start, row + 1, stripped)
 
     def _changed(self, row: int) -> "FatalRunError":
         return FatalRunError(
@@ -1267,9 +1299,119 @@ def _repeated(buckets: list[array]) -> set[int]:
     return repeated
 
 
-def _json_rows(path: str) -> list:
-    with open(path, encoding="utf-8-sig", errors="strict") as handle:  # -sig: a BOM is not a prompt
-        text = handle.read()
+class PromptArray(PromptFile):
+    """The prompts of a .json file (one JSON array): a :class:`PromptFile` whose rows are the byte spans of the
+    array's elements instead of lines. Checked the same way, its check kept the same way (with each element's end),
+    and each element read back and parsed again only when its task runs: a resume of 1,000,000 rows used to load
+    them whole (8.6-16 s and 815 MB to its first request, bench/bench_input.py)."""
+
+    _KEPT_ARRAYS = ("_offsets", "_ends", "_image_and_verify")
+    KIND = "json array"
+
+    def __init__(self, path: str, row_format: RowFormat, checked: str | None = None):
+        self._ends = array("q")
+        """Row -> the byte just after its element (its start is in _offsets)."""
+        self._scanned = False
+        """Every element was found once: a later pass that cannot find them means the file changed."""
+        super().__init__(path, row_format, checked)
+
+    def _where(self, number: int) -> str:
+        return f"{self.path} row {number}"  # 0-based, as an element of the list (and as before)
+
+    def _place(self, number: int) -> str:
+        return f"row {number}"
+
+    def _lines(self) -> Iterator[tuple[int, int, bytes, object]]:
+        """(byte offset, row, the element's bytes, its value) of every element of the array, the whole file read and
+        decoded once a pass (the JSON scanner reads str). A file that is not one JSON array is told as before."""
+        self._handle.seek(0)
+        data = self._handle.read()
+        skip = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0  # a BOM is not a prompt
+        try:
+            text = str(memoryview(data)[skip:], "utf-8")
+        except UnicodeDecodeError as exc:
+            if self._scanned or self._from_kept_check:
+                raise self._no_longer_the_array() from None
+            raise UsageError(f"--prompts_file {self.path} is not UTF-8 text (byte {skip + exc.start})") from None
+        # Offsets in the text are offsets in the bytes (after the BOM) while the text is ASCII; else each span's bytes
+        # are counted from the end of the one before it.
+        ascii_text = text.isascii()
+        char_at, byte_at = 0, skip
+        ends, space, scan = self._ends, _JSON_SPACE.match, _SCAN_JSON
+        position = space(text).end()
+        if not text.startswith("[", position):
+            self._refuse_as_json(text)
+        position = space(text, position + 1).end()
+        row = 0
+        if text.startswith("]", position):
+            position += 1
+        else:
+            while True:
+                try:
+                    value, end = scan(text, position)
+                except (ValueError, StopIteration, RecursionError):
+                    self._refuse_as_json(text)
+                if ascii_text:
+                    start, stop = skip + position, skip + end
+                else:
+                    start = byte_at + len(text[char_at:position].encode())
+                    stop = start + len(text[position:end].encode())
+                    char_at, byte_at = end, stop
+                if row == len(ends):  # the first pass notes them; later passes find the same
+                    ends.append(stop)
+                yield start, row, data[start:stop], value
+                row += 1
+                position = end if text.startswith((",", "]"), end) else space(text, end).end()
+                if text.startswith("]", position):
+                    position += 1
+                    break
+                if not text.startswith(",", position):
+                    self._refuse_as_json(text)
+                position = space(text, position + 1).end()
+        if space(text, position).end() != len(text):
+            self._refuse_as_json(text)
+        self._scanned = True
+
+    def _refuse_as_json(self, text: str) -> typing.NoReturn:
+        """The array's elements cannot be found: json.loads words why, as for a .json read whole."""
+        if self._scanned or self._from_kept_check:
+            raise self._no_longer_the_array()
+        _json_array(text, self.path)
+        raise UsageError(f"{self.path}: not valid JSON")  # not reached: json.loads refuses what the scan refuses
+
+    def _no_longer_the_array(self) -> "FatalRunError":
+        return FatalRunError(
+            f"--prompts_file {self.path} changed during the run (it is no longer the JSON array that was checked); "
+            "rerun the same command to resume with the new file"
+        )
+
+    def _read_back(self, row: int) -> tuple[str, object]:
+        start = self._offsets[row]
+        self._handle.seek(start)
+        element = self._handle.read(self._ends[row] - start)
+        if not self._unchanged(row, element):
+            raise self._changed(row)
+        where = self._where(row)
+        try:
+            text = element.decode("utf-8")
+            value, end = _SCAN_JSON(text, 0)
+        except (ValueError, StopIteration, RecursionError):
+            raise self._changed(row) from None
+        if end != len(text):  # the span held more than one value: not what was checked
+            raise self._changed(row)
+        return where, value
+
+    def _spans_fit(self, kept_arrays: list[array]) -> bool:
+        offsets, ends = kept_arrays[0], kept_arrays[1]
+        return ends[-1] <= self._identity[2] and ends[0] > offsets[0]
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+"""JSON's whitespace (json.decoder's own): what may stand between the elements of an array."""
+
+
+def _json_array(text: str, path: str) -> list:
+    """``text`` as a JSON array, or the one-line error that says why it is not one."""
     try:
         rows = json.loads(text)
     except ValueError as exc:
@@ -1279,6 +1421,12 @@ def _json_rows(path: str) -> list:
     if not isinstance(rows, list):
         raise UsageError(f'{path}: a .json prompts file holds a list of objects: [{{"prompt": ...}}, ...]')
     return rows
+
+
+def _json_rows(path: str) -> list:
+    with open(path, encoding="utf-8-sig", errors="strict") as handle:  # -sig: a BOM is not a prompt
+        text = handle.read()
+    return _json_array(text, path)
 
 
 def _parquet_rows(path: str) -> list[dict]:
@@ -1295,7 +1443,8 @@ def _parquet_rows(path: str) -> list[dict]:
 
 WHOLE_FILE_FORMATS: dict[str, Callable[[str], list]] = {".json": _json_rows, ".parquet": _parquet_rows}
 """Prompts files read whole, by suffix -> the reader of their rows. A format is one row here; any other suffix is
-JSONL or plain text, read back a prompt at a time (PromptFile)."""
+JSONL or plain text, read back a prompt at a time (PromptFile). A .json file that is a regular file is read back
+an element at a time too (PromptArray); only a pipe of it is read whole."""
 PROMPT_FILE_KINDS = ", ".join(["JSONL", "plain text", *WHOLE_FILE_FORMATS][:-1]) + f" or {[*WHOLE_FILE_FORMATS][-1]}"
 
 

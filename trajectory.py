@@ -464,14 +464,15 @@ def record_line(record: dict) -> bytes:
 # plain values (the path, the flags, the metadata its records carry, its prompts as a :class:`PromptsSource`), never
 # its configuration. Beside an output NAME, hidden, live: ``.NAME.lock`` (one runner at a time) and ``.NAME.index``
 # (the resume index); while a run writes them: ``.NAME.new-PID`` (--overwrite's new file) and ``.NAME.compact-PID``
-# (a compaction), each with its ``.index``. A killed run's new- and compact- files are removed by the next run.
+# (a compaction), each with its ``.index``, and ``.NAME.prompts-PID`` (the prompts' check kept for the next run, see
+# prompts_check_path). A killed run's new-, compact- and prompts- files are removed by the next run.
 
 _LOCK = "lock"
 _INDEX = "index"
 _NEW = "new"
 _COMPACT = "compact"
 _PROMPTS = "prompts"
-_TEMPORARY_KINDS = (_NEW, _COMPACT)
+_TEMPORARY_KINDS = (_NEW, _COMPACT, _PROMPTS)
 """Files a run writes beside the output and renames over it (or its index) when whole: leftovers once it died."""
 
 
@@ -970,6 +971,13 @@ def prompts_check_path(output_file: str) -> str | None:
         return None
     path = os.path.realpath(output_file)
     return _beside(path, _PROMPTS) if os.path.isdir(os.path.dirname(path)) else None
+
+
+def prompts_check_temporary(check_path: str) -> str:
+    """The file this process writes the kept check ``check_path`` (from :func:`prompts_check_path`) to before renaming
+    it over: ``.NAME.prompts-PID`` beside the output, a leftover the next run removes if this one died writing it."""
+    directory, name = os.path.split(check_path)
+    return _temporary(os.path.join(directory, name[1 : -len(_PROMPTS) - 1]), _PROMPTS)
 
 
 def stable_tag(text: str) -> int:

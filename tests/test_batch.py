@@ -446,6 +446,62 @@ def test_prompt_file_refuses_a_line_changed_after_the_check_and_keeps_a_replaced
         loaded[1]
 
 
+def _json_elements() -> list[str]:
+    """MIXED_LINES as the elements of a .json array: a plain-text line becomes a JSON string."""
+    return [line if line.startswith("{") else json.dumps(line, ensure_ascii=False) for line in MIXED_LINES if line]
+
+
+def test_a_json_file_gives_exactly_the_prompts_of_a_whole_read(tmp_path):
+    path = tmp_path / "p.json"
+    # a BOM, JSON's every whitespace between elements, non-ASCII bytes before later elements (offsets in bytes)
+    # a BOM, JSON's every whitespace around elements, non-ASCII first (every later offset in bytes is not in chars)
+    elements = [json.dumps("«é» first", ensure_ascii=False), *_json_elements()]
+    path.write_bytes(b"\xef\xbb\xbf \r\n[" + ",\t\n ".join(elements).encode() + b" \r]\n")
+    whole = mini_swe_runner._json_rows(str(path))
+    expected = mini_swe_runner.prompts_from_rows(mini_swe_runner._list_rows(whole, str(path)))
+    loaded = mini_swe_runner.load_prompts(str(path))
+    assert isinstance(loaded, mini_swe_runner.PromptArray)
+    assert len(loaded) == len(expected) == 10
+    assert list(loaded) == expected  # read back element by element: text, id (occurrences), image, cwd, fields...
+    assert list(mini_swe_runner.task_ids(loaded)) == [p.task_id for p in expected]
+    assert loaded.own_images() == {None, "img:1"} and loaded.any_own_verifier()
+    for shard in [(1, 2), (2, 3)]:
+        assert list(mini_swe_runner.select_shard(loaded, shard)) == mini_swe_runner.select_shard(expected, shard)
+
+
+@pytest.mark.parametrize(
+    "text, error",
+    [
+        ('[{"prompt": "a", "id": "x"}, "b", {"prompt": "c", "id": "x"}]', "p.json row 2: id 'x' already used on row 0"),
+        ('[{"prompt": "a"}, 5]', 'p.json row 1: not an object (give {"prompt": ...} rows)'),
+        ('[{"prompt": "a"},]', "p.json: not valid JSON (Expecting value, line 1)"),
+        ('[{"prompt": "a"}] [', "p.json: not valid JSON (Extra data, line 1)"),
+        ('{"prompt": "a"}', 'p.json: a .json prompts file holds a list of objects: [{"prompt": ...}, ...]'),
+        ('[{"prompt": "\\ud800"}]', "p.json row 0: the prompt holds a lone surrogate"),
+    ],
+)
+def test_a_json_file_is_refused_in_the_words_of_a_whole_read(tmp_path, text, error):
+    path = tmp_path / "p.json"
+    path.write_text(text)
+    with pytest.raises(mini_swe_runner.UsageError) as whole:
+        mini_swe_runner.prompts_from_rows(mini_swe_runner._list_rows(mini_swe_runner._json_rows(str(path)), str(path)))
+    with pytest.raises(mini_swe_runner.UsageError) as spans:
+        mini_swe_runner.load_prompts(str(path))
+    assert str(spans.value) == str(whole.value) and error in str(spans.value)
+
+
+def test_a_json_element_changed_after_the_check_is_refused(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text('[{"prompt": "first", "id": "a"}, {"prompt": "second", "id": "b"}]')
+    loaded = mini_swe_runner.load_prompts(str(path))
+    with open(path, "r+b") as handle:
+        handle.seek(len('[{"prompt": "first", "id": "a"}, {"prompt": "'))
+        handle.write(b"SECOND")
+    assert loaded[0].text == "first"
+    with pytest.raises(mini_swe_runner.FatalRunError, match="changed during the run"):
+        loaded[1]
+
+
 def test_a_prompts_file_changed_during_a_run_stops_it_with_one_line(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text("".join(f'{{"prompt": "task {i}", "id": "t{i}"}}\n' for i in range(3)))

@@ -499,11 +499,20 @@ PROMPT_ROWS = [
 ]
 
 
-def _rows_file(tmp_path: Path) -> tuple[Path, Path]:
-    """PROMPT_ROWS as a prompts file, and the output path the kept-check tests run into."""
-    prompts = tmp_path / "p.jsonl"
-    prompts.write_text("".join(row + "\n" for row in PROMPT_ROWS), encoding="utf-8")
+def _rows_file(tmp_path: Path, kind: str = "jsonl") -> tuple[Path, Path]:
+    """PROMPT_ROWS as a prompts file (a .jsonl file, or a .json array of the same rows: the plain-text line as a JSON
+    string, one element a line after the "["), and the output path the kept-check tests run into."""
+    prompts = tmp_path / f"p.{kind}"
+    if kind == "json":
+        elements = [row if row.startswith("{") else json.dumps(row, ensure_ascii=False) for row in PROMPT_ROWS]
+        prompts.write_text("[" + ",\n".join(elements) + "]\n", encoding="utf-8")
+    else:
+        prompts.write_text("".join(row + "\n" for row in PROMPT_ROWS), encoding="utf-8")
     return prompts, tmp_path / "out.jsonl"
+
+
+KINDS = ["jsonl", "json"]
+"""The prompts files whose check is kept: JSONL (rows are lines) and .json (rows are the array's elements)."""
 
 
 def _in_order(prompts: Path, out: Path, server: ScriptedModelServer) -> list[str]:
@@ -517,8 +526,9 @@ def _texts(server: ScriptedModelServer) -> list[str]:
     return [next(m["content"] for m in r["messages"] if m["role"] == "user") for r in server.requests]
 
 
-def test_a_resume_takes_the_kept_check_and_reads_only_the_rows_it_runs(tmp_path):
-    prompts, out = _rows_file(tmp_path)
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_resume_takes_the_kept_check_and_reads_only_the_rows_it_runs(tmp_path, kind):
+    prompts, out = _rows_file(tmp_path, kind)
     kept = tmp_path / ".out.jsonl.prompts"
     with ScriptedModelServer(lambda request: reply("ok")) as server:
         base = _in_order(prompts, out, server)
@@ -541,7 +551,7 @@ def _edited_in_place(prompts: Path) -> None:
     """Row 2 broken, the file's size and mtime as they were (only its ctime tells)."""
     status = prompts.stat()
     with prompts.open("r+b") as handle:
-        handle.seek(len(PROMPT_ROWS[0].encode()) + 1)
+        handle.seek(len(PROMPT_ROWS[0].encode()) + (3 if prompts.suffix == ".json" else 1))  # after "[" and ",\n"
         handle.write(b"{")
     os.utime(prompts, ns=(status.st_atime_ns, status.st_mtime_ns))
 
@@ -554,16 +564,17 @@ def _edited_and_touched(prompts: Path) -> None:
 def _replaced(prompts: Path) -> None:
     """Another file of the same size and mtime renamed over it (another inode)."""
     status = prompts.stat()
-    other = prompts.with_name("other.jsonl")
+    other = prompts.with_name(f"other{prompts.suffix}")
     other.write_bytes(prompts.read_bytes())
     _edited_in_place(other)
     os.utime(other, ns=(status.st_atime_ns, status.st_mtime_ns))
     os.replace(other, prompts)
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("change", [_edited_in_place, _edited_and_touched, _replaced])
-def test_a_kept_check_is_not_taken_for_a_changed_prompts_file(tmp_path, change):
-    prompts, out = _rows_file(tmp_path)
+def test_a_kept_check_is_not_taken_for_a_changed_prompts_file(tmp_path, change, kind):
+    prompts, out = _rows_file(tmp_path, kind)
     _settled(prompts)
     with ScriptedModelServer(lambda request: reply("ok")) as server:
         base = _in_order(prompts, out, server)
@@ -572,7 +583,12 @@ def test_a_kept_check_is_not_taken_for_a_changed_prompts_file(tmp_path, change):
         change(prompts)
         # --overwrite: no record of the output is matched to a row (which would read every row again)
         again = run_cli([*base, "--overwrite"], cwd=tmp_path)
-        one_line_error(again, 2, "p.jsonl:2: not valid JSON")
+        broken = (
+            "p.jsonl:2: not valid JSON"
+            if kind == "jsonl"
+            else "p.json: not valid JSON (Expecting property name enclosed in double quotes, line 2)"
+        )
+        one_line_error(again, 2, broken)
         assert len(server.requests) == 1  # nothing was sent after the first run
 
 
@@ -604,9 +620,10 @@ def _garbage(kept: Path) -> None:
     kept.write_bytes(b"\x00" * 100)
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("damage", [_flipped, _swapped_offsets, _truncated, _garbage])
-def test_a_damaged_kept_check_is_not_taken(tmp_path, damage):
-    prompts, out = _rows_file(tmp_path)
+def test_a_damaged_kept_check_is_not_taken(tmp_path, damage, kind):
+    prompts, out = _rows_file(tmp_path, kind)
     _settled(prompts)
     with ScriptedModelServer(lambda request: reply("ok")) as server:
         base = _in_order(prompts, out, server)
@@ -633,8 +650,9 @@ def test_a_bad_prompts_file_keeps_no_check(tmp_path):
     assert not (tmp_path / ".o.prompts").exists()
 
 
-def test_records_the_index_does_not_place_are_matched_by_task_id_with_a_kept_check(tmp_path):
-    prompts, out = _rows_file(tmp_path)
+@pytest.mark.parametrize("kind", KINDS)
+def test_records_the_index_does_not_place_are_matched_by_task_id_with_a_kept_check(tmp_path, kind):
+    prompts, out = _rows_file(tmp_path, kind)
     _settled(prompts)
     with ScriptedModelServer(lambda request: reply("ok")) as server:
         base = _in_order(prompts, out, server)
@@ -647,6 +665,18 @@ def test_records_the_index_does_not_place_are_matched_by_task_id_with_a_kept_che
         assert "taken as checked by an earlier run" in resumed.stderr and "resume: 0 line(s)" in resumed.stderr
         assert len(server.requests) == 5  # the 3 done were found by their task_ids and skipped
     assert sorted(r["prompt_index"] for r in read_records(str(out)).records) == [0, 1, 2, 3, 4]
+
+
+def test_a_kept_check_left_half_written_by_a_killed_run_is_removed(tmp_path):
+    prompts, out = _rows_file(tmp_path)
+    ours = trajectory.prompts_check_temporary(trajectory.prompts_check_path(str(out)))
+    assert Path(ours).name == f".out.jsonl.prompts-{os.getpid()}"  # this process's, named like the other leftovers
+    leftover = tmp_path / ".out.jsonl.prompts-999999"  # a run killed while it wrote its check
+    leftover.write_bytes(mini_swe_runner.CHECKED_PROMPTS_MAGIC)
+    with ScriptedModelServer(lambda request: reply("ok")) as server:
+        assert run_cli([*_in_order(prompts, out, server), "--limit", "1"], cwd=tmp_path).returncode == 0
+    assert not leftover.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.jsonl.index", ".out.jsonl.lock", "out.jsonl", "p.jsonl"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
