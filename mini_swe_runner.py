@@ -1472,17 +1472,24 @@ def load_dataset_prompts(name: str, split: str | None, row_format: RowFormat | N
             raise UsageError(f"--dataset {name} has no split {split!r} (it has {', '.join(names)})")
         loaded = loaded[split]
     source = f"{name}[{split}]" if split else name
-    # The library's own content hash of the rows (data files, revision, transforms): the same data, the same tag.
-    fingerprint = getattr(loaded, "_fingerprint", None)
-    tag = None
-    if isinstance(fingerprint, str) and fingerprint:
-        tag = trajectory.stable_tag(
-            f"dataset\0{PROMPTS_TAG_VERSION}\0{source}\0{fingerprint}\0{row_format or RowFormat()!r}"
-        )
-    prompts = PromptList(prompts_from_rows(_list_rows(loaded, source), row_format), tag)
+    prompts = PromptList(
+        prompts_from_rows(_list_rows(loaded, source), row_format), dataset_tag(loaded, source, row_format)
+    )
     if not prompts:
         raise UsageError(f"--dataset {source} has no rows")
     return prompts
+
+
+def dataset_tag(loaded: object, source: str, row_format: RowFormat | None) -> int | None:
+    """Names a loaded dataset's rows, read with these row settings, in the output's resume index (see
+    PromptList.source_tag); None for a dataset without a fingerprint."""
+    # The library's own content hash of the rows (data files, revision, transforms): the same data, the same tag.
+    fingerprint = getattr(loaded, "_fingerprint", None)
+    if not isinstance(fingerprint, str) or not fingerprint:
+        return None
+    return trajectory.stable_tag(
+        f"dataset\0{PROMPTS_TAG_VERSION}\0{source}\0{fingerprint}\0{row_format or RowFormat()!r}"
+    )
 
 
 def select_shard(prompts: Sequence[Prompt], shard: tuple[int, int] | None) -> Sequence[Prompt]:

@@ -17,9 +17,12 @@ argument error (neither imports the HTTP stack; tests/test_batch.py checks that)
     python bench/bench_input.py --resume_targets ../main --repeat 3   # issue 25 target 4, before and after
 
 ``--resume_targets``: the resumes of issue 25's target 4, this checkout and another (before a change) interleaved,
-best of ``--repeat``. The CLI starts as an installed one does (its entry point, bytecode compiled ahead), and once
-as ``python mini_swe_runner.py`` from the checkout (the script compiled on every start). The child is killed at the
-first request (SIGKILL: nothing is written), so the same output serves every run.
+best of ``--repeat``: the same N prompts as a .jsonl file, a .json array, a .parquet file and a saved dataset
+(--dataset), each with its own output of N - 1 records indexed against it; the .jsonl and .json files also with the
+check of their rows that the run which wrote the output kept beside it. The CLI starts as an installed one does
+(its entry point, bytecode compiled ahead), and once as ``python mini_swe_runner.py`` from the checkout (the script
+compiled on every start). The child is killed at the first request (SIGKILL: nothing is written), so the same output
+serves every run.
 """
 
 from __future__ import annotations
@@ -83,12 +86,49 @@ def write_json_inputs(directory: Path, lines: int) -> tuple[Path, Path]:
     """The same prompts as one .json list, and the output of its N - 1 first tasks, indexed against it."""
     prompts, output = directory / f"prompts-{lines}.json", directory / f"done-{lines}-json.jsonl"
     import mini_swe_runner
-    import trajectory
 
     rows = [{"prompt": f"Solve task number {index} and report.", "id": f"task-{index}"} for index in range(lines)]
     prompts.write_text(json.dumps(rows))
     del rows
-    source = mini_swe_runner.load_prompts(str(prompts), mini_swe_runner.RowFormat()).source_tag
+    write_done(output, lines, mini_swe_runner._file_tag(str(prompts), mini_swe_runner.RowFormat()))
+    return prompts, output
+
+
+def write_table_inputs(directory: Path, lines: int) -> tuple[Path, Path, Path, Path]:
+    """The same prompts as a .parquet file and as a dataset saved to disk (--dataset), each with the output of its
+    N - 1 first tasks indexed against it."""
+    import datasets
+    import pyarrow
+    import pyarrow.parquet
+
+    import mini_swe_runner
+
+    columns = {
+        "prompt": [f"Solve task number {index} and report." for index in range(lines)],
+        "id": [f"task-{index}" for index in range(lines)],
+    }
+    parquet, parquet_output = directory / f"prompts-{lines}.parquet", directory / f"done-{lines}-parquet.jsonl"
+    pyarrow.parquet.write_table(pyarrow.table(columns), str(parquet))
+    write_done(parquet_output, lines, mini_swe_runner._file_tag(str(parquet), mini_swe_runner.RowFormat()))
+    dataset, dataset_output = directory / f"prompts-{lines}-dataset", directory / f"done-{lines}-dataset.jsonl"
+    datasets.disable_progress_bars()
+    datasets.Dataset.from_dict(columns).save_to_disk(str(dataset))
+    del columns
+    loaded = datasets.load_from_disk(str(dataset))
+    write_done(dataset_output, lines, mini_swe_runner.dataset_tag(loaded, str(dataset), mini_swe_runner.RowFormat()))
+    return parquet, parquet_output, dataset, dataset_output
+
+
+def write_done(output: Path, lines: int, source_tag: int | None) -> None:
+    """An output of the N - 1 first tasks, indexed against the prompts the runner names by ``source_tag`` (its
+    PromptList's or PromptFile's; the index tag adds the run's settings, as the runner's does)."""
+    import types
+
+    import mini_swe_runner
+    import trajectory
+
+    named = types.SimpleNamespace(source_tag=source_tag)
+    source = mini_swe_runner.index_source_tag(named, mini_swe_runner.RunConfig(model="bench"))
     with trajectory.JsonlWriter(str(output), sync=False, index_source=source) as o:
         for index in range(lines - 1):  # every task but the last is already done
             o.write(
@@ -106,7 +146,6 @@ def write_json_inputs(directory: Path, lines: int) -> tuple[Path, Path]:
                     metadata={"model": "bench", "env_type": "local", "image": None, "timestamp": "2026-01-01"},
                 )
             )
-    return prompts, output
 
 
 def first_task(server, prompts: Path | None, output: Path, resume: bool, index: bool = True, root: Path = ROOT) -> dict:
@@ -209,13 +248,16 @@ def resume_targets(before_root: Path, lines: int, repeat: int) -> None:
         directory = Path(tmp)
         prompts, output = write_inputs(directory, lines)
         json_prompts, json_output = write_json_inputs(directory, lines)
-        # The check the run that wrote the output kept (its prompts file was written 2 s before that run started).
-        time.sleep(max(0.0, (prompts.stat().st_ctime_ns + 2_100_000_000 - time.time_ns()) / 1e9))
-        kept = directory / "kept.prompts"
+        parquet, parquet_output, dataset, dataset_output = write_table_inputs(directory, lines)
+        # The checks the runs that wrote the outputs kept (their prompts files written 2 s before those runs started).
+        time.sleep(max(0.0, (json_prompts.stat().st_ctime_ns + 2_100_000_000 - time.time_ns()) / 1e9))
+        kept, json_kept = directory / "kept.prompts", directory / "kept-json.prompts"
         mini_swe_runner.PromptFile(str(prompts), mini_swe_runner.RowFormat(), str(kept))
-        if not kept.exists():
-            raise SystemExit("this checkout kept no check of the prompts file")
+        mini_swe_runner.load_prompts(str(json_prompts), mini_swe_runner.RowFormat(), str(json_kept))
+        if not kept.exists() or not json_kept.exists():
+            raise SystemExit("this checkout kept no check of the prompts files")
         jsonl, json_source = ["--prompts_file", str(prompts)], ["--prompts_file", str(json_prompts)]
+        parquet_source, dataset_source = ["--prompts_file", str(parquet)], ["--dataset", str(dataset)]
         variants = {
             ".jsonl, the check kept by the run: before": lambda: resume_to_first_request(
                 server, before_root, jsonl, output
@@ -233,7 +275,20 @@ def resume_targets(before_root: Path, lines: int, repeat: int) -> None:
                 server, ROOT, jsonl, output, kept, script=True
             ),
             ".json: before": lambda: resume_to_first_request(server, before_root, json_source, json_output),
-            ".json: after": lambda: resume_to_first_request(server, ROOT, json_source, json_output),
+            ".json, the check kept by the run: after": lambda: resume_to_first_request(
+                server, ROOT, json_source, json_output, json_kept
+            ),
+            ".json, no check kept (a run of an older version): after": lambda: resume_to_first_request(
+                server, ROOT, json_source, json_output
+            ),
+            ".parquet: before": lambda: resume_to_first_request(server, before_root, parquet_source, parquet_output),
+            ".parquet: after": lambda: resume_to_first_request(server, ROOT, parquet_source, parquet_output),
+            "--dataset (save_to_disk): before": lambda: resume_to_first_request(
+                server, before_root, dataset_source, dataset_output
+            ),
+            "--dataset (save_to_disk): after": lambda: resume_to_first_request(
+                server, ROOT, dataset_source, dataset_output
+            ),
         }
         results: dict[str, list[dict]] = {name: [] for name in variants}
         for run in range(repeat):
