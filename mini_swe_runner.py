@@ -867,8 +867,9 @@ class PromptList(list):
 
 
 class PromptFile(Sequence[Prompt]):
-    """The prompts of a JSONL or plain-text file: every row checked in one streaming pass, then read back from the
-    file one at a time, when its sample starts.
+    """The prompts of a JSONL or plain-text file (a .json array: :class:`PromptArray`, the same but for how rows are
+    found): every row checked in one streaming pass, then read back from the file one at a time, when its sample
+    starts.
 
     Memory holds about 20 bytes per row (its byte offset, a hash of its line, its image and whether it has its own
     verifier; 16 more for hashes while checking), never the rows: a file of 1,000,000 lines used to take 14 s and

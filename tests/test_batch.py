@@ -486,7 +486,7 @@ def test_a_json_file_is_refused_in_the_words_of_a_whole_read(tmp_path, text, err
     with pytest.raises(mini_swe_runner.UsageError) as whole:
         mini_swe_runner.prompts_from_rows(mini_swe_runner._list_rows(mini_swe_runner._json_rows(str(path)), str(path)))
     with pytest.raises(mini_swe_runner.UsageError) as spans:
-        mini_swe_runner.load_prompts(str(path))
+        mini_swe_runner.PromptArray(str(path), mini_swe_runner.RowFormat())
     assert str(spans.value) == str(whole.value) and error in str(spans.value)
 
 
