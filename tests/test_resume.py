@@ -503,7 +503,14 @@ def _rows_file(tmp_path: Path, kind: str = "jsonl") -> tuple[Path, Path]:
     """PROMPT_ROWS as a prompts file (a .jsonl file, or a .json array of the same rows: the plain-text line as a JSON
     string, one element a line after the "["), and the output path the kept-check tests run into."""
     prompts = tmp_path / f"p.{kind}"
-    if kind == "json":
+    if kind == "parquet":  # one table: a key a row lacks is null there
+        import pyarrow
+        import pyarrow.parquet
+
+        rows = [json.loads(row) if row.startswith("{") else {"prompt": row} for row in PROMPT_ROWS]
+        columns = {key: [row.get(key) for row in rows] for key in ("prompt", "id", "repo", "task")}
+        pyarrow.parquet.write_table(pyarrow.table(columns), str(prompts))
+    elif kind == "json":
         elements = [row if row.startswith("{") else json.dumps(row, ensure_ascii=False) for row in PROMPT_ROWS]
         prompts.write_text("[" + ",\n".join(elements) + "]\n", encoding="utf-8")
     else:
@@ -511,8 +518,8 @@ def _rows_file(tmp_path: Path, kind: str = "jsonl") -> tuple[Path, Path]:
     return prompts, tmp_path / "out.jsonl"
 
 
-KINDS = ["jsonl", "json"]
-"""The prompts files whose check is kept: JSONL (rows are lines) and .json (rows are the array's elements)."""
+KINDS = ["jsonl", "json", "parquet"]
+"""The prompts files whose check is kept: JSONL (rows are lines), .json (the array's elements), .parquet (a table)."""
 
 
 def _in_order(prompts: Path, out: Path, server: ScriptedModelServer) -> list[str]:
@@ -544,15 +551,20 @@ def test_a_resume_takes_the_kept_check_and_reads_only_the_rows_it_runs(tmp_path,
         assert _texts(server) == ["say 0", PROMPT_ROWS[1], "say \u2028 2 \U0001f600", "say 3", "  say 4  "]
     records = read_records(str(out)).records
     assert sorted(r["prompt_index"] for r in records) == [0, 1, 2, 3, 4]
-    assert json.loads(records[3]["metadata"]["prompt_fields"]) == {"repo": "r"}
+    fields = {"repo": "r", **({"task": None} if kind == "parquet" else {})}  # a table's row has every column
+    assert json.loads(records[3]["metadata"]["prompt_fields"]) == fields
 
 
 def _edited_in_place(prompts: Path) -> None:
     """Row 2 broken, the file's size and mtime as they were (only its ctime tells)."""
     status = prompts.stat()
     with prompts.open("r+b") as handle:
-        handle.seek(len(PROMPT_ROWS[0].encode()) + (3 if prompts.suffix == ".json" else 1))  # after "[" and ",\n"
-        handle.write(b"{")
+        if prompts.suffix == ".parquet":
+            handle.seek(-4, os.SEEK_END)
+            handle.write(b"PAR2")  # its closing magic
+        else:
+            handle.seek(len(PROMPT_ROWS[0].encode()) + (3 if prompts.suffix == ".json" else 1))  # after "[" and ",\n"
+            handle.write(b"{")
     os.utime(prompts, ns=(status.st_atime_ns, status.st_mtime_ns))
 
 
@@ -583,11 +595,11 @@ def test_a_kept_check_is_not_taken_for_a_changed_prompts_file(tmp_path, change, 
         change(prompts)
         # --overwrite: no record of the output is matched to a row (which would read every row again)
         again = run_cli([*base, "--overwrite"], cwd=tmp_path)
-        broken = (
-            "p.jsonl:2: not valid JSON"
-            if kind == "jsonl"
-            else "p.json: not valid JSON (Expecting property name enclosed in double quotes, line 2)"
-        )
+        broken = {
+            "jsonl": "p.jsonl:2: not valid JSON",
+            "json": "p.json: not valid JSON (Expecting property name enclosed in double quotes, line 2)",
+            "parquet": "p.parquet is not a readable parquet file",
+        }[kind]
         one_line_error(again, 2, broken)
         assert len(server.requests) == 1  # nothing was sent after the first run
 
