@@ -457,7 +457,7 @@ def record_line(record: dict) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The output file, its whole life: lock, resume, writer, resume index, compaction, --overwrite's commit
+# The output file, its whole life: lock, leftovers, checks, writer, --overwrite's commit (resume: the next section)
 # ---------------------------------------------------------------------------------------------------------------
 # The runner sees :class:`OutputFile` only: ``open`` (lock, leftovers, settings and prompt checks, the samples already
 # done), ``start`` (the compaction, once every check of the run passed), ``writer``, ``commit`` and ``close``. It gives
@@ -933,7 +933,9 @@ class JsonlWriter:
         self.close()
 
 
-# -- the resume index: what resume needs of each record, so a resumed run need not parse 1,000,000 lines --------
+# ---------------------------------------------------------------------------------------------------------------
+# Resume: the index beside the output, the records read back and placed on their rows, compaction
+# ---------------------------------------------------------------------------------------------------------------
 # Parsing a 677-byte record takes 5.6 us with json's scanner, and an output of 1,000,000 records took 16 s and 351 MB
 # to resume (bench/bench_input.py). The writer appends one fixed-size entry per line to ``.NAME.index`` beside the
 # output; resume trusts it only when it provably describes the file as it is (see _trusted_index), and parses every
