@@ -18,8 +18,8 @@ argument error (neither imports the HTTP stack; tests/test_batch.py checks that)
 
 ``--resume_targets``: the resumes of issue 25's target 4, this checkout and another (before a change) interleaved,
 best of ``--repeat``: the same N prompts as a .jsonl file, a .json array, a .parquet file and a saved dataset
-(--dataset), each with its own output of N - 1 records indexed against it; the .jsonl and .json files also with the
-check of their rows that the run which wrote the output kept beside it. The CLI starts as an installed one does
+(--dataset), each with its own output of N - 1 records indexed against it; the prompts files also with the check of
+their rows that the run which wrote the output kept beside it. The CLI starts as an installed one does
 (its entry point, bytecode compiled ahead), and once as ``python mini_swe_runner.py`` from the checkout (the script
 compiled on every start). The child is killed at the first request (SIGKILL: nothing is written), so the same output
 serves every run.
@@ -250,11 +250,14 @@ def resume_targets(before_root: Path, lines: int, repeat: int) -> None:
         json_prompts, json_output = write_json_inputs(directory, lines)
         parquet, parquet_output, dataset, dataset_output = write_table_inputs(directory, lines)
         # The checks the runs that wrote the outputs kept (their prompts files written 2 s before those runs started).
-        time.sleep(max(0.0, (json_prompts.stat().st_ctime_ns + 2_100_000_000 - time.time_ns()) / 1e9))
+        newest = max(path.stat().st_ctime_ns for path in (prompts, json_prompts, parquet))
+        time.sleep(max(0.0, (newest + 2_100_000_000 - time.time_ns()) / 1e9))
         kept, json_kept = directory / "kept.prompts", directory / "kept-json.prompts"
+        parquet_kept = directory / "kept-parquet.prompts"
         mini_swe_runner.PromptFile(str(prompts), mini_swe_runner.RowFormat(), str(kept))
         mini_swe_runner.load_prompts(str(json_prompts), mini_swe_runner.RowFormat(), str(json_kept))
-        if not kept.exists() or not json_kept.exists():
+        mini_swe_runner.load_prompts(str(parquet), mini_swe_runner.RowFormat(), str(parquet_kept))
+        if not kept.exists() or not json_kept.exists() or not parquet_kept.exists():
             raise SystemExit("this checkout kept no check of the prompts files")
         jsonl, json_source = ["--prompts_file", str(prompts)], ["--prompts_file", str(json_prompts)]
         parquet_source, dataset_source = ["--prompts_file", str(parquet)], ["--dataset", str(dataset)]
@@ -282,7 +285,12 @@ def resume_targets(before_root: Path, lines: int, repeat: int) -> None:
                 server, ROOT, json_source, json_output
             ),
             ".parquet: before": lambda: resume_to_first_request(server, before_root, parquet_source, parquet_output),
-            ".parquet: after": lambda: resume_to_first_request(server, ROOT, parquet_source, parquet_output),
+            ".parquet, the check kept by the run: after": lambda: resume_to_first_request(
+                server, ROOT, parquet_source, parquet_output, parquet_kept
+            ),
+            ".parquet, no check kept (a run of an older version): after": lambda: resume_to_first_request(
+                server, ROOT, parquet_source, parquet_output
+            ),
             "--dataset (save_to_disk): before": lambda: resume_to_first_request(
                 server, before_root, dataset_source, dataset_output
             ),
