@@ -762,10 +762,10 @@ MISSING_DATASETS_EXTRA = "pip install 'mini-swe-runner[datasets]'"
 
 
 def load_prompts(path: str, row_format: RowFormat | None = None, checked: str | None = None) -> Sequence[Prompt]:
-    """Prompts from a file, by suffix: a .json file (a :class:`PromptArray`), one of WHOLE_FILE_FORMATS (read whole,
-    a :class:`PromptList`), else JSONL or plain text (a :class:`PromptFile`). A PromptFile or PromptArray is read back
-    one prompt at a time; ``checked``: where its check is kept for the next run, see
-    :func:`trajectory.prompts_check_path`."""
+    """Prompts from a file, by suffix: a .json file (a :class:`PromptArray`), a .parquet file (a :class:`PromptTable`),
+    else JSONL or plain text (a :class:`PromptFile`), each read back one prompt at a time; ``checked``: where its
+    check is kept for the next run, see :func:`trajectory.prompts_check_path`. A pipe is read whole: one of
+    WHOLE_FILE_FORMATS (a :class:`PromptList`), or JSONL."""
     if os.path.isdir(path):
         raise UsageError(f"--prompts_file {path} is a directory, not a {PROMPT_FILE_KINDS} file")
     suffix = os.path.splitext(path)[1].lower()
@@ -869,9 +869,9 @@ class PromptList(list):
 
 
 class PromptFile(Sequence[Prompt]):
-    """The prompts of a JSONL or plain-text file (a .json array: :class:`PromptArray`, the same but for how rows are
-    found): every row checked in one streaming pass, then read back from the file one at a time, when its sample
-    starts.
+    """The prompts of a JSONL or plain-text file (a .json array: :class:`PromptArray`, a .parquet table:
+    :class:`PromptTable`, the same but for how rows are found): every row checked in one streaming pass, then read
+    back from the file one at a time, when its sample starts.
 
     Memory holds about 20 bytes per row (its byte offset, a hash of its line, its image and whether it has its own
     verifier; 16 more for hashes while checking), never the rows: a file of 1,000,000 lines used to take 14 s and
@@ -1506,8 +1506,8 @@ def _parquet_rows(path: str) -> list[dict]:
 
 WHOLE_FILE_FORMATS: dict[str, Callable[[str], list]] = {".json": _json_rows, ".parquet": _parquet_rows}
 """Prompts files read whole, by suffix -> the reader of their rows. A format is one row here; any other suffix is
-JSONL or plain text, read back a prompt at a time (PromptFile). A .json file that is a regular file is read back
-an element at a time too (PromptArray); only a pipe of it is read whole."""
+JSONL or plain text, read back a prompt at a time (PromptFile). A .json or .parquet file that is a regular file is
+read back a row at a time too (PromptArray, PromptTable): only a pipe of one is read whole."""
 PROMPT_FILE_KINDS = ", ".join(["JSONL", "plain text", *WHOLE_FILE_FORMATS][:-1]) + f" or {[*WHOLE_FILE_FORMATS][-1]}"
 
 
