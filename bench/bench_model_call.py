@@ -1,11 +1,12 @@
-"""The model call's CPU in the runner's process, by the layer it goes through: prints ratios side by side (no pass/fail).
+"""The model call's CPU in the runner's process, by the layer it goes through: ratios side by side (no pass/fail).
 
 Each way sends the same chat-completions request body (a few KB, as a mid-task request) to the scripted model
 server (tests/model_server.py, in a process of its own so that its CPU is not counted) and reads the answer's
 bytes; the client process's CPU per call is measured N calls in a row and N calls 32 at a time, each way in turn,
 best of --repeat. The ways:
 
-    sdk        AsyncOpenAI.post("/chat/completions", content=..., cast_to=Response): what main does
+    sdk        AsyncOpenAI.post("/chat/completions", content=..., cast_to=Response): how the runner sent it before
+    runner     ModelClient._send, how the runner sends it now (below: the same, its parts measured bare)
     http       the http client the SDK was given (DefaultAioHttpClient), its public httpx API: send(Request)
                with the URL and headers built once
     http.own   the same, but the headers set once on the client itself (build_request without headers)
@@ -51,6 +52,8 @@ async def measure(base_url: str, calls: int, concurrency: int, body: bytes) -> d
     import aiohttp
     import openai
 
+    import mini_swe_runner
+
     try:
         import httpx2 as httpx
     except ImportError:
@@ -65,11 +68,17 @@ async def measure(base_url: str, calls: int, concurrency: int, body: bytes) -> d
     headers = {k: v for k, v in client.default_headers.items() if isinstance(v, str)}
     headers["Authorization"] = "Bearer bench-key"
     prebuilt = httpx.Headers(headers)
+    runner = mini_swe_runner.ModelClient(
+        mini_swe_runner.RunConfig(model="bench", base_url=base_url, api_key="bench-key", workers=32, quiet=True)
+    )
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=36))
     own_client = openai.DefaultAioHttpClient(limits=limits, timeout=600.0, headers=headers)
 
     async def sdk() -> bytes:
         return (await client.post("/chat/completions", content=body, cast_to=httpx.Response)).content
+
+    async def through_runner() -> bytes:
+        return (await runner._send("POST", runner.chat_url, body)).content
 
     async def http_send() -> bytes:
         response = await http_client.send(http_client.build_request("POST", url, content=body, headers=prebuilt))
@@ -85,14 +94,21 @@ async def measure(base_url: str, calls: int, concurrency: int, body: bytes) -> d
         async with session.post(url, data=body, headers=headers) as response:
             return await response.read()
 
-    ways = {"sdk": sdk, "http": http_send, "http.own": http_own, "http.post": http_post, "aiohttp": bare}
+    ways = {
+        "sdk": sdk,
+        "runner": through_runner,
+        "http": http_send,
+        "http.own": http_own,
+        "http.post": http_post,
+        "aiohttp": bare,
+    }
     for way in ways.values():  # connections opened, lazy imports done, before anything is timed
         await asyncio.gather(*(way() for _ in range(concurrency)))
     results: dict[str, float] = {}
     for name, way in ways.items():
         semaphore = asyncio.Semaphore(concurrency)
 
-        async def one() -> None:
+        async def one(way=way, semaphore=semaphore) -> None:
             async with semaphore:
                 assert b"choices" in await way()
 
@@ -102,6 +118,7 @@ async def measure(base_url: str, calls: int, concurrency: int, body: bytes) -> d
     await client.close()
     await session.close()
     await own_client.aclose()
+    await runner.close()
     return results
 
 
@@ -121,7 +138,8 @@ def main() -> None:
         for run in range(args.repeat):
             for concurrency in (1, 32):
                 figures = asyncio.run(measure(base_url, args.calls, concurrency, body))
-                print(f"run {run + 1}, {concurrency:>2} at a time: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
+                shown = ", ".join(f"{k} {v:.3f}" for k, v in figures.items())
+                print(f"run {run + 1}, {concurrency:>2} at a time: {shown}")
                 for name, value in figures.items():
                     best[concurrency, name] = min(best.get((concurrency, name), value), value)
     finally:
@@ -129,7 +147,7 @@ def main() -> None:
         server.join(5)
     print(f"\nclient CPU per call, ms (best of {args.repeat}, {args.calls} calls, request {len(body)} bytes)")
     print(f"{'way':<10} {'1 at a time':>12} {'32 at a time':>13} {'saved vs sdk (32)':>18}")
-    for name in ("sdk", "http", "http.own", "http.post", "aiohttp"):
+    for name in ("sdk", "runner", "http", "http.own", "http.post", "aiohttp"):
         one, many = best[1, name], best[32, name]
         saved = best[32, "sdk"] - many
         print(f"{name:<10} {one:>12.3f} {many:>13.3f} {saved:>13.3f} ({many / best[32, 'sdk']:.2f}x)")
