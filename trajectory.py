@@ -457,7 +457,7 @@ def record_line(record: dict) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The output file, its whole life: lock, resume, writer, resume index, compaction, --overwrite's commit
+# The output file, its whole life: lock, leftovers, checks, writer, --overwrite's commit (resume: the next section)
 # ---------------------------------------------------------------------------------------------------------------
 # The runner sees :class:`OutputFile` only: ``open`` (lock, leftovers, settings and prompt checks, the samples already
 # done), ``start`` (the compaction, once every check of the run passed), ``writer``, ``commit`` and ``close``. It gives
@@ -933,7 +933,9 @@ class JsonlWriter:
         self.close()
 
 
-# -- the resume index: what resume needs of each record, so a resumed run need not parse 1,000,000 lines --------
+# ---------------------------------------------------------------------------------------------------------------
+# Resume: the index beside the output, the records read back and placed on their rows, compaction
+# ---------------------------------------------------------------------------------------------------------------
 # Parsing a 677-byte record takes 5.6 us with json's scanner, and an output of 1,000,000 records took 16 s and 351 MB
 # to resume (bench/bench_input.py). The writer appends one fixed-size entry per line to ``.NAME.index`` beside the
 # output; resume trusts it only when it provably describes the file as it is (see _trusted_index), and parses every
@@ -1770,14 +1772,22 @@ def _ends_with_newline(path: str) -> bool:
 
 
 def _atomic_write(path: str, lines: Iterable[bytes], temp: str | None = None) -> None:
+    """Write ``lines`` to ``path`` through ``temp`` beside it (a compaction's hidden name unless given): synced, then
+    renamed over ``path``, the rename synced. On any failure (a full disk, a signal) the temporary goes away at once,
+    its space with it, and ``path`` is as it was."""
     directory = os.path.dirname(os.path.abspath(path))
     temp = temp or _temporary(os.path.abspath(path), _COMPACT)
-    with open(temp, "wb") as handle:
-        for line in lines:
-            handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
+    try:
+        with open(temp, "wb") as handle:
+            for line in lines:
+                handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
     sync_directory(directory)
 
 
@@ -2862,7 +2872,7 @@ def export(paths: list[str], output_file: str, options: ExportOptions) -> Export
                 result.written += 1
                 yield line
 
-    _atomic_write_new(output_file, rows())
+    _atomic_write(output_file, rows(), _export_temporary(output_file))
     return result
 
 
@@ -2966,24 +2976,10 @@ def export_swebench(paths: list[str], output_file: str, options: ExportOptions) 
             result.written += 1
         yield b"\n]\n" if as_list else b""
 
-    _atomic_write_new(output_file, predictions())
+    _atomic_write(output_file, predictions(), _export_temporary(output_file))
     return result
 
 
-def _atomic_write_new(path: str, lines: Iterable[bytes]) -> None:
-    """Write ``lines`` to ``path`` through a temporary file beside it; on any failure the temporary goes away."""
-    directory = os.path.dirname(os.path.abspath(path))
-    temp = os.path.join(directory, f".{os.path.basename(path)}.export-{os.getpid()}.tmp")
-    try:
-        with open(temp, "wb") as handle:
-            for line in lines:
-                handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        raise
+def _export_temporary(path: str) -> str:
+    """An export's temporary file, beside the file it becomes."""
+    return os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.export-{os.getpid()}.tmp")
