@@ -117,6 +117,64 @@ def test_each_request_goes_where_and_as_the_sdks_own_request_would(out, monkeypa
     assert headers[-1]["content-type"] == "application/json" and "content-type" not in headers[-2]
 
 
+def test_an_error_answer_is_the_sdks_own_exception_with_its_message_and_body(out):
+    """Each error answer becomes the exception the SDK's client.post raised for it (class, message, body, code,
+    status, headers), read from the same answer side by side: the fatal, permanent and retried verdicts and every
+    message the runner writes from them (_api_message, _is_context_length, provider_wait_hint) depend on them."""
+    import openai
+
+    try:
+        from httpx2 import Response
+    except ImportError:
+        from httpx import Response
+    answers = [
+        http_error(401, "Incorrect API key provided"),
+        http_error(403, "not allowed"),
+        http_error(404, "The model `x` does not exist", code="model_not_found"),
+        http_error(400, "This model's maximum context length is 8192 tokens", code="context_length_exceeded"),
+        http_error(409, "conflict"),
+        http_error(422, "unprocessable"),
+        http_error(429, "slow down", headers={"Retry-After": "3", "x-ratelimit-reset-requests": "6m0s"}),
+        http_error(500, ""),
+        Step(status=502, body=b"<html>Bad Gateway</html>", headers={"Content-Type": "text/html"}),
+        Step(status=503, body=json.dumps({"message": "top-level message", "code": 7}).encode()),
+        Step(status=400, body=("[" * 100_000 + "]" * 100_000).encode()),
+        Step(status=418, body=json.dumps({"error": "a bare string"}).encode()),
+        Step(status=302, body=b"moved, but no Location"),
+    ]
+
+    async def both_ways(server: ScriptedModelServer) -> list[tuple[tuple, tuple]]:
+        config = make_config(server, out)
+        sdk = openai.AsyncOpenAI(api_key=config.api_key, base_url=config.base_url, max_retries=0)
+        model = mini_swe_runner.ModelClient(config)
+        pairs = []
+        for _ in answers:
+            raised = []
+            for send in (
+                lambda: sdk.post("/chat/completions", content=b"{}", cast_to=Response),
+                lambda: model._send("POST", model.chat_url, b"{}"),
+            ):
+                try:
+                    await send()
+                except openai.APIStatusError as exc:
+                    headers = {k: v for k, v in exc.response.headers.items() if k not in ("date", "server")}
+                    raised.append((type(exc), str(exc), exc.body, exc.code, exc.status_code, headers))
+            pairs.append(tuple(raised))
+        await sdk.close()
+        await model.close()
+        return pairs
+
+    with ScriptedModelServer([step for answer in answers for step in (answer, answer)]) as server:
+        pairs = asyncio.run(both_ways(server))
+    for sdk_raised, ours in pairs:
+        assert ours == sdk_raised
+    assert [ours[0].__name__ for _, ours in pairs][:3] == [
+        "AuthenticationError",
+        "PermissionDeniedError",
+        "NotFoundError",
+    ]
+
+
 def test_a_redirect_is_followed_as_the_sdk_follows_it(out):
     """A proxy in front of the model that answers 307 with another path: the call (method and body kept) goes on
     there, as the SDK's client followed redirects; a redirect without a Location is an error answer, not a crash."""
