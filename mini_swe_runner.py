@@ -1514,9 +1514,10 @@ class ModelClient:
         the SDK's own exceptions built as it builds them, through the public API of the http client it was given.
 
         Why below the SDK's per-request layer: that layer (request options as a pydantic model, per-call URL and
-        header merging, the auth-retry wrapper) cost 0.27-0.30 ms of CPU per call of the 0.55-0.67 ms a call costs
-        through it (bench/bench_model_call.py: 32 calls at a time, 0.57 ms by client.post, 0.27 ms here), and at
-        32 workers the runner's one thread issues every next request in turn."""
+        header merging, the auth-retry wrapper) was half the CPU of a call: 0.64 ms by client.post against 0.28 ms
+        here, 32 calls at a time (0.68 against 0.35 one at a time; bench/bench_model_call.py), and the runner's
+        process per step of bench/bench_harness.py fell 1.10 -> 0.70 ms. At 32 workers the runner's one thread
+        issues every next request in turn, so this CPU is also wall time."""
         client = self.http_client
         if not self._headers_set:  # on the first call, in the loop: the SDK's X-Stainless-Async names the loop
             client.headers = self._sdk_headers()
