@@ -1692,31 +1692,82 @@ MODELS_CHECK_TIMEOUT = 30.0
 
 class ModelClient:
     def __init__(self, config: RunConfig):
+        import ssl
+
+        import anyio
         import openai
 
         try:  # openai >= 3 ships on httpx2; older releases on httpx
-            from httpx2 import Limits, Response
+            import httpx2 as http
         except ImportError:
-            from httpx import Limits, Response
+            import httpx as http
 
         self.openai = openai
-        self.raw_response = Response
+        self.http = http
         self.config = config
         self.gate = RateGate(config.max_rpm)
         self._body_ends: tuple[list[dict], bytes, bytes] | None = None
         """(tools, the request's JSON before the messages, after them): see _request_body."""
         self.long_wait_logged = False
-        pool = Limits(max_connections=config.workers + 4, max_keepalive_connections=config.workers + 4)
+        pool = http.Limits(max_connections=config.workers + 4, max_keepalive_connections=config.workers + 4)
+        self.http_client = _http_client(openai, pool, config.request_timeout)
+        # The SDK's client resolves what users rely on (the key, or OPENAI_API_KEY; OPENAI_ORG_ID/OPENAI_PROJECT_ID;
+        # the base URL with its trailing slash) and owns the transport; the requests themselves go through
+        # self.http_client below it, see _send.
         self.client = openai.AsyncOpenAI(
             api_key=config.api_key,
             base_url=config.base_url,
             max_retries=0,  # our own policy below: shared 429 backoff, no-choices retries, one place
             timeout=config.request_timeout,
-            http_client=_http_client(openai, pool, config.request_timeout),
+            http_client=self.http_client,
         )
+        self.chat_url = _api_url(self.client.base_url, "chat/completions")
+        self.models_url = _api_url(self.client.base_url, "models")
+        self._headers_set = False
+        self._connection_errors = (http.RequestError, ssl.SSLError, anyio.EndOfStream)
+        """What the SDK reports as APIConnectionError (its request_exceptions: TLS and stream ends included)."""
 
     async def close(self) -> None:
         await self.client.close()
+
+    async def _send(self, method: str, url: object, content: bytes | None = None) -> object:
+        """One request as the SDK's client sends it (same URL, headers, timeout, redirects, transport), failing with
+        the SDK's own exceptions built as it builds them, through the public API of the http client it was given.
+
+        Why below the SDK's per-request layer: that layer (request options as a pydantic model, per-call URL and
+        header merging, the auth-retry wrapper) was half the CPU of a call: 0.64 ms by client.post against 0.28 ms
+        here, 32 calls at a time (0.68 against 0.35 one at a time; bench/bench_model_call.py), and the runner's
+        process per step of bench/bench_harness.py fell 1.10 -> 0.70 ms. At 32 workers the runner's one thread
+        issues every next request in turn, so this CPU is also wall time."""
+        client = self.http_client
+        if not self._headers_set:  # on the first call, in the loop: the SDK's X-Stainless-Async names the loop
+            client.headers = self._sdk_headers()
+            self._headers_set = True
+        request = client.build_request(method, url, content=content)
+        if method == "GET":  # as the SDK does: no body, so no Content-Type
+            del request.headers["Content-Type"]
+        try:
+            response = await client.send(request)
+        except self.http.TimeoutException as exc:
+            raise self.openai.APITimeoutError(request=request) from exc
+        except self._connection_errors as exc:
+            raise self.openai.APIConnectionError(request=request) from exc
+        if not response.is_success:  # the SDK's raise_for_status: a redirect not followed is an error too
+            raise _status_error(self.openai, response)
+        return response
+
+    def _sdk_headers(self) -> dict[str, str]:
+        """The headers the SDK sends with each request of this client: its defaults (Accept, Content-Type,
+        User-Agent, the constant X-Stainless-* platform ones, organization and project when set), the key's
+        Authorization, and the two per-request ones, constant here (no SDK retries; one timeout)."""
+        client = self.client
+        headers = {name: value for name, value in client.default_headers.items() if isinstance(value, str)}
+        headers.update(client.auth_headers)
+        headers["X-Stainless-Retry-Count"] = "0"
+        read_timeout = self.http.Timeout(client.timeout).read
+        if read_timeout is not None:
+            headers["X-Stainless-Read-Timeout"] = str(read_timeout)
+        return headers
 
     async def check_endpoint(self) -> None:
         """One GET /models before the first task: an endpoint that refuses connections, does not resolve, or
@@ -1725,7 +1776,7 @@ class ModelClient:
         config, openai = self.config, self.openai
         try:
             async with asyncio.timeout(min(config.request_timeout, MODELS_CHECK_TIMEOUT)):
-                await self.client.get("/models", cast_to=self.raw_response)
+                await self._send("GET", self.models_url)
         except openai.AuthenticationError as exc:
             raise FatalRunError(
                 f"the model API rejected the key (401) at {config.base_url}: {_api_message(exc)}"
@@ -1816,11 +1867,10 @@ class ModelClient:
                 # Bounds the whole request: the client's own timeout bounds each socket read only, so a body
                 # trickling in byte by byte would never time out.
                 async with asyncio.timeout(config.request_timeout):
-                    # The SDK's documented low-level request: the same transport and error mapping as
-                    # chat.completions.create, without its per-call param transform over the whole (growing)
-                    # history and its response model construction, which made the client CPU-bound at 32
-                    # workers (8.6 ms -> 2.8 ms per call at 14 messages; see bench/bench_batch.py).
-                    response = await self.client.post("/chat/completions", content=body, cast_to=self.raw_response)
+                    # Not chat.completions.create: its per-call param transform over the whole (growing) history
+                    # and its response model made the client CPU-bound at 32 workers (8.6 ms -> 2.8 ms per call at
+                    # 14 messages; bench/bench_batch.py). Not client.post either: see _send.
+                    response = await self._send("POST", self.chat_url, body)
                     known = None
                     if config.return_tokens and tokens is not None:
                         payload, known = split_prompt_ids(response.content, tokens)
@@ -1856,7 +1906,7 @@ class ModelClient:
                 rate_limited = exc.status_code == 429
             except openai.APIConnectionError as exc:  # includes APITimeoutError
                 last_error = _connection_failure(exc)
-            except (openai.APIResponseValidationError, ValueError, RecursionError) as exc:
+            except (ValueError, RecursionError) as exc:
                 last_error = f"unreadable response: {_short(exc)}"
             else:
                 if turn is not None:
@@ -2080,6 +2130,11 @@ def _is_number(value: object) -> bool:
         return False
 
 
+def _api_url(base_url: object, path: str) -> object:
+    """``path`` under the SDK's base URL (which it ends with a slash), joined as the SDK joins a relative path."""
+    return base_url.copy_with(raw_path=base_url.raw_path + path.encode())
+
+
 def _http_client(openai, limits, timeout: float):
     """The SDK's aiohttp transport when its extra is installed: about a quarter less CPU per model call than
     httpx at 32 workers (bench/bench_batch.py); the SDK's default httpx transport otherwise."""
@@ -2294,6 +2349,37 @@ def _usd(value: Decimal | float) -> str:
 
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+_STATUS_ERRORS = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    403: "PermissionDeniedError",
+    404: "NotFoundError",
+    409: "ConflictError",
+    422: "UnprocessableEntityError",
+    429: "RateLimitError",
+}
+
+
+def _status_error(openai, response) -> Exception:
+    """The SDK's exception for an error answer, made as its client makes it (the class by status, "Error code: N -
+    <the provider's message>", the body's "error" object as ``body``), so that _api_message, _is_context_length and
+    the fatal/permanent/retried split read it the same as when the SDK sent the request."""
+    status = response.status_code
+    message = f"Error code: {status}"
+    body: object = response.text.strip()
+    try:
+        body = json.loads(body)
+    except (ValueError, RecursionError):
+        pass
+    else:
+        error = body.get("error", body) if isinstance(body, dict) else None
+        if isinstance(error, dict) and isinstance(error.get("message"), str) and error["message"]:
+            message += f" - {error['message']}"
+    data = body.get("error", body) if isinstance(body, dict) else body
+    name = _STATUS_ERRORS.get(status, "InternalServerError" if status >= 500 else "APIStatusError")
+    return getattr(openai, name)(message, response=response, body=data)
 
 
 def _api_message(exc: Exception) -> str:

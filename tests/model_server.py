@@ -356,6 +356,9 @@ class ScriptedModelServer:
         self.raw_requests: list[bytes] = []
         """Each request's body as it came over the wire, beside its parsed form in ``requests``."""
         self.headers: list[dict] = []
+        self.seen: list[tuple[str, dict]] = []
+        """Every request in order, GET /models included: its method and path ("POST /v1/chat/completions") and its
+        headers (names lowercased)."""
         self._lock = threading.Lock()
         self._position = 0
         server = self
@@ -368,6 +371,7 @@ class ScriptedModelServer:
                 pass
 
             def do_GET(self) -> None:
+                server._seen(self)
                 if self.path.rstrip("/").endswith("/models"):
                     with server._lock:
                         server.model_checks += 1
@@ -378,6 +382,7 @@ class ScriptedModelServer:
                     self._send(http_error(404, f"no route {self.path}"))
 
             def do_POST(self) -> None:
+                server._seen(self)
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
                 try:
@@ -422,6 +427,10 @@ class ScriptedModelServer:
         self._httpd = Server(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def _seen(self, handler: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self.seen.append((f"{handler.command} {handler.path}", {k.lower(): v for k, v in handler.headers.items()}))
 
     def _next_step(self, request: dict, headers: dict) -> Step:
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -65,6 +66,127 @@ def test_request_carries_tool_ephemeral_system_prompt_and_key(out):
     # The prompt the model saw is not in the trajectory: turn 0 is the Hermes tool template.
     assert record["conversations"][0]["value"].startswith("You are a function calling AI model.")
     assert request["messages"][0]["content"] not in json.dumps(record)
+
+
+def test_each_request_goes_where_and_as_the_sdks_own_request_would(out, monkeypatch):
+    """The model calls and the endpoint check are sent below the SDK's per-request layer: each must still reach the
+    path the SDK joins from --base_url (with or without its trailing slash, under a deeper prefix) with the headers
+    the SDK sends (key, content type, user agent, its X-Stainless-* and organization headers), as the SDK's own
+    client.post/get sends them from the same settings side by side."""
+    import openai
+
+    try:
+        from httpx2 import Response
+    except ImportError:
+        from httpx import Response
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-from-the-environment")
+    with ScriptedModelServer(lambda request: reply("done")) as server:
+        root = server.base_url.removesuffix("/v1")
+
+        async def both_ways(base_url: str) -> None:
+            config = make_config(server, out, base_url=base_url)
+            sdk = openai.AsyncOpenAI(
+                api_key=config.api_key,
+                base_url=base_url,
+                max_retries=0,
+                timeout=config.request_timeout,
+                http_client=openai.DefaultAioHttpClient(timeout=config.request_timeout),
+            )
+            await sdk.get("/models", cast_to=Response)
+            await sdk.post("/chat/completions", content=b"{}", cast_to=Response)
+            await sdk.close()
+            model = mini_swe_runner.ModelClient(config)
+            await model.check_endpoint()
+            turn = await model.complete([{"role": "user", "content": "hi"}], [])
+            await model.close()
+            assert turn.message["content"] == "done"
+
+        for base_url in (server.base_url, server.base_url + "/", root + "/deeper/v1/"):
+            asyncio.run(both_ways(base_url))
+    expected = [
+        f"{method} {base}/{path}"
+        for base in ("/v1", "/v1", "/deeper/v1")
+        for method, path in (("GET", "models"), ("POST", "chat/completions")) * 2
+    ]
+    assert [path for path, _ in server.seen] == expected
+    headers = [{k: v for k, v in sent.items() if k != "content-length"} for _, sent in server.seen]  # bodies differ
+    for sdk_get, sdk_post, our_get, our_post in zip(*[iter(headers)] * 4, strict=True):
+        assert our_get == sdk_get and our_post == sdk_post
+    assert headers[-1]["authorization"] == "Bearer sk-test-key-0123456789"
+    assert headers[-1]["openai-organization"] == "org-from-the-environment"
+    assert headers[-1]["content-type"] == "application/json" and "content-type" not in headers[-2]
+
+
+def test_an_error_answer_is_the_sdks_own_exception_with_its_message_and_body(out):
+    """Each error answer becomes the exception the SDK's client.post raised for it (class, message, body, code,
+    status, headers), read from the same answer side by side: the fatal, permanent and retried verdicts and every
+    message the runner writes from them (_api_message, _is_context_length, provider_wait_hint) depend on them."""
+    import openai
+
+    try:
+        from httpx2 import Response
+    except ImportError:
+        from httpx import Response
+    answers = [
+        http_error(401, "Incorrect API key provided"),
+        http_error(403, "not allowed"),
+        http_error(404, "The model `x` does not exist", code="model_not_found"),
+        http_error(400, "This model's maximum context length is 8192 tokens", code="context_length_exceeded"),
+        http_error(409, "conflict"),
+        http_error(422, "unprocessable"),
+        http_error(429, "slow down", headers={"Retry-After": "3", "x-ratelimit-reset-requests": "6m0s"}),
+        http_error(500, ""),
+        Step(status=502, body=b"<html>Bad Gateway</html>", headers={"Content-Type": "text/html"}),
+        Step(status=503, body=json.dumps({"message": "top-level message", "code": 7}).encode()),
+        Step(status=400, body=("[" * 100_000 + "]" * 100_000).encode()),
+        Step(status=418, body=json.dumps({"error": "a bare string"}).encode()),
+        Step(status=302, body=b"moved, but no Location"),
+    ]
+
+    async def both_ways(server: ScriptedModelServer) -> list[tuple[tuple, tuple]]:
+        config = make_config(server, out)
+        sdk = openai.AsyncOpenAI(api_key=config.api_key, base_url=config.base_url, max_retries=0)
+        model = mini_swe_runner.ModelClient(config)
+        pairs = []
+        for _ in answers:
+            raised = []
+            for send in (
+                lambda: sdk.post("/chat/completions", content=b"{}", cast_to=Response),
+                lambda: model._send("POST", model.chat_url, b"{}"),
+            ):
+                try:
+                    await send()
+                except openai.APIStatusError as exc:
+                    headers = {k: v for k, v in exc.response.headers.items() if k not in ("date", "server")}
+                    raised.append((type(exc), str(exc), exc.body, exc.code, exc.status_code, headers))
+            pairs.append(tuple(raised))
+        await sdk.close()
+        await model.close()
+        return pairs
+
+    with ScriptedModelServer([step for answer in answers for step in (answer, answer)]) as server:
+        pairs = asyncio.run(both_ways(server))
+    for sdk_raised, ours in pairs:
+        assert ours == sdk_raised
+    assert [ours[0].__name__ for _, ours in pairs][:3] == [
+        "AuthenticationError",
+        "PermissionDeniedError",
+        "NotFoundError",
+    ]
+
+
+def test_a_redirect_is_followed_as_the_sdk_follows_it(out):
+    """A proxy in front of the model that answers 307 with another path: the call (method and body kept) goes on
+    there, as the SDK's client followed redirects; a redirect without a Location is an error answer, not a crash."""
+    steps = [Step(status=307, headers={"Location": "/moved/v1/chat/completions"}), reply("done")]
+    with ScriptedModelServer(steps) as server:
+        _, [record] = run_prompts(make_config(server, out), ["follow it"])
+        assert [path for path, _ in server.seen[1:]] == ["POST /v1/chat/completions", "POST /moved/v1/chat/completions"]
+        assert server.raw_requests[0] == server.raw_requests[1]
+    assert record["error"] is None and record["conversations"][-1]["value"] == "done"
+    with ScriptedModelServer([Step(status=302, body=b"moved")]) as server:
+        _, [record] = run_prompts(make_config(server, out.with_name("second.jsonl")), ["nowhere"])
+    assert record["exit_reason"] == "api_error" and record["error"] == "HTTP 302: Error code: 302"
 
 
 def test_each_request_is_the_whole_history_as_json_the_sdk_would_send(out):
