@@ -30,6 +30,7 @@ from conftest import (
     quick_script,
     read_jsonl,
     run_cli,
+    small_tmpfs,
     write_prompts,
 )
 from model_server import ScriptedModelServer, http_error, reply
@@ -393,14 +394,7 @@ def test_an_index_path_that_is_a_fifo_never_blocks_the_run_or_resume(tmp_path):
 def test_a_full_filesystem_for_the_index_alone_never_stops_the_run(tmp_path):
     """Issue 19 item 8: the index lives on a 4 KB tmpfs (through a symlink), full after about 84 entries; the output
     has room. Every task is still recorded, and the next resume, not trusting the short index, parses the file."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    small = tmp_path / "small"
-    small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(small)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", "4k") as small:
         prompts = tmp_path / "p.jsonl"
         prompts.write_text("".join(f"prompt {n}\n" for n in range(120)))
         out = tmp_path / "out.jsonl"
@@ -415,8 +409,6 @@ def test_a_full_filesystem_for_the_index_alone_never_stops_the_run(tmp_path):
             assert resumed.returncode == 0, resumed.stderr
             assert "resume: 0 line(s)" in _resume_line(resumed.stderr) and "120 parsed" in _resume_line(resumed.stderr)
             assert len(server.requests) == 120
-    finally:
-        subprocess.run(["umount", "-l", str(small)], check=False)
     assert len(read_jsonl(out)) == 120
 
 

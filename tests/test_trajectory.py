@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, small_tmpfs
 
 from trajectory import (
     RECORD_KEYS,
@@ -621,14 +621,7 @@ def test_compact_rewrites_for_each_kind_of_drop(tmp_path, dropped):
 def test_a_compaction_that_runs_out_of_room_leaves_the_file_as_it_was_and_no_temporary(tmp_path):
     """The output fills most of a 64 KB tmpfs: its compaction's copy does not fit. The file keeps every byte, and the
     partial copy goes at once (on a full disk, its space is what the user needs back)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    small = tmp_path / "small"
-    small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", "64k") as small:
         path = small / "out.jsonl"
         lines = [line(success_record(task_id=f"t{n}")) for n in range(20)]  # ~2.2 KB each
         path.write_bytes(b"".join(lines) + line(failure_record(task_id="b", exit_reason="env_error")))
@@ -639,8 +632,6 @@ def test_a_compaction_that_runs_out_of_room_leaves_the_file_as_it_was_and_no_tem
         assert raised.value.errno == errno.ENOSPC
         assert path.read_bytes() == before
         assert os.listdir(small) == ["out.jsonl"]
-    finally:
-        subprocess.run(["umount", "-l", str(small)], check=False)
 
 
 def test_compact_leaves_a_clean_file_untouched(tmp_path):
