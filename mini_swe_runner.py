@@ -422,7 +422,7 @@ def load_prices(path: str, model: str) -> ModelPrice:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Prompts
+# Prompts: a row, its fields and templates, and the checks every row passes
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -756,6 +756,11 @@ def parse_prompt_lines(lines: list[str], source: str, row_format: RowFormat | No
 def _list_rows(rows: Iterable[object], source: str) -> Iterator[InputRow]:
     for number, value in enumerate(rows):
         yield InputRow(f"{source} row {number}", f"row {number}", value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompts files and datasets: loaded, checked once, read back a row at a time, the check kept for a resume
+# ---------------------------------------------------------------------------------------------------------------
 
 
 MISSING_DATASETS_EXTRA = "pip install 'mini-swe-runner[datasets]'"
