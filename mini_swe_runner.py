@@ -1433,22 +1433,14 @@ class PromptTable(PromptFile):
         """The file's table, read once from the file that was opened (and checked, or whose check was taken)."""
         if self._table is not None:
             return self._table
-        try:
-            import pyarrow
-            import pyarrow.parquet
-        except ImportError:
-            raise UsageError(f"reading {self.path} needs pyarrow: {MISSING_DATASETS_EXTRA}") from None
+        _pyarrow_parquet(self.path)  # a missing extra is told as such, a kept check or not
         self._handle.seek(0)
         try:
-            # From bytes, not the Python file, and in this thread: with pyarrow's reader threads the interpreter
-            # aborted at exit ("terminate called without an active exception") in 1 to 2 of 13 runs of the CLI.
-            table = pyarrow.parquet.read_table(pyarrow.BufferReader(self._handle.read()), use_threads=False)
-        except pyarrow.ArrowException as exc:
+            table = _parquet_table(self.path, self._handle.read())
+        except UsageError:
             if self._from_kept_check:
                 raise self._changed(0) from None
-            raise UsageError(
-                f"--prompts_file {self.path} is not a readable parquet file ({_short(exc, 200)})"
-            ) from None
+            raise
         if self._from_kept_check and (
             table.num_rows != len(self._offsets) or _identity(os.fstat(self._handle.fileno())) != self._identity
         ):
@@ -1499,16 +1491,30 @@ def _json_rows(path: str) -> list:
     return _json_array(text, path)
 
 
-def _parquet_rows(path: str) -> list[dict]:
+def _pyarrow_parquet(path: str):
+    """pyarrow, with its parquet reader imported, or the one-line error naming the extra that brings it."""
     try:
         import pyarrow
         import pyarrow.parquet
     except ImportError:
         raise UsageError(f"reading {path} needs pyarrow: {MISSING_DATASETS_EXTRA}") from None
+    return pyarrow
+
+
+def _parquet_table(path: str, data: bytes):
+    """The table of a parquet file's bytes, or the one-line error that says why they are not one."""
+    pyarrow = _pyarrow_parquet(path)
     try:
-        return pyarrow.parquet.read_table(path).to_pylist()
+        # From bytes and in this thread: with pyarrow's reader threads the interpreter aborted at exit ("terminate
+        # called without an active exception") in 1 to 2 of 13 runs of the CLI. Bytes read a pipe too.
+        return pyarrow.parquet.read_table(pyarrow.BufferReader(data), use_threads=False)
     except pyarrow.ArrowException as exc:
         raise UsageError(f"--prompts_file {path} is not a readable parquet file ({_short(exc, 200)})") from None
+
+
+def _parquet_rows(path: str) -> list[dict]:
+    with open(path, "rb") as handle:
+        return _parquet_table(path, handle.read()).to_pylist()
 
 
 WHOLE_FILE_FORMATS: dict[str, Callable[[str], list]] = {".json": _json_rows, ".parquet": _parquet_rows}

@@ -472,6 +472,8 @@ _INDEX = "index"
 _NEW = "new"
 _COMPACT = "compact"
 _PROMPTS = "prompts"
+_EXPORT = "export"
+"""An export's temporary beside the file it becomes (any file: not one of the output's leftover kinds)."""
 _TEMPORARY_KINDS = (_NEW, _COMPACT, _PROMPTS)
 """Files a run writes beside the output and renames over it (or its index) when whole: leftovers once it died."""
 
@@ -2880,7 +2882,7 @@ def export(paths: list[str], output_file: str, options: ExportOptions) -> Export
                 result.written += 1
                 yield line
 
-    _atomic_write(output_file, rows(), _export_temporary(output_file))
+    _atomic_write(output_file, rows(), _temporary(os.path.abspath(output_file), _EXPORT))
     return result
 
 
@@ -2984,10 +2986,5 @@ def export_swebench(paths: list[str], output_file: str, options: ExportOptions) 
             result.written += 1
         yield b"\n]\n" if as_list else b""
 
-    _atomic_write(output_file, predictions(), _export_temporary(output_file))
+    _atomic_write(output_file, predictions(), _temporary(os.path.abspath(output_file), _EXPORT))
     return result
-
-
-def _export_temporary(path: str) -> str:
-    """An export's temporary file, beside the file it becomes."""
-    return os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.export-{os.getpid()}.tmp")

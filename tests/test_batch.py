@@ -539,6 +539,24 @@ def test_a_prompts_pipe_is_read_once_whole(tmp_path):
     assert prompts == mini_swe_runner.parse_prompt_lines(['{"prompt": "a", "id": "x"}', "plain"], str(fifo))
 
 
+def test_a_parquet_pipe_is_read_once_whole(tmp_path):
+    import pyarrow
+    import pyarrow.parquet
+
+    table = tmp_path / "table.parquet"
+    pyarrow.parquet.write_table(pyarrow.Table.from_pylist([{"prompt": "a", "id": "x"}, {"prompt": "b"}]), str(table))
+    fifo = tmp_path / "prompts.parquet"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(table.read_bytes()))
+    writer.start()
+    prompts = mini_swe_runner.load_prompts(str(fifo))
+    writer.join(timeout=10)
+    assert [(prompt.text, prompt.task_id) for prompt in prompts] == [
+        ("a", "x"),
+        ("b", mini_swe_runner.derived_task_id("b", 0)),
+    ]
+
+
 class Cycle:
     """An object that refers to itself: freed by the cycle collector only, never by reference counting."""
 
